@@ -1,0 +1,169 @@
+"""DeepSeekMoE (spec section 4): sigmoid router with a selection-only correction bias, group-limited top-k,
+fine-grained routed experts plus shared experts, and the two balancing mechanisms.
+
+Experts run grouped: token copies are sorted by expert once, then each expert that received tokens does one
+matmul over its contiguous slice (on CUDA, one grouped GEMM for all). Experts with no tokens cost nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nanoseek.config import ModelConfig
+from nanoseek.model.layers import MLP, compute_dtype
+
+
+def route(scores: torch.Tensor, bias: torch.Tensor, top_k: int, n_group: int, topk_group: int,
+          norm_topk_prob: bool, scaling: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pick experts for each token (spec 4.2).
+
+    scores: [N, E] sigmoid affinities (fp32). bias: [E] correction bias, used only to choose.
+    Returns (weights [N, K] fp32, indices [N, K]).
+    """
+    choice = scores + bias
+    if n_group > 1 and topk_group < n_group:
+        N, E = choice.shape
+        grouped = choice.view(N, n_group, E // n_group)
+        group_scores = grouped.topk(2, dim=-1).values.sum(-1)  # top-2 sum per group (pitfall 6)
+        keep = group_scores.topk(topk_group, dim=-1).indices
+        group_mask = torch.ones_like(group_scores, dtype=torch.bool).scatter_(1, keep, False)
+        # Excluded groups must be -inf, not 0: biases go negative during training (pitfall 7).
+        choice = grouped.masked_fill(group_mask.unsqueeze(-1), float("-inf")).view(N, E)
+    indices = choice.topk(top_k, dim=-1).indices
+    weights = scores.gather(1, indices)  # unbiased scores mix the outputs (pitfall 5)
+    if norm_topk_prob:
+        weights = weights / (weights.sum(dim=-1, keepdim=True) + 1e-20)
+    return weights * scaling, indices
+
+
+def sequence_balance_loss(scores: torch.Tensor, indices: torch.Tensor, n_experts: int, top_k: int) -> torch.Tensor:
+    """Complementary sequence-wise balance loss without alpha (spec 4.6), averaged over sequences.
+
+    scores [B, T, E] sigmoid affinities, indices [B, T, K]. Gradient flows only through P_i.
+    sum_i f_i P_i equals 1 for perfectly uniform routing and grows as load concentrates.
+    """
+    B, T, _ = scores.shape
+    probs = scores / scores.sum(-1, keepdim=True)
+    P = probs.mean(1)  # [B, E]
+    ones = torch.ones(B, T * top_k, device=scores.device, dtype=scores.dtype)
+    f = torch.zeros(B, n_experts, device=scores.device, dtype=scores.dtype).scatter_add_(
+        1, indices.reshape(B, T * top_k), ones) * (n_experts / (top_k * T))
+    return (f * P).sum(-1).mean()
+
+
+def bias_update(bias: torch.Tensor, counts: torch.Tensor, gamma: float) -> None:
+    """Aux-loss-free balancing step (spec 4.5): b_i += gamma * sign(mean(c) - c_i), in place, no autograd."""
+    c = counts.to(torch.float32)
+    bias.add_(gamma * torch.sign(c.mean() - c))
+
+
+class Router(nn.Module):
+    """`mlp.gate`: weight [E, d] and the fp32 buffer e_score_correction_bias [E].
+
+    Both stay fp32 whatever dtype the model is cast to: a bf16 bias (values drift to a few units) has a
+    resolution of ~0.02 and flips expert choices (pitfall 4); HF keeps both fp32 as well.
+    """
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        E = config.n_routed_experts
+        self.top_k, self.n_group, self.topk_group = config.num_experts_per_tok, config.n_group, config.topk_group
+        self.norm_topk_prob, self.scaling = config.norm_topk_prob, config.routed_scaling_factor
+        self.weight = nn.Parameter(torch.empty(E, config.hidden_size, dtype=torch.float32))
+        self.register_buffer("e_score_correction_bias", torch.zeros(E, dtype=torch.float32))
+
+    def _apply(self, fn, recurse=True):
+        super()._apply(fn, recurse)
+        for name in ("weight", "e_score_correction_bias"):
+            t = getattr(self, name)
+            if t.is_floating_point() and t.dtype != torch.float32:
+                t.data = t.data.float()
+        return self
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x [N, d] -> (weights [N, K] fp32, indices [N, K], scores [N, E] fp32). Logits in fp32."""
+        with torch.autocast(x.device.type, enabled=False):
+            scores = F.linear(x.float(), self.weight.float()).sigmoid()
+        weights, indices = route(scores, self.e_score_correction_bias, self.top_k, self.n_group, self.topk_group,
+                                 self.norm_topk_prob, self.scaling)
+        return weights, indices, scores
+
+
+class Experts(nn.Module):
+    """The routed SwiGLU experts as two stacked tensors (the HF v5 fused layout, spec 6.2):
+    gate_up_proj [E, 2*I_m, d] (gate rows, then up rows) and down_proj [E, d, I_m]."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        E, d, I = config.n_routed_experts, config.hidden_size, config.moe_intermediate_size
+        self.n_experts, self.inter = E, I
+        self.gate_up_proj = nn.Parameter(torch.empty(E, 2 * I, d))
+        self.down_proj = nn.Parameter(torch.empty(E, d, I))
+
+    def forward(self, x: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor,
+                counts: torch.Tensor) -> torch.Tensor:
+        """x [N, d], weights/indices [N, K], counts [E] tokens per expert -> sum_k w_k FFN_{i_k}(x) [N, d] fp32."""
+        N, K = indices.shape
+        order = indices.view(-1).argsort(stable=True)  # token copies grouped by expert
+        token_of = order // K
+        xs = x[token_of]
+        if x.is_cuda and torch.bfloat16 in (xs.dtype, compute_dtype(x)):
+            ys = self._grouped_gemm(xs.to(torch.bfloat16), counts)
+        else:
+            ys = self._per_expert(xs, counts)
+        ys = ys * weights.view(-1)[order].unsqueeze(-1)  # fp32: routed outputs accumulate in fp32 (spec 4.4)
+        return torch.zeros(N, x.shape[-1], device=x.device, dtype=ys.dtype).index_add_(0, token_of, ys)
+
+    def _per_expert(self, xs: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+        # unbind once: its backward stacks the expert grads in one go (indexing per expert would build a
+        # full-size zero gradient for every expert used).
+        w1, w2 = self.gate_up_proj.unbind(0), self.down_proj.unbind(0)
+        outs, start = [], 0
+        for e, n in enumerate(counts.tolist()):
+            if n == 0:
+                continue
+            gate, up = F.linear(xs[start:start + n], w1[e]).chunk(2, dim=-1)
+            outs.append(F.linear(F.silu(gate) * up, w2[e]))
+            start += n
+        return torch.cat(outs)
+
+    def _grouped_gemm(self, xs: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+        offs = counts.cumsum(0).to(torch.int32)
+        w1 = self.gate_up_proj.to(torch.bfloat16).transpose(-2, -1)
+        w2 = self.down_proj.to(torch.bfloat16).transpose(-2, -1)
+        gate, up = F.grouped_mm(xs, w1, offs=offs).chunk(2, dim=-1)
+        return F.grouped_mm(F.silu(gate) * up, w2, offs=offs)
+
+
+@dataclass
+class RoutingStats:
+    counts: torch.Tensor  # [E] tokens routed to each expert this forward (int64)
+    balance_loss: torch.Tensor | None  # sequence-wise balance loss (without alpha), when asked for
+
+
+class MoE(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.n_experts, self.top_k = config.n_routed_experts, config.num_experts_per_tok
+        self.gate = Router(config)
+        self.experts = Experts(config)
+        shared = config.n_shared_experts * config.moe_intermediate_size
+        self.shared_experts = MLP(config.hidden_size, shared) if shared > 0 else None
+
+    def forward(self, x: torch.Tensor, balance_loss: bool = False) -> tuple[torch.Tensor, RoutingStats]:
+        shape = x.shape
+        flat = x.reshape(-1, shape[-1])
+        weights, indices, scores = self.gate(flat)
+        counts = torch.bincount(indices.view(-1), minlength=self.n_experts)
+        out = self.experts(flat, weights, indices, counts)
+        if self.shared_experts is not None:
+            out = out + self.shared_experts(flat)  # input is the MoE input, not a residual (spec 4.2)
+        loss = None
+        if balance_loss:
+            loss = sequence_balance_loss(scores.view(*shape[:-1], -1), indices.view(*shape[:-1], -1),
+                                         self.n_experts, self.top_k)
+        return out.to(x.dtype).view(shape), RoutingStats(counts, loss)
