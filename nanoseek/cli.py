@@ -1,0 +1,219 @@
+"""The `nanoseek` command.
+
+Each pipeline stage registers its own subcommands through a `register(subparsers)` function that lives
+next to its code; this module only assembles the parser, resolves common options and turns user errors
+into one clear line and a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from typing import Callable
+
+import nanoseek
+
+EXIT_USAGE = 2
+
+
+class UserError(Exception):
+    """An error the user can fix (bad flag value, missing file); printed without a traceback."""
+
+
+# ---- options every command shares --------------------------------------------------------------------
+DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
+          "float16": "float16", "fp16": "float16"}
+
+
+def add_device_args(p: argparse.ArgumentParser, dtype_default: str = "float32") -> None:
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="where to run (auto: cuda when available, else cpu)")
+    p.add_argument("--dtype", default=dtype_default, choices=sorted(DTYPES),
+                   help=f"weights/compute dtype (default {dtype_default})")
+
+
+def resolve_device(name: str):
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda was asked for but no CUDA device is available; use --device cpu")
+    return torch.device(name)
+
+
+def resolve_dtype(name: str):
+    import torch
+
+    return getattr(torch, DTYPES[name])
+
+
+# ---- model subcommands -----------------------------------------------------------------------------------
+def _build_or_load(args):
+    import torch
+
+    from nanoseek.config import preset
+
+    device, dtype = resolve_device(args.device), resolve_dtype(args.dtype)
+    if getattr(args, "checkpoint", None):
+        model = nanoseek.load_model(args.checkpoint, dtype=dtype, device=device)
+        source = args.checkpoint
+    else:
+        torch.manual_seed(args.seed)
+        with torch.device(device):
+            model = nanoseek.DeepSeekV3(preset(args.preset)).to(dtype).eval()
+        source = f"preset {args.preset} (random init, seed {args.seed})"
+    return model, source
+
+
+def cmd_demo(args) -> None:
+    """Forward + greedy generation on a tiny model: shows the whole model runs end to end."""
+    import torch
+
+    from nanoseek.model import count_params
+
+    model, source = _build_or_load(args)
+    cfg = model.config
+    pc = count_params(cfg)
+    print(f"model: {source}")
+    print(f"  {pc.total / 1e6:.2f}M params ({pc.active / 1e6:.2f}M active per token), {cfg.num_hidden_layers} layers, "
+          f"{cfg.n_routed_experts} routed experts (top-{cfg.num_experts_per_tok}), {len(model.mtp)} MTP module(s)")
+    device = next(model.parameters()).device
+    g = torch.Generator().manual_seed(args.seed)
+    prompt = torch.randint(0, cfg.vocab_size, (1, args.prompt_tokens), generator=g).to(device)
+    with torch.no_grad():
+        t0 = time.perf_counter()
+        out = model(prompt, return_stats=True)
+        t_fwd = time.perf_counter() - t0
+        ids = prompt
+        t0 = time.perf_counter()
+        for _ in range(args.new_tokens):  # no KV cache here: `nanoseek generate` is the real engine
+            nxt = model(ids)[:, -1].argmax(-1, keepdim=True)
+            ids = torch.cat((ids, nxt), dim=1)
+        t_gen = time.perf_counter() - t0
+    print(f"forward over {args.prompt_tokens} tokens: logits {tuple(out.logits.shape)} in {t_fwd * 1e3:.1f} ms")
+    print(f"expert load (tokens per expert, first MoE layer): {out.expert_counts[0].tolist()}")
+    print(f"greedy continuation ({args.new_tokens} tokens, {args.new_tokens / t_gen:.1f} tok/s without cache): "
+          f"{ids[0, args.prompt_tokens:].tolist()}")
+    if args.save:
+        path = nanoseek.save_model(model, args.save)
+        print(f"wrote Hugging Face checkpoint to {path}")
+
+
+def cmd_info(args) -> None:
+    """Parameter counts and cache size of a preset or checkpoint (built on the meta device: no memory)."""
+    from nanoseek.config import ModelConfig, preset
+    from nanoseek.model import count_params
+
+    cfg = ModelConfig.load(args.checkpoint) if args.checkpoint else preset(args.preset)
+    pc = count_params(cfg)
+    cache = cfg.num_hidden_layers * (cfg.kv_lora_rank + cfg.qk_rope_head_dim)
+    rows = [
+        ("total parameters (main model)", f"{pc.total:,}"),
+        ("active parameters per token", f"{pc.active:,}"),
+        ("embedding parameters", f"{pc.embedding:,}"),
+        ("non-embedding parameters", f"{pc.non_embedding:,}"),
+        ("MTP module parameters (not shared)", f"{pc.mtp:,}"),
+        ("layers / dense layers / MoE layers", f"{cfg.num_hidden_layers} / {cfg.first_k_dense_replace} / {cfg.num_moe_layers}"),
+        ("routed experts / active / shared", f"{cfg.n_routed_experts} / {cfg.num_experts_per_tok} / {cfg.n_shared_experts}"),
+        ("latent KV cache per token (values)", f"{cache:,} (= {cfg.num_hidden_layers} x ({cfg.kv_lora_rank} + {cfg.qk_rope_head_dim}))"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        print(f"{k:<{width}}  {v}")
+
+
+def cmd_convert(args) -> None:
+    """Import a Hugging Face DeepseekV3 directory (sharded, fused-expert or FP8) and write the plain layout."""
+    device, dtype = resolve_device("cpu"), resolve_dtype(args.dtype)
+    model = nanoseek.load_model(args.source, dtype=dtype, device=device)
+    path = nanoseek.save_model(model, args.dest, max_shard_bytes=int(args.max_shard_gb * 2**30))
+    print(f"wrote {path} ({args.dtype})")
+
+
+def register(sub) -> None:
+    from nanoseek.config import PRESETS
+
+    p = sub.add_parser("demo", help="run a tiny model end to end: forward, routing stats, greedy tokens",
+                       description=cmd_demo.__doc__)
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--preset", default="tiny", choices=sorted(PRESETS), help="model shape (default tiny)")
+    src.add_argument("--checkpoint", help="load this nanoseek / Hugging Face model directory instead")
+    p.add_argument("--prompt-tokens", type=_positive_int, default=16, help="length of the random prompt")
+    p.add_argument("--new-tokens", type=_nonneg_int, default=8, help="tokens to generate greedily")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--save", metavar="DIR", help="also write the model as a Hugging Face checkpoint here")
+    add_device_args(p)
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("info", help="parameter counts and KV-cache size of a preset or checkpoint",
+                       description=cmd_info.__doc__)
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--preset", default="cpu-small", choices=sorted(PRESETS))
+    src.add_argument("--checkpoint", help="a model directory with config.json")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("convert", help="import a Hugging Face DeepSeek-V3 checkpoint (incl. FP8) into the plain layout",
+                       description=cmd_convert.__doc__)
+    p.add_argument("source", help="Hugging Face model directory")
+    p.add_argument("dest", help="output directory")
+    p.add_argument("--dtype", default="bfloat16", choices=sorted(DTYPES))
+    p.add_argument("--max-shard-gb", type=float, default=5.0, help="shard size of the written safetensors")
+    p.set_defaults(func=cmd_convert)
+
+
+def _positive_int(s: str) -> int:
+    v = int(s)
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {s}")
+    return v
+
+
+def _nonneg_int(s: str) -> int:
+    v = int(s)
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {s}")
+    return v
+
+
+# ---- assembly ----------------------------------------------------------------------------------------------
+def _registrars() -> list[Callable]:
+    """Every stage's `register(subparsers)`; add a stage's here when it gains commands."""
+    return [register]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nanoseek",
+        description="Train, RL-tune and serve DeepSeek-V3-architecture models on a budget.",
+    )
+    parser.add_argument("--version", action="version", version=f"nanoseek {nanoseek.__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for reg in _registrars():
+        reg(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return EXIT_USAGE
+    from nanoseek.config import ConfigError
+    from nanoseek.hf import CheckpointError
+
+    try:
+        args.func(args)
+    except (UserError, ConfigError, CheckpointError, FileNotFoundError) as e:
+        print(f"nanoseek {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
