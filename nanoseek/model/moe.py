@@ -111,7 +111,9 @@ class Experts(nn.Module):
         order = indices.view(-1).argsort(stable=True)  # token copies grouped by expert
         token_of = order // K
         xs = x[token_of]
-        if x.is_cuda and torch.bfloat16 in (xs.dtype, compute_dtype(x)):
+        # One grouped GEMM for all experts on CUDA inference. Not for training: its backward fails on the
+        # CPU build here and is unverified on GPU, so gradients go through the per-expert path.
+        if x.is_cuda and not torch.is_grad_enabled() and torch.bfloat16 in (xs.dtype, compute_dtype(x)):
             ys = self._grouped_gemm(xs.to(torch.bfloat16), counts)
         else:
             ys = self._per_expert(xs, counts)
