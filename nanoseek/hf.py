@@ -13,6 +13,7 @@ import json
 import os
 import re
 import shutil
+import warnings
 from collections import defaultdict
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -251,6 +252,12 @@ def load_model(path: str | os.PathLike, dtype: torch.dtype | str | None = None,
         cfg.rope_interleave = True
     cfg.extra.pop("quantization_config", None)
 
+    if cfg.num_nextn_predict_layers and not any(k.startswith("mtp.") for k in sd):
+        # transformers' save_pretrained and many export tools drop the MTP layers (spec pitfall 9): load the
+        # main model, which is complete, and say what was left out.
+        warnings.warn(f"{path}: config.json declares {cfg.num_nextn_predict_layers} MTP module(s) but the weights "
+                      "hold none; loading without MTP (speculative decoding and MTP training are unavailable)")
+        cfg.num_nextn_predict_layers = 0
     with torch.device("meta"):
         model = DeepSeekV3(cfg)
     expected = model.state_dict()

@@ -1,0 +1,28 @@
+import torch
+import pytest
+
+from nanoseek.config import preset
+
+
+@pytest.fixture(autouse=True)
+def _deterministic():
+    torch.manual_seed(0)
+    yield
+
+
+def randomize_(model, bias_std: float = 0.5) -> None:
+    """Make a freshly initialized model a harder test subject: random norm weights, attention biases and
+    non-zero (also negative) router correction biases, so no parameter sits at a trivial value."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("layernorm.weight") or name.endswith("norm.weight"):
+                p.copy_(1 + 0.2 * torch.randn_like(p))
+            elif name.endswith(".bias"):
+                p.normal_(0, 0.05)
+        for r in model.routers():
+            r.e_score_correction_bias.normal_(0, bias_std)
+
+
+@pytest.fixture
+def tiny_config():
+    return preset("tiny")
