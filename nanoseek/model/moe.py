@@ -169,3 +169,25 @@ class MoE(nn.Module):
             loss = sequence_balance_loss(scores.view(*shape[:-1], -1), indices.view(*shape[:-1], -1),
                                          self.n_experts, self.top_k)
         return out.to(x.dtype).view(shape), RoutingStats(counts, loss)
+
+    def forward_inference(self, x: torch.Tensor) -> torch.Tensor:
+        """Generation: no statistics, and for a handful of tokens (decode) no sort, bincount or per-expert
+        loop: the chosen experts' weights are gathered and run as two batched matmuls (fewer, larger ops).
+        Prefill-sized inputs take the grouped training path, which touches each used expert once."""
+        shape = x.shape
+        flat = x.reshape(-1, shape[-1])
+        weights, indices, _ = self.gate(flat)
+        N, K = indices.shape
+        if N * K > self.n_experts:
+            counts = torch.bincount(indices.view(-1), minlength=self.n_experts)
+            out = self.experts(flat, weights, indices, counts)
+        else:
+            idx = indices.view(-1)
+            w1, w2 = self.experts.gate_up_proj[idx], self.experts.down_proj[idx]  # [NK, 2I, d], [NK, d, I]
+            xs = flat.unsqueeze(1).expand(N, K, shape[-1]).reshape(N * K, shape[-1], 1)
+            gate, up = torch.bmm(w1, xs.to(w1.dtype)).chunk(2, dim=1)
+            ys = torch.bmm(w2, F.silu(gate) * up).view(N, K, shape[-1])
+            out = torch.bmm(weights.unsqueeze(1), ys.float()).squeeze(1)  # sum_k w_k y_k in fp32 (spec 4.4)
+        if self.shared_experts is not None:
+            out = out + self.shared_experts(flat)
+        return out.to(x.dtype).view(shape)

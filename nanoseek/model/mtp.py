@@ -13,6 +13,7 @@ from torch import nn
 from nanoseek.config import ModelConfig
 from nanoseek.model.block import DecoderLayer
 from nanoseek.model.layers import RMSNorm
+from nanoseek.model.mla import LatentStep
 from nanoseek.model.moe import RoutingStats
 
 
@@ -41,3 +42,9 @@ class MTPModule(DecoderLayer):
         Returns this depth's hidden [B, T, d] (before shared_head.norm) and its routing stats."""
         x = self.eh_proj(torch.cat((self.enorm(emb_next), self.hnorm(h_prev)), dim=-1))
         return super().forward(x, cos, sin, balance_loss, attn_mask)
+
+    def forward_cached(self, h_prev: torch.Tensor, emb_next: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                       kv: torch.Tensor, step: LatentStep) -> torch.Tensor:
+        """Generation (speculative drafting) over this module's own latent cache; same inputs as forward."""
+        x = self.eh_proj(torch.cat((self.enorm(emb_next), self.hnorm(h_prev)), dim=-1))
+        return super().forward_cached(x, cos, sin, kv, step)

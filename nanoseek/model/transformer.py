@@ -18,6 +18,7 @@ from torch import nn
 from nanoseek.config import ModelConfig
 from nanoseek.model.block import DecoderLayer
 from nanoseek.model.layers import RMSNorm, compute_dtype
+from nanoseek.model.mla import latent_step
 from nanoseek.model.moe import Experts, Router, bias_update
 from nanoseek.model.mtp import MTPModule
 from nanoseek.model.rope import RotaryEmbedding
@@ -163,6 +164,47 @@ class DeepSeekV3(nn.Module):
                 self.n_routers - len(stats))
             out.expert_counts = torch.stack(rows)
         return out
+
+    # ---- generation with a latent cache -----------------------------------------------------------------
+    def _rope(self, positions: torch.Tensor, dtype: torch.dtype, rope) -> tuple[torch.Tensor, torch.Tensor]:
+        if rope is None:
+            return self.rotary(positions, dtype)
+        cos, sin = rope  # tables over all positions, computed once by the caller with self.rotary
+        return cos[positions], sin[positions]
+
+    @torch.no_grad()
+    def forward_cached(self, input_ids: torch.Tensor, kv: list[torch.Tensor], positions: torch.Tensor, *,
+                       valid: torch.Tensor | None = None, span: int | None = None, absorbed: bool | None = None,
+                       rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """One generation step over new tokens input_ids [B, S] at positions [B, S] with a latent cache.
+
+        kv: one tensor [B, T_max, kv_lora_rank + qk_rope_head_dim] per decoder layer; the new tokens' entries
+        are written in place, and the token at position p of row b attends to kv[b, 0..p] (entries before the
+        new tokens must already hold that row's earlier tokens). valid [B, S] marks right padding (False: not
+        stored). absorbed: None picks the absorbed path for short steps (decode), expanded for prefill.
+        rope: optional (cos, sin) tables indexed by position. Returns the final-normed hidden [B, S, d];
+        logits are self.lm_head of the rows the caller needs.
+        """
+        step = latent_step(positions, self.config.num_attention_heads, valid, span, absorbed)
+        h = self.model.embed_tokens(input_ids)
+        cos, sin = self._rope(positions, compute_dtype(h), rope)
+        for layer, cache in zip(self.model.layers, kv):
+            h = layer.forward_cached(h, cos, sin, cache, step)
+        return self.model.norm(h)
+
+    @torch.no_grad()
+    def forward_mtp_cached(self, depth: int, h_prev: torch.Tensor, next_ids: torch.Tensor, kv: torch.Tensor,
+                           positions: torch.Tensor, *, valid: torch.Tensor | None = None, span: int | None = None,
+                           rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """MTP module `depth` (1-based) over its own latent cache kv (spec 5.4): from the previous depth's
+        hidden h_prev [B, S, d] at positions [B, S] (the main model's final-normed hidden for depth 1) and the
+        tokens that follow them, next_ids [B, S]. Returns the shared_head-normed hidden: lm_head of it gives
+        the draft logits for the token after next_ids, and it stands in for h_prev when drafting further."""
+        module = self.mtp[depth - 1]
+        step = latent_step(positions, self.config.num_attention_heads, valid, span)
+        emb = self.model.embed_tokens(next_ids)
+        cos, sin = self._rope(positions, compute_dtype(emb), rope)
+        return module.shared_head.norm(module.forward_cached(h_prev, emb, cos, sin, kv, step))
 
 
 def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
