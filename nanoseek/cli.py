@@ -180,7 +180,8 @@ def _nonneg_int(s: str) -> int:
 # ---- assembly ----------------------------------------------------------------------------------------------
 def _registrars() -> list[Callable]:
     """Every stage's `register(subparsers)`; add a stage's here when it gains commands."""
-    return [register]
+    from nanoseek.data.cli import register as register_data  # tokenizer train, data prepare/info
+    return [register, register_data]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,308 @@
+"""Byte-level BPE tokenizer (Hugging Face `tokenizers`), its special tokens and the chat template.
+
+The files it writes are a Hugging Face tokenizer directory: `PreTrainedTokenizerFast` / `AutoTokenizer` load
+`tokenizer.json`, and `tokenizer_config.json` carries a Jinja `chat_template` that renders exactly the ids
+`Tokenizer.render_chat` produces, so transformers, vLLM and nanoseek's own engine agree on the prompt format.
+
+Chat format (the engine and the server rely on it):
+    <|bos|> then per message  <|system|>{content}<|end|>   <|user|>{content}<|end|>
+                              <|assistant|><think>{reasoning}</think>{content}<|end|>   (think block only
+    when the message has a "reasoning" key); the generation prompt is <|assistant|>; generation stops at
+    <|end|> or <|eos|>.
+
+Ordinary text (documents, message contents) is encoded with special tokens treated as plain text, so a web
+page that happens to contain "<|user|>" cannot inject a turn marker. HF's `apply_chat_template` tokenizes the
+rendered string and would parse such strings as specials; the two agree whenever contents hold no special
+token text, which `render_chat` does not forbid (it is the safe side of the difference).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from functools import cached_property
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+
+from nanoseek.cli import UserError
+from nanoseek.io import atomic_write_text
+
+FORMAT_VERSION = 1
+SPECIAL_TOKENS = ["<|bos|>", "<|eos|>", "<|pad|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>",
+                  "<think>", "</think>"]
+ROLES = ("system", "user", "assistant")
+# GPT-4's (cl100k) pre-tokenization split, which DeepSeek-V3's tokenizer also follows: contractions, letter
+# runs with one leading non-letter, digit groups of at most 3, punctuation runs, newlines, spaces. Splitting
+# before BPE keeps merges from crossing word boundaries; the digit cap keeps numbers compositional.
+SPLIT_PATTERN = (r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]++[\r\n]*"""
+                 r"""|\s*[\r\n]|\s+(?!\S)|\s+""")
+MIN_VOCAB = len(SPECIAL_TOKENS) + 256  # every byte must stay encodable
+
+# The same format as a Jinja template for tokenizer_config.json (HF apply_chat_template, vLLM).
+CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% for message in messages %}"
+    "{% if message['role'] == 'system' %}<|system|>{{ message['content'] or '' }}<|end|>"
+    "{% elif message['role'] == 'user' %}<|user|>{{ message['content'] or '' }}<|end|>"
+    "{% elif message['role'] == 'assistant' %}<|assistant|>"
+    "{% if message['reasoning'] is defined and message['reasoning'] is not none %}"
+    "<think>{{ message['reasoning'] }}</think>{% endif %}"
+    "{{ message['content'] or '' }}<|end|>"
+    "{% else %}{{ raise_exception('unsupported chat role: ' + message['role']) }}"
+    "{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+
+
+class TokenizerError(UserError, ValueError):
+    """A tokenizer that cannot be trained, loaded or used as asked; the message says how to fix it."""
+
+
+def byte_to_unicode() -> dict[int, str]:
+    """GPT-2's byte-level alphabet: each byte maps to one printable character (what tokenizer.json stores).
+
+    Printable Latin-1 bytes map to themselves; the other 68 bytes map to U+0100.. in order. We need the
+    inverse to count a token's true UTF-8 bytes, which decoding one token alone (replacement chars) gets wrong.
+    """
+    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    table, extra = {}, 0
+    for b in range(256):
+        if b in keep:
+            table[b] = chr(b)
+        else:
+            table[b] = chr(256 + extra)
+            extra += 1
+    return table
+
+
+class Tokenizer:
+    """A nanoseek tokenizer: byte-level BPE with `SPECIAL_TOKENS` at ids 0..8."""
+
+    def __init__(self, tok):
+        """Wrap a `tokenizers.Tokenizer` that has all of `SPECIAL_TOKENS` as special added tokens."""
+        from tokenizers import Tokenizer as HFTokenizer
+
+        self._tok = tok  # specials in the input text are parsed (chat templates, HF parity)
+        missing = [s for s in SPECIAL_TOKENS if tok.token_to_id(s) is None]
+        if missing:
+            raise TokenizerError(f"not a nanoseek tokenizer: special token(s) {', '.join(missing)} missing; "
+                                 "train one with `nanoseek tokenizer train`")
+        # A second instance that treats special-token text as plain text: ordinary encoding of documents.
+        self._plain = HFTokenizer.from_str(tok.to_str())
+        self._plain.encode_special_tokens = True
+        ids = {s: tok.token_to_id(s) for s in SPECIAL_TOKENS}
+        self.bos_id, self.eos_id, self.pad_id = ids["<|bos|>"], ids["<|eos|>"], ids["<|pad|>"]
+        self.system_id, self.user_id, self.assistant_id = ids["<|system|>"], ids["<|user|>"], ids["<|assistant|>"]
+        self.end_id, self.think_id, self.think_end_id = ids["<|end|>"], ids["<think>"], ids["</think>"]
+        self.special_ids = ids
+
+    # ---- construction ---------------------------------------------------------------------------------
+    @classmethod
+    def train(cls, texts: Iterable[str], vocab_size: int, *, min_frequency: int = 2,
+              show_progress: bool = False) -> "Tokenizer":
+        """Train byte-level BPE on `texts`; the result may be smaller than `vocab_size` on a small corpus."""
+        from tokenizers import Regex, decoders, models, pre_tokenizers, trainers
+        from tokenizers import Tokenizer as HFTokenizer
+
+        if vocab_size < MIN_VOCAB:
+            raise TokenizerError(f"--vocab-size {vocab_size} is too small: it needs at least {MIN_VOCAB} "
+                                 f"({len(SPECIAL_TOKENS)} special tokens + 256 bytes)")
+        tok = HFTokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Split(Regex(SPLIT_PATTERN), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ])
+        tok.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size, min_frequency=min_frequency, show_progress=show_progress,
+            special_tokens=SPECIAL_TOKENS,  # first, so they get ids 0..8
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),  # all 256 bytes even if unseen: no <unk>
+        )
+        seen = [0]
+
+        def counted():
+            for t in texts:
+                if t:
+                    seen[0] += 1
+                    yield t
+
+        tok.train_from_iterator(counted(), trainer)
+        if seen[0] == 0:
+            raise TokenizerError("cannot train a tokenizer on an empty corpus: no non-empty documents were read")
+        return cls(tok)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Tokenizer":
+        """Load a directory holding tokenizer.json (as `save` writes it), or a tokenizer.json file."""
+        from tokenizers import Tokenizer as HFTokenizer
+
+        path = Path(path)
+        file = path / "tokenizer.json" if path.is_dir() else path
+        if not file.is_file():
+            raise TokenizerError(f"no tokenizer at {path}: expected a directory with tokenizer.json (or the file "
+                                 "itself); create one with `nanoseek tokenizer train`")
+        try:
+            tok = HFTokenizer.from_file(str(file))
+        except Exception as e:  # tokenizers raises a bare Exception on malformed JSON
+            raise TokenizerError(f"cannot read tokenizer {file}: {e}; re-create it with `nanoseek tokenizer train`")
+        return cls(tok)
+
+    def save(self, directory: str | os.PathLike) -> Path:
+        """Write tokenizer.json, tokenizer_config.json and special_tokens_map.json, each atomically.
+
+        Other files in `directory` (a model checkpoint) are kept: the tokenizer sits next to the weights.
+        """
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(d / "tokenizer.json", self._tok.to_str(pretty=True))
+        extra = SPECIAL_TOKENS[3:]
+        config = {
+            "tokenizer_class": "PreTrainedTokenizerFast",
+            "bos_token": "<|bos|>", "eos_token": "<|eos|>", "pad_token": "<|pad|>",
+            "additional_special_tokens": extra,
+            "add_bos_token": False, "add_eos_token": False,  # the chat template writes <|bos|> itself
+            "clean_up_tokenization_spaces": False,
+            "model_max_length": 1_000_000_000,
+            "chat_template": CHAT_TEMPLATE,
+            "nanoseek_tokenizer_version": FORMAT_VERSION,
+            "nanoseek_fingerprint": self.fingerprint(),
+        }
+        atomic_write_text(d / "tokenizer_config.json", json.dumps(config, indent=2, ensure_ascii=False) + "\n")
+        smap = {"bos_token": "<|bos|>", "eos_token": "<|eos|>", "pad_token": "<|pad|>",
+                "additional_special_tokens": extra}
+        atomic_write_text(d / "special_tokens_map.json", json.dumps(smap, indent=2) + "\n")
+        return d
+
+    def to_json(self) -> str:
+        """The tokenizer.json text (what worker processes rebuild the tokenizer from)."""
+        return self._tok.to_str()
+
+    @classmethod
+    def from_json(cls, text: str) -> "Tokenizer":
+        from tokenizers import Tokenizer as HFTokenizer
+
+        return cls(HFTokenizer.from_str(text))
+
+    # ---- properties -----------------------------------------------------------------------------------
+    @property
+    def vocab_size(self) -> int:
+        return self._tok.get_vocab_size(with_added_tokens=True)
+
+    def id_to_token(self, i: int) -> str | None:
+        return self._tok.id_to_token(i)
+
+    def token_to_id(self, token: str) -> int | None:
+        return self._tok.token_to_id(token)
+
+    def token_bytes(self) -> np.ndarray:
+        """[vocab_size] int32: UTF-8 byte length of each token, 0 for special tokens.
+
+        Bits per byte = sum(loss_nats) / (ln 2 * sum(token_bytes[targets])): comparable across tokenizers.
+        """
+        return self._token_bytes.copy()
+
+    @cached_property
+    def _token_bytes(self) -> np.ndarray:
+        decode = {c: b for b, c in byte_to_unicode().items()}
+        special = {t.content for t in self._tok.get_added_tokens_decoder().values() if t.special}
+        out = np.zeros(self.vocab_size, dtype=np.int32)
+        for i in range(self.vocab_size):
+            s = self._tok.id_to_token(i)
+            if s is None or s in special:
+                continue
+            # byte-level tokens are strings over the 256-char alphabet; anything else (an added plain
+            # token) counts as its UTF-8 text
+            out[i] = len(s) if all(c in decode for c in s) else len(s.encode("utf-8"))
+        return out
+
+    def fingerprint(self) -> str:
+        """Stable hash of everything that decides ids: vocabulary, merges, added tokens, pre-tokenization.
+
+        Built from a canonical form (not the raw file) so formatting and library-version changes to
+        tokenizer.json (merges as "a b" vs ["a","b"]) do not change it; stored in data manifests.
+        """
+        return self._fingerprint
+
+    @cached_property
+    def _fingerprint(self) -> str:
+        d = json.loads(self._tok.to_str())
+        model = d.get("model") or {}
+        vocab = sorted((model.get("vocab") or {}).items(), key=lambda kv: kv[1])
+        merges = [m.split(" ", 1) if isinstance(m, str) else list(m) for m in model.get("merges") or []]
+        canon = {
+            "type": model.get("type"), "vocab": vocab, "merges": merges,
+            "added": sorted((t["id"], t["content"], bool(t.get("special"))) for t in d.get("added_tokens") or []),
+            "normalizer": d.get("normalizer"), "pre_tokenizer": d.get("pre_tokenizer"),
+            "byte_fallback": model.get("byte_fallback"),
+        }
+        blob = json.dumps(canon, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+        return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
+
+    # ---- encode / decode ------------------------------------------------------------------------------
+    def encode(self, text: str, add_bos: bool = False, allow_special: bool = False) -> list[int]:
+        """Token ids of `text`. Special-token text is plain text unless `allow_special`."""
+        tok = self._tok if allow_special else self._plain
+        ids = tok.encode(text, add_special_tokens=False).ids
+        return [self.bos_id, *ids] if add_bos else ids
+
+    def encode_batch(self, texts: list[str], add_bos: bool = False) -> list[list[int]]:
+        """Encode many texts at once (threaded inside `tokenizers`)."""
+        encs = self._plain.encode_batch_fast(list(texts), add_special_tokens=False)
+        if add_bos:
+            return [[self.bos_id, *e.ids] for e in encs]
+        return [e.ids for e in encs]
+
+    def decode(self, ids, skip_special_tokens: bool = False) -> str:
+        if hasattr(ids, "tolist"):
+            ids = ids.tolist()
+        return self._tok.decode(list(ids), skip_special_tokens=skip_special_tokens)
+
+    # ---- chat -----------------------------------------------------------------------------------------
+    def render_chat(self, messages: list[dict], add_generation_prompt: bool = False) -> tuple[list[int], list[int]]:
+        """Render OpenAI-style messages to (ids, assistant_mask).
+
+        mask[i] = 1 for tokens the assistant wrote: its <think>reasoning</think>, its content and its closing
+        <|end|> (so the model learns to stop); the <|assistant|> marker is the prompt's, mask 0.
+        """
+        ids, mask = [self.bos_id], [0]
+
+        def add(toks: list[int], m: int) -> None:
+            ids.extend(toks)
+            mask.extend([m] * len(toks))
+
+        for i, msg in enumerate(messages):
+            if not isinstance(msg, dict) or "role" not in msg:
+                raise TokenizerError(f"chat message {i} must be a dict with 'role' and 'content', got {msg!r:.80}")
+            role, content = msg["role"], msg.get("content")
+            content = "" if content is None else content
+            if not isinstance(content, str):
+                raise TokenizerError(f"chat message {i}: 'content' must be a string, got {type(content).__name__}")
+            if role in ("system", "user"):
+                add([self.system_id if role == "system" else self.user_id], 0)
+                add(self.encode(content), 0)
+                add([self.end_id], 0)
+            elif role == "assistant":
+                add([self.assistant_id], 0)
+                reasoning = msg.get("reasoning")
+                if reasoning is not None:
+                    if not isinstance(reasoning, str):
+                        raise TokenizerError(f"chat message {i}: 'reasoning' must be a string")
+                    add([self.think_id, *self.encode(reasoning), self.think_end_id], 1)
+                add([*self.encode(content), self.end_id], 1)
+            else:
+                raise TokenizerError(f"chat message {i}: unsupported role {role!r}; use one of {', '.join(ROLES)}")
+        if add_generation_prompt:
+            add([self.assistant_id], 0)
+        return ids, mask
+
+    @property
+    def stop_ids(self) -> tuple[int, int]:
+        """Token ids that end generation: <|end|> (end of the assistant's turn) and <|eos|>."""
+        return (self.end_id, self.eos_id)
+
+    def __repr__(self) -> str:
+        return f"Tokenizer(vocab_size={self.vocab_size}, fingerprint={self.fingerprint()})"
