@@ -1,0 +1,115 @@
+"""The latent-cache path: cached decoding reproduces the full forward, and the cache holds only the latent."""
+
+import pytest
+import torch
+
+import nanoseek
+from nanoseek.config import preset, yarn
+from nanoseek.engine import Engine, LatentCache, SamplingParams
+from nanoseek.engine import engine as engine_module
+
+from conftest import randomize_
+
+CONFIGS = {
+    "q_lora": dict(),
+    "no_q_lora": dict(q_lora_rank=None),
+    "yarn": dict(rope_scaling=yarn(4, 32), max_position_embeddings=128),
+}
+
+
+def _model(**overrides):
+    m = nanoseek.DeepSeekV3(preset("tiny", **overrides)).eval()
+    randomize_(m)
+    return m
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_cached_steps_match_full_forward_at_every_step(name):
+    """Prefill a batch of different-length prompts (right-padded), then decode one token per step, then a
+    multi-token absorbed step (speculative verification) and a chunked prefill continuation (expanded path
+    over existing cache). At every step every row's logits equal a full forward over its whole sequence."""
+    model = _model(**CONFIGS[name])
+    cfg = model.config
+    lens = [5, 11, 2]
+    B, total = len(lens), 40
+    seqs = torch.randint(0, cfg.vocab_size, (B, total))
+    cache = LatentCache(cfg, B, 48)
+    kv = cache.views()
+
+    def check(h, starts, n):  # rows' hidden for positions starts[b] .. starts[b] + n - 1
+        with torch.no_grad():
+            for b in range(B):
+                end = starts[b] + n
+                ref = model(seqs[b:b + 1, :end])[0, starts[b]:end]
+                torch.testing.assert_close(model.lm_head(h[b, :n]), ref, atol=1e-4, rtol=0)
+
+    S = max(lens)
+    ids = torch.zeros(B, S, dtype=torch.long)
+    valid = torch.zeros(B, S, dtype=torch.bool)
+    for b, n in enumerate(lens):
+        ids[b, :n], valid[b, :n] = seqs[b, :n], True
+    h = model.forward_cached(ids, kv, torch.arange(S).expand(B, S), valid=valid)
+    for b, n in enumerate(lens):
+        check_b = model.lm_head(h[b, :n])
+        torch.testing.assert_close(check_b, model(seqs[b:b + 1, :n])[0].detach(), atol=1e-4, rtol=0)
+
+    cur = list(lens)
+    for _ in range(6):  # decode: one token per row, rows at different positions
+        step = torch.stack([seqs[b, cur[b]] for b in range(B)]).unsqueeze(1)
+        h = model.forward_cached(step, kv, torch.tensor(cur).unsqueeze(1))
+        check(h, cur, 1)
+        cur = [c + 1 for c in cur]
+    for n in (3, 12):  # 3 tokens: absorbed multi-token step; 12: expanded over the existing cache
+        step = torch.stack([seqs[b, cur[b]:cur[b] + n] for b in range(B)])
+        h = model.forward_cached(step, kv, torch.tensor(cur).unsqueeze(1) + torch.arange(n))
+        check(h, cur, n)
+        cur = [c + n for c in cur]
+
+
+def test_engine_logprobs_equal_full_forward(tiny_config):
+    """Through the engine: every generated token's logprob (and the prompt's) is the full forward's."""
+    model = _model()
+    prompts = [[3, 4, 5, 6, 7, 8, 9], [10, 11]]
+    outs = Engine(model).generate(prompts, SamplingParams(max_new_tokens=6, temperature=0, logprobs=3,
+                                                          prompt_logprobs=2))
+    for prompt, out in zip(prompts, outs):
+        seq = torch.tensor([prompt + out.token_ids])
+        with torch.no_grad():
+            lp = torch.log_softmax(model(seq)[0], -1)
+        n = len(prompt)
+        want = lp[n - 1:-1].gather(1, torch.tensor(out.token_ids)[:, None]).squeeze(1)
+        got = torch.tensor([t.logprob for t in out.logprobs])
+        torch.testing.assert_close(got, want, atol=1e-4, rtol=0)
+        assert [t.token_id for t in out.logprobs] == out.token_ids
+        assert all(len(t.top) == 3 and t.top[0][0] == t.token_id for t in out.logprobs)  # greedy: top-1 is it
+        assert out.prompt_logprobs[0] is None and len(out.prompt_logprobs) == n
+        want_p = lp[:n - 1].gather(1, torch.tensor(prompt[1:])[:, None]).squeeze(1)
+        got_p = torch.tensor([t.logprob for t in out.prompt_logprobs[1:]])
+        torch.testing.assert_close(got_p, want_p, atol=1e-4, rtol=0)
+        assert all(len(t.top) == 2 for t in out.prompt_logprobs[1:])
+
+
+def test_cache_holds_only_latent_and_rope_key(monkeypatch):
+    model = _model()
+    cfg = model.config
+    made = []
+
+    class Recording(LatentCache):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            made.append(self)
+
+    monkeypatch.setattr(engine_module, "LatentCache", Recording)
+    eng = Engine(model)
+    eng.generate([[1, 2, 3], [4, 5, 6, 7, 8]], SamplingParams(max_new_tokens=4, temperature=0))
+    assert len(made) == 1  # plain decoding allocates one cache and nothing else per token
+    data = made[0].data
+    per_token = cfg.num_hidden_layers * (cfg.kv_lora_rank + cfg.qk_rope_head_dim)
+    L, rows, T, width = data.shape
+    assert (L, rows, T, width) == (cfg.num_hidden_layers, 2, 9, cfg.kv_lora_rank + cfg.qk_rope_head_dim)
+    assert data.numel() == rows * T * per_token
+    assert eng.stats.cache_bytes_per_token == per_token * 4  # fp32
+    # bf16 model: bf16 cache, half the bytes
+    made.clear()
+    Engine(model.to(torch.bfloat16)).generate([1, 2, 3], SamplingParams(max_new_tokens=2, temperature=0))
+    assert made[0].data.dtype == torch.bfloat16 and made[0].bytes_per_token() == per_token * 2
