@@ -55,8 +55,10 @@ def write_formats(root: Path, docs: list[str]) -> dict[str, Path]:
     (root / "d.jsonl").write_text(lines, encoding="utf-8")
     with gzip.open(root / "d.jsonl.gz", "wt", encoding="utf-8") as f:
         f.write(lines)
-    table = pa.table({"id": list(range(len(docs))), "text": docs})
-    pq.write_table(table, root / "d.parquet", row_group_size=7)
+    # FineWeb-style: text next to metadata columns, zstd, several row groups
+    table = pa.table({"id": list(range(len(docs))), "text": docs, "url": [f"https://x/{i}" for i in range(len(docs))],
+                      "language_score": [0.9] * len(docs)})
+    pq.write_table(table, root / "d.parquet", row_group_size=7, compression="zstd")
     return {"txt": folder, "jsonl": root / "d.jsonl", "jsonl.gz": root / "d.jsonl.gz", "parquet": root / "d.parquet"}
 
 

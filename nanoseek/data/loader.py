@@ -36,6 +36,8 @@ class PackedLoader:
                  world_size: int = 1, seed: int = 0, tokenizer=None):
         if seq_len < 1 or batch_size < 1:
             raise DataError(f"seq_len and batch_size must be >= 1, got {seq_len} and {batch_size}")
+        if seed < 0:
+            raise DataError(f"seed must be >= 0, got {seed}")
         if world_size < 1 or not 0 <= rank < world_size:
             raise DataError(f"rank {rank} is not in [0, world_size={world_size})")
         self.data_dir, self.split = Path(data_dir), split
