@@ -145,6 +145,14 @@ def test_text_units_and_max_docs(tok, tok_dir, tmp_path):
     assert sorted(got) == sorted(["para one\nline two", "para two", "para three"])
     m = prepare([f], tok, tmp_path / "l", val_docs=1, read=_ro(text_unit="line", max_docs=3), progress=False)
     assert m["total_documents"] == 3
+    # in a folder a .json file is a text document (package.json in a code corpus); named alone it is JSON lines
+    folder = tmp_path / "code"
+    folder.mkdir()
+    (folder / "package.json").write_text('{\n  "name": "x"\n}\n')
+    (folder / "main.py").write_text("print('hi')\n")
+    assert prepare([folder], tok, tmp_path / "c", val_fraction=0, progress=False)["total_documents"] == 2
+    (tmp_path / "recs.json").write_text('{"text": "a"}\n{"text": "b"}\n{"text": "c"}\n')
+    assert prepare([tmp_path / "recs.json"], tok, tmp_path / "j", val_docs=1, progress=False)["total_documents"] == 3
 
 
 def _ro(**kw):

@@ -19,7 +19,7 @@ from typing import IO, Iterator
 from nanoseek.data.errors import DataError
 
 TEXT_UNITS = ("file", "paragraph", "line")
-JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json", ".jsonl.gz", ".ndjson.gz", ".json.gz")
+JSONL_SUFFIXES = (".jsonl", ".ndjson", ".jsonl.gz", ".ndjson.gz")
 PARQUET_SUFFIXES = (".parquet", ".pq")
 _SNIFF = 8192
 
@@ -38,11 +38,13 @@ class ReadOptions:
             raise DataError(f"--max-docs must be >= 1, got {self.max_docs}")
 
 
-def file_kind(path: Path) -> str:
+def file_kind(path: Path, explicit: bool = True) -> str:
+    """parquet, jsonl or text by file name. A .json file is JSON lines when named explicitly (as in HF
+    datasets) but a text document inside a folder (package.json in a code corpus is text, not records)."""
     name = path.name.lower()
     if name.endswith(PARQUET_SUFFIXES):
         return "parquet"
-    if name.endswith(JSONL_SUFFIXES):
+    if name.endswith(JSONL_SUFFIXES) or (explicit and name.endswith((".json", ".json.gz"))):
         return "jsonl"
     return "text"
 
@@ -69,7 +71,7 @@ def list_files(paths) -> list[InputFile]:
                 for f in sorted(files):
                     if not f.startswith("."):
                         fp = Path(root) / f
-                        out.append(InputFile(fp, file_kind(fp), False, fp.stat().st_size))
+                        out.append(InputFile(fp, file_kind(fp, False), False, fp.stat().st_size))
         else:
             raise DataError(f"input {p} does not exist; pass text files, folders, .jsonl or .parquet files")
     if not out:
