@@ -1,0 +1,178 @@
+"""The interactive terminal chat behind `nanoseek chat`.
+
+Streaming answers; reasoning between <think> and </think> is shown dimmed apart from the answer and not fed
+back into later turns (DeepSeek-R1's practice: earlier chains of thought are dropped from the context).
+Input: one line per message; end a line with a backslash to continue it, or wrap a block in triple quotes.
+Ctrl-C stops the answer being written and returns to the prompt; Ctrl-D or /quit leaves.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+from typing import Callable, TextIO
+
+from nanoseek.engine.engine import Engine
+from nanoseek.engine.sampling import SamplingParams
+
+DIM, BOLD, RESET = "\x1b[2m", "\x1b[1m", "\x1b[0m"
+THINK, THINK_END = "<think>", "</think>"
+
+HELP = """commands:
+  /clear              forget the conversation (keeps the system prompt)
+  /system [TEXT]      set the system prompt (no TEXT: remove it)
+  /temperature [T]    show or set the sampling temperature (0 = greedy)
+  /help               this list
+  /quit               leave (or Ctrl-D)
+input: end a line with \\ to continue on the next line, or put \"\"\" on a line alone to start and end a block.
+Ctrl-C stops the current answer."""
+
+
+class ReasoningSplitter:
+    """Routes streamed text to 'reasoning' or 'answer' at the <think> / </think> tags. The tags are special
+    tokens, so each arrives whole inside one piece of text; a piece may hold text on both sides of one."""
+
+    def __init__(self, thinking: bool = False):
+        self.thinking = thinking
+
+    def feed(self, text: str) -> list[tuple[str, str]]:
+        out = []
+        while text:
+            tag = THINK_END if self.thinking else THINK
+            i = text.find(tag)
+            if i < 0:
+                out.append(("reasoning" if self.thinking else "answer", text))
+                break
+            if i:
+                out.append(("reasoning" if self.thinking else "answer", text[:i]))
+            self.thinking = not self.thinking
+            text = text[i + len(tag):]
+        return out
+
+
+class ChatSession:
+    def __init__(self, engine: Engine, params: SamplingParams, *, system: str | None = None, speculative: int = 0,
+                 out: TextIO = sys.stdout, color: bool = False):
+        self.engine, self.params, self.system, self.speculative = engine, params, system, speculative
+        self.out, self.color = out, color
+        self.messages: list[dict] = []
+
+    # ---- output helpers --------------------------------------------------------------------------------
+    def _write(self, text: str, style: str = "") -> None:
+        self.out.write(f"{style}{text}{RESET}" if self.color and style else text)
+        self.out.flush()
+
+    def note(self, text: str) -> None:
+        self._write(f"{text}\n", DIM)
+
+    # ---- commands --------------------------------------------------------------------------------------
+    def command(self, line: str) -> bool:
+        """Run a /command; False means leave."""
+        name, _, arg = line[1:].partition(" ")
+        arg = arg.strip()
+        if name in ("quit", "exit"):
+            return False
+        if name == "clear":
+            self.messages.clear()
+            self.note("conversation cleared")
+        elif name == "system":
+            self.system = arg or None
+            self.note(f"system prompt set: {arg}" if arg else "system prompt removed")
+        elif name == "temperature":
+            if arg:
+                try:
+                    t = float(arg)
+                    if t < 0:
+                        raise ValueError
+                except ValueError:
+                    self.note(f"/temperature needs a number >= 0 (0 = greedy), got {arg!r}")
+                    return True
+                self.params.temperature = t
+            self.note(f"temperature {self.params.temperature:g}")
+        elif name == "help":
+            self.note(HELP)
+        else:
+            self.note(f"unknown command /{name}; /help lists the commands")
+        return True
+
+    # ---- one turn --------------------------------------------------------------------------------------
+    def respond(self, user_text: str) -> str:
+        """Stream the assistant's answer to user_text; returns the answer (reasoning excluded)."""
+        self.messages.append({"role": "user", "content": user_text})
+        convo = ([{"role": "system", "content": self.system}] if self.system else []) + self.messages
+        ids = self.engine.encode_chat(convo)
+        room = self.engine.config.max_position_embeddings - len(ids)
+        if room <= 0:
+            self.messages.pop()
+            self.note(f"the conversation ({len(ids)} tokens) fills the model's context of "
+                      f"{self.engine.config.max_position_embeddings}; /clear to start over")
+            return ""
+        params = dataclasses.replace(self.params, max_new_tokens=min(self.params.max_new_tokens, room))
+        splitter = ReasoningSplitter()
+        answer, n_tokens, finish = [], 0, None
+        t0 = time.perf_counter()
+        stream = self.engine.stream(ids, params, speculative=self.speculative)
+        try:
+            for delta in stream:
+                n_tokens += len(delta.token_ids)
+                for kind, text in splitter.feed(delta.text):
+                    if kind == "reasoning":
+                        self._write(text, DIM)
+                    else:
+                        answer.append(text)
+                        self._write(text)
+                finish = delta.finish_reason
+        except KeyboardInterrupt:
+            stream.close()
+            finish = "interrupted"
+            self._write("\n")
+            self.note("[stopped]")
+        dt = time.perf_counter() - t0
+        text = "".join(answer).strip()
+        self.messages.append({"role": "assistant", "content": text})
+        if finish != "interrupted":
+            self._write("\n")
+            extra = ""
+            rate = self.engine.stats.acceptance_rate
+            if rate is not None:
+                extra = f", {rate:.0%} of drafts accepted"
+            cut = " (max tokens reached)" if finish == "length" else ""
+            self.note(f"[{len(ids)} prompt tokens, {n_tokens} new{cut}, {n_tokens / dt if dt else 0:.0f} tok/s{extra}]")
+        return text
+
+    # ---- the loop --------------------------------------------------------------------------------------
+    def run(self, read_line: Callable[[str], str]) -> None:
+        """read_line(prompt) returns one input line (raises EOFError at the end, KeyboardInterrupt on Ctrl-C)."""
+        while True:
+            try:
+                text = read_message(read_line)
+            except EOFError:
+                self._write("\n")
+                return
+            except KeyboardInterrupt:
+                self._write("\n")
+                self.note("(Ctrl-D or /quit to leave)")
+                continue
+            if not text.strip():
+                continue
+            if text.startswith("/") and "\n" not in text:
+                if not self.command(text.strip()):
+                    return
+                continue
+            self.respond(text)
+
+
+def read_message(read_line: Callable[[str], str]) -> str:
+    """One user message: a line, lines joined by trailing backslashes, or a \"\"\"-delimited block."""
+    first = read_line(">>> ")
+    if first.strip() == '"""':
+        lines = []
+        while (line := read_line("... ")).strip() != '"""':
+            lines.append(line)
+        return "\n".join(lines)
+    lines = [first]
+    while lines[-1].endswith("\\"):
+        lines[-1] = lines[-1][:-1]
+        lines.append(read_line("... "))
+    return "\n".join(lines)

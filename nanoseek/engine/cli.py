@@ -1,0 +1,253 @@
+"""`nanoseek generate` (one-shot and scripted generation, JSONL out) and `nanoseek chat` (interactive)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from nanoseek.cli import UserError, add_device_args, resolve_device, resolve_dtype
+
+FORMAT_VERSION = 1  # of the JSONL records `nanoseek generate` writes
+
+
+def _positive_int(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {s!r}") from None
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {s}")
+    return v
+
+
+def _nonneg_int(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {s!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {s}")
+    return v
+
+
+def _add_sampling_args(p: argparse.ArgumentParser, temperature: float, max_tokens: int) -> None:
+    g = p.add_argument_group("sampling")
+    g.add_argument("--max-tokens", "--max-new-tokens", dest="max_tokens", type=_positive_int, default=max_tokens,
+                   help=f"new tokens per answer at most (default {max_tokens}); prompt + this must fit the context")
+    g.add_argument("--temperature", type=float, default=temperature, help=f"0 = greedy (default {temperature:g})")
+    g.add_argument("--top-k", type=_nonneg_int, default=0, help="keep the k most likely tokens (0 = off)")
+    g.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1 = off)")
+    g.add_argument("--min-p", type=float, default=0.0, help="drop tokens below min-p x the top probability")
+    g.add_argument("--presence-penalty", type=float, default=0.0)
+    g.add_argument("--frequency-penalty", type=float, default=0.0)
+    g.add_argument("--repetition-penalty", type=float, default=1.0)
+    g.add_argument("--seed", type=int, default=None, help="makes sampled output reproducible")
+    g.add_argument("--speculative", type=_nonneg_int, default=0, metavar="K",
+                   help="draft K tokens per step with the model's MTP module and verify them in one forward")
+
+
+def _params(args, **extra):
+    from nanoseek.engine import SamplingError, SamplingParams
+
+    try:
+        return SamplingParams(max_new_tokens=args.max_tokens, temperature=args.temperature, top_k=args.top_k,
+                              top_p=args.top_p, min_p=args.min_p, presence_penalty=args.presence_penalty,
+                              frequency_penalty=args.frequency_penalty, repetition_penalty=args.repetition_penalty,
+                              seed=args.seed, **extra).validate()
+    except SamplingError as e:
+        raise UserError(str(e)) from None
+
+
+def _load_engine(args):
+    from nanoseek.engine import Engine
+
+    ckpt = Path(args.checkpoint)
+    if not (ckpt / "config.json").is_file():
+        raise UserError(f"--checkpoint {ckpt}: no config.json there; point to a nanoseek or Hugging Face model "
+                        "directory (a training run's checkpoint folder)")
+    device, dtype = resolve_device(args.device), resolve_dtype(args.dtype)
+    engine = Engine.load(ckpt, dtype=dtype, device=device)
+    if args.speculative and not len(engine.model.mtp):
+        raise UserError(f"--speculative needs an MTP module and {ckpt} has none (num_nextn_predict_layers = 0)")
+    return engine
+
+
+# ---- generate --------------------------------------------------------------------------------------------
+def _read_prompts(args) -> list[dict]:
+    """Each prompt as {"prompt": text} or {"messages": [...]} (chat)."""
+    items: list[dict] = [{"prompt": p} for p in args.prompt or []]
+    source = args.prompts_file
+    if source is None and not items and not sys.stdin.isatty():
+        source = "-"
+    if source is not None:
+        if source == "-":
+            lines = sys.stdin.read().splitlines()
+            name = "stdin"
+        else:
+            path = Path(source)
+            if not path.is_file():
+                raise UserError(f"--prompts-file {path}: no such file")
+            lines = path.read_text(encoding="utf-8").splitlines()
+            name = str(path)
+        for n, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            if line.lstrip().startswith("{"):
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise UserError(f"{name} line {n}: not valid JSON ({e.msg}); write one object per line like "
+                                    '{"prompt": "..."} or {"messages": [...]}, or plain text lines') from None
+                if not isinstance(obj, dict) or not (isinstance(obj.get("prompt"), str) or
+                                                     isinstance(obj.get("messages"), list)):
+                    raise UserError(f'{name} line {n}: expected {{"prompt": "..."}} or {{"messages": [...]}}')
+                items.append(obj)
+            else:
+                items.append({"prompt": line})
+    if not items:
+        raise UserError("no prompts: pass --prompt TEXT, --prompts-file FILE (one per line, or JSONL), or pipe "
+                        "prompts into stdin")
+    return items
+
+
+def _prompt_ids(engine, item: dict, chat: bool, system: str | None) -> list[int]:
+    if "messages" in item:
+        return engine.encode_chat(item["messages"])
+    if chat:
+        msgs = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": item["prompt"]}]
+        return engine.encode_chat(msgs)
+    return engine.tokenizer.encode(item["prompt"])
+
+
+def _logprob_json(tok, lps):
+    if lps is None:
+        return None
+
+    def name(i):
+        return tok.decode([i]) if tok is not None else None
+
+    return [None if lp is None else {"token_id": lp.token_id, "token": name(lp.token_id), "logprob": lp.logprob,
+                                     "top": [{"token_id": i, "token": name(i), "logprob": v} for i, v in lp.top]}
+            for lp in lps]
+
+
+def cmd_generate(args) -> None:
+    """Generate for one or many prompts (batched) and write one JSON line per prompt."""
+    from nanoseek.engine import ContextLengthError, EngineError
+
+    items = _read_prompts(args)
+    params = _params(args, stop=args.stop or [], logprobs=args.logprobs, prompt_logprobs=args.prompt_logprobs)
+    engine = _load_engine(args)
+    if engine.tokenizer is None:
+        raise UserError(f"{args.checkpoint} has no tokenizer.json: text prompts need one (copy the tokenizer "
+                        "directory's files into the checkpoint)")
+    out_lines: list[str] = []
+    sink = None if args.output else sys.stdout
+    total = {"prompt": 0, "new": 0, "prefill_s": 0.0, "decode_s": 0.0, "drafted": 0, "accepted": 0}
+    try:
+        ids = [_prompt_ids(engine, it, args.chat, args.system) for it in items]
+        for start in range(0, len(items), args.batch_size):
+            batch = ids[start:start + args.batch_size]
+            outs = engine.generate(batch, params, speculative=args.speculative)
+            st = engine.stats
+            total["prompt"] += st.prompt_tokens
+            total["new"] += st.generated_tokens
+            total["prefill_s"] += st.prefill_seconds
+            total["decode_s"] += st.decode_seconds
+            total["drafted"] += st.drafted
+            total["accepted"] += st.accepted
+            for o in outs:
+                item = items[start + o.index]
+                rec = {"format_version": FORMAT_VERSION, "index": start + o.index, **item, "text": o.text,
+                       "finish_reason": o.finish_reason, "stop_reason": o.stop_reason,
+                       "prompt_tokens": len(o.prompt_ids), "completion_tokens": len(o.token_ids),
+                       "token_ids": o.token_ids}
+                if o.logprobs is not None:
+                    rec["logprobs"] = _logprob_json(engine.tokenizer, o.logprobs)
+                if o.prompt_logprobs is not None:
+                    rec["prompt_logprobs"] = _logprob_json(engine.tokenizer, o.prompt_logprobs)
+                if args.speculative:
+                    rec["acceptance_rate"] = o.acceptance_rate
+                line = json.dumps(rec, ensure_ascii=False)
+                if sink is not None:
+                    print(line, file=sink, flush=True)
+                else:
+                    out_lines.append(line)
+    except (EngineError, ContextLengthError) as e:
+        raise UserError(str(e)) from None
+    if args.output:
+        from nanoseek.io import atomic_write_text
+
+        atomic_write_text(args.output, "".join(line + "\n" for line in out_lines))
+        print(f"wrote {len(out_lines)} completions to {args.output}", file=sys.stderr)
+    pre = total["prompt"] / total["prefill_s"] if total["prefill_s"] else 0.0
+    dec = total["new"] / total["decode_s"] if total["decode_s"] else 0.0
+    acc = f", {total['accepted'] / total['drafted']:.0%} of drafts accepted" if total["drafted"] else ""
+    print(f"{len(items)} prompt(s): {total['prompt']} prompt tokens ({pre:,.0f} tok/s prefill), {total['new']} new "
+          f"tokens ({dec:,.0f} tok/s decode){acc}; latent cache {engine.stats.cache_bytes_per_token} B/token",
+          file=sys.stderr)
+
+
+# ---- chat ------------------------------------------------------------------------------------------------
+def cmd_chat(args) -> None:
+    """Interactive chat with streaming output (see nanoseek.engine.chat for the keys and commands)."""
+    from nanoseek.engine import ContextLengthError, EngineError
+    from nanoseek.engine.chat import ChatSession
+
+    params = _params(args, skip_special_tokens=False)  # keep <think> / </think> in the text to split on
+    engine = _load_engine(args)
+    if not hasattr(engine.tokenizer, "render_chat"):
+        raise UserError(f"{args.checkpoint} has no nanoseek tokenizer (tokenizer.json with the chat special "
+                        "tokens); chat needs its template. Use `nanoseek generate` for plain text completion")
+    color = args.color == "always" or (args.color == "auto" and sys.stdout.isatty() and not os.environ.get("NO_COLOR"))
+    session = ChatSession(engine, params, system=args.system, speculative=args.speculative, color=color)
+    interactive = sys.stdin.isatty()
+    if interactive:
+        session.note(f"nanoseek chat with {args.checkpoint} ({args.dtype}); /help for commands, Ctrl-D to leave")
+
+    def read_line(prompt: str) -> str:
+        if interactive:
+            return input(prompt)
+        line = sys.stdin.readline()
+        if not line:
+            raise EOFError
+        sys.stdout.write(prompt + line)  # echo scripted input so the transcript reads like a session
+        return line.rstrip("\n")
+
+    try:
+        session.run(read_line)
+    except (EngineError, ContextLengthError) as e:
+        raise UserError(f"{e} (use /clear to start over)") from None
+
+
+def register(sub) -> None:
+    p = sub.add_parser("generate", help="generate from prompts (args, file or stdin) and write JSONL",
+                       description=cmd_generate.__doc__)
+    p.add_argument("--checkpoint", required=True, help="model directory (nanoseek or Hugging Face) with tokenizer.json")
+    p.add_argument("--prompt", action="append", help="a prompt; repeat for several (batched together)")
+    p.add_argument("--prompts-file", metavar="PATH", help="one prompt per line, or JSONL objects with \"prompt\" "
+                   "or \"messages\"; '-' reads stdin (also the default when stdin is piped and no --prompt)")
+    p.add_argument("--chat", action="store_true", help="wrap each text prompt as a user turn in the chat template")
+    p.add_argument("--system", help="with --chat: a system prompt")
+    p.add_argument("--stop", action="append", help="stop string (repeatable); never part of the output text")
+    p.add_argument("--logprobs", type=_nonneg_int, default=None, metavar="N",
+                   help="report each generated token's logprob and the N most likely alternatives")
+    p.add_argument("--prompt-logprobs", type=_nonneg_int, default=None, metavar="N", help="the same for prompt tokens")
+    p.add_argument("--batch-size", type=_positive_int, default=16, help="prompts decoded together (default 16)")
+    p.add_argument("--output", "-o", help="write the JSONL here (atomically) instead of stdout")
+    _add_sampling_args(p, temperature=1.0, max_tokens=128)
+    add_device_args(p)
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("chat", help="interactive chat in the terminal (streaming, reasoning dimmed)",
+                       description=cmd_chat.__doc__)
+    p.add_argument("--checkpoint", required=True, help="model directory with a nanoseek tokenizer")
+    p.add_argument("--system", help="system prompt")
+    p.add_argument("--color", default="auto", choices=["auto", "always", "never"],
+                   help="ANSI styling (reasoning dimmed); auto: when stdout is a terminal")
+    _add_sampling_args(p, temperature=0.7, max_tokens=1024)
+    add_device_args(p)
+    p.set_defaults(func=cmd_chat)

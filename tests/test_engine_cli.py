@@ -1,0 +1,162 @@
+"""`nanoseek generate` and `nanoseek chat`, driven as a user would: flags, files, stdin, scripted chat input."""
+
+import io
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import nanoseek
+from nanoseek.cli import main
+from nanoseek.config import preset
+from nanoseek.engine import Delta, Engine, SamplingParams
+from nanoseek.engine.chat import DIM, ChatSession, ReasoningSplitter
+from nanoseek.tokenizer import Tokenizer
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models run fastest on one thread, and a second OpenMP thread stalls whenever another process
+    holds the other core (these machines are shared): each op then waits out a time slice."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+CORPUS = ["The quick brown fox jumps over the lazy dog. Héllo wörld 中文 🙂.", "Another line of text."] * 20
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    tok = Tokenizer.train(CORPUS, vocab_size=300)
+    torch.manual_seed(0)
+    model = nanoseek.DeepSeekV3(preset("tiny", vocab_size=tok.vocab_size))
+    path = tmp_path_factory.mktemp("ckpt") / "model"
+    nanoseek.save_model(model, path)
+    tok.save(path)
+    return path
+
+
+def run(argv, capsys, stdin=None, monkeypatch=None):
+    if stdin is not None:
+        monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
+    rc = main(argv)
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def test_generate_prompts_from_args_file_and_stdin(ckpt, tmp_path, capsys, monkeypatch):
+    rc, out, err = run(["generate", "--checkpoint", str(ckpt), "--prompt", "The quick", "--prompt", "Hello",
+                        "--max-tokens", "6", "--temperature", "0", "--logprobs", "2"], capsys)
+    assert rc == 0, err
+    recs = [json.loads(line) for line in out.splitlines()]
+    assert [r["prompt"] for r in recs] == ["The quick", "Hello"]
+    eng = Engine.load(ckpt)
+    want = eng.generate("The quick", SamplingParams(max_new_tokens=6, temperature=0))
+    assert recs[0]["token_ids"] == want.token_ids and recs[0]["text"] == want.text
+    assert recs[0]["finish_reason"] == "length" and recs[0]["completion_tokens"] == 6
+    assert len(recs[0]["logprobs"]) == 6 and len(recs[0]["logprobs"][0]["top"]) == 2
+    assert "tok/s decode" in err and "B/token" in err
+
+    pf = tmp_path / "prompts.txt"
+    pf.write_text('plain line prompt\n\n{"prompt": "json prompt"}\n{"messages": [{"role": "user", "content": "hi"}]}\n')
+    outfile = tmp_path / "out.jsonl"
+    rc, out, err = run(["generate", "--checkpoint", str(ckpt), "--prompts-file", str(pf), "--max-tokens", "3",
+                        "--seed", "3", "--speculative", "2", "-o", str(outfile)], capsys)
+    assert rc == 0, err
+    recs = [json.loads(line) for line in outfile.read_text().splitlines()]
+    assert [r.get("prompt") for r in recs] == ["plain line prompt", "json prompt", None]
+    assert recs[2]["messages"][0]["content"] == "hi" and all("acceptance_rate" in r for r in recs)
+
+    rc, out, err = run(["generate", "--checkpoint", str(ckpt), "--max-tokens", "2", "--temperature", "0"],
+                       capsys, stdin="from stdin\nsecond\n", monkeypatch=monkeypatch)
+    assert rc == 0, err
+    assert [json.loads(line)["prompt"] for line in out.splitlines()] == ["from stdin", "second"]
+
+
+def test_generate_rejects_bad_requests(ckpt, tmp_path, capsys):
+    for bad in ("0", "-5"):
+        with pytest.raises(SystemExit) as e:
+            main(["generate", "--checkpoint", str(ckpt), "--prompt", "x", "--max-tokens", bad])
+        assert e.value.code == 2
+        assert "--max-tokens" in capsys.readouterr().err
+    rc, _, err = run(["generate", "--checkpoint", str(ckpt), "--prompt", "x", "--max-tokens", "100000"], capsys)
+    assert rc == 2 and "exceeds the model's context length of 512 tokens" in err
+    rc, _, err = run(["generate", "--checkpoint", str(tmp_path / "nope"), "--prompt", "x"], capsys)
+    assert rc == 2 and "no config.json" in err
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "ok"}\n{"prompt": oops}\n')
+    rc, _, err = run(["generate", "--checkpoint", str(ckpt), "--prompts-file", str(bad)], capsys)
+    assert rc == 2 and "line 2: not valid JSON" in err
+    rc, _, err = run(["generate", "--checkpoint", str(ckpt), "--prompt", "x", "--top-p", "0"], capsys)
+    assert rc == 2 and "top_p" in err
+
+
+def test_chat_scripted_session(ckpt):
+    """The real command with piped input: commands, a multi-line block, a continued line, then /quit."""
+    script = ('/system Be terse.\nHello there\n/temperature 0\n"""\nline one\nline two\n"""\n'
+              'continued \\\nline\n/temperature abc\n/clear\n/quit\n')
+    p = subprocess.run([sys.executable, "-m", "nanoseek.cli", "chat", "--checkpoint", str(ckpt), "--max-tokens", "5",
+                        "--color", "never"], input=script, capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert p.returncode == 0, p.stderr
+    out = p.stdout
+    for expected in ("system prompt set: Be terse.", "temperature 0", "... line two", "needs a number >= 0",
+                     "conversation cleared"):
+        assert expected in out
+    # three answers, each reporting its context: it grows with the conversation
+    stats = [line for line in out.splitlines() if line.startswith("[") and "prompt tokens" in line]
+    sizes = [int(s[1:].split()[0]) for s in stats]
+    assert len(sizes) == 3 and sizes[0] < sizes[1] < sizes[2]
+
+
+class _Scripted:
+    """An engine stand-in whose stream plays a fixed answer (to drive rendering and interruption)."""
+
+    def __init__(self, engine, pieces, interrupt_after=None):
+        self.engine, self.pieces, self.interrupt_after = engine, pieces, interrupt_after
+        self.config, self.stats = engine.config, engine.stats
+
+    def encode_chat(self, messages):
+        return self.engine.encode_chat(messages)
+
+    def stream(self, ids, params, speculative=0):
+        for i, text in enumerate(self.pieces):
+            if self.interrupt_after is not None and i == self.interrupt_after:
+                raise KeyboardInterrupt
+            yield Delta(0, text, [1], "stop" if i == len(self.pieces) - 1 else None)
+
+
+def test_chat_dims_reasoning_and_ctrl_c_stops_only_the_answer(ckpt):
+    eng = Engine.load(ckpt)
+    out = io.StringIO()
+    lines = iter(["first question", "second question", "/quit"])
+    session = ChatSession(_Scripted(eng, ["<think>let me", " think</think>The", " answer."]), SamplingParams(),
+                          out=out, color=True)
+    session.run(lambda prompt: next(lines) if True else None)
+    text = out.getvalue()
+    assert f"{DIM}let me" in text and "The answer." in text
+    # reasoning is not fed back: the history holds the answer only
+    assert session.messages[1] == {"role": "assistant", "content": "The answer."}
+    assert len(session.messages) == 4
+
+    out = io.StringIO()
+    lines = iter(["question", "/temperature 0.5", "/quit"])
+    session = ChatSession(_Scripted(eng, ["Partial", " answer", " never"], interrupt_after=2), SamplingParams(),
+                          out=out)
+    session.run(lambda prompt: next(lines))
+    text = out.getvalue()
+    assert "Partial answer" in text and "[stopped]" in text and "never" not in text
+    assert "temperature 0.5" in text  # the loop went on after Ctrl-C
+    assert session.messages[-1]["content"] == "Partial answer"
+
+
+def test_reasoning_splitter_handles_tags_inside_pieces():
+    s = ReasoningSplitter()
+    assert s.feed("a<think>b") == [("answer", "a"), ("reasoning", "b")]
+    assert s.feed("c</think>d<think>") == [("reasoning", "c"), ("answer", "d")]
+    assert s.thinking
