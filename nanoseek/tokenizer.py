@@ -207,17 +207,33 @@ class Tokenizer:
 
     @cached_property
     def _token_bytes(self) -> np.ndarray:
+        special = set(self._special_set)
+        return np.array([0 if i in special else len(b) for i, b in enumerate(self._raw_bytes)], dtype=np.int32)
+
+    @cached_property
+    def _special_set(self) -> frozenset[int]:
+        return frozenset(i for i, t in self._tok.get_added_tokens_decoder().items() if t.special)
+
+    @cached_property
+    def _raw_bytes(self) -> list[bytes]:
+        """Each id's raw bytes. Byte-level tokens are strings over the 256-char alphabet; anything else (a
+        special or added token) is its UTF-8 text."""
         decode = {c: b for b, c in byte_to_unicode().items()}
-        special = {t.content for t in self._tok.get_added_tokens_decoder().values() if t.special}
-        out = np.zeros(self.vocab_size, dtype=np.int32)
+        out = []
         for i in range(self.vocab_size):
-            s = self._tok.id_to_token(i)
-            if s is None or s in special:
-                continue
-            # byte-level tokens are strings over the 256-char alphabet; anything else (an added plain
-            # token) counts as its UTF-8 text
-            out[i] = len(s) if all(c in decode for c in s) else len(s.encode("utf-8"))
+            s = self._tok.id_to_token(i) or ""
+            if i in self._special_set or not all(c in decode for c in s):
+                out.append(s.encode("utf-8"))
+            else:
+                out.append(bytes(decode[c] for c in s))
         return out
+
+    def decode_bytes(self, ids, skip_special_tokens: bool = False) -> bytes:
+        """The raw bytes of `ids`: for streaming, where a token may end inside a multi-byte character."""
+        if hasattr(ids, "tolist"):
+            ids = ids.tolist()
+        raw, special = self._raw_bytes, self._special_set
+        return b"".join(raw[i] for i in ids if not (skip_special_tokens and i in special))
 
     def fingerprint(self) -> str:
         """Stable hash of everything that decides ids: vocabulary, merges, added tokens, pre-tokenization.
