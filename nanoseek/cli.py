@@ -181,8 +181,9 @@ def _nonneg_int(s: str) -> int:
 def _registrars() -> list[Callable]:
     """Every stage's `register(subparsers)`; add a stage's here when it gains commands."""
     from nanoseek.data.cli import register as register_data  # tokenizer train, data prepare/info
+    from nanoseek.train.pretrain import register as register_train  # pretrain
     from nanoseek.engine.cli import register as register_engine  # generate, chat
-    return [register, register_data, register_engine]
+    return [register, register_data, register_train, register_engine]
 
 
 def build_parser() -> argparse.ArgumentParser:

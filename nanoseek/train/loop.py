@@ -1,0 +1,332 @@
+"""The training loop: one for pretraining, SFT and GRPO. They differ only in their `Task` (data and loss).
+
+One optimizer step:
+    grad_accum x (batch <- task, forward under autocast, loss / grad_accum backward; gradients all-reduced
+    on the last micro-batch only) -> clip the global grad norm -> stop on a non-finite loss or norm
+    (before the update, so the last checkpoint stays the last good state) -> optimizer step -> router
+    bias update from the step's expert counts (all micro-batches, all ranks) -> log / eval / checkpoint.
+
+Precision: weights, gradients and optimizer state are fp32 (the master copy); matmuls run in bf16 under
+autocast; the model keeps its router and losses in fp32 itself.
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from nanoseek.train import distributed as D
+from nanoseek.train.checkpoint import (capture_rng, checkpoints_dir, clean_partial, latest_checkpoint,
+                                       load_train_state, restore_rng, save_checkpoint)
+from nanoseek.train.config import TrainConfig
+from nanoseek.train.log import RunLog
+from nanoseek.train.optim import build_optimizers, set_lr
+from nanoseek.train.schedule import lr_at
+
+
+class TrainingDiverged(RuntimeError):
+    """Loss or gradient norm became NaN/inf; the message names the step and the checkpoint to resume from."""
+
+
+class Task(abc.ABC):
+    """What a training stage plugs into the loop: where batches come from and what the loss is.
+
+    `loss` returns an object with `.loss` (the scalar to minimize) and optionally the DeepSeek-V3 parts
+    `.main_loss`, `.mtp_losses`, `.balance_loss` and `.expert_counts` (a `nanoseek.ModelOutput` has them all).
+    """
+
+    #: tokens one micro-batch trains on, on this rank (for tokens/s and MFU)
+    tokens_per_batch: int
+
+    @abc.abstractmethod
+    def next_batch(self, model: nn.Module) -> Any:
+        """The next micro-batch on this rank's device. `model` is there for tasks that sample from it (GRPO)."""
+
+    @abc.abstractmethod
+    def loss(self, model: nn.Module, batch: Any, cfg: TrainConfig) -> Any:
+        """Forward `batch` through `model` (called under autocast) and return the losses."""
+
+    def evaluate(self, model: nn.Module, cfg: TrainConfig) -> dict[str, float]:
+        """Validation metrics (called in eval mode, under no_grad and autocast); every rank calls it."""
+        return {}
+
+    @abc.abstractmethod
+    def state_dict(self) -> dict[str, Any]:
+        """JSON-able position of the data stream, so a resumed run continues with the next batch."""
+
+    @abc.abstractmethod
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+@dataclass
+class TrainResult:
+    step: int
+    losses: list[float] = field(default_factory=list)  # training loss of each step run in this call
+    eval: dict[str, float] = field(default_factory=dict)  # the last evaluation
+    checkpoint: Path | None = None  # the last checkpoint written
+
+
+def train(model: nn.Module, task: Task, cfg: TrainConfig, run_dir: str | Path, *, info: D.DistInfo | None = None,
+          resume: bool = False, write_extra: Callable[[Path], None] | None = None, progress: bool = True,
+          announce: Callable[[str], None] = print) -> TrainResult:
+    """Train `model` (a fp32 `DeepSeekV3`, same config as the checkpoint when resuming) on `task`.
+
+    run_dir receives log.jsonl and checkpoints/. resume=True continues from checkpoints/latest: weights,
+    optimizer, data position, RNG and step, so the continuation equals an uninterrupted run bit for bit.
+    write_extra(dir) adds files to every checkpoint (the tokenizer). Only rank 0 logs and writes.
+    """
+    from nanoseek.cost import flops_per_token, mfu, peak_flops
+
+    cfg.validate()
+    info = info or D.DistInfo(device=torch.device("cpu"))
+    run_dir = Path(run_dir)
+    device = info.device
+    amp_dtype = torch.bfloat16 if cfg.dtype == "bfloat16" else None
+    # The balance-loss weight is read by the model's forward from its config (spec 4.6).
+    model.config.aux_loss_alpha = cfg.aux_loss_alpha
+
+    state = None
+    if resume:
+        ckpt = latest_checkpoint(run_dir)
+        if ckpt is None:
+            raise FileNotFoundError(f"--resume: no checkpoint in {checkpoints_dir(run_dir)}; drop --resume to start")
+        state = load_train_state(ckpt)
+        if state.world_size != info.world_size:
+            raise ValueError(f"{ckpt} was written by {state.world_size} process(es), this run has "
+                             f"{info.world_size}: resume with the same number of processes")
+        _load_weights(model, ckpt)
+    elif latest_checkpoint(run_dir) is not None:
+        raise ValueError(f"{run_dir} already holds a training run ({checkpoints_dir(run_dir)}); resume it or "
+                         "choose a new directory")
+    model.to(device).train()
+    if cfg.compile:
+        model.compile()  # in place: parameter names (checkpoints, optimizer state) stay unchanged
+    fwd = D.wrap(model, cfg.parallel, info)
+    optimizers = build_optimizers(model, name=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                  betas=(cfg.beta1, cfg.beta2), eps=cfg.adam_eps, muon_momentum=cfg.muon_momentum)
+    start = 0
+    if state is not None:
+        D.load_optimizer_state(model, optimizers, state.optimizer_state)
+        task.load_state_dict(state.state["task_state"][info.rank])
+        restore_rng(state.state["rng"][info.rank], state.rng_tensors[info.rank])
+        start = state.step
+    else:
+        _seed_all(cfg.seed)
+
+    tokens_per_step = task.tokens_per_batch * cfg.grad_accum * info.world_size
+    fpt = flops_per_token(model.config, cfg.seq_len).total
+    peak, peak_src = (cfg.peak_flops * info.world_size, "--peak-flops") if cfg.peak_flops else (0.0, "")
+    has_routers = bool(getattr(model, "n_routers", 0))
+
+    log = None
+    if info.is_main:
+        clean_partial(run_dir)
+        if not cfg.peak_flops:
+            p, peak_src = peak_flops(device, amp_dtype or torch.float32)
+            peak = p * info.world_size
+        # a resumed run drops the records past its checkpoint; a new run starts a new log
+        log = RunLog(run_dir, truncate_after_step=start if resume else -1)
+        sharded = sum(hasattr(p, "device_mesh") for p in model.parameters())  # FSDP2 DTensor shards
+        log.write("resume" if resume else "start", start, config=cfg.to_dict(), world_size=info.world_size,
+                  parallel=cfg.parallel if info.distributed else "none", sharded_params=sharded,
+                  tokens_per_step=tokens_per_step, flops_per_token=fpt, peak_flops=peak, peak_source=peak_src,
+                  **({"checkpoint": str(state.path)} if state else {}))
+        announce(f"training log: {log.path}   checkpoints: {checkpoints_dir(run_dir)}"
+                 + (f"   (resumed from {state.path.name})" if state else ""))
+    bar = _progress_bar(cfg, start, tokens_per_step) if progress and info.is_main else None
+
+    result = TrainResult(step=start)
+    last_ckpt: Path | None = state.path if state else None
+    tok_s_ema = None
+    try:
+        for step in range(start + 1, cfg.steps + 1):
+            t0 = time.perf_counter()
+            lr = lr_at(step - 1, total=cfg.steps, peak=cfg.lr, warmup=cfg.warmup_steps, schedule=cfg.schedule,
+                       min_ratio=cfg.min_lr_ratio, decay_frac=cfg.decay_frac)
+            set_lr(optimizers, lr)
+            sums, counts = _accumulate(fwd, model, task, cfg, amp_dtype, device)
+            grad_norm = _clip(model, cfg.grad_clip)
+            # One all-reduce gives every rank the same global figures, so all ranks stop together.
+            sums = D.all_reduce_sum(sums) / (cfg.grad_accum * info.world_size)
+            loss, gnorm = sums[0].item(), grad_norm.item()
+            if not (math.isfinite(loss) and math.isfinite(gnorm)):
+                raise TrainingDiverged(_diverged_message(step, loss, gnorm, last_ckpt))
+            for opt in optimizers:
+                opt.step()
+            for opt in optimizers:
+                opt.zero_grad(set_to_none=True)
+            if has_routers and counts is not None and cfg.bias_update_gamma > 0:
+                model.update_router_biases(counts, cfg.bias_update_gamma)  # all-reduces the counts itself
+            dt = time.perf_counter() - t0
+            tok_s = tokens_per_step / dt
+            tok_s_ema = tok_s if tok_s_ema is None else 0.9 * tok_s_ema + 0.1 * tok_s
+            result.step = step
+            result.losses.append(loss)
+            main_loss = sums[1].item()
+
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                rec = _step_metrics(sums, counts, model, has_routers) if info.is_main or has_routers else {}
+                if log is not None:
+                    log.write("train", step, loss=loss, lr=lr, grad_norm=gnorm, tokens=step * tokens_per_step,
+                              tokens_per_s=tok_s, mfu=mfu(tok_s, fpt, peak), step_time=dt, **rec)
+            if bar is not None:
+                bar.update(tokens_per_step)
+                bar.set_postfix(step=step, loss=f"{main_loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tok_s_ema:,.0f}",
+                                refresh=False)
+
+            if (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps:
+                result.eval = _evaluate(model, task, cfg, amp_dtype, device)
+                if log is not None and result.eval:
+                    log.write("eval", step, **result.eval)
+                    if bar is not None:
+                        bar.write(f"step {step}: " + "  ".join(f"{k} {v:.4f}" for k, v in result.eval.items()))
+            if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == cfg.steps:
+                last_ckpt = _checkpoint(run_dir, step, model, optimizers, task, cfg, info, write_extra,
+                                        tokens=step * tokens_per_step)
+                result.checkpoint = last_ckpt
+                if log is not None:
+                    log.write("checkpoint", step, path=str(last_ckpt))
+        if log is not None:
+            log.write("end", result.step, **{f"final_{k}": v for k, v in result.eval.items()})
+    except TrainingDiverged as e:
+        if log is not None:
+            log.write("diverged", result.step + 1, message=str(e))
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
+        if log is not None:
+            log.close()
+    if info.is_main and result.checkpoint is not None:
+        announce(f"final checkpoint: {result.checkpoint}")
+    return result
+
+
+# ---- pieces of a step -------------------------------------------------------------------------------------
+def _autocast(device: torch.device, amp_dtype: torch.dtype | None):
+    return torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None)
+
+
+def _accumulate(fwd: nn.Module, model: nn.Module, task: Task, cfg: TrainConfig, amp_dtype, device
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Run the micro-batches of one step. Returns (sums [loss, main, balance, mtp_1..D] over micro-batches,
+    expert counts [n_routers, E] summed over micro-batches of this rank, or None for a dense model)."""
+    sums, counts = None, None
+    for micro in range(cfg.grad_accum):
+        batch = task.next_batch(model)
+        with D.grad_sync(fwd, sync=micro == cfg.grad_accum - 1):
+            with _autocast(device, amp_dtype):
+                out = task.loss(fwd, batch, cfg)
+            (out.loss / cfg.grad_accum).backward()
+        zero = out.loss.new_zeros(())
+        main, bal = getattr(out, "main_loss", None), getattr(out, "balance_loss", None)
+        parts = [out.loss, out.loss if main is None else main, zero if bal is None else bal]
+        parts += list(getattr(out, "mtp_losses", None) or [])
+        vec = torch.stack([p.detach().float().reshape(()) for p in parts])
+        sums = vec if sums is None else sums + vec
+        c = getattr(out, "expert_counts", None)
+        if c is not None:
+            counts = c.detach() if counts is None else counts + c.detach()
+    return sums, counts
+
+
+def _clip(model: nn.Module, max_norm: float) -> torch.Tensor:
+    """Clip the global gradient norm; returns the norm before clipping (inf max_norm: measure only)."""
+    params = [p for p in model.parameters() if p.grad is not None]
+    norm = torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm > 0 else float("inf"))
+    return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
+
+
+def _step_metrics(sums: torch.Tensor, counts: torch.Tensor | None, model: nn.Module, has_routers: bool
+                  ) -> dict[str, Any]:
+    rec: dict[str, Any] = {"main_loss": sums[1].item()}
+    if sums.numel() > 3:
+        rec["mtp_losses"] = sums[3:].tolist()
+    if has_routers:
+        rec["balance_loss"] = sums[2].item()
+        if counts is not None:
+            c = D.all_reduce_sum(counts.clone()).float()
+            # max/mean tokens per expert, per MoE layer (MTP layers last): 1.0 is perfect balance
+            rec["expert_imbalance"] = (c.max(dim=1).values / c.mean(dim=1).clamp_min(1e-9)).tolist()
+        biases = torch.stack([r.e_score_correction_bias for r in model.routers()])
+        rec["router_bias_min"], rec["router_bias_max"] = biases.min().item(), biases.max().item()
+    return rec
+
+
+@torch.no_grad()
+def _evaluate(model: nn.Module, task: Task, cfg: TrainConfig, amp_dtype, device) -> dict[str, float]:
+    model.eval()
+    try:
+        with _autocast(device, amp_dtype):
+            return task.evaluate(model, cfg)
+    finally:
+        model.train()
+
+
+def _checkpoint(run_dir: Path, step: int, model: nn.Module, optimizers, task: Task, cfg: TrainConfig,
+                info: D.DistInfo, write_extra, tokens: int) -> Path:
+    from nanoseek.hf import write_model_files
+
+    # Collectives first (every rank takes part), then rank 0 writes.
+    task_states = D.gather_objects(task.state_dict())
+    rng_js, rng_t = capture_rng()
+    rng_all = D.gather_objects((rng_js, rng_t))
+    sharded = info.distributed and cfg.parallel == "fsdp"
+    full_sd = D.full_model_state(model) if sharded else None
+    osd = D.full_optimizer_state(model, optimizers)
+    path = checkpoints_dir(run_dir) / "unwritten"
+    if info.is_main:
+        source = _snapshot(model, full_sd) if sharded else model
+        path = save_checkpoint(
+            run_dir, step, write_model=lambda d: write_model_files(source, d), optimizer_state=osd,
+            state={"step": step, "tokens": tokens, "world_size": info.world_size, "train_config": cfg.to_dict(),
+                   "task_state": task_states, "rng": [js for js, _ in rng_all]},
+            rng_tensors=[t for _, t in rng_all], write_extra=write_extra, keep_last=cfg.keep_last)
+    D.barrier()
+    return path
+
+
+def _snapshot(model: nn.Module, full_sd: dict[str, torch.Tensor]) -> nn.Module:
+    """A CPU DeepSeekV3 holding gathered full weights (FSDP), for write_model_files."""
+    with torch.device("meta"):
+        snap = type(model)(model.config)
+    snap.load_state_dict(full_sd, strict=True, assign=True)
+    return snap
+
+
+def _load_weights(model: nn.Module, ckpt: Path) -> None:
+    from nanoseek.hf import load_model
+
+    loaded = load_model(ckpt, dtype=torch.float32, device="cpu")
+    model.load_state_dict(loaded.state_dict(), strict=True)
+
+
+def _seed_all(seed: int) -> None:
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _diverged_message(step: int, loss: float, gnorm: float, last_ckpt: Path | None) -> str:
+    what = f"loss is {loss}" if not math.isfinite(loss) else f"gradient norm is {gnorm}"
+    where = (f"the last good checkpoint is {last_ckpt} (untouched); resume from it with --resume and a lower --lr"
+             if last_ckpt else "no checkpoint was written yet; restart with a lower --lr")
+    return f"training diverged at step {step}: {what}. Stopped before the optimizer update; {where}"
+
+
+def _progress_bar(cfg: TrainConfig, start: int, tokens_per_step: int):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=cfg.steps * tokens_per_step, initial=start * tokens_per_step, unit="tok", unit_scale=True,
+                desc="train", dynamic_ncols=True, smoothing=0.1)

@@ -1,0 +1,172 @@
+"""Pretraining: packed token windows from `nanoseek data prepare`, next-token + MTP + balance loss, and
+validation loss / bits per byte. The `Task` the loop runs, and the `nanoseek pretrain` command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nanoseek.train.config import TrainConfig
+from nanoseek.train.loop import Task
+
+
+class PretrainTask(Task):
+    """Batches from a PackedLoader over DATA/train (sharded by rank); evaluation over DATA/val."""
+
+    def __init__(self, data_dir: str | Path, cfg: TrainConfig, *, device: torch.device, rank: int = 0,
+                 world_size: int = 1, tokenizer=None):
+        from nanoseek.data.loader import PackedLoader
+        from nanoseek.tokenizer import Tokenizer
+
+        data_dir = Path(data_dir)
+        tokenizer = tokenizer or Tokenizer.load(data_dir / "tokenizer")
+        kw = dict(rank=rank, world_size=world_size, seed=cfg.seed, tokenizer=tokenizer)
+        self.loader = PackedLoader(data_dir, "train", cfg.seq_len, cfg.batch_size, **kw)
+        self.val = PackedLoader(data_dir, "val", cfg.seq_len, cfg.batch_size, **kw)
+        self.device = device
+        self.tokens_per_batch = self.loader.tokens_per_batch
+        self.token_bytes = torch.from_numpy(tokenizer.token_bytes()).to(device, torch.int64)
+
+    def next_batch(self, model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = self.loader.next_batch()
+        return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+
+    def loss(self, model: nn.Module, batch, cfg: TrainConfig):
+        x, y = batch
+        return model(x, targets=y, mtp_weight=cfg.mtp_weight)
+
+    def evaluate(self, model: nn.Module, cfg: TrainConfig) -> dict[str, float]:
+        sums = eval_sums(model, ((x.to(self.device), y.to(self.device)) for x, y in self.val.iter_eval(cfg.eval_batches)),
+                         self.token_bytes)
+        from nanoseek.train.distributed import all_reduce_sum
+
+        return metrics_from_sums(all_reduce_sum(sums))
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.loader.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.loader.load_state_dict(state)
+
+
+def eval_sums(model: nn.Module, batches, token_bytes: torch.Tensor) -> torch.Tensor:
+    """[nats over all targets, targets, nats over targets that are text, UTF-8 bytes of those targets] (fp64).
+
+    Bits per byte = nats / (ln 2 x bytes): the loss per byte of text, comparable across tokenizers. Special
+    tokens (0 bytes, e.g. <|bos|>) are left out of both sums, as nanochat does: they are not text.
+    """
+    out = torch.zeros(4, dtype=torch.float64, device=token_bytes.device)
+    for x, y in batches:
+        logits = model(x)
+        nll = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), reduction="none", ignore_index=-100)
+        valid = y.flatten() >= 0
+        nb = token_bytes[y.flatten().clamp_min(0)] * valid
+        out += torch.stack([nll.sum(), valid.sum(), (nll * (nb > 0)).sum(), nb.sum()]).double()
+    return out
+
+
+def metrics_from_sums(s: torch.Tensor) -> dict[str, float]:
+    nats, n, text_nats, nbytes = s.tolist()
+    return {"val_loss": nats / max(n, 1), "val_bpb": text_nats / (math.log(2) * nbytes) if nbytes else float("nan")}
+
+
+# ---- the command --------------------------------------------------------------------------------------------
+def cmd_pretrain(args: argparse.Namespace) -> None:
+    """Pretrain a DeepSeek-V3-architecture model on token shards from `nanoseek data prepare`.
+
+    Writes RUN/log.jsonl (one JSON object per step, evaluation and checkpoint) and RUN/checkpoints/step_N/
+    (Hugging Face model directories with the tokenizer and a train_state/ folder; RUN/checkpoints/latest names
+    the newest). Under torchrun every process runs this command; rank 0 logs and writes.
+    """
+    from nanoseek.cli import UserError, resolve_device
+    from nanoseek.config import ModelConfig, preset
+    from nanoseek.model import DeepSeekV3, count_params
+    from nanoseek.tokenizer import Tokenizer
+    from nanoseek.train import distributed as D
+    from nanoseek.train.checkpoint import latest_checkpoint, saved_train_config
+    from nanoseek.train.config import config_from_args, given_settings, merge_for_resume
+    from nanoseek.train.loop import TrainingDiverged, train
+
+    data, out = Path(args.data), Path(args.out)
+    if not data.is_dir():
+        raise UserError(f"--data {data} is not a directory; create it with `nanoseek data prepare --input TEXT "
+                        f"--tokenizer TOK --output {data}`")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; give a directory for the run")
+    tok = Tokenizer.load(data / "tokenizer")
+    ckpt = latest_checkpoint(out)
+    try:
+        if args.resume:
+            if ckpt is None:
+                raise UserError(f"--resume: {out} has no checkpoint to resume from; drop --resume to start a new run")
+            cfg, changes = merge_for_resume(saved_train_config(ckpt), given_settings(args))
+            model_cfg = ModelConfig.load(ckpt)
+        else:
+            if ckpt is not None:
+                raise UserError(f"--out {out} already holds a training run ({ckpt.name}); pass --resume to continue "
+                                "it, or choose a new --out")
+            cfg, changes = config_from_args(args), {}
+            if args.init_from:
+                model_cfg = ModelConfig.load(args.init_from)
+            else:
+                model_cfg = preset(args.preset, vocab_size=tok.vocab_size, bos_token_id=tok.bos_id,
+                                   eos_token_id=tok.eos_id, pad_token_id=tok.pad_id)
+    except ValueError as e:  # TrainConfig / resume-merge validation: the message names the flag
+        raise UserError(str(e)) from e
+    if model_cfg.vocab_size < tok.vocab_size:
+        raise UserError(f"the model's vocab_size ({model_cfg.vocab_size}) is smaller than the data's tokenizer "
+                        f"({tok.vocab_size}); use a checkpoint trained with this tokenizer")
+    if cfg.seq_len > model_cfg.max_position_embeddings:
+        raise UserError(f"--seq-len {cfg.seq_len} exceeds the model's max_position_embeddings "
+                        f"({model_cfg.max_position_embeddings})")
+
+    info = D.setup(resolve_device(cfg.device))
+    try:
+        say = print if info.is_main else (lambda *a, **k: None)
+        for k, (old, new) in changes.items():
+            say(f"resume: --{k.replace('_', '-')} {old} -> {new}")
+        torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+        if args.init_from and not args.resume:
+            from nanoseek.hf import load_model
+
+            model = load_model(args.init_from, dtype=torch.float32)
+            source = args.init_from
+        else:
+            model = DeepSeekV3(model_cfg)
+            source = f"preset {args.preset}" if not args.resume else str(ckpt)
+        pc = count_params(model.config)
+        say(f"model: {source}: {pc.total / 1e6:.2f}M parameters ({pc.active / 1e6:.2f}M active), vocab "
+            f"{model.config.vocab_size}; data: {data}; device: {info.device} x {info.world_size}, {cfg.dtype}")
+        task = PretrainTask(data, cfg, device=info.device, rank=info.rank, world_size=info.world_size, tokenizer=tok)
+        try:
+            train(model, task, cfg, out, info=info, resume=args.resume, write_extra=tok.save, announce=say)
+        except TrainingDiverged as e:
+            raise UserError(str(e)) from e
+    finally:
+        D.teardown()
+
+
+def register(sub) -> None:
+    from nanoseek.config import PRESETS
+    from nanoseek.train.config import add_config_args
+
+    p = sub.add_parser("pretrain", help="pretrain a model on prepared token shards (single process or torchrun)",
+                       description=cmd_pretrain.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", required=True, metavar="DIR", help="directory written by `nanoseek data prepare`")
+    p.add_argument("--out", required=True, metavar="RUN", help="run directory for the log and checkpoints")
+    p.add_argument("--preset", default="cpu-small", choices=sorted(PRESETS),
+                   help="model shape (default cpu-small); vocab_size is taken from the data's tokenizer")
+    p.add_argument("--init-from", metavar="DIR", help="start from this model directory's weights instead of a "
+                                                      "random init (a checkpoint or imported HF model)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its latest checkpoint (bit for bit); flags given now "
+                        "override its saved settings, except --optimizer, --seq-len, --batch-size and --seed")
+    add_config_args(p)
+    p.set_defaults(func=cmd_pretrain)

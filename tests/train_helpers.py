@@ -1,0 +1,51 @@
+"""Shared by the training tests: a real tokenizer + token shards built through the CLI, and log readers."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nanoseek
+from nanoseek.cli import main as cli
+from nanoseek.train.log import read_log
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def build_data(root: Path) -> Path:
+    """tokenizer train -> data prepare on a corpus cut from nanoseek's own sources (always present, real text).
+
+    40 documents of ~4 KB so the validation split (2 documents) holds several batches of short windows.
+    """
+    text = "\n".join(p.read_text() for p in sorted(Path(nanoseek.__file__).parent.rglob("*.py")))
+    corpus = root / "corpus"
+    corpus.mkdir()
+    for i in range(40):
+        (corpus / f"doc{i:02d}.txt").write_text(text[i * 4000:(i + 1) * 4000])
+    assert cli(["tokenizer", "train", "--input", str(corpus), "--vocab-size", "512", "--output", str(root / "tok")]) == 0
+    data = root / "data"
+    assert cli(["data", "prepare", "--input", str(corpus), "--tokenizer", str(root / "tok"), "--output", str(data),
+                "--val-docs", "2"]) == 0
+    return data
+
+
+def train_records(run: Path) -> list[dict]:
+    return [r for r in read_log(run) if r["event"] == "train"]
+
+
+def subprocess_env() -> dict[str, str]:
+    # One thread per process: the test machines are small and shared, and oversubscribed OpenMP threads
+    # make every step tens of times slower. Same setting in every run keeps results comparable bit for bit.
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def nanoseek_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "nanoseek.cli", *args]
+
+
+def run(cmd: list[str], timeout: float = 240) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, env=subprocess_env(), capture_output=True, text=True, timeout=timeout)
