@@ -206,7 +206,9 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     from nanoseek.config import ConfigError
     from nanoseek.hf import CheckpointError
+    from nanoseek.runtime import tune_allocator
 
+    tune_allocator()
     try:
         args.func(args)
     except (UserError, ConfigError, CheckpointError, FileNotFoundError) as e:
