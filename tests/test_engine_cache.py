@@ -24,6 +24,8 @@ CONFIGS = {
     "q_lora": dict(),
     "no_q_lora": dict(q_lora_rank=None),
     "yarn": dict(rope_scaling=yarn(4, 32), max_position_embeddings=128),
+    "biases": dict(attention_bias=True),  # q_a / kv_a biases go through the fused decode projection
+    "biases_no_q_lora": dict(attention_bias=True, q_lora_rank=None),
 }
 
 

@@ -274,7 +274,7 @@ class Engine:
                         last[i + b] = h[b, n - 1 - c0]
                     if s.params.prompt_logprobs is not None and c0 < n - 1:
                         upto = min(c1, n - 1)  # position t predicts prompt token t + 1
-                        lp = token_logprobs(model.lm_head(h[b, :upto - c0]), ids[b, c0 + 1:upto + 1],
+                        lp = token_logprobs(model.logits_inference(h[b, :upto - c0]), ids[b, c0 + 1:upto + 1],
                                             s.params.prompt_logprobs)
                         s.prompt_logprobs = (s.prompt_logprobs or [None]) + lp
                 if dcache is not None:  # MTP position t sees (h_t, token t + 1): all but the last prompt position
@@ -287,7 +287,7 @@ class Engine:
                 if dcache is not None:
                     s.mtp_len, s.h_pend = s.length - 1, last[i + b].unsqueeze(0)
             i = j
-        return model.lm_head(torch.stack(last)).float()
+        return model.logits_inference(torch.stack(last)).float()
 
     @torch.inference_mode()
     def _decode_step(self, rows: list[_Seq], cache: LatentCache, rope) -> torch.Tensor:
@@ -298,7 +298,7 @@ class Engine:
         h = self.model.forward_cached(ids, cache.views(n), pos, span=span, rope=rope)
         for s in rows:
             s.length += 1
-        return self.model.lm_head(h[:, 0]).float()
+        return self.model.logits_inference(h[:, 0]).float()
 
     @torch.inference_mode()
     def _choose(self, rows: list[_Seq], logits: torch.Tensor) -> list[int]:
@@ -330,7 +330,7 @@ class Engine:
         qs: list[list[torch.Tensor]] = [[] for _ in rows]
         snaps = [s.sampler.snapshot() if s.params.penalized else None for s in rows]
         for j in range(kr):
-            dl = model.lm_head(g).float()
+            dl = model.logits_inference(g).float()
             for i, s in enumerate(rows):
                 q = s.sampler.probs(dl[i])
                 d = s.sampler.draw(q)
@@ -355,7 +355,7 @@ class Engine:
         valid = torch.arange(kr + 1, device=dev) <= torch.tensor(budgets, device=dev)[:, None]
         span = max(s.length + b for s, b in zip(rows, budgets)) + 1
         h = model.forward_cached(ids, cache.views(n), pos, valid=valid, span=span, rope=rope)
-        logits = model.lm_head(h).float()  # [n, kr + 1, V]
+        logits = model.logits_inference(h).float()  # [n, kr + 1, V]
         # 3) accept
         new, per_token = [], []
         for i, s in enumerate(rows):

@@ -34,4 +34,4 @@ class DecoderLayer(nn.Module):
         """Generation: attention over this layer's latent cache kv (see MLA.forward_cached), no statistics."""
         x = x + self.self_attn.forward_cached(self.input_layernorm(x), cos, sin, kv, step)
         h = self.post_attention_layernorm(x)
-        return x + (self.mlp.forward_inference(h) if self.is_moe else self.mlp(h))
+        return x + self.mlp.forward_inference(h)

@@ -15,6 +15,7 @@ from torch import nn
 
 from nanoseek.config import ModelConfig
 from nanoseek.model.layers import RMSNorm
+from nanoseek.model.packed import PackedLinear, derived
 from nanoseek.model.rope import apply_rope, softmax_scale
 
 
@@ -42,6 +43,7 @@ class LatentStep:
     mask: torch.Tensor | None  # bool, True = may attend; broadcastable to the scores of the chosen path
     causal: bool  # expanded path over the new tokens only with a causal mask (prefill from position 0)
     absorbed: bool
+    rope2: tuple[torch.Tensor, torch.Tensor] | None = None  # absorbed path: rope_halves(cos, sin), [B, S, 1, d_r]
 
 
 def latent_step(positions: torch.Tensor, n_heads: int, valid: torch.Tensor | None = None, span: int | None = None,
@@ -74,11 +76,31 @@ def latent_step(positions: torch.Tensor, n_heads: int, valid: torch.Tensor | Non
 
 
 @dataclass
-class AbsorbedWeights:
-    key: tuple  # identity and version of kv_b_proj.weight they were derived from
+class DecodeWeights:
+    """An MLA layer's weights arranged for the absorbed decode step, derived once from its parameters.
+
+    in_proj fuses every projection of the layer input into one matmul: without query compression its rows
+    are [q^C of all heads | q^R of all heads | k^R | c^KV] (q_proj and kv_a_proj_with_mqa), with it
+    [c^Q | k^R | c^KV] and q_b's rows become [q^C of all heads | q^R of all heads]. Rope rows are reordered
+    within each d_r block to [even rows | odd rows], so a rotation is x * cos2 + roll(x) * sin2 on
+    [evens | odds] halves: the layout apply_rope produces and the cache holds.
+    """
+
+    in_proj: PackedLinear
+    q_b: PackedLinear | None
+    o_proj: PackedLinear
     w_uk: torch.Tensor  # [H, d_n, r_kv]: q^C_h -> latent space (W^UK_h^T q^C_h)
     w_uv: torch.Tensor  # [H, r_kv, d_v]: attended latent -> per-head value (W^UV_h)
 
+
+def rope_halves(cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin [..., d_r/2] -> cos2 = [cos | cos], sin2 = [-sin | sin] for rotate_halves."""
+    return torch.cat((cos, cos), dim=-1), torch.cat((-sin, sin), dim=-1)
+
+
+def rotate_halves(x: torch.Tensor, cos2: torch.Tensor, sin2: torch.Tensor) -> torch.Tensor:
+    """apply_rope for input already laid out [evens | odds]: same rotation, same output layout."""
+    return torch.addcmul(x * cos2, x.roll(x.shape[-1] // 2, dims=-1), sin2)
 
 class MLA(nn.Module):
     def __init__(self, config: ModelConfig):
@@ -150,18 +172,41 @@ class MLA(nn.Module):
 
 
     # ---- latent-cache path -------------------------------------------------------------------------------
-    def absorbed_weights(self) -> AbsorbedWeights:
-        """W^UK and W^UV split out of kv_b_proj, derived once and again only when the weight changes (an RL
-        trainer stepping the optimizer between rollouts: in-place updates bump the tensor's version)."""
-        w = self.kv_b_proj.weight
-        key = (w.data_ptr(), w._version, w.dtype, w.device)
-        cached = self.__dict__.get("_absorbed")
-        if cached is None or cached.key != key:
-            per_head = w.detach().view(self.n_heads, self.nope_dim + self.v_dim, self.kv_lora_rank)
-            w_uk, w_uv = per_head.split([self.nope_dim, self.v_dim], dim=1)
-            cached = AbsorbedWeights(key, w_uk.contiguous(), w_uv.transpose(1, 2).contiguous())
-            self.__dict__["_absorbed"] = cached  # derived data, not a parameter: stays out of the state dict
-        return cached
+    def decode_weights(self) -> DecodeWeights:
+        """DecodeWeights, rebuilt only when a parameter changes (nanoseek.model.packed.derived)."""
+        return derived(self, self._build_decode_weights)
+
+    def _build_decode_weights(self) -> DecodeWeights:
+        H, dn, dr, r = self.n_heads, self.nope_dim, self.rope_dim, self.kv_lora_rank
+        eo = torch.cat((torch.arange(0, dr, 2), torch.arange(1, dr, 2)))  # [evens | odds] row order
+        kv_a = self.kv_a_proj_with_mqa
+        latent_w, krope_w = kv_a.weight.detach().split([r, dr])
+        kv_bias = None
+        if kv_a.bias is not None:
+            lb, kb = kv_a.bias.detach().split([r, dr])
+            kv_bias = [kb[eo], lb]
+
+        def split_q(w: torch.Tensor) -> list[torch.Tensor]:  # [H*(dn+dr), in] -> [nope rows, rope rows (eo)]
+            heads = w.detach().view(H, dn + dr, -1)
+            return [heads[:, :dn].reshape(H * dn, -1), heads[:, dn:][:, eo].reshape(H * dr, -1)]
+
+        if self.q_lora_rank is None:
+            in_w = torch.cat([*split_q(self.q_proj.weight), krope_w[eo], latent_w])
+            in_b = None if kv_bias is None else torch.cat([kv_bias[0].new_zeros(H * (dn + dr)), *kv_bias])
+            q_b = None
+        else:
+            qa = self.q_a_proj
+            in_w = torch.cat([qa.weight.detach(), krope_w[eo], latent_w])
+            in_b = None
+            if kv_bias is not None or qa.bias is not None:
+                qa_b = qa.bias.detach() if qa.bias is not None else in_w.new_zeros(self.q_lora_rank)
+                in_b = torch.cat([qa_b, *(kv_bias or [in_w.new_zeros(dr), in_w.new_zeros(r)])])
+            q_b = PackedLinear(torch.cat(split_q(self.q_b_proj.weight)))
+        per_head = self.kv_b_proj.weight.detach().view(H, dn + self.v_dim, r)
+        w_uk, w_uv = per_head.split([dn, self.v_dim], dim=1)
+        o = self.o_proj
+        return DecodeWeights(PackedLinear(in_w, in_b), q_b, PackedLinear(o.weight, o.bias), w_uk.contiguous(),
+                             w_uv.transpose(1, 2).contiguous())
 
     def forward_cached(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, kv: torch.Tensor,
                        step: LatentStep) -> torch.Tensor:
@@ -170,8 +215,11 @@ class MLA(nn.Module):
         Stores the new tokens' latent and rope key, then attends. Absorbed (decode): queries move into latent
         space through W^UK, attend over [latent | rope key] as a single MQA key, and the attended latent goes
         out through W^UV; the cache is never re-expanded. Expanded (prefill): the training path's math over
-        per-head keys and values built from the latents.
+        per-head keys and values built from the latents. cos/sin: [B, S, d_r/2]; for the absorbed path
+        step.rope2 holds their rope_halves.
         """
+        if step.absorbed:
+            return self._forward_absorbed(x, kv, step)
         B, S, _ = x.shape
         H, r = self.n_heads, self.kv_lora_rank
         q_nope, q_rope = self.project_q(x).split([self.nope_dim, self.rope_dim], dim=-1)
@@ -180,19 +228,6 @@ class MLA(nn.Module):
         new = torch.cat((latent, k_rope), dim=-1)
         flat = new.view(B * S, -1) if step.select is None else new.view(B * S, -1)[step.select]
         kv.index_put_((step.rows, step.pos), flat.to(kv.dtype))
-        if step.absorbed:
-            w = self.absorbed_weights()
-            # q' = W^UK_h^T q^C_h for every head at once: [H, B*S, d_n] @ [H, d_n, r] (spec 2.3)
-            q_lat = torch.bmm(q_nope.reshape(B * S, H, self.nope_dim).transpose(0, 1), w.w_uk)
-            q = torch.cat((q_lat.transpose(0, 1).view(B, S, H, r), q_rope), dim=-1).view(B, 1, S * H, r + self.rope_dim)
-            cache = kv[:, None, : step.span].to(q.dtype)  # [B, 1, span, r + d_r]: one key shared by all heads
-            # The value is the latent, i.e. the key's first r columns. Passing the whole key as the value keeps
-            # q, k, v one width (PyTorch's fused CPU kernel needs that); the extra d_r output columns are dropped.
-            o = F.scaled_dot_product_attention(q, cache, cache, attn_mask=step.mask, scale=self.scale)
-            o = o.view(B * S, H, r + self.rope_dim)[..., :r].transpose(0, 1)  # [H, B*S, r]
-            o = torch.bmm(o, w.w_uv)  # o_h = W^UV_h (sum_s a_s c_s): [H, B*S, d_v]
-            return self.o_proj(o.transpose(0, 1).reshape(B, S, H * self.v_dim))
-
         if step.causal:  # prefill from position 0: the new tokens are the whole context
             lat, k_r = latent, k_rope
         else:
@@ -208,3 +243,28 @@ class MLA(nn.Module):
         if pad:
             o = o[..., : self.v_dim]
         return self.o_proj(o.transpose(1, 2).reshape(B, S, H * self.v_dim))
+
+    def _forward_absorbed(self, x: torch.Tensor, kv: torch.Tensor, step: LatentStep) -> torch.Tensor:
+        B, S, _ = x.shape
+        H, dn, dr, r = self.n_heads, self.nope_dim, self.rope_dim, self.kv_lora_rank
+        w = self.decode_weights()
+        y = w.in_proj(x)
+        if self.q_lora_rank is None:
+            q_nope, rope_in, latent = y.split([H * dn, (H + 1) * dr, r], dim=-1)
+        else:
+            q_a, k_in, latent = y.split([self.q_lora_rank, dr, r], dim=-1)
+            q_nope, q_rope_in = w.q_b(self.q_a_layernorm(q_a)).split([H * dn, H * dr], dim=-1)
+            rope_in = torch.cat((q_rope_in, k_in), dim=-1)
+        rope = rotate_halves(rope_in.reshape(B, S, H + 1, dr), *step.rope2)  # queries and the key at once
+        new = torch.cat((self.kv_a_layernorm(latent), rope[:, :, H]), dim=-1)
+        flat = new.view(B * S, -1) if step.select is None else new.view(B * S, -1)[step.select]
+        kv.index_put_((step.rows, step.pos), flat.to(kv.dtype))
+        # q' = W^UK_h^T q^C_h for every head at once: [H, B*S, d_n] @ [H, d_n, r] (spec 2.3)
+        q_lat = torch.bmm(q_nope.reshape(B * S, H, dn).transpose(0, 1), w.w_uk)
+        q = torch.cat((q_lat.transpose(0, 1).view(B, S, H, r), rope[:, :, :H]), dim=-1).view(B, 1, S * H, r + dr)
+        cache = kv[:, None, : step.span].to(q.dtype)  # [B, 1, span, r + d_r]: one key shared by all heads
+        # The value is the latent, i.e. the key's first r columns. Passing the whole key as the value keeps
+        # q, k, v one width (PyTorch's fused CPU kernel needs that); the extra d_r output columns are dropped.
+        o = F.scaled_dot_product_attention(q, cache, cache, attn_mask=step.mask, scale=self.scale)
+        o = torch.bmm(o.view(B * S, H, r + dr)[..., :r].transpose(0, 1), w.w_uv)  # o_h = W^UV_h sum_s a_s c_s
+        return w.o_proj(o.transpose(0, 1).reshape(B, S, H * self.v_dim))

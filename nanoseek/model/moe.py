@@ -15,6 +15,7 @@ from torch import nn
 
 from nanoseek.config import ModelConfig
 from nanoseek.model.layers import MLP, compute_dtype
+from nanoseek.model.packed import PackedExperts, derived
 
 
 def route(scores: torch.Tensor, bias: torch.Tensor, top_k: int, n_group: int, topk_group: int,
@@ -171,23 +172,32 @@ class MoE(nn.Module):
         return out.to(x.dtype).view(shape), RoutingStats(counts, loss)
 
     def forward_inference(self, x: torch.Tensor) -> torch.Tensor:
-        """Generation: no statistics, and for a handful of tokens (decode) no sort, bincount or per-expert
-        loop: the chosen experts' weights are gathered and run as two batched matmuls (fewer, larger ops).
-        Prefill-sized inputs take the grouped training path, which touches each used expert once."""
+        """Generation: no statistics or autograd, experts in the layout small matmuls prefer
+        (nanoseek.model.packed). Routing is the training path's own (same choices, same weights); for one
+        token the chosen experts run directly, for more the token copies are grouped by expert once."""
         shape = x.shape
-        flat = x.reshape(-1, shape[-1])
+        d = shape[-1]
+        flat = x.reshape(-1, d)
         weights, indices, _ = self.gate(flat)
         N, K = indices.shape
-        if N * K > self.n_experts:
-            counts = torch.bincount(indices.view(-1), minlength=self.n_experts)
-            out = self.experts(flat, weights, indices, counts)
+        experts = derived(self.experts, lambda: PackedExperts(self.experts.gate_up_proj, self.experts.down_proj))
+        if N == 1:
+            out = None
+            for k, e in enumerate(indices[0].tolist()):
+                y = experts(e, flat).float() * weights[:, k:k + 1]  # routed outputs accumulate in fp32 (spec 4.4)
+                out = y if out is None else out + y
         else:
             idx = indices.view(-1)
-            w1, w2 = self.experts.gate_up_proj[idx], self.experts.down_proj[idx]  # [NK, 2I, d], [NK, d, I]
-            xs = flat.unsqueeze(1).expand(N, K, shape[-1]).reshape(N * K, shape[-1], 1)
-            gate, up = torch.bmm(w1, xs.to(w1.dtype)).chunk(2, dim=1)
-            ys = torch.bmm(w2, F.silu(gate) * up).view(N, K, shape[-1])
-            out = torch.bmm(weights.unsqueeze(1), ys.float()).squeeze(1)  # sum_k w_k y_k in fp32 (spec 4.4)
+            order = idx.argsort(stable=True)
+            token_of = order // K
+            xs = flat[token_of]
+            ys, start = [], 0
+            for e, n in enumerate(torch.bincount(idx, minlength=self.n_experts).tolist()):
+                if n:
+                    ys.append(experts(e, xs[start:start + n]))
+                    start += n
+            ys = torch.cat(ys).float() * weights.view(-1)[order].unsqueeze(-1)
+            out = torch.zeros(N, d, dtype=torch.float32, device=x.device).index_add_(0, token_of, ys)
         if self.shared_experts is not None:
-            out = out + self.shared_experts(flat)
+            out = out + self.shared_experts.forward_inference(flat)
         return out.to(x.dtype).view(shape)

@@ -18,7 +18,7 @@ from torch import nn
 from nanoseek.config import ModelConfig
 from nanoseek.model.block import DecoderLayer
 from nanoseek.model.layers import RMSNorm, compute_dtype
-from nanoseek.model.mla import latent_step
+from nanoseek.model.mla import latent_step, rope_halves
 from nanoseek.model.moe import Experts, Router, bias_update
 from nanoseek.model.mtp import MTPModule
 from nanoseek.model.rope import RotaryEmbedding
@@ -188,9 +188,17 @@ class DeepSeekV3(nn.Module):
         step = latent_step(positions, self.config.num_attention_heads, valid, span, absorbed)
         h = self.model.embed_tokens(input_ids)
         cos, sin = self._rope(positions, compute_dtype(h), rope)
+        if step.absorbed:
+            step.rope2 = tuple(t.unsqueeze(-2) for t in rope_halves(cos, sin))
         for layer, cache in zip(self.model.layers, kv):
             h = layer.forward_cached(h, cos, sin, cache, step)
         return self.model.norm(h)
+
+    def logits_inference(self, h: torch.Tensor) -> torch.Tensor:
+        """lm_head for generation, with the weight in the layout small matmuls prefer (model.packed)."""
+        from nanoseek.model.packed import PackedLinear, derived
+
+        return derived(self.lm_head, lambda: PackedLinear(self.lm_head.weight))(h)
 
     @torch.no_grad()
     def forward_mtp_cached(self, depth: int, h_prev: torch.Tensor, next_ids: torch.Tensor, kv: torch.Tensor,
@@ -204,6 +212,8 @@ class DeepSeekV3(nn.Module):
         step = latent_step(positions, self.config.num_attention_heads, valid, span)
         emb = self.model.embed_tokens(next_ids)
         cos, sin = self._rope(positions, compute_dtype(emb), rope)
+        if step.absorbed:
+            step.rope2 = tuple(t.unsqueeze(-2) for t in rope_halves(cos, sin))
         return module.shared_head.norm(module.forward_cached(h_prev, emb, cos, sin, kv, step))
 
 

@@ -1,0 +1,228 @@
+"""Generation speed of nanoseek's engine vs Hugging Face transformers' `generate`, side by side.
+
+Both load the same checkpoint: the `cpu-small` preset without MTP (HF has none; vocab 8192, hidden 256,
+4 layers with the first dense, 8 heads, no q-lora, kv_lora 64, nope/rope/v 32/16/32, 16 routed experts
+top-2 + 1 shared), random weights written by nanoseek.save_model. Prompts are random token ids of one
+length per batch, greedy decoding, a fixed number of new tokens (no early stop). For every (batch, context)
+the implementations alternate within each round, so machine noise hits all alike; medians are reported.
+
+Timing is the same for both: wall time of a whole generate call. Prefill tok/s = B*T / t(1 new token);
+decode tok/s = B*(N-1) / (t(N new tokens) - t(1 new token)). Cache bytes per token are read from the
+allocated cache objects (HF: the tensors in past_key_values). Peak memory is the max RSS growth of one
+generate call at the largest shape, measured in a fresh process per implementation.
+
+With --mtp-checkpoint DIR (a model whose MTP head was trained, e.g. by `nanoseek pretrain`) it also times
+nanoseek plain vs speculative decoding at batch 1 on real text prompts and reports the acceptance rate.
+
+    python benchmarks/bench_generate.py                        # full table (about 10-20 minutes)
+    python benchmarks/bench_generate.py --batches 1 --contexts 256 --rounds 3
+    python benchmarks/bench_generate.py --only-speculative --mtp-checkpoint runs/x/pretrain/final
+
+Figures (this machine kind, 2 cores shared with other jobs; see the report in the project's issue 4 for
+the latest run): filled in below by the last full run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import torch
+
+IMPLS = ("hf-fp32", "nanoseek-fp32", "nanoseek-bf16")
+
+
+def make_checkpoint(path: str) -> None:
+    import nanoseek
+
+    torch.manual_seed(0)
+    cfg = nanoseek.preset("cpu-small", num_nextn_predict_layers=0)
+    nanoseek.save_model(nanoseek.DeepSeekV3(cfg), path)
+
+
+class Runner:
+    """generate(ids [B, T], n) -> seconds, for one implementation."""
+
+    def __init__(self, impl: str, ckpt: str):
+        self.impl = impl
+        if impl.startswith("hf"):
+            from transformers import AutoModelForCausalLM
+
+            dtype = torch.bfloat16 if impl.endswith("bf16") else torch.float32
+            self.model = AutoModelForCausalLM.from_pretrained(ckpt, dtype=dtype).eval()
+            self.model.generation_config.pad_token_id = 0
+        else:
+            from nanoseek.engine import Engine
+
+            self.engine = Engine.load(ckpt, dtype=torch.bfloat16 if impl.endswith("bf16") else torch.float32)
+
+    def generate(self, ids: torch.Tensor, n: int) -> float:
+        t0 = time.perf_counter()
+        if self.impl.startswith("hf"):
+            with torch.inference_mode():
+                self.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, min_new_tokens=n,
+                                    do_sample=False)
+        else:
+            from nanoseek.engine import SamplingParams
+
+            self.engine.generate(ids.tolist(), SamplingParams(max_new_tokens=n, temperature=0, ignore_eos=True))
+        return time.perf_counter() - t0
+
+    def cache_bytes_per_token(self, ids: torch.Tensor) -> float:
+        if self.impl.startswith("hf"):
+            with torch.inference_mode():
+                out = self.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=2,
+                                          min_new_tokens=2, do_sample=False, return_dict_in_generate=True)
+            tensors = _tensors(out.past_key_values)
+            seq = ids.shape[1] + 1  # the last generated token is not fed back
+            return sum(t.numel() * t.element_size() for t in tensors) / (ids.shape[0] * seq)
+        self.generate(ids, 2)
+        return float(self.engine.stats.cache_bytes_per_token)
+
+
+def _tensors(obj, seen=None) -> list[torch.Tensor]:
+    """Every distinct tensor reachable from an HF cache object (layers hold keys/values)."""
+    seen = set() if seen is None else seen
+    out = []
+    if isinstance(obj, torch.Tensor):
+        if obj.data_ptr() not in seen and obj.numel() > 1:
+            seen.add(obj.data_ptr())
+            out.append(obj)
+    elif isinstance(obj, (list, tuple)):
+        for o in obj:
+            out += _tensors(o, seen)
+    elif hasattr(obj, "__dict__"):
+        for v in vars(obj).values():
+            out += _tensors(v, seen)
+    return out
+
+
+def memory_probe(impl: str, ckpt: str, batch: int, ctx: int, n: int) -> None:
+    r = Runner(impl, ckpt)
+    ids = torch.randint(0, 8192, (batch, ctx), generator=torch.Generator().manual_seed(0))
+    r.generate(ids[:, :16], 2)
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    r.generate(ids, n)
+    print(json.dumps({"peak_growth_mib": (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024}))
+
+
+def bench_speed(args, ckpt: str) -> list[dict]:
+    runners = {impl: Runner(impl, ckpt) for impl in args.impls}
+    rows = []
+    for ctx in args.contexts:
+        n = args.new_tokens if ctx + args.new_tokens <= 2048 else 2048 - ctx
+        for batch in args.batches:
+            ids = torch.randint(0, 8192, (batch, ctx), generator=torch.Generator().manual_seed(batch * 7 + ctx))
+            for r in runners.values():  # warm up: first calls allocate and pick kernels
+                r.generate(ids[:, :32], 3)
+            res = {impl: {"prefill": [], "decode": []} for impl in runners}
+            for rnd in range(args.rounds):
+                order = list(runners.items())
+                if rnd % 2:
+                    order.reverse()
+                for impl, r in order:
+                    t1 = r.generate(ids, 1)
+                    tn = r.generate(ids, n)
+                    res[impl]["prefill"].append(batch * ctx / t1)
+                    res[impl]["decode"].append(batch * (n - 1) / max(tn - t1, 1e-9))
+            row = {"batch": batch, "context": ctx, "new_tokens": n}
+            for impl in runners:
+                row[impl] = {k: statistics.median(v) for k, v in res[impl].items()}
+                row[impl]["decode_all"] = [round(x) for x in res[impl]["decode"]]
+            rows.append(row)
+            print(_fmt_row(row, list(runners)), flush=True)
+    return rows
+
+
+def _fmt_row(row: dict, impls: list[str]) -> str:
+    base = row.get("hf-fp32")
+    parts = [f"B={row['batch']:<3d} T={row['context']:<5d}"]
+    for impl in impls:
+        d, p = row[impl]["decode"], row[impl]["prefill"]
+        ratio = f" ({d / base['decode']:.1f}x)" if base and impl != "hf-fp32" else ""
+        parts.append(f"{impl}: decode {d:7.0f}{ratio:8s} prefill {p:7.0f}")
+    return " | ".join(parts)
+
+
+def bench_speculative(args) -> None:
+    from nanoseek.engine import Engine, SamplingParams
+
+    eng = Engine.load(args.mtp_checkpoint, dtype=torch.bfloat16 if args.spec_dtype == "bf16" else torch.float32)
+    if eng.tokenizer is None or not len(eng.model.mtp):
+        sys.exit(f"{args.mtp_checkpoint}: needs tokenizer.json and an MTP module")
+    prompts = [line.strip() for line in open(args.spec_prompts, encoding="utf-8") if line.strip()] \
+        if args.spec_prompts else ["The", "Once upon a time", "In the beginning", "It was a"]
+    p = SamplingParams(max_new_tokens=args.spec_new_tokens, temperature=0, ignore_eos=True)
+    for k in args.spec_k:
+        times = {0: [], k: []}
+        acc = []
+        for rnd in range(args.rounds):
+            for kk in ((0, k) if rnd % 2 == 0 else (k, 0)):
+                for prompt in prompts:
+                    eng.generate(prompt, p, speculative=kk)
+                    st = eng.stats
+                    times[kk].append(st.generated_tokens / st.decode_seconds)
+                    if kk:
+                        acc.append(st.acceptance_rate)
+        plain, spec = statistics.median(times[0]), statistics.median(times[k])
+        print(f"speculative k={k} ({args.spec_dtype}): plain {plain:.0f} tok/s, speculative {spec:.0f} tok/s "
+              f"({spec / plain:.2f}x), acceptance {statistics.mean(acc):.1%}", flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
+    ap.add_argument("--contexts", type=int, nargs="+", default=[256, 2000])
+    ap.add_argument("--new-tokens", type=int, default=64, help="per request (long contexts: what fits in 2048)")
+    ap.add_argument("--impls", nargs="+", default=list(IMPLS), choices=IMPLS + ("hf-bf16",))
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    ap.add_argument("--mtp-checkpoint", help="trained model with an MTP module and tokenizer (speculative run)")
+    ap.add_argument("--only-speculative", action="store_true")
+    ap.add_argument("--spec-k", type=int, nargs="+", default=[1, 2, 3])
+    ap.add_argument("--spec-new-tokens", type=int, default=128)
+    ap.add_argument("--spec-dtype", default="fp32", choices=["fp32", "bf16"])
+    ap.add_argument("--spec-prompts", help="text file, one prompt per line")
+    ap.add_argument("--memory-probe", nargs=5, metavar=("IMPL", "CKPT", "B", "T", "N"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.memory_probe:
+        impl, ckpt, b, t, n = args.memory_probe
+        memory_probe(impl, ckpt, int(b), int(t), int(n))
+        return
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f}")
+    if not args.only_speculative:
+        with tempfile.TemporaryDirectory() as tmp:
+            ckpt = os.path.join(tmp, "cpu-small")
+            make_checkpoint(ckpt)
+            rows = bench_speed(args, ckpt)
+            ids = torch.randint(0, 8192, (1, 64))
+            for impl in args.impls:
+                print(f"{impl}: cache {Runner(impl, ckpt).cache_bytes_per_token(ids):.0f} bytes/token")
+            if not args.no_memory:
+                b, t = max(args.batches), max(args.contexts)
+                n = min(args.new_tokens, 2048 - t)
+                for impl in args.impls:
+                    cmd = [sys.executable, __file__, "--memory-probe", impl, ckpt, str(b), str(t), str(n)]
+                    if args.threads:
+                        cmd += ["--threads", str(args.threads)]
+                    out = subprocess.run(cmd, capture_output=True, text=True)
+                    peak = json.loads(out.stdout.strip().splitlines()[-1])["peak_growth_mib"] if out.returncode == 0 \
+                        else float("nan")
+                    print(f"{impl}: peak memory growth {peak:.0f} MiB generating B={b} T={t} (+{n})")
+            print(json.dumps(rows))
+    if args.mtp_checkpoint:
+        bench_speculative(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,75 @@
+"""Weights laid out for generation's small matmuls, derived once from the parameters (inference only).
+
+A decode step multiplies a handful of rows by every weight matrix, so it is bound by reading weights and by
+per-op overhead, not by arithmetic. On CPU in fp32, MKL's GEMM with few rows runs about twice as fast with the
+weight stored [in, out] (x @ W) as with the parameter's [out, in] (x @ W^T, what F.linear does); in bf16 and
+on GPU the parameter layout is as fast. `PackedLinear` holds whichever layout is faster, and `derived`
+caches such copies per module, rebuilding them when a parameter changes (an RL trainer updating the weights
+between rollouts bumps their version counters), so generation never uses stale weights.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, TypeVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+T = TypeVar("T")
+
+
+def row_major_faster(w: torch.Tensor) -> bool:
+    """Whether this weight should be stored [in, out] for small-M matmuls (see the module docstring)."""
+    return w.device.type == "cpu" and w.dtype == torch.float32
+
+
+class PackedLinear:
+    """y = x W^T + b with W [out, in] given, stored in the faster layout for few-row inputs."""
+
+    __slots__ = ("w", "b", "t")
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None):
+        weight = weight.detach()
+        self.t = row_major_faster(weight)
+        self.w = weight.t().contiguous() if self.t else weight.contiguous()
+        self.b = None if bias is None else bias.detach()
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.t:
+            return F.linear(x, self.w, self.b)
+        y = torch.matmul(x, self.w)
+        return y if self.b is None else y + self.b
+
+
+class PackedExperts:
+    """Stacked SwiGLU experts (gate_up [E, 2I, d], down [E, d, I]) in the faster layout, callable per expert."""
+
+    __slots__ = ("w1", "w2", "t")
+
+    def __init__(self, gate_up: torch.Tensor, down: torch.Tensor):
+        self.t = row_major_faster(gate_up)
+        if self.t:
+            self.w1, self.w2 = gate_up.detach().transpose(1, 2).contiguous(), down.detach().transpose(1, 2).contiguous()
+        else:
+            self.w1, self.w2 = gate_up.detach(), down.detach()
+
+    def __call__(self, e: int, x: torch.Tensor) -> torch.Tensor:
+        """Expert e on rows x [n, d] -> [n, d] (in x's dtype)."""
+        if self.t:
+            gate, up = torch.mm(x, self.w1[e]).chunk(2, dim=-1)
+            return torch.mm(F.silu(gate) * up, self.w2[e])
+        gate, up = F.linear(x, self.w1[e]).chunk(2, dim=-1)
+        return F.linear(F.silu(gate) * up, self.w2[e])
+
+
+def derived(module: nn.Module, build: Callable[[], T], params: list[torch.Tensor] | None = None) -> T:
+    """build() once per module, and again whenever one of `params` (default: all the module's parameters) was
+    reassigned, moved, cast or modified in place. Kept outside the module's parameters and buffers."""
+    params = list(module.parameters()) if params is None else params
+    key = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in params)
+    hit = module.__dict__.get("_nanoseek_derived")
+    if hit is None or hit[0] != key:
+        hit = (key, build())
+        module.__dict__["_nanoseek_derived"] = hit
+    return hit[1]
