@@ -141,8 +141,14 @@ def test_pretrain_user_errors(data, tmp_path, capsys):
     assert not (tmp_path / "r").exists() or not any((tmp_path / "r").rglob("*.safetensors"))
     with pytest.raises(SystemExit):
         cli(["pretrain", *out, "--optimizer", "sgd"])
+    assert "KEY=VALUE" in error(*out, "--model", "nope=1")
+    assert "n_group" in error(*out, "--model", "n_group=3")  # ModelConfig validation names the field
     # a finished run is not silently overwritten; resuming may extend it but not change the data order
-    assert cli(["pretrain", *out, *SHORT, "--steps", "2", "--batch-size", "2", "--eval-every", "0"]) == 0
+    assert cli(["pretrain", *out, *SHORT, "--steps", "2", "--batch-size", "2", "--eval-every", "0",
+                "--model", "num_nextn_predict_layers=0"]) == 0
+    assert nanoseek.ModelConfig.load(tmp_path / "r" / "checkpoints" / "step_0000002").num_nextn_predict_layers == 0
+    assert "mtp_losses" not in train_records(tmp_path / "r")[-1]
+    assert "--model overrides" in error(*out, "--resume", "--model", "num_nextn_predict_layers=1")
     assert "already holds a training run" in error(*out, *SHORT, "--steps", "2")
     assert "cannot change --seq-len" in error(*out, "--resume", "--seq-len", "16", "--steps", "3")
     assert cli(["pretrain", *out, "--resume", "--steps", "3"]) == 0
@@ -246,5 +252,6 @@ def test_every_train_setting_is_a_flag_and_resume_merge():
         assert "--" + name.replace("_", "-") in help_text, name
     cfg, changes = merge_for_resume(TrainConfig(steps=10).to_dict(), {"steps": 20, "lr": 1e-3})
     assert cfg.steps == 20 and changes == {"steps": (10, 20), "lr": (3e-3, 1e-3)}
-    with pytest.raises(ValueError, match="--batch-size"):
-        merge_for_resume(TrainConfig().to_dict(), {"batch_size": 3})
+    with pytest.raises(ValueError, match="--optimizer"):
+        merge_for_resume(TrainConfig().to_dict(), {"optimizer": "muon"})
+    assert merge_for_resume(TrainConfig().to_dict(), {"batch_size": 3})[0].batch_size == 3  # batch ramps are fine

@@ -94,8 +94,9 @@ class TrainConfig:
         return cls(**{k: v for k, v in d.items() if k in known})
 
 
-# Settings that fix what the saved optimizer and data state mean: a resumed run must keep them.
-FIXED_ON_RESUME = ("optimizer", "seq_len", "batch_size", "seed")
+# Settings that fix what the saved optimizer and data state mean: a resumed run must keep them. (The batch
+# size may change: the loader position counts windows, so a batch-size ramp or another world size is fine.)
+FIXED_ON_RESUME = ("optimizer", "seq_len", "seed")
 
 
 def merge_for_resume(saved: dict[str, Any], given: dict[str, Any]) -> tuple[TrainConfig, dict[str, tuple]]:

@@ -98,9 +98,11 @@ def train(model: nn.Module, task: Task, cfg: TrainConfig, run_dir: str | Path, *
         if ckpt is None:
             raise FileNotFoundError(f"--resume: no checkpoint in {checkpoints_dir(run_dir)}; drop --resume to start")
         state = load_train_state(ckpt)
-        if state.world_size != info.world_size:
-            raise ValueError(f"{ckpt} was written by {state.world_size} process(es), this run has "
-                             f"{info.world_size}: resume with the same number of processes")
+        if state.world_size != info.world_size and info.is_main:
+            # Weights and optimizer state are saved whole, and the loader's position is global, so this works;
+            # only the per-rank RNG streams cannot map one to one (rank r takes saved rank min(r, N-1)).
+            announce(f"note: {ckpt.name} was written by {state.world_size} process(es), this run has "
+                     f"{info.world_size}: the data continue where they stopped, but not bit for bit")
         _load_weights(model, ckpt)
     elif latest_checkpoint(run_dir) is not None:
         raise ValueError(f"{run_dir} already holds a training run ({checkpoints_dir(run_dir)}); resume it or "
@@ -114,8 +116,9 @@ def train(model: nn.Module, task: Task, cfg: TrainConfig, run_dir: str | Path, *
     start = 0
     if state is not None:
         D.load_optimizer_state(model, optimizers, state.optimizer_state)
-        task.load_state_dict(state.state["task_state"][info.rank])
-        restore_rng(state.state["rng"][info.rank], state.rng_tensors[info.rank])
+        r = min(info.rank, state.world_size - 1)
+        task.load_state_dict(state.state["task_state"][r])
+        restore_rng(state.state["rng"][r], state.rng_tensors[r])
         start = state.step
     else:
         _seed_all(cfg.seed)
@@ -145,6 +148,7 @@ def train(model: nn.Module, task: Task, cfg: TrainConfig, run_dir: str | Path, *
     result = TrainResult(step=start)
     last_ckpt: Path | None = state.path if state else None
     tok_s_ema = None
+    tokens_seen = int(state.state.get("tokens", 0)) if state else 0
     try:
         for step in range(start + 1, cfg.steps + 1):
             t0 = time.perf_counter()
@@ -165,6 +169,7 @@ def train(model: nn.Module, task: Task, cfg: TrainConfig, run_dir: str | Path, *
             if has_routers and counts is not None and cfg.bias_update_gamma > 0:
                 model.update_router_biases(counts, cfg.bias_update_gamma)  # all-reduces the counts itself
             dt = time.perf_counter() - t0
+            tokens_seen += tokens_per_step
             tok_s = tokens_per_step / dt
             tok_s_ema = tok_s if tok_s_ema is None else 0.9 * tok_s_ema + 0.1 * tok_s
             result.step = step
@@ -174,7 +179,7 @@ def train(model: nn.Module, task: Task, cfg: TrainConfig, run_dir: str | Path, *
             if step % cfg.log_every == 0 or step == cfg.steps:
                 rec = _step_metrics(sums, counts, model, has_routers) if info.is_main or has_routers else {}
                 if log is not None:
-                    log.write("train", step, loss=loss, lr=lr, grad_norm=gnorm, tokens=step * tokens_per_step,
+                    log.write("train", step, loss=loss, lr=lr, grad_norm=gnorm, tokens=tokens_seen,
                               tokens_per_s=tok_s, mfu=mfu(tok_s, fpt, peak), step_time=dt, **rec)
             if bar is not None:
                 bar.update(tokens_per_step)
@@ -189,7 +194,7 @@ def train(model: nn.Module, task: Task, cfg: TrainConfig, run_dir: str | Path, *
                         bar.write(f"step {step}: " + "  ".join(f"{k} {v:.4f}" for k, v in result.eval.items()))
             if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == cfg.steps:
                 last_ckpt = _checkpoint(run_dir, step, model, optimizers, task, cfg, info, write_extra,
-                                        tokens=step * tokens_per_step)
+                                        tokens=tokens_seen)
                 result.checkpoint = last_ckpt
                 if log is not None:
                     log.write("checkpoint", step, path=str(last_ckpt))

@@ -95,6 +95,8 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
     from nanoseek.train.loop import TrainingDiverged, train
 
     data, out = Path(args.data), Path(args.out)
+    if args.model and (args.resume or args.init_from):
+        raise UserError("--model overrides the --preset of a new model; it cannot change a resumed or --init-from one")
     if not data.is_dir():
         raise UserError(f"--data {data} is not a directory; create it with `nanoseek data prepare --input TEXT "
                         f"--tokenizer TOK --output {data}`")
@@ -116,8 +118,9 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
             if args.init_from:
                 model_cfg = ModelConfig.load(args.init_from)
             else:
-                model_cfg = preset(args.preset, vocab_size=tok.vocab_size, bos_token_id=tok.bos_id,
-                                   eos_token_id=tok.eos_id, pad_token_id=tok.pad_id)
+                model_cfg = preset(args.preset, **{**_model_overrides(args.model), "vocab_size": tok.vocab_size,
+                                                   "bos_token_id": tok.bos_id, "eos_token_id": tok.eos_id,
+                                                   "pad_token_id": tok.pad_id})
     except ValueError as e:  # TrainConfig / resume-merge validation: the message names the flag
         raise UserError(str(e)) from e
     if model_cfg.vocab_size < tok.vocab_size:
@@ -153,6 +156,28 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
         D.teardown()
 
 
+def _model_overrides(items: list[str]) -> dict[str, Any]:
+    """--model KEY=VALUE pairs -> ModelConfig overrides; values are JSON (numbers, null, true) or plain strings."""
+    import dataclasses
+    import json
+
+    from nanoseek.cli import UserError
+    from nanoseek.config import ModelConfig
+
+    fields = {f.name for f in dataclasses.fields(ModelConfig)} - {"extra", "vocab_size"}
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or key not in fields:
+            raise UserError(f"--model {item!r}: expected KEY=VALUE with KEY a ModelConfig field (e.g. "
+                            "num_nextn_predict_layers=0); vocab_size always comes from the tokenizer")
+        try:
+            out[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key] = raw
+    return out
+
+
 def register(sub) -> None:
     from nanoseek.config import PRESETS
     from nanoseek.train.config import add_config_args
@@ -163,10 +188,13 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, metavar="RUN", help="run directory for the log and checkpoints")
     p.add_argument("--preset", default="cpu-small", choices=sorted(PRESETS),
                    help="model shape (default cpu-small); vocab_size is taken from the data's tokenizer")
+    p.add_argument("--model", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a field of the preset's ModelConfig (HF config.json names), e.g. --model "
+                        "num_nextn_predict_layers=0 to train without MTP; repeatable")
     p.add_argument("--init-from", metavar="DIR", help="start from this model directory's weights instead of a "
                                                       "random init (a checkpoint or imported HF model)")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its latest checkpoint (bit for bit); flags given now "
-                        "override its saved settings, except --optimizer, --seq-len, --batch-size and --seed")
+                        "override its saved settings, except --optimizer, --seq-len and --seed")
     add_config_args(p)
     p.set_defaults(func=cmd_pretrain)

@@ -1,0 +1,210 @@
+"""Training throughput and MFU of `nanoseek pretrain`, and MoE vs dense at equal wall-clock time.
+
+Data: no internet, so the corpus is this Python's standard library sources (*.py, tests and site-packages
+left out, one document per file), run through the real pipeline: `nanoseek tokenizer train --vocab-size 8192`
+and `nanoseek data prepare --val-docs 20` (cached in --workdir).
+
+1. Throughput. The training loop itself (`nanoseek.train.train` with the pretraining task: loader,
+   autocast, accumulation, clipping, AdamW, bias update, logging) on `cpu-small` (with its MTP module) and
+   `cpu-small-dense`, batch 8 x 256, in bf16 autocast and fp32. Each round measures the bf16 and fp32 matmul
+   peaks (2048^2) and then runs every (model, dtype) for --steps steps, in an order that alternates between
+   rounds; the first 3 steps of each run are dropped. Medians over all kept steps; MFU is model FLOPs
+   (nanoseek.cost: 6 x active params + head + attention + MTP) per second over the median measured peak of
+   the same dtype, on the same machine, in the same run.
+2. MoE vs dense. `nanoseek pretrain` on `cpu-small`, on `cpu-small` without MTP (`--model
+   num_nextn_predict_layers=0`: isolates MoE from MTP, whose extra layer and head pass cost 53% more FLOPs
+   per token) and on `cpu-small-dense` (same active parameters), all with the same defaults (AdamW, lr 3e-3,
+   WSD, bf16, batch 8 x 256). They run SIMULTANEOUSLY, one thread each, so machine noise hits all alike.
+   A short simultaneous calibration run measures each one's step time; each then gets the number of steps
+   that fits --minutes, with evaluation (20 validation batches) 10 times along the way. Reported: final
+   validation loss and bits per byte, tokens, training time (sum of step times: evaluation and checkpoint
+   writing excluded) and wall time, and the validation loss of each at the same training times
+   (interpolated between evaluations).
+
+    python benchmarks/bench_train.py                      # both parts: 3 rounds x 12 steps; 10 minutes each
+    python benchmarks/bench_train.py --minutes 5 --rounds 2
+    python benchmarks/bench_train.py --part throughput --threads 2
+
+Figures (2-core shared AMD EPYC VM, torch 2.13 CPU; other engineers' jobs running: load average 3-4):
+see the closing note of the run that added this file; rerun for your machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import sysconfig
+import time
+from pathlib import Path
+
+import torch
+
+BATCH, SEQ = 8, 256
+
+
+# ---- data ---------------------------------------------------------------------------------------------------
+def prepare_data(workdir: Path) -> Path:
+    data = workdir / "data"
+    if (data / "manifest.json").exists():
+        return data
+    corpus = workdir / "corpus"
+    if corpus.exists():
+        shutil.rmtree(corpus)
+    corpus.mkdir(parents=True)
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    skip = {"test", "tests", "site-packages", "dist-packages", "idle_test", "__pycache__"}
+    files = sorted(p for p in stdlib.rglob("*.py") if not skip & set(p.relative_to(stdlib).parts))
+    for i, f in enumerate(files):
+        (corpus / f"{i:05d}_{f.name}.txt").write_bytes(f.read_bytes())
+    nanoseek = [sys.executable, "-m", "nanoseek.cli"]
+    subprocess.run([*nanoseek, "tokenizer", "train", "--input", str(corpus), "--vocab-size", "8192",
+                    "--output", str(workdir / "tok")], check=True)
+    subprocess.run([*nanoseek, "data", "prepare", "--input", str(corpus), "--tokenizer", str(workdir / "tok"),
+                    "--output", str(data), "--val-docs", "20"], check=True)
+    return data
+
+
+# ---- part 1: throughput ----------------------------------------------------------------------------------------
+def throughput(data: Path, workdir: Path, rounds: int, steps: int) -> dict:
+    import nanoseek
+    from nanoseek.cost import flops_per_token, measure_matmul_peak
+    from nanoseek.tokenizer import Tokenizer
+    from nanoseek.train import TrainConfig, train
+    from nanoseek.train.log import read_log
+    from nanoseek.train.pretrain import PretrainTask
+
+    tok = Tokenizer.load(data / "tokenizer")
+    combos = [(p, d) for p in ("cpu-small", "cpu-small-dense") for d in ("bfloat16", "float32")]
+    peaks: dict[str, list[float]] = {"bfloat16": [], "float32": []}
+    tok_s: dict[tuple, list[float]] = {c: [] for c in combos}
+    fpt = {p: flops_per_token(nanoseek.preset(p, vocab_size=tok.vocab_size), SEQ).total for p, _ in combos}
+    for r in range(rounds):
+        for d in peaks:
+            peaks[d].append(measure_matmul_peak("cpu", getattr(torch, d)))
+        for preset, dtype in (combos if r % 2 == 0 else combos[::-1]):
+            cfg = TrainConfig(steps=steps, batch_size=BATCH, seq_len=SEQ, warmup_steps=1, eval_every=0, eval_batches=1,
+                              checkpoint_every=0, keep_last=1, dtype=dtype, peak_flops=1.0)
+            torch.manual_seed(0)
+            model = nanoseek.DeepSeekV3(nanoseek.preset(preset, vocab_size=tok.vocab_size))
+            task = PretrainTask(data, cfg, device=torch.device("cpu"), tokenizer=tok)
+            run = workdir / "tp_run"
+            shutil.rmtree(run, ignore_errors=True)
+            train(model, task, cfg, run, progress=False, announce=lambda s: None)
+            kept = [x["tokens_per_s"] for x in read_log(run) if x["event"] == "train"][3:]
+            tok_s[(preset, dtype)] += kept
+            print(f"round {r + 1}: {preset:16s} {dtype:9s} {statistics.median(kept):8,.0f} tok/s", flush=True)
+    peak = {d: statistics.median(v) for d, v in peaks.items()}
+    rows = {}
+    for (preset, dtype), v in tok_s.items():
+        med = statistics.median(v)
+        rows[f"{preset} {dtype}"] = {"tokens_per_s": med, "mflop_per_token": fpt[preset] / 1e6,
+                                     "mfu_vs_same_dtype_peak": med * fpt[preset] / peak[dtype],
+                                     "mfu_vs_bf16_peak": med * fpt[preset] / peak["bfloat16"]}
+    return {"peak_gflops": {d: p / 1e9 for d, p in peak.items()}, "runs": rows}
+
+
+# ---- part 2: MoE vs dense ----------------------------------------------------------------------------------------
+VARIANTS = {
+    "cpu-small (MoE + MTP)": ["--preset", "cpu-small"],
+    "cpu-small, no MTP (MoE)": ["--preset", "cpu-small", "--model", "num_nextn_predict_layers=0"],
+    "cpu-small-dense": ["--preset", "cpu-small-dense"],
+}
+
+
+def _launch(data: Path, out: Path, variant: list[str], steps: int, eval_every: int, eval_batches: int):
+    shutil.rmtree(out, ignore_errors=True)
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "nanoseek.cli", "pretrain", "--data", str(data), "--out", str(out), *variant,
+           "--steps", str(steps), "--batch-size", str(BATCH), "--seq-len", str(SEQ), "--warmup-steps",
+           str(min(20, steps // 10)), "--eval-every", str(eval_every), "--eval-batches", str(eval_batches),
+           "--checkpoint-every", "0", "--keep-last", "1"]
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def _run_all(data: Path, workdir: Path, steps: dict[str, int], eval_batches: int, tag: str) -> dict[str, Path]:
+    procs, outs = {}, {}
+    for i, (name, variant) in enumerate(VARIANTS.items()):
+        outs[name] = workdir / f"{tag}_{i}"
+        procs[name] = _launch(data, outs[name], variant, steps[name], max(1, steps[name] // 10), eval_batches)
+    for name, p in procs.items():
+        _, err = p.communicate()
+        if p.returncode != 0:
+            raise SystemExit(f"{name} failed:\n{err[-3000:]}")
+    return outs
+
+
+def moe_vs_dense(data: Path, workdir: Path, minutes: float) -> dict:
+    from nanoseek.train.log import read_log
+
+    calib = _run_all(data, workdir, {n: 25 for n in VARIANTS}, 1, "calib")
+    step_s = {n: statistics.median(x["step_time"] for x in read_log(p) if x["event"] == "train" and x["step"] > 5)
+              for n, p in calib.items()}
+    # 90% of the budget for training steps; evaluations and start-up take the rest
+    steps = {n: max(50, int(0.9 * minutes * 60 / s)) for n, s in step_s.items()}
+    print("calibrated step times (s):", {n: round(s, 3) for n, s in step_s.items()}, "-> steps:", steps, flush=True)
+    outs = _run_all(data, workdir, steps, 20, "moe")
+    result, curves = {}, {}
+    for name, out in outs.items():
+        recs = read_log(out)
+        train = [x for x in recs if x["event"] == "train"]
+        # time axis: training time only (sum of step times), so evaluation and checkpoint writing, which
+        # differ in cost between the models, do not count against either
+        clock, t = {}, 0.0
+        for x in train:
+            t += x["step_time"]
+            clock[x["step"]] = t
+        evals = [(clock[x["step"]], x["val_loss"], x["val_bpb"]) for x in recs if x["event"] == "eval"]
+        end = [x for x in recs if x["event"] == "end"][0]
+        curves[name] = evals
+        result[name] = {"steps": steps[name], "tokens": train[-1]["tokens"], "train_s": t,
+                        "wall_s": end["time"] - recs[0]["time"],
+                        "final_val_loss": evals[-1][1], "final_val_bpb": evals[-1][2],
+                        "median_tokens_per_s": statistics.median(x["tokens_per_s"] for x in train)}
+    # validation loss of each at the same elapsed times (linear interpolation between evaluations)
+    horizon = min(c[-1][0] for c in curves.values())
+    grid = [horizon * f for f in (0.25, 0.5, 0.75, 1.0)]
+    for name, c in curves.items():
+        result[name]["val_loss_at_s"] = {f"{g:.0f}": round(_interp(c, g), 4) for g in grid}
+    return result
+
+
+def _interp(curve: list[tuple], t: float) -> float:
+    if t <= curve[0][0]:
+        return curve[0][1]
+    for (t0, v0, _), (t1, v1, _) in zip(curve, curve[1:]):
+        if t0 <= t <= t1:
+            return v0 + (v1 - v0) * (t - t0) / (t1 - t0)
+    return curve[-1][1]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--workdir", default="/tmp/nanoseek_bench_train", help="corpus, shards and run folders")
+    ap.add_argument("--part", choices=["all", "throughput", "moe"], default="all")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads for the throughput part (default 1: "
+                    "on a shared 2-core machine two threads are often slower)")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=12, help="steps per throughput run (first 3 dropped)")
+    ap.add_argument("--minutes", type=float, default=10.0, help="wall-clock budget of each MoE/dense run")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    workdir = Path(args.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    data = prepare_data(workdir)
+    report = {"torch": torch.__version__, "threads": args.threads, "batch": [BATCH, SEQ],
+              "load_average_start": os.getloadavg()}
+    if args.part in ("all", "throughput"):
+        report["throughput"] = throughput(data, workdir, args.rounds, args.steps)
+    if args.part in ("all", "moe"):
+        report["moe_vs_dense"] = moe_vs_dense(data, workdir, args.minutes)
+    report["load_average_end"] = os.getloadavg()
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
