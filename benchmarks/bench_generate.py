@@ -36,7 +36,8 @@ import time
 
 import torch
 
-IMPLS = ("hf-fp32", "nanoseek-fp32", "nanoseek-bf16")
+IMPLS = ("hf-fp32", "nanoseek-fp32", "nanoseek-fp32-compile", "nanoseek-bf16-compile")
+OTHER_IMPLS = ("hf-bf16", "nanoseek-bf16")
 
 
 def make_checkpoint(path: str) -> None:
@@ -55,13 +56,14 @@ class Runner:
         if impl.startswith("hf"):
             from transformers import AutoModelForCausalLM
 
-            dtype = torch.bfloat16 if impl.endswith("bf16") else torch.float32
+            dtype = torch.bfloat16 if "bf16" in impl else torch.float32
             self.model = AutoModelForCausalLM.from_pretrained(ckpt, dtype=dtype).eval()
             self.model.generation_config.pad_token_id = 0
         else:
             from nanoseek.engine import Engine
 
-            self.engine = Engine.load(ckpt, dtype=torch.bfloat16 if impl.endswith("bf16") else torch.float32)
+            self.engine = Engine.load(ckpt, dtype=torch.bfloat16 if "bf16" in impl else torch.float32,
+                                      compile=impl.endswith("-compile"))
 
     def generate(self, ids: torch.Tensor, n: int) -> float:
         t0 = time.perf_counter()
@@ -182,7 +184,7 @@ def main() -> None:
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
     ap.add_argument("--contexts", type=int, nargs="+", default=[256, 2000])
     ap.add_argument("--new-tokens", type=int, default=64, help="per request (long contexts: what fits in 2048)")
-    ap.add_argument("--impls", nargs="+", default=list(IMPLS), choices=IMPLS + ("hf-bf16",))
+    ap.add_argument("--impls", nargs="+", default=list(IMPLS), choices=IMPLS + OTHER_IMPLS)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     ap.add_argument("--mtp-checkpoint", help="trained model with an MTP module and tokenizer (speculative run)")

@@ -113,7 +113,9 @@ class _Seq:
 
 
 class Engine:
-    def __init__(self, model, tokenizer=None, *, prefill_tokens: int = 8192):
+    def __init__(self, model, tokenizer=None, *, prefill_tokens: int = 8192, compile: bool = False):
+        """compile: run the decode step through torch.compile (fewer, fused kernels: about 1.5x faster decoding
+        on CPU; the first step of each new batch shape compiles, which takes seconds to a minute)."""
         self.model = model  # the cached path has no dropout or statistics: train/eval mode does not matter
         self.config = model.config
         self.tokenizer = tokenizer
@@ -123,6 +125,8 @@ class Engine:
         stop = getattr(tokenizer, "stop_ids", None)
         self.eos_ids = set(stop) if stop is not None else set(self.config.eos_token_ids)
         self.stats = RunStats()
+        self.compiled = compile
+        self._decode_fn = torch.compile(_decode_logits, dynamic=True) if compile else _decode_logits
 
     @classmethod
     def load(cls, path: str | Path, dtype: torch.dtype | str | None = None,
@@ -206,6 +210,8 @@ class Engine:
     # ---- the loop --------------------------------------------------------------------------------------
     def _stream(self, prompts, params, speculative: int, outs: dict[int, Completion]) -> Iterator[Delta]:
         seqs = self._requests(prompts, params, speculative)
+        if self.compiled:
+            self.model.prepare_inference()  # the compiled step trusts the derived weights to be current
         for s in seqs:
             outs[s.index] = Completion(s.index, s.prompt, logprobs=[] if s.params.logprobs is not None else None)
         model, dev = self.model, self.device
@@ -295,10 +301,10 @@ class Engine:
         ids = torch.tensor([[s.pending] for s in rows], device=dev)
         pos = torch.tensor([[s.length] for s in rows], device=dev)
         span = max(s.length for s in rows) + 1
-        h = self.model.forward_cached(ids, cache.views(n), pos, span=span, rope=rope)
+        logits = self._decode_fn(self.model, ids, cache.views(n), pos, span, rope)
         for s in rows:
             s.length += 1
-        return self.model.logits_inference(h[:, 0]).float()
+        return logits.float()
 
     @torch.inference_mode()
     def _choose(self, rows: list[_Seq], logits: torch.Tensor) -> list[int]:
@@ -421,6 +427,11 @@ class Engine:
                         c.move_row(last, i, rows[last].length)
                 rows[i] = rows[last]
             rows.pop()
+
+
+def _decode_logits(model, ids, kv, pos, span: int, rope) -> torch.Tensor:
+    """One decode step for every row: logits [n, V] of the token after ids [n, 1]."""
+    return model.logits_inference(model.forward_cached(ids, kv, pos, span=span, rope=rope)[:, 0])
 
 
 def _draft_budget(s: _Seq, k: int) -> int:

@@ -35,10 +35,13 @@ class MLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
+    def packed(self) -> tuple[PackedLinear, PackedLinear]:
+        return derived(self, lambda: (PackedLinear(torch.cat((self.gate_proj.weight, self.up_proj.weight)).detach()),
+                                      PackedLinear(self.down_proj.weight)))
+
     def forward_inference(self, x: torch.Tensor) -> torch.Tensor:
         """Generation: gate and up as one matmul, weights in the layout small matmuls prefer."""
-        gate_up, down = derived(self, lambda: (
-            PackedLinear(torch.cat((self.gate_proj.weight, self.up_proj.weight))), PackedLinear(self.down_proj.weight)))
+        gate_up, down = self.packed()
         gate, up = gate_up(x).chunk(2, dim=-1)
         return down(F.silu(gate) * up)
 

@@ -171,22 +171,30 @@ class MoE(nn.Module):
                                          self.n_experts, self.top_k)
         return out.to(x.dtype).view(shape), RoutingStats(counts, loss)
 
+    def packed_experts(self) -> PackedExperts:
+        return derived(self.experts, lambda: PackedExperts(self.experts.gate_up_proj, self.experts.down_proj))
+
     def forward_inference(self, x: torch.Tensor) -> torch.Tensor:
         """Generation: no statistics or autograd, experts in the layout small matmuls prefer
-        (nanoseek.model.packed). Routing is the training path's own (same choices, same weights); for one
-        token the chosen experts run directly, for more the token copies are grouped by expert once."""
+        (nanoseek.model.packed). Routing is the training path's own (same choices, same weights). Eager: for
+        one token the chosen experts run directly, for more the token copies are grouped by expert once.
+        Under torch.compile, few tokens index the chosen experts' weights inside the compiled kernels
+        (no host round trip, no gathered copies); many take the grouped path."""
         shape = x.shape
         d = shape[-1]
         flat = x.reshape(-1, d)
         weights, indices, _ = self.gate(flat)
         N, K = indices.shape
-        experts = derived(self.experts, lambda: PackedExperts(self.experts.gate_up_proj, self.experts.down_proj))
-        if N == 1:
+        if torch.compiler.is_compiling() and N * K <= 8 * self.n_experts:
+            out = self._indexed_experts(flat, weights, indices)
+        elif N == 1:
+            experts = self.packed_experts()
             out = None
             for k, e in enumerate(indices[0].tolist()):
                 y = experts(e, flat).float() * weights[:, k:k + 1]  # routed outputs accumulate in fp32 (spec 4.4)
                 out = y if out is None else out + y
         else:
+            experts = self.packed_experts()
             idx = indices.view(-1)
             order = idx.argsort(stable=True)
             token_of = order // K
@@ -201,3 +209,9 @@ class MoE(nn.Module):
         if self.shared_experts is not None:
             out = out + self.shared_experts.forward_inference(flat)
         return out.to(x.dtype).view(shape)
+
+    def _indexed_experts(self, flat: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+        w1, w2 = self.experts.gate_up_proj[indices], self.experts.down_proj[indices]  # [N, K, 2I, d], [N, K, d, I]
+        gate, up = torch.einsum("nkid,nd->nki", w1, flat.to(w1.dtype)).chunk(2, dim=-1)
+        y = torch.einsum("nkdi,nki->nkd", w2, F.silu(gate) * up)
+        return (y.float() * weights.unsqueeze(-1)).sum(1)

@@ -30,10 +30,10 @@ class PackedLinear:
     __slots__ = ("w", "b", "t")
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None):
-        weight = weight.detach()
         self.t = row_major_faster(weight)
-        self.w = weight.t().contiguous() if self.t else weight.contiguous()
-        self.b = None if bias is None else bias.detach()
+        # the parameter itself when its layout is already right (no second copy of the weights)
+        self.w = weight.detach().t().contiguous() if self.t else weight.contiguous()
+        self.b = bias
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if not self.t:
@@ -52,7 +52,7 @@ class PackedExperts:
         if self.t:
             self.w1, self.w2 = gate_up.detach().transpose(1, 2).contiguous(), down.detach().transpose(1, 2).contiguous()
         else:
-            self.w1, self.w2 = gate_up.detach(), down.detach()
+            self.w1, self.w2 = gate_up, down
 
     def __call__(self, e: int, x: torch.Tensor) -> torch.Tensor:
         """Expert e on rows x [n, d] -> [n, d] (in x's dtype)."""
@@ -65,11 +65,51 @@ class PackedExperts:
 
 def derived(module: nn.Module, build: Callable[[], T], params: list[torch.Tensor] | None = None) -> T:
     """build() once per module, and again whenever one of `params` (default: all the module's parameters) was
-    reassigned, moved, cast or modified in place. Kept outside the module's parameters and buffers."""
+    reassigned, moved, cast or modified in place. Kept outside the module's parameters and buffers.
+
+    A rebuild with unchanged shapes is copied into the existing tensors, so code compiled against them (the
+    engine's torch.compile'd decode step) stays valid. Inside a compiled region the check is skipped: the
+    caller refreshes before entering it (DeepSeekV3.prepare_inference).
+    """
+    hit = module.__dict__.get("_nanoseek_derived")
+    if torch.compiler.is_compiling():
+        return hit[1]
     params = list(module.parameters()) if params is None else params
     key = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in params)
-    hit = module.__dict__.get("_nanoseek_derived")
     if hit is None or hit[0] != key:
-        hit = (key, build())
+        new = build()
+        if hit is not None and _copy_into(hit[1], new):
+            new = hit[1]
+        hit = (key, new)
         module.__dict__["_nanoseek_derived"] = hit
     return hit[1]
+
+
+def _leaves(obj) -> list:
+    if isinstance(obj, torch.Tensor) or obj is None:
+        return [obj]
+    if isinstance(obj, (tuple, list)):
+        return [x for o in obj for x in _leaves(o)]
+    names = getattr(obj, "__slots__", None) or getattr(obj, "__dataclass_fields__", None) or ()
+    return [x for n in names for x in _leaves(getattr(obj, n))]
+
+
+def _copy_into(old, new) -> bool:
+    """Copy new's tensors into old's when both have the same structure, shapes and dtypes and none of old's
+    is a parameter (those are the module's own tensors, shared rather than copied)."""
+    a, b = _leaves(old), _leaves(new)
+    if type(old) is not type(new) or len(a) != len(b):
+        return False
+    pairs = []
+    for x, y in zip(a, b):
+        if x is None or y is None:
+            if x is not y:
+                return False
+        elif x is not y:
+            if isinstance(x, nn.Parameter) or x.shape != y.shape or x.dtype != y.dtype or x.device != y.device:
+                return False
+            pairs.append((x, y))
+    with torch.inference_mode():
+        for x, y in pairs:
+            x.copy_(y)
+    return True

@@ -21,6 +21,7 @@ from nanoseek.model.layers import RMSNorm, compute_dtype
 from nanoseek.model.mla import latent_step, rope_halves
 from nanoseek.model.moe import Experts, Router, bias_update
 from nanoseek.model.mtp import MTPModule
+from nanoseek.model.packed import PackedLinear, derived
 from nanoseek.model.rope import RotaryEmbedding
 
 IGNORE_INDEX = -100
@@ -196,9 +197,27 @@ class DeepSeekV3(nn.Module):
 
     def logits_inference(self, h: torch.Tensor) -> torch.Tensor:
         """lm_head for generation, with the weight in the layout small matmuls prefer (model.packed)."""
-        from nanoseek.model.packed import PackedLinear, derived
+        return self._packed_head()(h)
 
-        return derived(self.lm_head, lambda: PackedLinear(self.lm_head.weight))(h)
+    def _packed_head(self) -> PackedLinear:
+        return derived(self.lm_head, lambda: PackedLinear(self.lm_head.weight))
+
+    @torch.no_grad()
+    def prepare_inference(self) -> None:
+        """Build or refresh every weight the generation path derives (model.packed) now. Required before
+        running compiled generation code, which skips the staleness checks; cheap when nothing changed."""
+        from nanoseek.model.layers import MLP
+        from nanoseek.model.mla import MLA
+        from nanoseek.model.moe import MoE
+
+        for m in self.modules():
+            if isinstance(m, MLA):
+                m.decode_weights()
+            elif isinstance(m, MoE):
+                m.packed_experts()
+            elif isinstance(m, MLP):
+                m.packed()
+        self._packed_head()
 
     @torch.no_grad()
     def forward_mtp_cached(self, depth: int, h_prev: torch.Tensor, next_ids: torch.Tensor, kv: torch.Tensor,
