@@ -12,24 +12,23 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 
 from nanoseek.config import ModelConfig
 from nanoseek.model.block import DecoderLayer
 from nanoseek.model.layers import RMSNorm, compute_dtype
+from nanoseek.model.loss import IGNORE_INDEX, linear_cross_entropy
 from nanoseek.model.mla import latent_step, rope_halves
 from nanoseek.model.moe import Experts, Router, bias_update
 from nanoseek.model.mtp import MTPModule
 from nanoseek.model.packed import PackedLinear, derived
 from nanoseek.model.rope import RotaryEmbedding
 
-IGNORE_INDEX = -100
 
 
 @dataclass
 class ModelOutput:
-    logits: torch.Tensor  # [B, T, V]
+    logits: torch.Tensor | None  # [B, T, V]; None when targets were given without return_logits
     loss: torch.Tensor | None = None  # main + mtp_weight * mean(MTP) + aux_loss_alpha * balance
     main_loss: torch.Tensor | None = None  # next-token cross-entropy
     mtp_losses: list[torch.Tensor] = field(default_factory=list)  # one per MTP depth k (targets t_{i+k+1})
@@ -108,12 +107,14 @@ class DeepSeekV3(nn.Module):
     # ---- forward --------------------------------------------------------------------------------
     def forward(self, input_ids: torch.Tensor, targets: torch.Tensor | None = None, *, return_stats: bool = False,
                 mtp_weight: float = 0.3, positions: torch.Tensor | None = None,
-                attn_mask: torch.Tensor | None = None) -> torch.Tensor | ModelOutput:
+                attn_mask: torch.Tensor | None = None, return_logits: bool = False) -> torch.Tensor | ModelOutput:
         """input_ids [B, T] -> logits [B, T, V].
 
         With targets (next tokens, IGNORE_INDEX = -100 masks a position) or return_stats=True, returns a
         ModelOutput with the losses and routing statistics instead. MTP losses are computed when targets are
         given and the model has MTP modules; mtp_weight is lambda in L = L_main + lambda/D sum_k L_MTP^k.
+        With targets the losses run through the output head chunk by chunk and ModelOutput.logits stays None
+        (the full logits are the step's largest tensor); pass return_logits=True to get them as well.
         """
         if input_ids.dim() != 2 or input_ids.dtype not in (torch.int64, torch.int32):
             raise ValueError(f"input_ids must be an integer tensor [batch, seq], got {tuple(input_ids.shape)} "
@@ -133,13 +134,13 @@ class DeepSeekV3(nn.Module):
             if s is not None:
                 stats.append(s)
         h = self.model.norm(h)
-        logits = self.lm_head(h)
+        logits = self.lm_head(h) if targets is None or return_logits else None
         if targets is None and not return_stats:
             return logits
 
         out = ModelOutput(logits=logits, hidden=h)
         if targets is not None:
-            out.main_loss = cross_entropy(logits, targets)
+            out.main_loss = self._head_loss(h, targets)
             h_k = h
             for k, module in enumerate(self.mtp, start=1):
                 n = T - k  # depth k sees positions 0..T-k-1 and the embeddings of tokens k..T-1
@@ -149,8 +150,7 @@ class DeepSeekV3(nn.Module):
                 h_k, s = module(h_k[:, :n], self.model.embed_tokens(input_ids[:, k:]), cos[..., :n, :],
                                 sin[..., :n, :], want_balance, mask_k)
                 stats.append(s)
-                logits_k = self.lm_head(module.shared_head.norm(h_k))
-                out.mtp_losses.append(cross_entropy(logits_k, targets[:, k:]))
+                out.mtp_losses.append(self._head_loss(module.shared_head.norm(h_k), targets[:, k:]))
             loss = out.main_loss
             if out.mtp_losses:
                 loss = loss + mtp_weight / len(self.mtp) * torch.stack(out.mtp_losses).sum()
@@ -161,10 +161,13 @@ class DeepSeekV3(nn.Module):
         if stats:
             E = cfg.n_routed_experts
             # pad in case the MTP modules were skipped (sequence too short): rows stay aligned with routers()
-            rows = [s.counts for s in stats] + [torch.zeros(E, dtype=torch.int64, device=logits.device)] * (
+            rows = [s.counts for s in stats] + [torch.zeros(E, dtype=torch.int64, device=h.device)] * (
                 self.n_routers - len(stats))
             out.expert_counts = torch.stack(rows)
         return out
+
+    def _head_loss(self, h: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return linear_cross_entropy(h, self.lm_head.weight, targets, compute_dtype(h))
 
     # ---- generation with a latent cache -----------------------------------------------------------------
     def _rope(self, positions: torch.Tensor, dtype: torch.dtype, rope) -> tuple[torch.Tensor, torch.Tensor]:
@@ -235,7 +238,3 @@ class DeepSeekV3(nn.Module):
             step.rope2 = tuple(t.unsqueeze(-2) for t in rope_halves(cos, sin))
         return module.shared_head.norm(module.forward_cached(h_prev, emb, cos, sin, kv, step))
 
-
-def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean next-token cross-entropy in fp32 over positions whose target is not IGNORE_INDEX."""
-    return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX)
