@@ -3,6 +3,7 @@
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -76,6 +77,15 @@ def test_generate_prompts_from_args_file_and_stdin(ckpt, tmp_path, capsys, monke
                        capsys, stdin="from stdin\nsecond\n", monkeypatch=monkeypatch)
     assert rc == 0, err
     assert [json.loads(line)["prompt"] for line in out.splitlines()] == ["from stdin", "second"]
+
+    # a training run directory: its checkpoints/latest pointer names the checkpoint to load
+    run_dir = tmp_path / "run"
+    shutil.copytree(ckpt, run_dir / "checkpoints" / "step_0000010")
+    (run_dir / "checkpoints" / "latest").write_text("step_0000010\n")
+    rc, out, err = run(["generate", "--checkpoint", str(run_dir), "--prompt", "The quick", "--max-tokens", "6",
+                        "--temperature", "0"], capsys)
+    assert rc == 0, err
+    assert json.loads(out)["token_ids"] == want.token_ids
 
 
 def test_generate_rejects_bad_requests(ckpt, tmp_path, capsys):

@@ -158,9 +158,12 @@ def test_bad_requests_are_rejected_with_clear_messages(model):
     with pytest.raises(EngineError, match="needs an MTP module"):
         Engine(nanoseek.DeepSeekV3(preset("tiny", num_nextn_predict_layers=0))).generate(
             [1, 2], SamplingParams(max_new_tokens=2), speculative=2)
-    # exactly at the context limit is fine
+    # exactly at the context limit is fine, also when speculative drafts would run past it
     out = eng.generate([1, 2], SamplingParams(max_new_tokens=62, temperature=0))
     assert len(out.token_ids) == 62
+    outs = eng.generate([[1, 2], [3, 4, 5, 6, 7]], [SamplingParams(max_new_tokens=n, temperature=0) for n in (62, 59)],
+                        speculative=4)
+    assert outs[0].token_ids == out.token_ids and len(outs[1].token_ids) == 59
 
 
 # ---- sampling math ---------------------------------------------------------------------------------------

@@ -47,6 +47,9 @@ def _add_sampling_args(p: argparse.ArgumentParser, temperature: float, max_token
     g.add_argument("--seed", type=int, default=None, help="makes sampled output reproducible")
     g.add_argument("--speculative", type=_nonneg_int, default=0, metavar="K",
                    help="draft K tokens per step with the model's MTP module and verify them in one forward")
+    g.add_argument("--compile", action="store_true",
+                   help="torch.compile the decode step: ~1.5x faster decoding after a one-time compile "
+                        "(tens of seconds per new batch shape)")
 
 
 def _params(args, **extra):
@@ -62,14 +65,15 @@ def _params(args, **extra):
 
 
 def _load_engine(args):
-    from nanoseek.engine import Engine
+    from nanoseek.engine import Engine, EngineError
+    from nanoseek.engine.engine import resolve_checkpoint
 
-    ckpt = Path(args.checkpoint)
-    if not (ckpt / "config.json").is_file():
-        raise UserError(f"--checkpoint {ckpt}: no config.json there; point to a nanoseek or Hugging Face model "
-                        "directory (a training run's checkpoint folder)")
+    try:
+        ckpt = resolve_checkpoint(args.checkpoint)
+    except EngineError as e:
+        raise UserError(f"--checkpoint {e}") from None
     device, dtype = resolve_device(args.device), resolve_dtype(args.dtype)
-    engine = Engine.load(ckpt, dtype=dtype, device=device)
+    engine = Engine.load(ckpt, dtype=dtype, device=device, compile=args.compile)
     if args.speculative and not len(engine.model.mtp):
         raise UserError(f"--speculative needs an MTP module and {ckpt} has none (num_nextn_predict_layers = 0)")
     return engine
@@ -226,7 +230,9 @@ def cmd_chat(args) -> None:
 def register(sub) -> None:
     p = sub.add_parser("generate", help="generate from prompts (args, file or stdin) and write JSONL",
                        description=cmd_generate.__doc__)
-    p.add_argument("--checkpoint", required=True, help="model directory (nanoseek or Hugging Face) with tokenizer.json")
+    p.add_argument("--checkpoint", required=True,
+                   help="model directory (nanoseek or Hugging Face) with tokenizer.json, or a training run directory "
+                        "(its latest checkpoint)")
     p.add_argument("--prompt", action="append", help="a prompt; repeat for several (batched together)")
     p.add_argument("--prompts-file", metavar="PATH", help="one prompt per line, or JSONL objects with \"prompt\" "
                    "or \"messages\"; '-' reads stdin (also the default when stdin is piped and no --prompt)")
@@ -244,7 +250,8 @@ def register(sub) -> None:
 
     p = sub.add_parser("chat", help="interactive chat in the terminal (streaming, reasoning dimmed)",
                        description=cmd_chat.__doc__)
-    p.add_argument("--checkpoint", required=True, help="model directory with a nanoseek tokenizer")
+    p.add_argument("--checkpoint", required=True,
+                   help="model directory with a nanoseek tokenizer, or a training run directory (its latest checkpoint)")
     p.add_argument("--system", help="system prompt")
     p.add_argument("--color", default="auto", choices=["auto", "always", "never"],
                    help="ANSI styling (reasoning dimmed); auto: when stdout is a terminal")

@@ -126,7 +126,8 @@ class Engine:
         self.eos_ids = set(stop) if stop is not None else set(self.config.eos_token_ids)
         self.stats = RunStats()
         self.compiled = compile
-        self._decode_fn = torch.compile(_decode_logits, dynamic=True) if compile else _decode_logits
+        wrap = (lambda f: torch.compile(f, dynamic=True)) if compile else (lambda f: f)
+        self._decode_fn, self._verify_fn, self._mtp_fn = wrap(_decode_logits), wrap(_verify), wrap(_mtp_step)
 
     @classmethod
     def load(cls, path: str | Path, dtype: torch.dtype | str | None = None,
@@ -134,6 +135,7 @@ class Engine:
         """A checkpoint directory: the model (nanoseek or Hugging Face layout) and its tokenizer.json, if any."""
         from nanoseek.hf import load_model
 
+        path = resolve_checkpoint(path)
         model = load_model(path, dtype=dtype, device=device)
         return cls(model, load_tokenizer(path), **kwargs)
 
@@ -327,11 +329,15 @@ class Engine:
             h_in[i, :c[i]] = s.h_pend
             nxt[i, :c[i]] = torch.tensor(s.next_pend, device=dev)
         start = torch.tensor([s.mtp_len for s in rows], device=dev)
-        pos = start[:, None] + torch.arange(Sm, device=dev)
         valid = torch.arange(Sm, device=dev) < torch.tensor(c, device=dev)[:, None]
+        pos = torch.where(valid, start[:, None] + torch.arange(Sm, device=dev), 0)  # padding: a harmless position
         dview = dcache.views(n)[0]
-        g = model.forward_mtp_cached(1, h_in, nxt, dview, pos, valid=valid, span=int(pos.max()) + 1, rope=rope)
-        g = g[torch.arange(n, device=dev), torch.tensor(c, device=dev) - 1]  # [n, d]
+        span = max(s.mtp_len + ci for s, ci in zip(rows, c))
+        if min(c) == Sm:  # every row has all its positions: no padding, the compiled path applies
+            g = self._mtp_fn(model, h_in, nxt, dview, pos, span, rope)[:, -1]
+        else:
+            g = model.forward_mtp_cached(1, h_in, nxt, dview, pos, valid=valid, span=span, rope=rope)
+            g = g[torch.arange(n, device=dev), torch.tensor(c, device=dev) - 1]  # [n, d]
         drafts: list[list[int]] = [[] for _ in rows]
         qs: list[list[torch.Tensor]] = [[] for _ in rows]
         snaps = [s.sampler.snapshot() if s.params.penalized else None for s in rows]
@@ -345,10 +351,14 @@ class Engine:
                 s.sampler.observe(d)
             if j + 1 < kr:  # the next draft: MTP at the following position, on its own output (spec 5.4)
                 p = torch.tensor([[s.length + j] for s in rows], device=dev)
-                ok = torch.tensor([[j + 1 < b] for b in budgets], device=dev)
                 ids = torch.tensor([[d[-1]] for d in drafts], device=dev)
-                g = model.forward_mtp_cached(1, g[:, None], ids, dview, p, valid=ok,
-                                             span=int(p.max()) + 1, rope=rope)[:, 0]
+                span = max(s.length for s in rows) + j + 1
+                if min(budgets) > j + 1:
+                    g = self._mtp_fn(model, g[:, None], ids, dview, p, span, rope)[:, 0]
+                else:  # rows out of budget compute but do not store
+                    ok = torch.tensor([[j + 1 < b] for b in budgets], device=dev)
+                    g = model.forward_mtp_cached(1, g[:, None], ids, dview, torch.where(ok, p, 0), valid=ok,
+                                                 span=span, rope=rope)[:, 0]
         for s, snap in zip(rows, snaps):
             if snap is not None:
                 s.sampler.restore(snap)
@@ -357,11 +367,15 @@ class Engine:
         # 2) verify the pending token and the drafts in one forward
         ids = torch.tensor([[s.pending] + d for s, d in zip(rows, drafts)], device=dev)
         base = torch.tensor([s.length for s in rows], device=dev)
-        pos = base[:, None] + torch.arange(kr + 1, device=dev)
         valid = torch.arange(kr + 1, device=dev) <= torch.tensor(budgets, device=dev)[:, None]
+        pos = torch.where(valid, base[:, None] + torch.arange(kr + 1, device=dev), 0)
         span = max(s.length + b for s, b in zip(rows, budgets)) + 1
-        h = model.forward_cached(ids, cache.views(n), pos, valid=valid, span=span, rope=rope)
-        logits = model.logits_inference(h).float()  # [n, kr + 1, V]
+        if min(budgets) == kr:
+            h, logits = self._verify_fn(model, ids, cache.views(n), pos, span, rope)
+        else:
+            h = model.forward_cached(ids, cache.views(n), pos, valid=valid, span=span, rope=rope)
+            logits = model.logits_inference(h)
+        logits = logits.float()  # [n, kr + 1, V]
         # 3) accept
         new, per_token = [], []
         for i, s in enumerate(rows):
@@ -434,6 +448,17 @@ def _decode_logits(model, ids, kv, pos, span: int, rope) -> torch.Tensor:
     return model.logits_inference(model.forward_cached(ids, kv, pos, span=span, rope=rope)[:, 0])
 
 
+def _verify(model, ids, kv, pos, span: int, rope) -> tuple[torch.Tensor, torch.Tensor]:
+    """Speculative verification: hidden states and logits at every position of ids [n, k + 1]."""
+    h = model.forward_cached(ids, kv, pos, span=span, rope=rope)
+    return h, model.logits_inference(h)
+
+
+def _mtp_step(model, h_prev, ids, kv, pos, span: int, rope) -> torch.Tensor:
+    """MTP module 1 over its cache, no padding: normed hidden [n, S, d] (draft logits: lm_head of it)."""
+    return model.forward_mtp_cached(1, h_prev, ids, kv, pos, span=span, rope=rope)
+
+
 def _draft_budget(s: _Seq, k: int) -> int:
     """Drafts worth proposing for s this round: each round yields up to drafts + 1 tokens, and every
     verified position must stay inside the request's cache limit."""
@@ -461,6 +486,23 @@ class _RawTokenizer:
         return self._tok.decode(list(ids), skip_special_tokens=skip_special_tokens)
 
 
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A model directory as given, or for a training run directory (or its checkpoints/ folder) the checkpoint
+    its `checkpoints/latest` pointer names."""
+    path = Path(path)
+    if (path / "config.json").is_file():
+        return path
+    for pointer in (path / "checkpoints" / "latest", path / "latest"):
+        if pointer.is_file():
+            target = pointer.parent / pointer.read_text().strip()
+            if (target / "config.json").is_file():
+                return target
+            raise EngineError(f"{pointer} names {target.name}, which has no config.json; pass a checkpoint "
+                              f"directory from {pointer.parent} instead")
+    raise EngineError(f"{path}: no config.json there (nor a training run's checkpoints/latest); point to a "
+                      "nanoseek or Hugging Face model directory")
+
+
 def load_tokenizer(path: str | Path):
     """The checkpoint's tokenizer: a nanoseek Tokenizer (chat template, stop ids) when it has nanoseek's
     special tokens, else the plain tokenizer.json; None when the directory has no tokenizer.json."""
@@ -478,4 +520,4 @@ def load_tokenizer(path: str | Path):
 
 
 __all__ = ["Engine", "EngineError", "Delta", "Completion", "RunStats", "SamplingParams", "SamplingError",
-           "ContextLengthError", "load_tokenizer"]
+           "ContextLengthError", "load_tokenizer", "resolve_checkpoint"]
