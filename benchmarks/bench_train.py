@@ -5,8 +5,8 @@ left out, one document per file), run through the real pipeline: `nanoseek token
 and `nanoseek data prepare --val-docs 20` (cached in --workdir).
 
 1. Throughput. The training loop itself (`nanoseek.train.train` with the pretraining task: loader,
-   autocast, accumulation, clipping, AdamW, bias update, logging) on `cpu-small` (with its MTP module) and
-   `cpu-small-dense`, batch 8 x 256, in bf16 autocast and fp32. Each round measures the bf16 and fp32 matmul
+   autocast, accumulation, clipping, AdamW, bias update, logging) on `cpu-small` (with its MTP module), on
+   `cpu-small` without MTP and on `cpu-small-dense`, batch 8 x 256, in bf16 autocast and fp32. Each round measures the bf16 and fp32 matmul
    peaks (2048^2) and then runs every (model, dtype) for --steps steps, in an order that alternates between
    rounds; the first 3 steps of each run are dropped. Medians over all kept steps; MFU is model FLOPs
    (nanoseek.cost: 6 x active params + head + attention + MTP) per second over the median measured peak of
@@ -70,6 +70,13 @@ def prepare_data(workdir: Path) -> Path:
 
 
 # ---- part 1: throughput ----------------------------------------------------------------------------------------
+THROUGHPUT_MODELS = {
+    "cpu-small": ("cpu-small", {}),
+    "cpu-small (no MTP)": ("cpu-small", {"num_nextn_predict_layers": 0}),
+    "cpu-small-dense": ("cpu-small-dense", {}),
+}
+
+
 def throughput(data: Path, workdir: Path, rounds: int, steps: int) -> dict:
     import nanoseek
     from nanoseek.cost import flops_per_token, measure_matmul_peak
@@ -79,10 +86,11 @@ def throughput(data: Path, workdir: Path, rounds: int, steps: int) -> dict:
     from nanoseek.train.pretrain import PretrainTask
 
     tok = Tokenizer.load(data / "tokenizer")
-    combos = [(p, d) for p in ("cpu-small", "cpu-small-dense") for d in ("bfloat16", "float32")]
+    models = {name: nanoseek.preset(p, vocab_size=tok.vocab_size, **kw) for name, (p, kw) in THROUGHPUT_MODELS.items()}
+    combos = [(m, d) for m in models for d in ("bfloat16", "float32")]
     peaks: dict[str, list[float]] = {"bfloat16": [], "float32": []}
     tok_s: dict[tuple, list[float]] = {c: [] for c in combos}
-    fpt = {p: flops_per_token(nanoseek.preset(p, vocab_size=tok.vocab_size), SEQ).total for p, _ in combos}
+    fpt = {m: flops_per_token(cfg, SEQ).total for m, cfg in models.items()}
     for r in range(rounds):
         for d in peaks:
             peaks[d].append(measure_matmul_peak("cpu", getattr(torch, d)))
@@ -90,14 +98,14 @@ def throughput(data: Path, workdir: Path, rounds: int, steps: int) -> dict:
             cfg = TrainConfig(steps=steps, batch_size=BATCH, seq_len=SEQ, warmup_steps=1, eval_every=0, eval_batches=1,
                               checkpoint_every=0, keep_last=1, dtype=dtype, peak_flops=1.0)
             torch.manual_seed(0)
-            model = nanoseek.DeepSeekV3(nanoseek.preset(preset, vocab_size=tok.vocab_size))
+            model = nanoseek.DeepSeekV3(models[preset])
             task = PretrainTask(data, cfg, device=torch.device("cpu"), tokenizer=tok)
             run = workdir / "tp_run"
             shutil.rmtree(run, ignore_errors=True)
             train(model, task, cfg, run, progress=False, announce=lambda s: None)
             kept = [x["tokens_per_s"] for x in read_log(run) if x["event"] == "train"][3:]
             tok_s[(preset, dtype)] += kept
-            print(f"round {r + 1}: {preset:16s} {dtype:9s} {statistics.median(kept):8,.0f} tok/s", flush=True)
+            print(f"round {r + 1}: {preset:24s} {dtype:9s} {statistics.median(kept):8,.0f} tok/s", flush=True)
     peak = {d: statistics.median(v) for d, v in peaks.items()}
     rows = {}
     for (preset, dtype), v in tok_s.items():

@@ -85,11 +85,13 @@ def table_peak(device_name: str, dtype: torch.dtype) -> float | None:
     return None
 
 
-def measure_matmul_peak(device: torch.device | str = "cpu", dtype: torch.dtype = torch.bfloat16, n: int = 2048,
+def measure_matmul_peak(device: torch.device | str = "cpu", dtype: torch.dtype = torch.bfloat16, n: int | None = None,
                         seconds: float = 0.5) -> float:
     """FLOP/s of a square n x n matmul on this device in this dtype: the best of repeated timings over about
-    `seconds` (best, not median: the peak is what the hardware can do, noise only ever slows it down)."""
+    `seconds` (best, not median: the peak is what the hardware can do, noise only ever slows it down).
+    n defaults to 2048 on CPUs and 8192 on GPUs (smaller GEMMs do not fill a GPU)."""
     device = torch.device(device)
+    n = n or (8192 if device.type == "cuda" else 2048)
     g = torch.Generator(device="cpu").manual_seed(0)
     a = torch.randn(n, n, generator=g).to(device, dtype)
     b = torch.randn(n, n, generator=g).to(device, dtype)

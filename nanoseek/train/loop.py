@@ -40,6 +40,9 @@ class Task(abc.ABC):
 
     `loss` returns an object with `.loss` (the scalar to minimize) and optionally the DeepSeek-V3 parts
     `.main_loss`, `.mtp_losses`, `.balance_loss` and `.expert_counts` (a `nanoseek.ModelOutput` has them all).
+    The loop weights every micro-batch (and, through gradient averaging, every rank) equally: a task whose
+    micro-batches hold different numbers of target tokens (masked SFT) and wants a per-token mean over the
+    whole step should normalize its loss by a fixed token count instead of its own.
     """
 
     #: tokens one micro-batch trains on, on this rank (for tokens/s and MFU)
@@ -132,8 +135,8 @@ def train(model: nn.Module, task: Task, cfg: TrainConfig, run_dir: str | Path, *
     if info.is_main:
         clean_partial(run_dir)
         if not cfg.peak_flops:
-            p, peak_src = peak_flops(device, amp_dtype or torch.float32)
-            peak = p * info.world_size
+            per_device, peak_src = peak_flops(device, amp_dtype or torch.float32)
+            peak = per_device * info.world_size
         # a resumed run drops the records past its checkpoint; a new run starts a new log
         log = RunLog(run_dir, truncate_after_step=start if resume else -1)
         sharded = sum(hasattr(p, "device_mesh") for p in model.parameters())  # FSDP2 DTensor shards
