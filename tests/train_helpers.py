@@ -24,7 +24,8 @@ def build_data(root: Path) -> Path:
     corpus.mkdir()
     for i in range(40):
         (corpus / f"doc{i:02d}.txt").write_text(text[i * 4000:(i + 1) * 4000])
-    assert cli(["tokenizer", "train", "--input", str(corpus), "--vocab-size", "512", "--output", str(root / "tok")]) == 0
+    tok = str(root / "tok")
+    assert cli(["tokenizer", "train", "--input", str(corpus), "--vocab-size", "512", "--output", tok]) == 0
     data = root / "data"
     assert cli(["data", "prepare", "--input", str(corpus), "--tokenizer", str(root / "tok"), "--output", str(data),
                 "--val-docs", "2"]) == 0

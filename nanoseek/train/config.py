@@ -46,7 +46,8 @@ class TrainConfig:
     bias_update_gamma: float = _f(1e-3, "gamma: aux-loss-free router bias step per optimizer step (0 freezes it)")
     aux_loss_alpha: float = _f(1e-4, "alpha: sequence-wise balance loss weight (DeepSeek-V3: 1e-4; 0 disables)")
     # ---- evaluation, logging, checkpoints ----
-    eval_every: int = _f(100, "evaluate (validation loss, bits per byte) every N steps and at the end (0: only at the end)")
+    eval_every: int = _f(100, "evaluate (validation loss, bits per byte) every N steps and at the end "
+                              "(0: only at the end)")
     eval_batches: int = _f(20, "validation batches per evaluation")
     log_every: int = _f(1, "write a JSONL training record every N steps")
     checkpoint_every: int = _f(500, "write a checkpoint every N steps and at the end (0: only at the end)")
@@ -71,7 +72,8 @@ class TrainConfig:
         need(self.seq_len >= 2, "seq_len", f"must be >= 2, got {self.seq_len}")
         for name in ("warmup_steps", "eval_every", "checkpoint_every"):
             need(getattr(self, name) >= 0, name, f"must be >= 0, got {getattr(self, name)}")
-        need(self.warmup_steps <= self.steps, "warmup_steps", f"({self.warmup_steps}) must not exceed --steps ({self.steps})")
+        need(self.warmup_steps <= self.steps, "warmup_steps",
+             f"({self.warmup_steps}) must not exceed --steps ({self.steps})")
         need(self.lr > 0, "lr", f"must be positive, got {self.lr}")
         need(0 <= self.decay_frac <= 1, "decay_frac", f"must be in [0, 1], got {self.decay_frac}")
         need(0 <= self.min_lr_ratio <= 1, "min_lr_ratio", f"must be in [0, 1], got {self.min_lr_ratio}")

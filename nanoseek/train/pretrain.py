@@ -43,11 +43,10 @@ class PretrainTask(Task):
         return model(x, targets=y, mtp_weight=cfg.mtp_weight)
 
     def evaluate(self, model: nn.Module, cfg: TrainConfig) -> dict[str, float]:
-        sums = eval_sums(model, ((x.to(self.device), y.to(self.device)) for x, y in self.val.iter_eval(cfg.eval_batches)),
-                         self.token_bytes)
         from nanoseek.train.distributed import all_reduce_sum
 
-        return metrics_from_sums(all_reduce_sum(sums))
+        batches = ((x.to(self.device), y.to(self.device)) for x, y in self.val.iter_eval(cfg.eval_batches))
+        return metrics_from_sums(all_reduce_sum(eval_sums(model, batches, self.token_bytes)))
 
     def state_dict(self) -> dict[str, Any]:
         return self.loader.state_dict()
