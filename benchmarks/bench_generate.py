@@ -156,12 +156,17 @@ def _fmt_row(row: dict, impls: list[str]) -> str:
 def bench_speculative(args) -> None:
     from nanoseek.engine import Engine, SamplingParams
 
-    eng = Engine.load(args.mtp_checkpoint, dtype=torch.bfloat16 if args.spec_dtype == "bf16" else torch.float32)
+    eng = Engine.load(args.mtp_checkpoint, dtype=torch.bfloat16 if args.spec_dtype == "bf16" else torch.float32,
+                      compile=args.spec_compile)
     if eng.tokenizer is None or not len(eng.model.mtp):
         sys.exit(f"{args.mtp_checkpoint}: needs tokenizer.json and an MTP module")
     prompts = [line.strip() for line in open(args.spec_prompts, encoding="utf-8") if line.strip()] \
         if args.spec_prompts else ["The", "Once upon a time", "In the beginning", "It was a"]
     p = SamplingParams(max_new_tokens=args.spec_new_tokens, temperature=0, ignore_eos=True)
+    mode = f"{args.spec_dtype}{', compiled' if args.spec_compile else ''}"
+    for k in args.spec_k:  # warm up (and compile) both paths
+        eng.generate(prompts[0], p, speculative=k)
+    eng.generate(prompts[0], p)
     for k in args.spec_k:
         times = {0: [], k: []}
         acc = []
@@ -174,7 +179,7 @@ def bench_speculative(args) -> None:
                     if kk:
                         acc.append(st.acceptance_rate)
         plain, spec = statistics.median(times[0]), statistics.median(times[k])
-        print(f"speculative k={k} ({args.spec_dtype}): plain {plain:.0f} tok/s, speculative {spec:.0f} tok/s "
+        print(f"speculative k={k} ({mode}): plain {plain:.0f} tok/s, speculative {spec:.0f} tok/s "
               f"({spec / plain:.2f}x), acceptance {statistics.mean(acc):.1%}", flush=True)
 
 
@@ -193,6 +198,7 @@ def main() -> None:
     ap.add_argument("--spec-new-tokens", type=int, default=128)
     ap.add_argument("--spec-dtype", default="fp32", choices=["fp32", "bf16"])
     ap.add_argument("--spec-prompts", help="text file, one prompt per line")
+    ap.add_argument("--spec-compile", action="store_true", help="speculative run with Engine(compile=True)")
     ap.add_argument("--memory-probe", nargs=5, metavar=("IMPL", "CKPT", "B", "T", "N"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.threads:

@@ -67,6 +67,25 @@ def test_greedy_speculative_equals_greedy(model, k):
     assert [o.token_ids for o in spec] == [o.token_ids for o in plain]
     assert eng.stats.drafted > 0 and 0.0 <= eng.stats.acceptance_rate <= 1.0
     assert all(o.drafted > 0 for o in spec)
+    # penalties take the general acceptance path (per-position distributions with the draft history)
+    pen = SamplingParams(max_new_tokens=14, temperature=0, repetition_penalty=1.3, presence_penalty=0.5)
+    assert [o.token_ids for o in eng.generate(PROMPTS, pen, speculative=k)] == \
+        [o.token_ids for o in eng.generate(PROMPTS, pen)]
+
+
+def test_speculative_with_a_restricted_draft_vocabulary_keeps_the_output(model):
+    """Drafts drawn from the low token ids only (a cheaper draft head): greedy output unchanged, with and
+    without penalties (the general acceptance path pads the draft distribution with zeros)."""
+    eng = Engine(model, draft_vocab=64)
+    assert eng.draft_vocab == 64
+    for p in (SamplingParams(max_new_tokens=12, temperature=0),
+              SamplingParams(max_new_tokens=12, temperature=0, frequency_penalty=0.7)):
+        plain = eng.generate(PROMPTS, p)
+        spec = eng.generate(PROMPTS, p, speculative=2)
+        assert [o.token_ids for o in spec] == [o.token_ids for o in plain]
+    sampled = SamplingParams(max_new_tokens=12, temperature=0.8, seed=5)
+    a, b = eng.generate(PROMPTS, sampled, speculative=2), eng.generate(PROMPTS, sampled, speculative=2)
+    assert [o.token_ids for o in a] == [o.token_ids for o in b]
 
 
 def test_speculative_with_a_perfect_draft_accepts_every_draft():

@@ -113,9 +113,13 @@ class _Seq:
 
 
 class Engine:
-    def __init__(self, model, tokenizer=None, *, prefill_tokens: int = 8192, compile: bool = False):
+    def __init__(self, model, tokenizer=None, *, prefill_tokens: int = 8192, compile: bool = False,
+                 draft_vocab: int | None = None):
         """compile: run the decode step through torch.compile (fewer, fused kernels: about 1.5x faster decoding
-        on CPU; the first step of each new batch shape compiles, which takes seconds to a minute)."""
+        on CPU; the first step of each new batch shape compiles, which takes seconds to a minute).
+        draft_vocab: speculative drafts choose among token ids below this (default max(1024, vocab / 8)): the
+        draft's output head is a large share of its cost, and the low BPE ids carry most of what drafts get
+        right; the output stays exact whatever the draft (nanoseek.engine.speculative)."""
         self.model = model  # the cached path has no dropout or statistics: train/eval mode does not matter
         self.config = model.config
         self.tokenizer = tokenizer
@@ -126,6 +130,8 @@ class Engine:
         self.eos_ids = set(stop) if stop is not None else set(self.config.eos_token_ids)
         self.stats = RunStats()
         self.compiled = compile
+        V = self.config.vocab_size
+        self.draft_vocab = min(V, draft_vocab if draft_vocab else max(1024, V // 8))
         wrap = (lambda f: torch.compile(f, dynamic=True)) if compile else (lambda f: f)
         self._decode_fn, self._verify_fn, self._mtp_fn = wrap(_decode_logits), wrap(_verify), wrap(_mtp_step)
 
@@ -323,32 +329,43 @@ class Engine:
         # 1) MTP: write the positions whose inputs are now known, and draft d_1 from the last of them
         c = [s.h_pend.shape[0] for s in rows]
         Sm = max(c)
-        h_in = torch.zeros(n, Sm, self.config.hidden_size, dtype=self.dtype, device=dev)
-        nxt = torch.zeros(n, Sm, dtype=torch.long, device=dev)
-        for i, s in enumerate(rows):
-            h_in[i, :c[i]] = s.h_pend
-            nxt[i, :c[i]] = torch.tensor(s.next_pend, device=dev)
-        start = torch.tensor([s.mtp_len for s in rows], device=dev)
-        valid = torch.arange(Sm, device=dev) < torch.tensor(c, device=dev)[:, None]
-        pos = torch.where(valid, start[:, None] + torch.arange(Sm, device=dev), 0)  # padding: a harmless position
         dview = dcache.views(n)[0]
         span = max(s.mtp_len + ci for s, ci in zip(rows, c))
         if min(c) == Sm:  # every row has all its positions: no padding, the compiled path applies
+            h_in = torch.stack([s.h_pend for s in rows])
+            nxt = torch.tensor([s.next_pend for s in rows], device=dev)
+            pos = torch.tensor([[s.mtp_len + j for j in range(Sm)] for s in rows], device=dev)
             g = self._mtp_fn(model, h_in, nxt, dview, pos, span, rope)[:, -1]
         else:
+            h_in = torch.zeros(n, Sm, self.config.hidden_size, dtype=self.dtype, device=dev)
+            nxt = torch.zeros(n, Sm, dtype=torch.long, device=dev)
+            for i, s in enumerate(rows):
+                h_in[i, :c[i]] = s.h_pend
+                nxt[i, :c[i]] = torch.tensor(s.next_pend, device=dev)
+            start = torch.tensor([s.mtp_len for s in rows], device=dev)
+            valid = torch.arange(Sm, device=dev) < torch.tensor(c, device=dev)[:, None]
+            pos = torch.where(valid, start[:, None] + torch.arange(Sm, device=dev), 0)  # padding: a harmless position
             g = model.forward_mtp_cached(1, h_in, nxt, dview, pos, valid=valid, span=span, rope=rope)
             g = g[torch.arange(n, device=dev), torch.tensor(c, device=dev) - 1]  # [n, d]
+        # greedy requests without penalties need only argmaxes: no distributions, no per-row sampler calls
+        fast = all(s.params.greedy and not s.params.penalized for s in rows)
         drafts: list[list[int]] = [[] for _ in rows]
         qs: list[list[torch.Tensor]] = [[] for _ in rows]
         snaps = [s.sampler.snapshot() if s.params.penalized else None for s in rows]
         for j in range(kr):
-            dl = model.logits_inference(g).float()
-            for i, s in enumerate(rows):
-                q = s.sampler.probs(dl[i])
-                d = s.sampler.draw(q)
-                drafts[i].append(d)
-                qs[i].append(q)
-                s.sampler.observe(d)
+            dl = model.draft_logits_inference(g, self.draft_vocab).float()
+            if fast:
+                for i, d in enumerate(dl.argmax(-1).tolist()):
+                    drafts[i].append(d)
+            else:
+                if dl.shape[-1] < self.config.vocab_size:  # ids outside the draft vocabulary: probability 0
+                    dl = torch.cat((dl, dl.new_full((n, self.config.vocab_size - dl.shape[-1]), float("-inf"))), -1)
+                for i, s in enumerate(rows):
+                    q = s.sampler.probs(dl[i])
+                    d = s.sampler.draw(q)
+                    drafts[i].append(d)
+                    qs[i].append(q)
+                    s.sampler.observe(d)
             if j + 1 < kr:  # the next draft: MTP at the following position, on its own output (spec 5.4)
                 p = torch.tensor([[s.length + j] for s in rows], device=dev)
                 ids = torch.tensor([[d[-1]] for d in drafts], device=dev)
@@ -378,9 +395,16 @@ class Engine:
         logits = logits.float()  # [n, kr + 1, V]
         # 3) accept
         new, per_token = [], []
+        target = logits.argmax(-1).tolist() if fast else None
         for i, s in enumerate(rows):
             b = budgets[i]
-            toks = verify(s.sampler, logits[i, :b + 1], drafts[i][:b], qs[i][:b])
+            if fast:  # the acceptance rule with one-hot p and q: keep drafts while they are the target's argmax
+                a = 0
+                while a < b and drafts[i][a] == target[i][a]:
+                    a += 1
+                toks = drafts[i][:a] + [target[i][a]]
+            else:
+                toks = verify(s.sampler, logits[i, :b + 1], drafts[i][:b], qs[i][:b])
             a = len(toks) - 1
             s.drafted += b
             s.accepted += a

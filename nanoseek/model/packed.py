@@ -63,15 +63,18 @@ class PackedExperts:
         return F.linear(F.silu(gate) * up, self.w2[e])
 
 
-def derived(module: nn.Module, build: Callable[[], T], params: list[torch.Tensor] | None = None) -> T:
-    """build() once per module, and again whenever one of `params` (default: all the module's parameters) was
-    reassigned, moved, cast or modified in place. Kept outside the module's parameters and buffers.
+def derived(module: nn.Module, build: Callable[[], T], params: list[torch.Tensor] | None = None,
+            tag: str = "") -> T:
+    """build() once per module (and tag), and again whenever one of `params` (default: all the module's
+    parameters) was reassigned, moved, cast or modified in place. Kept outside the module's parameters and
+    buffers.
 
     A rebuild with unchanged shapes is copied into the existing tensors, so code compiled against them (the
     engine's torch.compile'd decode step) stays valid. Inside a compiled region the check is skipped: the
     caller refreshes before entering it (DeepSeekV3.prepare_inference).
     """
-    hit = module.__dict__.get("_nanoseek_derived")
+    store = module.__dict__.setdefault("_nanoseek_derived", {})
+    hit = store.get(tag)
     if torch.compiler.is_compiling():
         return hit[1]
     params = list(module.parameters()) if params is None else params
@@ -81,7 +84,7 @@ def derived(module: nn.Module, build: Callable[[], T], params: list[torch.Tensor
         if hit is not None and _copy_into(hit[1], new):
             new = hit[1]
         hit = (key, new)
-        module.__dict__["_nanoseek_derived"] = hit
+        store[tag] = hit
     return hit[1]
 
 

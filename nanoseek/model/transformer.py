@@ -205,6 +205,16 @@ class DeepSeekV3(nn.Module):
     def _packed_head(self) -> PackedLinear:
         return derived(self.lm_head, lambda: PackedLinear(self.lm_head.weight))
 
+    def draft_logits_inference(self, h: torch.Tensor, n_vocab: int) -> torch.Tensor:
+        """Logits over token ids [0, n_vocab) only: a speculative draft's cheaper output head. BPE assigns ids
+        in merge order, so the low ids are the bytes and the most frequent merges (what drafts mostly get
+        right); any draft distribution keeps the verified output exact, this one only costs a little
+        acceptance for n_vocab / vocab_size of the head's work."""
+        if n_vocab >= self.config.vocab_size:
+            return self.logits_inference(h)
+        head = derived(self.lm_head, lambda: PackedLinear(self.lm_head.weight.detach()[:n_vocab]), tag=f"draft{n_vocab}")
+        return head(h)
+
     @torch.no_grad()
     def prepare_inference(self) -> None:
         """Build or refresh every weight the generation path derives (model.packed) now. Required before
