@@ -160,7 +160,8 @@ def test_bad_requests_are_rejected_with_clear_messages(model):
     for bad in (0, -3):
         with pytest.raises(SamplingError, match="max_new_tokens must be at least 1"):
             eng.generate([1, 2], SamplingParams(max_new_tokens=bad))
-    with pytest.raises(ContextLengthError, match=r"exceeds the model's context length of 64 tokens; ask for at most 62"):
+    with pytest.raises(ContextLengthError,
+                       match=r"exceeds the model's context length of 64 tokens; ask for at most 62"):
         eng.generate([1, 2], SamplingParams(max_new_tokens=10**6))
     with pytest.raises(ContextLengthError, match="shorten the prompt"):
         eng.generate(list(range(1, 70)), SamplingParams(max_new_tokens=1))

@@ -121,7 +121,8 @@ def _prompt_ids(engine, item: dict, chat: bool, system: str | None) -> list[int]
     if "messages" in item:
         return engine.encode_chat(item["messages"])
     if chat:
-        msgs = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": item["prompt"]}]
+        msgs = [{"role": "system", "content": system}] if system else []
+        msgs.append({"role": "user", "content": item["prompt"]})
         return engine.encode_chat(msgs)
     return engine.tokenizer.encode(item["prompt"])
 
@@ -251,7 +252,8 @@ def register(sub) -> None:
     p = sub.add_parser("chat", help="interactive chat in the terminal (streaming, reasoning dimmed)",
                        description=cmd_chat.__doc__)
     p.add_argument("--checkpoint", required=True,
-                   help="model directory with a nanoseek tokenizer, or a training run directory (its latest checkpoint)")
+                   help="model directory with a nanoseek tokenizer, or a training run directory (its latest "
+                        "checkpoint)")
     p.add_argument("--system", help="system prompt")
     p.add_argument("--color", default="auto", choices=["auto", "always", "never"],
                    help="ANSI styling (reasoning dimmed); auto: when stdout is a terminal")

@@ -24,7 +24,7 @@ import torch
 from nanoseek.engine.cache import ContextLengthError, LatentCache
 from nanoseek.engine.detokenize import TextStream
 from nanoseek.engine.sampling import Sampler, SamplingError, SamplingParams, TokenLogprob, token_logprobs
-from nanoseek.engine.speculative import verify
+from nanoseek.engine.speculative import draft_budget, mtp_step, speculative_round, verify_step
 
 
 class EngineError(ValueError):
@@ -133,7 +133,7 @@ class Engine:
         V = self.config.vocab_size
         self.draft_vocab = min(V, draft_vocab if draft_vocab else max(1024, V // 8))
         wrap = (lambda f: torch.compile(f, dynamic=True)) if compile else (lambda f: f)
-        self._decode_fn, self._verify_fn, self._mtp_fn = wrap(_decode_logits), wrap(_verify), wrap(_mtp_step)
+        self._decode_fn, self._verify_fn, self._mtp_fn = wrap(_decode_logits), wrap(verify_step), wrap(mtp_step)
 
     @classmethod
     def load(cls, path: str | Path, dtype: torch.dtype | str | None = None,
@@ -191,7 +191,8 @@ class Engine:
             p.validate(cfg.vocab_size)
             if isinstance(prompt, str):
                 if self.tokenizer is None:
-                    raise EngineError("text prompts need a tokenizer (tokenizer.json in the checkpoint); pass token ids")
+                    raise EngineError("text prompts need a tokenizer (tokenizer.json in the checkpoint); "
+                                      "pass token ids")
                 ids = self.tokenizer.encode(prompt)
             else:
                 ids = [int(t) for t in prompt]
@@ -203,11 +204,13 @@ class Engine:
             if len(ids) + p.max_new_tokens > ctx:
                 room = ctx - len(ids)
                 raise ContextLengthError(
-                    f"prompt {i} ({len(ids)} tokens) + max_new_tokens ({p.max_new_tokens}) = "
+                    f"prompt {i} ({len(ids)} token{'s' if len(ids) != 1 else ''}) + max_new_tokens "
+                    f"({p.max_new_tokens}) = "
                     f"{len(ids) + p.max_new_tokens} exceeds the model's context length of {ctx} tokens; "
                     + (f"ask for at most {room} new tokens" if room > 0 else "shorten the prompt"))
             if p.stop and self.tokenizer is None:
-                raise EngineError("stop strings need a tokenizer (tokenizer.json in the checkpoint); use stop_token_ids")
+                raise EngineError("stop strings need a tokenizer (tokenizer.json in the checkpoint); "
+                                  "use stop_token_ids")
             stream = None
             if self.tokenizer is not None:
                 stream = TextStream(self.tokenizer, p.stop, p.skip_special_tokens)
@@ -247,8 +250,8 @@ class Engine:
             self._compact(rows, (cache, dcache))
             if not rows:
                 break
-            if speculative and max(_draft_budget(s, speculative) for s in rows) > 0:
-                new, per_token_logits = self._speculative_step(rows, cache, dcache, rope, speculative)
+            if speculative and max(draft_budget(s, speculative) for s in rows) > 0:
+                new, per_token_logits = speculative_round(self, rows, cache, dcache, rope, speculative)
             else:
                 logits = self._decode_step(rows, cache, rope)
                 new = [[t] for t in self._choose(rows, logits)]
@@ -320,100 +323,6 @@ class Engine:
             return logits.argmax(-1).tolist()
         return [s.sampler.sample(logits[i]) for i, s in enumerate(rows)]
 
-    @torch.inference_mode()
-    def _speculative_step(self, rows: list[_Seq], cache: LatentCache, dcache: LatentCache, rope, k: int):
-        """One round: MTP catch-up + k drafts per row, one verifying forward, acceptance per row."""
-        model, dev, n = self.model, self.device, len(rows)
-        budgets = [_draft_budget(s, k) for s in rows]
-        kr = max(budgets)
-        # 1) MTP: write the positions whose inputs are now known, and draft d_1 from the last of them
-        c = [s.h_pend.shape[0] for s in rows]
-        Sm = max(c)
-        dview = dcache.views(n)[0]
-        span = max(s.mtp_len + ci for s, ci in zip(rows, c))
-        if min(c) == Sm:  # every row has all its positions: no padding, the compiled path applies
-            h_in = torch.stack([s.h_pend for s in rows])
-            nxt = torch.tensor([s.next_pend for s in rows], device=dev)
-            pos = torch.tensor([[s.mtp_len + j for j in range(Sm)] for s in rows], device=dev)
-            g = self._mtp_fn(model, h_in, nxt, dview, pos, span, rope)[:, -1]
-        else:
-            h_in = torch.zeros(n, Sm, self.config.hidden_size, dtype=self.dtype, device=dev)
-            nxt = torch.zeros(n, Sm, dtype=torch.long, device=dev)
-            for i, s in enumerate(rows):
-                h_in[i, :c[i]] = s.h_pend
-                nxt[i, :c[i]] = torch.tensor(s.next_pend, device=dev)
-            start = torch.tensor([s.mtp_len for s in rows], device=dev)
-            valid = torch.arange(Sm, device=dev) < torch.tensor(c, device=dev)[:, None]
-            pos = torch.where(valid, start[:, None] + torch.arange(Sm, device=dev), 0)  # padding: a harmless position
-            g = model.forward_mtp_cached(1, h_in, nxt, dview, pos, valid=valid, span=span, rope=rope)
-            g = g[torch.arange(n, device=dev), torch.tensor(c, device=dev) - 1]  # [n, d]
-        # greedy requests without penalties need only argmaxes: no distributions, no per-row sampler calls
-        fast = all(s.params.greedy and not s.params.penalized for s in rows)
-        drafts: list[list[int]] = [[] for _ in rows]
-        qs: list[list[torch.Tensor]] = [[] for _ in rows]
-        snaps = [s.sampler.snapshot() if s.params.penalized else None for s in rows]
-        for j in range(kr):
-            dl = model.draft_logits_inference(g, self.draft_vocab).float()
-            if fast:
-                for i, d in enumerate(dl.argmax(-1).tolist()):
-                    drafts[i].append(d)
-            else:
-                if dl.shape[-1] < self.config.vocab_size:  # ids outside the draft vocabulary: probability 0
-                    dl = torch.cat((dl, dl.new_full((n, self.config.vocab_size - dl.shape[-1]), float("-inf"))), -1)
-                for i, s in enumerate(rows):
-                    q = s.sampler.probs(dl[i])
-                    d = s.sampler.draw(q)
-                    drafts[i].append(d)
-                    qs[i].append(q)
-                    s.sampler.observe(d)
-            if j + 1 < kr:  # the next draft: MTP at the following position, on its own output (spec 5.4)
-                p = torch.tensor([[s.length + j] for s in rows], device=dev)
-                ids = torch.tensor([[d[-1]] for d in drafts], device=dev)
-                span = max(s.length for s in rows) + j + 1
-                if min(budgets) > j + 1:
-                    g = self._mtp_fn(model, g[:, None], ids, dview, p, span, rope)[:, 0]
-                else:  # rows out of budget compute but do not store
-                    ok = torch.tensor([[j + 1 < b] for b in budgets], device=dev)
-                    g = model.forward_mtp_cached(1, g[:, None], ids, dview, torch.where(ok, p, 0), valid=ok,
-                                                 span=span, rope=rope)[:, 0]
-        for s, snap in zip(rows, snaps):
-            if snap is not None:
-                s.sampler.restore(snap)
-        for s in rows:
-            s.mtp_len = s.length
-        # 2) verify the pending token and the drafts in one forward
-        ids = torch.tensor([[s.pending] + d for s, d in zip(rows, drafts)], device=dev)
-        base = torch.tensor([s.length for s in rows], device=dev)
-        valid = torch.arange(kr + 1, device=dev) <= torch.tensor(budgets, device=dev)[:, None]
-        pos = torch.where(valid, base[:, None] + torch.arange(kr + 1, device=dev), 0)
-        span = max(s.length + b for s, b in zip(rows, budgets)) + 1
-        if min(budgets) == kr:
-            h, logits = self._verify_fn(model, ids, cache.views(n), pos, span, rope)
-        else:
-            h = model.forward_cached(ids, cache.views(n), pos, valid=valid, span=span, rope=rope)
-            logits = model.logits_inference(h)
-        logits = logits.float()  # [n, kr + 1, V]
-        # 3) accept
-        new, per_token = [], []
-        target = logits.argmax(-1).tolist() if fast else None
-        for i, s in enumerate(rows):
-            b = budgets[i]
-            if fast:  # the acceptance rule with one-hot p and q: keep drafts while they are the target's argmax
-                a = 0
-                while a < b and drafts[i][a] == target[i][a]:
-                    a += 1
-                toks = drafts[i][:a] + [target[i][a]]
-            else:
-                toks = verify(s.sampler, logits[i, :b + 1], drafts[i][:b], qs[i][:b])
-            a = len(toks) - 1
-            s.drafted += b
-            s.accepted += a
-            s.h_pend, s.next_pend = h[i, :a + 1], toks
-            s.length += a + 1
-            new.append(toks)
-            per_token.append(logits[i, :a + 1])
-        return new, per_token
-
     # ---- output ----------------------------------------------------------------------------------------
     @torch.inference_mode()
     def _emit(self, s: _Seq, tokens: list[int], logits: torch.Tensor, out: Completion) -> Delta | None:
@@ -470,23 +379,6 @@ class Engine:
 def _decode_logits(model, ids, kv, pos, span: int, rope) -> torch.Tensor:
     """One decode step for every row: logits [n, V] of the token after ids [n, 1]."""
     return model.logits_inference(model.forward_cached(ids, kv, pos, span=span, rope=rope)[:, 0])
-
-
-def _verify(model, ids, kv, pos, span: int, rope) -> tuple[torch.Tensor, torch.Tensor]:
-    """Speculative verification: hidden states and logits at every position of ids [n, k + 1]."""
-    h = model.forward_cached(ids, kv, pos, span=span, rope=rope)
-    return h, model.logits_inference(h)
-
-
-def _mtp_step(model, h_prev, ids, kv, pos, span: int, rope) -> torch.Tensor:
-    """MTP module 1 over its cache, no padding: normed hidden [n, S, d] (draft logits: lm_head of it)."""
-    return model.forward_mtp_cached(1, h_prev, ids, kv, pos, span=span, rope=rope)
-
-
-def _draft_budget(s: _Seq, k: int) -> int:
-    """Drafts worth proposing for s this round: each round yields up to drafts + 1 tokens, and every
-    verified position must stay inside the request's cache limit."""
-    return max(min(k, s.params.max_new_tokens - len(s.tokens) - 1), 0)
 
 
 def _is_single(prompts) -> bool:

@@ -50,3 +50,121 @@ def verify(sampler: Sampler, target_logits: torch.Tensor, drafts: list[int],
     finally:
         if snap is not None:
             sampler.restore(snap)
+
+
+def draft_budget(s, k: int) -> int:
+    """Drafts worth proposing for request s this round: a round yields up to drafts + 1 tokens, and every
+    verified position must stay inside the request's cache limit."""
+    return max(min(k, s.params.max_new_tokens - len(s.tokens) - 1), 0)
+
+
+def verify_step(model, ids, kv, pos, span: int, rope) -> tuple[torch.Tensor, torch.Tensor]:
+    """The verifying forward: hidden states and logits at every position of ids [n, k + 1] (compilable)."""
+    h = model.forward_cached(ids, kv, pos, span=span, rope=rope)
+    return h, model.logits_inference(h)
+
+
+def mtp_step(model, h_prev, ids, kv, pos, span: int, rope) -> torch.Tensor:
+    """MTP module 1 over its cache without padding: normed hidden [n, S, d] (compilable)."""
+    return model.forward_mtp_cached(1, h_prev, ids, kv, pos, span=span, rope=rope)
+
+
+@torch.inference_mode()
+def speculative_round(engine, rows: list, cache, dcache, rope, k: int) -> tuple[list[list[int]], list[torch.Tensor]]:
+    """One round for the engine's active rows: MTP catch-up and k drafts per row, one verifying forward,
+    acceptance per row. Returns each row's new tokens and the main model's logits for them.
+
+    Row state (nanoseek.engine.engine._Seq): `length` tokens are in the main cache, `pending` is the last
+    token, not yet fed. MTP position i pairs the main hidden h_i with token i + 1; positions below `mtp_len`
+    are in the draft cache, and `h_pend` / `next_pend` hold the inputs of positions mtp_len .. length - 1.
+    """
+    model, dev, n = engine.model, engine.device, len(rows)
+    budgets = [draft_budget(s, k) for s in rows]
+    kr = max(budgets)
+    # 1) MTP: write the positions whose inputs are now known, and draft d_1 from the last of them
+    c = [s.h_pend.shape[0] for s in rows]
+    Sm = max(c)
+    dview = dcache.views(n)[0]
+    span = max(s.mtp_len + ci for s, ci in zip(rows, c))
+    if min(c) == Sm:  # every row has all its positions: no padding, the compiled path applies
+        h_in = torch.stack([s.h_pend for s in rows])
+        nxt = torch.tensor([s.next_pend for s in rows], device=dev)
+        pos = torch.tensor([[s.mtp_len + j for j in range(Sm)] for s in rows], device=dev)
+        g = engine._mtp_fn(model, h_in, nxt, dview, pos, span, rope)[:, -1]
+    else:
+        h_in = torch.zeros(n, Sm, engine.config.hidden_size, dtype=engine.dtype, device=dev)
+        nxt = torch.zeros(n, Sm, dtype=torch.long, device=dev)
+        for i, s in enumerate(rows):
+            h_in[i, :c[i]] = s.h_pend
+            nxt[i, :c[i]] = torch.tensor(s.next_pend, device=dev)
+        start = torch.tensor([s.mtp_len for s in rows], device=dev)
+        valid = torch.arange(Sm, device=dev) < torch.tensor(c, device=dev)[:, None]
+        pos = torch.where(valid, start[:, None] + torch.arange(Sm, device=dev), 0)  # padding: a harmless position
+        g = model.forward_mtp_cached(1, h_in, nxt, dview, pos, valid=valid, span=span, rope=rope)
+        g = g[torch.arange(n, device=dev), torch.tensor(c, device=dev) - 1]  # [n, d]
+    # greedy requests without penalties need only argmaxes: no distributions, no per-row sampler calls
+    fast = all(s.params.greedy and not s.params.penalized for s in rows)
+    drafts: list[list[int]] = [[] for _ in rows]
+    qs: list[list[torch.Tensor]] = [[] for _ in rows]
+    snaps = [s.sampler.snapshot() if s.params.penalized else None for s in rows]
+    for j in range(kr):
+        dl = model.draft_logits_inference(g, engine.draft_vocab).float()
+        if fast:
+            for i, d in enumerate(dl.argmax(-1).tolist()):
+                drafts[i].append(d)
+        else:
+            if dl.shape[-1] < engine.config.vocab_size:  # ids outside the draft vocabulary: probability 0
+                dl = torch.cat((dl, dl.new_full((n, engine.config.vocab_size - dl.shape[-1]), float("-inf"))), -1)
+            for i, s in enumerate(rows):
+                q = s.sampler.probs(dl[i])
+                d = s.sampler.draw(q)
+                drafts[i].append(d)
+                qs[i].append(q)
+                s.sampler.observe(d)
+        if j + 1 < kr:  # the next draft: MTP at the following position, on its own output (spec 5.4)
+            p = torch.tensor([[s.length + j] for s in rows], device=dev)
+            ids = torch.tensor([[d[-1]] for d in drafts], device=dev)
+            span = max(s.length for s in rows) + j + 1
+            if min(budgets) > j + 1:
+                g = engine._mtp_fn(model, g[:, None], ids, dview, p, span, rope)[:, 0]
+            else:  # rows out of budget compute but do not store
+                ok = torch.tensor([[j + 1 < b] for b in budgets], device=dev)
+                g = model.forward_mtp_cached(1, g[:, None], ids, dview, torch.where(ok, p, 0), valid=ok,
+                                             span=span, rope=rope)[:, 0]
+    for s, snap in zip(rows, snaps):
+        if snap is not None:
+            s.sampler.restore(snap)
+    for s in rows:
+        s.mtp_len = s.length
+    # 2) verify the pending token and the drafts in one forward
+    ids = torch.tensor([[s.pending] + d for s, d in zip(rows, drafts)], device=dev)
+    base = torch.tensor([s.length for s in rows], device=dev)
+    valid = torch.arange(kr + 1, device=dev) <= torch.tensor(budgets, device=dev)[:, None]
+    pos = torch.where(valid, base[:, None] + torch.arange(kr + 1, device=dev), 0)
+    span = max(s.length + b for s, b in zip(rows, budgets)) + 1
+    if min(budgets) == kr:
+        h, logits = engine._verify_fn(model, ids, cache.views(n), pos, span, rope)
+    else:
+        h = model.forward_cached(ids, cache.views(n), pos, valid=valid, span=span, rope=rope)
+        logits = model.logits_inference(h)
+    logits = logits.float()  # [n, kr + 1, V]
+    # 3) accept
+    new, per_token = [], []
+    target = logits.argmax(-1).tolist() if fast else None
+    for i, s in enumerate(rows):
+        b = budgets[i]
+        if fast:  # the acceptance rule with one-hot p and q: keep drafts while they are the target's argmax
+            a = 0
+            while a < b and drafts[i][a] == target[i][a]:
+                a += 1
+            toks = drafts[i][:a] + [target[i][a]]
+        else:
+            toks = verify(s.sampler, logits[i, :b + 1], drafts[i][:b], qs[i][:b])
+        a = len(toks) - 1
+        s.drafted += b
+        s.accepted += a
+        s.h_pend, s.next_pend = h[i, :a + 1], toks
+        s.length += a + 1
+        new.append(toks)
+        per_token.append(logits[i, :a + 1])
+    return new, per_token

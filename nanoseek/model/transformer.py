@@ -212,7 +212,8 @@ class DeepSeekV3(nn.Module):
         acceptance for n_vocab / vocab_size of the head's work."""
         if n_vocab >= self.config.vocab_size:
             return self.logits_inference(h)
-        head = derived(self.lm_head, lambda: PackedLinear(self.lm_head.weight.detach()[:n_vocab]), tag=f"draft{n_vocab}")
+        head = derived(self.lm_head, lambda: PackedLinear(self.lm_head.weight.detach()[:n_vocab]),
+                       tag=f"draft{n_vocab}")
         return head(h)
 
     @torch.no_grad()
