@@ -132,7 +132,7 @@ class _GroupedSwiGLU(torch.autograd.Function):
         I = w2c.shape[-1]
         g = grad_out.to(x.dtype)
         grad_act = torch.empty_like(act)
-        grad_w2 = torch.zeros_like(w2c)  # experts without tokens keep a zero gradient
+        grad_w2 = torch.empty_like(w2c)
         start = 0
         for e, n in enumerate(sizes):
             if n:
@@ -140,12 +140,14 @@ class _GroupedSwiGLU(torch.autograd.Function):
                 torch.mm(g[rows], w2c[e], out=grad_act[rows])
                 torch.mm(g[rows].t(), act[rows], out=grad_w2[e])
                 start += n
+            else:
+                grad_w2[e].zero_()  # an expert without tokens gets a zero gradient
         gate, up = h13[:, :I], h13[:, I:]
         grad_h13 = torch.empty_like(h13)
         torch.ops.aten.silu_backward(grad_act * up, gate, grad_input=grad_h13[:, :I])
         torch.mul(grad_act, F.silu(gate), out=grad_h13[:, I:])
         grad_x = torch.empty_like(x)
-        grad_w13 = torch.zeros_like(w13c)
+        grad_w13 = torch.empty_like(w13c)
         start = 0
         for e, n in enumerate(sizes):
             if n:
@@ -153,6 +155,8 @@ class _GroupedSwiGLU(torch.autograd.Function):
                 torch.mm(grad_h13[rows], w13c[e], out=grad_x[rows])
                 torch.mm(grad_h13[rows].t(), x[rows], out=grad_w13[e])
                 start += n
+            else:
+                grad_w13[e].zero_()
         return grad_x.to(x_dtype), grad_w13.to(w13_dtype), grad_w2.to(w2_dtype), None, None
 
 
@@ -181,7 +185,7 @@ class Experts(nn.Module):
         N, K = indices.shape
         order = indices.view(-1).argsort(stable=True)  # token copies grouped by expert
         token_of = order // K
-        xs = x[token_of]
+        xs = x.to(compute_dtype(x))[token_of]  # cast the N tokens once, not their N*K copies
         # One grouped GEMM for all experts on CUDA inference. Not for training: its backward fails on the
         # CPU build here and is unverified on GPU, so gradients go through the per-expert path.
         if x.is_cuda and not torch.is_grad_enabled() and torch.bfloat16 in (xs.dtype, compute_dtype(x)):
