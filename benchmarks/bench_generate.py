@@ -13,13 +13,47 @@ generate call at the largest shape, measured in a fresh process per implementati
 
 With --mtp-checkpoint DIR (a model whose MTP head was trained, e.g. by `nanoseek pretrain`) it also times
 nanoseek plain vs speculative decoding at batch 1 on real text prompts and reports the acceptance rate.
+Implementations: hf-fp32 (transformers 5.24 `generate`, eager), nanoseek-fp32 (Engine, eager),
+nanoseek-fp32-compile / nanoseek-bf16-compile (Engine(compile=True): torch.compile'd decode step).
 
-    python benchmarks/bench_generate.py                        # full table (about 10-20 minutes)
-    python benchmarks/bench_generate.py --batches 1 --contexts 256 --rounds 3
-    python benchmarks/bench_generate.py --only-speculative --mtp-checkpoint runs/x/pretrain/final
+    python benchmarks/bench_generate.py --threads 1              # full table + memory (about 45 minutes)
+    python benchmarks/bench_generate.py --threads 1 --batches 1 8 --contexts 256 --rounds 5 --no-memory
+    python benchmarks/bench_generate.py --threads 1 --only-memory --batches 32 --contexts 2000 --new-tokens 48
+    python benchmarks/bench_generate.py --threads 1 --only-speculative --mtp-checkpoint RUN \
+        --spec-prompts prompts.txt --spec-k 1 2
 
-Figures (this machine kind, 2 cores shared with other jobs; see the report in the project's issue 4 for
-the latest run): filled in below by the last full run.
+Figures, 2026-11-29, AMD EPYC (Zen 4, AVX-512 + AVX512_BF16, no AMX), 2 cores shared with other engineers'
+jobs (load average 1.5-3.5 during the runs), torch 2.13 CPU, 1 thread per process (with 2 threads on the
+busy machine every implementation collapsed to a few tok/s: the second OpenMP thread waits for a core).
+Decode tok/s, medians, in parentheses the ratio to HF; 64 new tokens at T=256, 48 at T=2000:
+
+    B   T      HF fp32   nanoseek fp32   fp32 compiled   bf16 compiled
+    1   256      134      261 (2.0x)      400 (3.0x)      381 (2.9x)     5 rounds, quiet hour
+    8   256      319      781 (2.5x)     1253 (3.9x)     1535 (4.8x)     5 rounds, quiet hour
+    32  256      273     1542 (5.7x)     2114 (7.7x)     1643 (6.0x)     3 rounds
+    1   2000      57      234 (4.1x)      296 (5.2x)      356 (6.2x)     3 rounds
+    8   2000      89      491 (5.5x)      693 (7.8x)     1153 (13.0x)    3 rounds
+    32  2000      70      720 (10.2x)     984 (14.0x)     947 (13.5x)    3 rounds
+
+    (a first full run in a noisier hour had HF at 366 tok/s for B=8 T=256, i.e. 3.2x / 3.9x compiled;
+    the B=1/8 T=256 rows above are the rerun with 5 rounds and nothing else of ours running.)
+    prefill tok/s at T=256, B=1 / B=8: HF 5,339 / 6,644; nanoseek fp32 6,517 / 8,187, bf16 8,688 / 12,198;
+    at T=2000, B=8: HF 1,536, nanoseek fp32 4,979, bf16 5,826.
+    cache bytes per token: HF 1,280 (transformers 5.x caches the latent too); nanoseek fp32 1,280, bf16 640
+    = 4 layers x (64 + 16) values x 4 / 2 bytes.
+    peak memory growth generating B=32, T=2000 (+48): HF 10,053 MiB; nanoseek fp32 326 MiB, fp32 compiled
+    292 MiB, bf16 compiled 523 MiB (prefill runs in chunks of 8,192 tokens; HF prefills the whole batch).
+
+Speculative decoding, batch 1, greedy, 128 new tokens, 6 prompts from Vim's help files, model: cpu-small
+with its MTP module trained by `nanoseek pretrain --preset cpu-small --steps 1200 --dtype bfloat16` on
+/usr/share/vim/vim90/doc (2.7M tokens, 8,192-token BPE; val 1.67 bits per byte), fp32, eager:
+    k=1: plain 277 tok/s, speculative 261 tok/s (0.94x), acceptance 74.1%
+    k=2: plain 263 tok/s, speculative 212 tok/s (0.81x), acceptance 42.7% (second draft chained, spec 5.4)
+    compiled (an earlier run): k=1 0.98x-1.22x, k=2 0.71x-0.75x
+On this model a round costs about as much as 1.8 plain steps: at batch 1 the step is bound by reading
+weights, verifying two tokens reads the union of both tokens' routed experts (up to twice the MoE bytes),
+and the draft adds the MTP layer and a head; 1.75 tokens per round do not pay for it. The 1.5x target
+was not reached here.
 """
 
 from __future__ import annotations
@@ -27,7 +61,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -106,13 +139,22 @@ def _tensors(obj, seen=None) -> list[torch.Tensor]:
     return out
 
 
+def _rss_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
+
+
 def memory_probe(impl: str, ckpt: str, batch: int, ctx: int, n: int) -> None:
+    """Peak RSS growth of one generate call. Uses VmHWM after resetting it (ru_maxrss would start at the
+    parent's peak: a child forked from a large benchmark process inherits its high-water mark)."""
     r = Runner(impl, ckpt)
     ids = torch.randint(0, 8192, (batch, ctx), generator=torch.Generator().manual_seed(0))
     r.generate(ids[:, :16], 2)
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset VmHWM to the current RSS
+    base = _rss_kib("VmRSS")
     r.generate(ids, n)
-    print(json.dumps({"peak_growth_mib": (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024}))
+    print(json.dumps({"peak_growth_mib": (_rss_kib("VmHWM") - base) / 1024}))
 
 
 def bench_speed(args, ckpt: str) -> list[dict]:
@@ -192,6 +234,7 @@ def main() -> None:
     ap.add_argument("--impls", nargs="+", default=list(IMPLS), choices=IMPLS + OTHER_IMPLS)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    ap.add_argument("--only-memory", action="store_true", help="cache bytes and peak memory only")
     ap.add_argument("--mtp-checkpoint", help="trained model with an MTP module and tokenizer (speculative run)")
     ap.add_argument("--only-speculative", action="store_true")
     ap.add_argument("--spec-k", type=int, nargs="+", default=[1, 2, 3])
@@ -201,6 +244,9 @@ def main() -> None:
     ap.add_argument("--spec-compile", action="store_true", help="speculative run with Engine(compile=True)")
     ap.add_argument("--memory-probe", nargs=5, metavar=("IMPL", "CKPT", "B", "T", "N"), help=argparse.SUPPRESS)
     args = ap.parse_args()
+    from nanoseek.runtime import tune_allocator
+
+    tune_allocator()  # what the nanoseek commands do; it applies to both implementations in this process
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.memory_probe:
@@ -212,7 +258,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             ckpt = os.path.join(tmp, "cpu-small")
             make_checkpoint(ckpt)
-            rows = bench_speed(args, ckpt)
+            rows = [] if args.only_memory else bench_speed(args, ckpt)
             ids = torch.randint(0, 8192, (1, 64))
             for impl in args.impls:
                 print(f"{impl}: cache {Runner(impl, ckpt).cache_bytes_per_token(ids):.0f} bytes/token")
