@@ -1,15 +1,21 @@
-"""Training-step throughput of nanoseek vs Hugging Face transformers' DeepseekV3ForCausalLM, side by side.
+"""Training-step throughput and memory of nanoseek vs Hugging Face transformers' DeepseekV3ForCausalLM.
 
-Both models get the same config (the `cpu-small` preset without MTP, which HF lacks: vocab 8192, hidden 256,
-4 layers with the first dense, 8 heads, no q-lora, kv_lora 64, nope/rope/v 32/16/32, 16 routed experts top-2 +
-1 shared, expert width 256, dense width 768) and the same weights, the same batch (8 x 256 tokens) and the
-same optimizer (torch AdamW, fused). One step = forward + backward + optimizer step. The two implementations
-alternate step by step within each round so machine noise hits both alike; we report medians and ratios.
-Peak memory (resident-set growth during 3 steps, sampled every millisecond) is measured in a fresh
-subprocess per implementation.
+Both get the same config (the `cpu-small` preset without MTP, which HF lacks: vocab 8192, hidden 256, 4 layers
+with the first dense, 8 heads, no q-lora, kv_lora 64, nope/rope/v 32/16/32, 16 routed experts top-2 + 1 shared,
+expert width 256, dense width 768), the same weights, the same batch (8 x 256 tokens) and the same optimizer
+(torch AdamW, fused). One step = forward + backward + optimizer step, losses as each library computes them
+(HF: cross-entropy over its logits). Every measurement runs in a fresh worker process; workers alternate
+nanoseek / HF within each round so machine noise hits both alike. We report medians over all timed steps and
+their ratio, and the peak resident memory a worker adds during its steps (gradients, AdamW state, activations).
 
-    python benchmarks/bench_model.py                 # default: 5 rounds x 6 steps per precision
-    python benchmarks/bench_model.py --rounds 3 --steps 4 --batch 8 --seq 256
+--allocator picks the glibc malloc settings of each worker:
+  shipped  nanoseek as its command runs (nanoseek.runtime.tune_allocator) vs HF in a plain process (default)
+  same     both tuned: the model code alone is compared
+On a shared machine use --threads 1: with more threads than free cores every op waits at its OpenMP barrier
+for a descheduled thread and the figures collapse.
+
+    python benchmarks/bench_model.py --threads 1                     # default: 3 rounds x 6 steps, both precisions
+    python benchmarks/bench_model.py --threads 2 --allocator same --rounds 5
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 import torch
@@ -58,6 +65,41 @@ def step(loss_fn, opt, x, y, bf16: bool) -> float:
     return time.perf_counter() - t0
 
 
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize()
+
+
+def worker(impl: str, ckpt: str, bf16: bool, args) -> dict:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if impl == "nanoseek" or args.allocator == "same":
+        from nanoseek.runtime import tune_allocator
+
+        tune_allocator()
+    torch.manual_seed(0)
+    _, loss_fn, opt = build(impl, ckpt)
+    x = torch.randint(0, 8192, (args.batch, args.seq), generator=torch.Generator().manual_seed(1))
+    y = torch.roll(x, -1, 1)
+    base = peak = _rss_bytes()
+    done = threading.Event()
+
+    def sample():  # peak resident memory, sampled every millisecond
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, _rss_bytes())
+            time.sleep(0.001)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    for _ in range(2):  # warm-up: allocator, oneDNN kernel selection, optimizer state
+        step(loss_fn, opt, x, y, bf16)
+    times = [step(loss_fn, opt, x, y, bf16) for _ in range(args.steps)]
+    done.set()
+    sampler.join()
+    return {"times": times, "peak_mib": (peak - base) / 2**20}
+
+
 def make_checkpoint(path: str) -> None:
     import nanoseek
 
@@ -66,94 +108,46 @@ def make_checkpoint(path: str) -> None:
     nanoseek.save_model(nanoseek.DeepSeekV3(cfg), path)
 
 
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * resource.getpagesize()
-
-
-def memory_probe(impl: str, ckpt: str, bf16: bool, batch: int, seq: int) -> None:
-    """Peak resident memory during 3 training steps above the resident memory before the first one
-    (model loaded, optimizer built): gradients, AdamW state and the activations."""
-    import threading
-
-    from nanoseek.runtime import tune_allocator
-
-    tune_allocator()
-    torch.manual_seed(0)
-    model, loss_fn, opt = build(impl, ckpt)
-    x = torch.randint(0, model.config.vocab_size, (batch, seq))
-    base = peak = _rss_bytes()
-    done = threading.Event()
-
-    def sample():
-        nonlocal peak
-        while not done.is_set():
-            peak = max(peak, _rss_bytes())
-            time.sleep(0.001)
-
-    t = threading.Thread(target=sample, daemon=True)
-    t.start()
-    for _ in range(3):
-        step(loss_fn, opt, x, x, bf16)
-    done.set()
-    t.join()
-    print(json.dumps({"peak_growth_mib": (peak - base) / 2**20}))
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--steps", type=int, default=6, help="timed steps per implementation per round")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=6, help="timed steps per worker")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--seq", type=int, default=256)
     ap.add_argument("--precisions", default="bf16,fp32")
-    ap.add_argument("--no-memory", action="store_true")
-    ap.add_argument("--_probe", nargs=3, help=argparse.SUPPRESS)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads per worker (0: torch's default)")
+    ap.add_argument("--allocator", choices=["shipped", "same"], default="shipped")
+    ap.add_argument("--_worker", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args()
-    if args._probe:
-        impl, ckpt, prec = args._probe
-        memory_probe(impl, ckpt, prec == "bf16", args.batch, args.seq)
+    if args._worker:
+        impl, ckpt, prec = args._worker
+        print(json.dumps(worker(impl, ckpt, prec == "bf16", args)))
         return
 
     import transformers
 
-    from nanoseek.runtime import tune_allocator
-
-    tune_allocator()  # what the nanoseek command does; HF runs in this process too, so it benefits alike
     ckpt = tempfile.mkdtemp(prefix="bench_model_")
     make_checkpoint(ckpt)
-    print(f"torch {torch.__version__}, transformers {transformers.__version__}, threads {torch.get_num_threads()}, "
-          f"batch {args.batch} x {args.seq}")
+    print(f"torch {torch.__version__}, transformers {transformers.__version__}, threads {args.threads or 'default'}, "
+          f"batch {args.batch} x {args.seq}, allocator {args.allocator}, {args.rounds} rounds x {args.steps} steps")
     tokens = args.batch * args.seq
-    results = {}
+    passthrough = ["--steps", str(args.steps), "--batch", str(args.batch), "--seq", str(args.seq),
+                   "--threads", str(args.threads), "--allocator", args.allocator]
     for prec in args.precisions.split(","):
-        bf16 = prec == "bf16"
-        torch.manual_seed(0)
-        impls = {name: build(name, ckpt) for name in ("nanoseek", "hf")}
-        x = torch.randint(0, 8192, (args.batch, args.seq))
-        y = torch.roll(x, -1, 1)
-        times = {name: [] for name in impls}
-        for name, (_, loss_fn, opt) in impls.items():  # warm-up (allocator, oneDNN kernel selection)
-            for _ in range(2):
-                step(loss_fn, opt, x, y, bf16)
-        for _ in range(args.rounds):
-            for _ in range(args.steps):
-                for name, (_, loss_fn, opt) in impls.items():
-                    times[name].append(step(loss_fn, opt, x, y, bf16))
-        med = {name: tokens / statistics.median(t) for name, t in times.items()}
-        results[prec] = med
-        print(f"[{prec}] tokens/s median: nanoseek {med['nanoseek']:,.0f}   HF {med['hf']:,.0f}   "
-              f"ratio {med['nanoseek'] / med['hf']:.2f}x  ({len(times['hf'])} steps each)")
-        del impls
-    if not args.no_memory:
-        for prec in args.precisions.split(","):
-            mem = {}
-            for impl in ("nanoseek", "hf"):
-                out = subprocess.run([sys.executable, __file__, "--batch", str(args.batch), "--seq", str(args.seq),
-                                      "--_probe", impl, ckpt, prec], capture_output=True, text=True, check=True)
-                mem[impl] = json.loads(out.stdout.strip().splitlines()[-1])["peak_growth_mib"]
-            print(f"[{prec}] peak memory above the loaded model, 3 steps: nanoseek {mem['nanoseek']:.0f} MiB   "
-                  f"HF {mem['hf']:.0f} MiB")
+        results = {"nanoseek": [], "hf": []}
+        for r in range(args.rounds):
+            order = ("nanoseek", "hf") if r % 2 == 0 else ("hf", "nanoseek")
+            for impl in order:
+                out = subprocess.run([sys.executable, __file__, *passthrough, "--_worker", impl, ckpt, prec],
+                                     capture_output=True, text=True)
+                if out.returncode != 0:
+                    sys.exit(f"worker {impl} {prec} failed:\n{out.stderr[-3000:]}")
+                results[impl].append(json.loads(out.stdout.strip().splitlines()[-1]))
+        tps = {k: tokens / statistics.median([t for w in v for t in w["times"]]) for k, v in results.items()}
+        mem = {k: statistics.median([w["peak_mib"] for w in v]) for k, v in results.items()}
+        print(f"[{prec}] tokens/s median: nanoseek {tps['nanoseek']:,.0f}   HF {tps['hf']:,.0f}   "
+              f"ratio {tps['nanoseek'] / tps['hf']:.2f}x")
+        print(f"[{prec}] peak memory added by training: nanoseek {mem['nanoseek']:.0f} MiB   HF {mem['hf']:.0f} MiB")
 
 
 if __name__ == "__main__":

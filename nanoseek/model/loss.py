@@ -28,20 +28,25 @@ class _LinearCrossEntropy(torch.autograd.Function):
         for start in range(0, hidden.shape[0], chunk_rows):
             h = hidden[start:start + chunk_rows].to(compute_dtype)
             t = targets[start:start + chunk_rows]
-            logp = torch.log_softmax((h @ w.t()).float(), dim=-1)  # one fused pass, fp32
             valid = t != IGNORE_INDEX
             safe_t = t.clamp(min=0).unsqueeze(1)
-            total -= (logp.gather(1, safe_t).squeeze(1) * valid).sum()
-            if needs_h or needs_w:
-                # d loss / d logits = (softmax - onehot) / n_valid, zero on ignored rows; reuse the buffer
-                g = logp.exp_()
-                g.scatter_add_(1, safe_t, torch.full_like(safe_t, -1, dtype=g.dtype))
-                g.mul_((valid.to(g.dtype) / denom).unsqueeze(1))
-                g = g.to(compute_dtype)
-                if needs_h:
-                    grad_h[start:start + chunk_rows] = (g @ w).to(hidden.dtype)
-                if needs_w:
-                    grad_w += (g.t() @ h).float()
+            # log-softmax upcasts to fp32 inside its one pass (no separate fp32 copy of the logits)
+            logp = torch.log_softmax(h @ w.t(), dim=-1, dtype=torch.float32)
+            logp_t = logp.gather(1, safe_t)
+            total -= (logp_t.squeeze(1) * valid).sum()
+            if not (needs_h or needs_w):
+                continue
+            # d loss / d logits = (softmax - onehot) * valid / n_valid. The big [rows, V] tensor only gets
+            # exp'd (straight into the matmul dtype); the target column is written exactly from fp32, and
+            # the per-row factor valid / n_valid is applied to the small [rows, d] operands instead.
+            g = torch.exp(logp, out=torch.empty(logp.shape, dtype=compute_dtype, device=logp.device))
+            del logp
+            g.scatter_(1, safe_t, (logp_t.exp() - 1).to(compute_dtype))
+            row_scale = (valid.to(torch.float32) / denom).unsqueeze(1)
+            if needs_h:
+                grad_h[start:start + chunk_rows] = (g @ w).float().mul_(row_scale).to(hidden.dtype)
+            if needs_w:
+                grad_w += (g.t() @ (h.float() * row_scale).to(compute_dtype)).float()
         ctx.save_for_backward(grad_h if needs_h else None, grad_w if needs_w else None)
         ctx.weight_dtype = weight.dtype
         return total / denom
@@ -55,7 +60,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
 
 
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-                         compute_dtype: torch.dtype | None = None, chunk_elems: int = 2**22) -> torch.Tensor:
+                         compute_dtype: torch.dtype | None = None, chunk_elems: int = 2**23) -> torch.Tensor:
     """Mean CE of (hidden @ weight.T) against targets (IGNORE_INDEX skipped), with the matmuls in
     compute_dtype (bf16 under autocast) and softmax in fp32. hidden [..., d], targets [...]."""
     hidden = hidden.reshape(-1, hidden.shape[-1])
