@@ -2,7 +2,7 @@
 
 Both get the same config (the `cpu-small` preset without MTP, which HF lacks: vocab 8192, hidden 256, 4 layers
 with the first dense, 8 heads, no q-lora, kv_lora 64, nope/rope/v 32/16/32, 16 routed experts top-2 + 1 shared,
-expert width 256, dense width 768), the same weights, the same batch (8 x 256 tokens) and the same optimizer
+expert width 256, dense width 768), the same weights, the same batches (8 x 256 tokens, a new one each step) and the same optimizer
 (torch AdamW, fused). One step = forward + backward + optimizer step, losses as each library computes them
 (HF: cross-entropy over its logits). Every measurement runs in a fresh worker process; workers alternate
 nanoseek / HF within each round so machine noise hits both alike. We report medians over all timed steps and
@@ -79,8 +79,9 @@ def worker(impl: str, ckpt: str, bf16: bool, args) -> dict:
         tune_allocator()
     torch.manual_seed(0)
     _, loss_fn, opt = build(impl, ckpt)
-    x = torch.randint(0, 8192, (args.batch, args.seq), generator=torch.Generator().manual_seed(1))
-    y = torch.roll(x, -1, 1)
+    # a fresh batch every step, the same sequence for both: routing (and so expert shapes) varies as in training
+    gen = torch.Generator().manual_seed(1)
+    batches = [torch.randint(0, 8192, (args.batch, args.seq + 1), generator=gen) for _ in range(args.steps + 2)]
     base = peak = _rss_bytes()
     done = threading.Event()
 
@@ -92,9 +93,8 @@ def worker(impl: str, ckpt: str, bf16: bool, args) -> dict:
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
-    for _ in range(2):  # warm-up: allocator, oneDNN kernel selection, optimizer state
-        step(loss_fn, opt, x, y, bf16)
-    times = [step(loss_fn, opt, x, y, bf16) for _ in range(args.steps)]
+    times = [step(loss_fn, opt, b[:, :-1], b[:, 1:], bf16) for b in batches]
+    times = times[2:]  # warm-up: allocator, oneDNN kernel selection, optimizer state
     done.set()
     sampler.join()
     return {"times": times, "peak_mib": (peak - base) / 2**20}
