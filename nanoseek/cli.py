@@ -140,8 +140,8 @@ def register(sub) -> None:
     src = p.add_mutually_exclusive_group()
     src.add_argument("--preset", default="tiny", choices=sorted(PRESETS), help="model shape (default tiny)")
     src.add_argument("--checkpoint", help="load this nanoseek / Hugging Face model directory instead")
-    p.add_argument("--prompt-tokens", type=_positive_int, default=16, help="length of the random prompt")
-    p.add_argument("--new-tokens", type=_nonneg_int, default=8, help="tokens to generate greedily")
+    p.add_argument("--prompt-tokens", type=positive_int, default=16, help="length of the random prompt")
+    p.add_argument("--new-tokens", type=nonneg_int, default=8, help="tokens to generate greedily")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--save", metavar="DIR", help="also write the model as a Hugging Face checkpoint here")
     add_device_args(p)
@@ -163,17 +163,25 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_convert)
 
 
-def _positive_int(s: str) -> int:
-    v = int(s)
+def positive_int(s: str) -> int:
+    """argparse type: an integer > 0, with a message naming the bad value."""
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {s!r}") from None
     if v <= 0:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {s}")
     return v
 
 
-def _nonneg_int(s: str) -> int:
-    v = int(s)
+def nonneg_int(s: str) -> int:
+    """argparse type: an integer >= 0."""
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {s!r}") from None
     if v < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {s}")
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {s}")
     return v
 
 

@@ -4,6 +4,16 @@ import pytest
 from nanoseek.config import preset
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread():
+    """Tiny models run fastest on one thread, and on a shared 2-core machine a second OpenMP thread stalls
+    whenever another process holds the other core: every op then waits out a time slice."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(autouse=True)
 def _deterministic():
     torch.manual_seed(0)

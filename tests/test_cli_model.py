@@ -78,7 +78,7 @@ def test_bad_input_exits_2_with_a_message(tmp_path):
     r = run("demo", "--preset", "nope")
     assert r.returncode == 2 and "invalid choice" in r.stderr
     r = run("demo", "--new-tokens", "-3")
-    assert r.returncode == 2 and "must be >= 0" in r.stderr
+    assert r.returncode == 2 and "must be an integer >= 0" in r.stderr
     (tmp_path / "empty").mkdir()
     r = run("convert", str(tmp_path / "empty"), str(tmp_path / "out"))
     assert r.returncode == 2 and "config.json" in r.stderr

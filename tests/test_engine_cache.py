@@ -11,15 +11,6 @@ from nanoseek.engine import engine as engine_module
 from conftest import randomize_
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest on one thread, and a second OpenMP thread stalls whenever another process
-    holds the other core (these machines are shared): each op then waits out a time slice."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 CONFIGS = {
     "q_lora": dict(),
     "no_q_lora": dict(q_lora_rank=None),

@@ -18,16 +18,6 @@ from nanoseek.engine.chat import DIM, ChatSession, ReasoningSplitter
 from nanoseek.tokenizer import Tokenizer
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest on one thread, and a second OpenMP thread stalls whenever another process
-    holds the other core (these machines are shared): each op then waits out a time slice."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 CORPUS = ["The quick brown fox jumps over the lazy dog. Héllo wörld 中文 🙂.", "Another line of text."] * 20
 
 

@@ -1,7 +1,6 @@
 """The torch.compile'd decode path (plain and speculative steps): the same tokens and logprobs as eager
 decoding, and weights changed in place between calls (an RL trainer's update) are used, not stale copies."""
 
-import pytest
 import torch
 
 import nanoseek
@@ -9,14 +8,6 @@ from nanoseek.config import preset
 from nanoseek.engine import Engine, SamplingParams
 
 from conftest import randomize_
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _logprobs(out):

@@ -13,15 +13,6 @@ from nanoseek.engine.speculative import verify
 from conftest import randomize_
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest on one thread, and a second OpenMP thread stalls whenever another process
-    holds the other core (these machines are shared): each op then waits out a time slice."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 PROMPTS = [[1, 2, 3, 4, 5, 6, 7], [9, 8], list(range(20, 45))]
 
 

@@ -13,15 +13,6 @@ from nanoseek.tokenizer import Tokenizer, byte_to_unicode
 from conftest import randomize_
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest on one thread, and a second OpenMP thread stalls whenever another process
-    holds the other core (these machines are shared): each op then waits out a time slice."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 CORPUS = ["The quick brown fox jumps over the lazy dog. Héllo wörld, ça va? 中文字符 and émojis 🙂🚀.",
           "Stop strings END here. Another line\n\nwith a blank line before it. Ünïcödé everywhere: 日本語."] * 20
 

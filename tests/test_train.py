@@ -29,15 +29,6 @@ def data(tmp_path_factory):
     return build_data(tmp_path_factory.mktemp("train_data"))
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # shared 2-core machines: oversubscribed threads are far slower than one
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 # ---- end to end through the CLI -------------------------------------------------------------------------------
 @pytest.mark.parametrize("optimizer", ["adamw", "muon"])
 def test_pretrain_cli_loss_goes_down_and_writes_checkpoints(data, tmp_path, capsys, optimizer):

@@ -14,7 +14,6 @@ import shutil
 import sys
 
 import pytest
-import torch
 from safetensors.torch import load_file
 
 import nanoseek

@@ -7,6 +7,8 @@ import sys
 import time
 from pathlib import Path
 
+from nanoseek.cli import nonneg_int, positive_int
+
 
 def _add_read_args(p: argparse.ArgumentParser) -> None:
     from nanoseek.data.sources import TEXT_UNITS
@@ -18,7 +20,7 @@ def _add_read_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--text-unit", default="file", choices=TEXT_UNITS,
                    help="plain text files: one document per file (default), per blank-line paragraph, or per "
                         "line; paragraph/line also stream huge files")
-    p.add_argument("--max-docs", type=_positive_int, default=None, help="read at most this many documents")
+    p.add_argument("--max-docs", type=positive_int, default=None, help="read at most this many documents")
 
 
 def _read_options(args):
@@ -105,10 +107,10 @@ def register(sub) -> None:
     t = tsub.add_parser("train", help="train a tokenizer on text / JSONL / Parquet inputs",
                         description=cmd_tokenizer_train.__doc__)
     _add_read_args(t)
-    t.add_argument("--vocab-size", type=_positive_int, required=True,
+    t.add_argument("--vocab-size", type=positive_int, required=True,
                    help="target vocabulary size incl. 9 special tokens and 256 bytes (>= 265)")
     t.add_argument("--output", "-o", required=True, metavar="DIR", help="directory to write the tokenizer files to")
-    t.add_argument("--min-frequency", type=_positive_int, default=2,
+    t.add_argument("--min-frequency", type=positive_int, default=2,
                    help="merge only pairs seen at least this often (default 2)")
     t.set_defaults(func=cmd_tokenizer_train)
 
@@ -125,11 +127,11 @@ def register(sub) -> None:
     val.add_argument("--val-fraction", type=float, default=None,
                      help="share of documents held out for validation, chosen by text hash (default 0.01, at "
                           "least one document; 0 = no validation split)")
-    val.add_argument("--val-docs", type=_positive_int, default=None,
+    val.add_argument("--val-docs", type=positive_int, default=None,
                      help="hold out exactly this many documents (smallest text hashes) instead")
-    d.add_argument("--workers", type=_nonneg_int, default=0,
+    d.add_argument("--workers", type=nonneg_int, default=0,
                    help="tokenizer processes (default 0 = one per core, up to 8, for inputs over 64 MiB)")
-    d.add_argument("--shard-tokens", type=_positive_int, default=100_000_000,
+    d.add_argument("--shard-tokens", type=positive_int, default=100_000_000,
                    help="tokens per shard file (default 100M)")
     d.set_defaults(func=cmd_data_prepare)
 
@@ -140,15 +142,3 @@ def register(sub) -> None:
     d.set_defaults(func=cmd_data_info)
 
 
-def _positive_int(s: str) -> int:
-    v = int(s)
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {s}")
-    return v
-
-
-def _nonneg_int(s: str) -> int:
-    v = int(s)
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {s}")
-    return v

@@ -8,44 +8,26 @@ import os
 import sys
 from pathlib import Path
 
-from nanoseek.cli import UserError, add_device_args, resolve_device, resolve_dtype
+from nanoseek.cli import UserError, add_device_args, nonneg_int, positive_int, resolve_device, resolve_dtype
 
 FORMAT_VERSION = 1  # of the JSONL records `nanoseek generate` writes
 
 
-def _positive_int(s: str) -> int:
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {s!r}") from None
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {s}")
-    return v
-
-
-def _nonneg_int(s: str) -> int:
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {s!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {s}")
-    return v
 
 
 def _add_sampling_args(p: argparse.ArgumentParser, temperature: float, max_tokens: int) -> None:
     g = p.add_argument_group("sampling")
-    g.add_argument("--max-tokens", "--max-new-tokens", dest="max_tokens", type=_positive_int, default=max_tokens,
+    g.add_argument("--max-tokens", "--max-new-tokens", dest="max_tokens", type=positive_int, default=max_tokens,
                    help=f"new tokens per answer at most (default {max_tokens}); prompt + this must fit the context")
     g.add_argument("--temperature", type=float, default=temperature, help=f"0 = greedy (default {temperature:g})")
-    g.add_argument("--top-k", type=_nonneg_int, default=0, help="keep the k most likely tokens (0 = off)")
+    g.add_argument("--top-k", type=nonneg_int, default=0, help="keep the k most likely tokens (0 = off)")
     g.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1 = off)")
     g.add_argument("--min-p", type=float, default=0.0, help="drop tokens below min-p x the top probability")
     g.add_argument("--presence-penalty", type=float, default=0.0)
     g.add_argument("--frequency-penalty", type=float, default=0.0)
     g.add_argument("--repetition-penalty", type=float, default=1.0)
     g.add_argument("--seed", type=int, default=None, help="makes sampled output reproducible")
-    g.add_argument("--speculative", type=_nonneg_int, default=0, metavar="K",
+    g.add_argument("--speculative", type=nonneg_int, default=0, metavar="K",
                    help="draft K tokens per step with the model's MTP module and verify them in one forward")
     g.add_argument("--compile", action="store_true",
                    help="torch.compile the decode step: ~1.5x faster decoding after a one-time compile "
@@ -240,10 +222,10 @@ def register(sub) -> None:
     p.add_argument("--chat", action="store_true", help="wrap each text prompt as a user turn in the chat template")
     p.add_argument("--system", help="with --chat: a system prompt")
     p.add_argument("--stop", action="append", help="stop string (repeatable); never part of the output text")
-    p.add_argument("--logprobs", type=_nonneg_int, default=None, metavar="N",
+    p.add_argument("--logprobs", type=nonneg_int, default=None, metavar="N",
                    help="report each generated token's logprob and the N most likely alternatives")
-    p.add_argument("--prompt-logprobs", type=_nonneg_int, default=None, metavar="N", help="the same for prompt tokens")
-    p.add_argument("--batch-size", type=_positive_int, default=16, help="prompts decoded together (default 16)")
+    p.add_argument("--prompt-logprobs", type=nonneg_int, default=None, metavar="N", help="the same for prompt tokens")
+    p.add_argument("--batch-size", type=positive_int, default=16, help="prompts decoded together (default 16)")
     p.add_argument("--output", "-o", help="write the JSONL here (atomically) instead of stdout")
     _add_sampling_args(p, temperature=1.0, max_tokens=128)
     add_device_args(p)

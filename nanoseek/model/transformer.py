@@ -17,7 +17,7 @@ from torch import nn
 from nanoseek.config import ModelConfig
 from nanoseek.model.block import DecoderLayer
 from nanoseek.model.layers import RMSNorm, compute_dtype
-from nanoseek.model.loss import IGNORE_INDEX, linear_cross_entropy
+from nanoseek.model.loss import linear_cross_entropy
 from nanoseek.model.mla import latent_step, rope_halves
 from nanoseek.model.moe import Experts, Router, bias_update
 from nanoseek.model.mtp import MTPModule
