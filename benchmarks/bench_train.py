@@ -24,6 +24,7 @@ and `nanoseek data prepare --val-docs 20` (cached in --workdir).
     python benchmarks/bench_train.py                      # both parts: 3 rounds x 12 steps; 10 minutes each
     python benchmarks/bench_train.py --minutes 5 --rounds 2
     python benchmarks/bench_train.py --part throughput --threads 2
+    python benchmarks/bench_train.py --part moe --sequential --threads 2 --minutes 5
 
 Figures: 2-core shared AMD EPYC VM (AVX-512 with bf16 dot products, no AMX), torch 2.13.0 CPU, other
 engineers' jobs running (load average 2-4), commit 72a6a49. Throughput (`--part throughput`: 1 thread,
@@ -139,9 +140,10 @@ VARIANTS = {
 }
 
 
-def _launch(data: Path, out: Path, variant: list[str], steps: int, eval_every: int, eval_batches: int):
+def _launch(data: Path, out: Path, variant: list[str], steps: int, eval_every: int, eval_batches: int,
+            threads: int = 1):
     shutil.rmtree(out, ignore_errors=True)
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     cmd = [sys.executable, "-m", "nanoseek.cli", "pretrain", "--data", str(data), "--out", str(out), *variant,
            "--steps", str(steps), "--batch-size", str(BATCH), "--seq-len", str(SEQ), "--warmup-steps",
            str(min(20, steps // 10)), "--eval-every", str(eval_every), "--eval-batches", str(eval_batches),
@@ -149,28 +151,39 @@ def _launch(data: Path, out: Path, variant: list[str], steps: int, eval_every: i
     return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
-def _run_all(data: Path, workdir: Path, steps: dict[str, int], eval_batches: int, tag: str) -> dict[str, Path]:
+def _run_all(data: Path, workdir: Path, steps: dict[str, int], eval_batches: int, tag: str,
+             sequential_threads: int = 0) -> dict[str, Path]:
+    """All variants at once, one thread each; or (sequential_threads > 0) one after another, each alone with
+    that many threads, which is the fair setting on a quiet machine."""
     procs, outs = {}, {}
-    for i, (name, variant) in enumerate(VARIANTS.items()):
-        outs[name] = workdir / f"{tag}_{i}"
-        procs[name] = _launch(data, outs[name], variant, steps[name], max(1, steps[name] // 10), eval_batches)
-    for name, p in procs.items():
+
+    def wait(name, p):
         _, err = p.communicate()
         if p.returncode != 0:
             raise SystemExit(f"{name} failed:\n{err[-3000:]}")
+
+    for i, (name, variant) in enumerate(VARIANTS.items()):
+        outs[name] = workdir / f"{tag}_{i}"
+        procs[name] = _launch(data, outs[name], variant, steps[name], max(1, steps[name] // 10), eval_batches,
+                              sequential_threads or 1)
+        if sequential_threads:
+            wait(name, procs[name])
+    if not sequential_threads:
+        for name, p in procs.items():
+            wait(name, p)
     return outs
 
 
-def moe_vs_dense(data: Path, workdir: Path, minutes: float) -> dict:
+def moe_vs_dense(data: Path, workdir: Path, minutes: float, sequential_threads: int = 0) -> dict:
     from nanoseek.train.log import read_log
 
-    calib = _run_all(data, workdir, {n: 25 for n in VARIANTS}, 1, "calib")
+    calib = _run_all(data, workdir, {n: 25 for n in VARIANTS}, 1, "calib", sequential_threads)
     step_s = {n: statistics.median(x["step_time"] for x in read_log(p) if x["event"] == "train" and x["step"] > 5)
               for n, p in calib.items()}
     # 90% of the budget for training steps; evaluations and start-up take the rest
     steps = {n: max(50, int(0.9 * minutes * 60 / s)) for n, s in step_s.items()}
     print("calibrated step times (s):", {n: round(s, 3) for n, s in step_s.items()}, "-> steps:", steps, flush=True)
-    outs = _run_all(data, workdir, steps, 20, "moe")
+    outs = _run_all(data, workdir, steps, 20, "moe", sequential_threads)
     result, curves = {}, {}
     for name, out in outs.items():
         recs = read_log(out)
@@ -214,6 +227,9 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--steps", type=int, default=12, help="steps per throughput run (first 3 dropped)")
     ap.add_argument("--minutes", type=float, default=10.0, help="wall-clock budget of each MoE/dense run")
+    ap.add_argument("--sequential", action="store_true",
+                    help="MoE vs dense: run the variants one after another, each alone with --threads threads "
+                         "(the fair setting on a quiet machine), instead of simultaneously with one thread each")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     workdir = Path(args.workdir)
@@ -224,7 +240,7 @@ def main() -> None:
     if args.part in ("all", "throughput"):
         report["throughput"] = throughput(data, workdir, args.rounds, args.steps)
     if args.part in ("all", "moe"):
-        report["moe_vs_dense"] = moe_vs_dense(data, workdir, args.minutes)
+        report["moe_vs_dense"] = moe_vs_dense(data, workdir, args.minutes, args.threads if args.sequential else 0)
     report["load_average_end"] = os.getloadavg()
     print(json.dumps(report, indent=2))
 

@@ -188,31 +188,36 @@ class Experts(nn.Module):
         N, K = indices.shape
         expert_of = indices.view(-1)
         order = expert_of.argsort(stable=True)  # token copies grouped by expert
-        token_of = order // K
-        xc = x.to(compute_dtype(x))  # cast the N tokens once, not their N*K copies
+        xc = x.to(compute_dtype(x))  # cast the N tokens, not their N*K copies
         # One grouped GEMM for all experts on CUDA inference. Not for training: its backward fails on the
         # CPU build here and is unverified on GPU, so gradients go through the per-expert path.
         if x.is_cuda and not torch.is_grad_enabled() and torch.bfloat16 in (xc.dtype, compute_dtype(x)):
-            ys = self._grouped_gemm(xc[token_of].to(torch.bfloat16), counts)
+            row_token, row_weight = order // K, weights.view(-1)[order]
+            ys = self._grouped_gemm(xc[row_token].to(torch.bfloat16), counts)
         else:
-            ys = self._per_expert(xc, token_of, expert_of[order], counts)
-        ys = ys * weights.view(-1)[order].unsqueeze(-1)  # fp32: routed outputs accumulate in fp32 (spec 4.4)
-        return torch.zeros(N, x.shape[-1], device=x.device, dtype=ys.dtype).index_add_(0, token_of, ys)
+            row_token, row_weight, sizes = self._padded_rows(order, expert_of[order], weights.view(-1)[order],
+                                                             counts, K)
+            ys = grouped_swiglu(xc[row_token], self.gate_up_proj, self.down_proj, sizes, xc.dtype)
+        ys = ys * row_weight.unsqueeze(-1)  # fp32: routed outputs accumulate in fp32 (spec 4.4)
+        return torch.zeros(N, x.shape[-1], device=x.device, dtype=ys.dtype).index_add_(0, row_token, ys)
 
-    def _per_expert(self, xc: torch.Tensor, token_of: torch.Tensor, expert_of: torch.Tensor,
-                    counts: torch.Tensor) -> torch.Tensor:
-        """Token copies (sorted by expert) through their experts, each expert's block padded with zero rows to
-        a multiple of EXPERT_ROWS_MULTIPLE. oneDNN (CPU bf16) builds a kernel per matmul shape and the token
-        counts change every step; padded, the shapes repeat (an MoE layer's step: 22.8 vs 29.2 ms steady, 25 vs
-        38 ms in the first steps, benchmarks here). Padding rows are zero in, never read out: exact."""
+    @staticmethod
+    def _padded_rows(order: torch.Tensor, expert_sorted: torch.Tensor, weight_sorted: torch.Tensor,
+                     counts: torch.Tensor, K: int) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+        """Rows of the grouped buffer: which token each reads and its routing weight, with each expert's block
+        padded to a multiple of EXPERT_ROWS_MULTIPLE rows. oneDNN (CPU bf16) builds a kernel per matmul shape
+        and the token counts change every step; padded, the shapes repeat (an MoE layer's step: 22.8 vs 29.2
+        ms steady, 25 vs 38 ms in the first steps, measured here). A padding row reads token 0 with weight 0:
+        it adds nothing to the output and gets no gradient."""
         m = EXPERT_ROWS_MULTIPLE
         padded = (counts + m - 1) // m * m
-        rank = torch.arange(expert_of.numel(), device=xc.device) - (counts.cumsum(0) - counts)[expert_of]
-        slot = (padded.cumsum(0) - padded)[expert_of] + rank
+        rank = torch.arange(order.numel(), device=order.device) - (counts.cumsum(0) - counts)[expert_sorted]
+        slot = (padded.cumsum(0) - padded)[expert_sorted] + rank
         sizes = padded.tolist()
-        xs = xc.new_zeros(sum(sizes), xc.shape[-1]).index_put((slot,), xc[token_of])
-        ys = grouped_swiglu(xs, self.gate_up_proj, self.down_proj, sizes, xc.dtype)
-        return ys[slot]
+        total = sum(sizes)
+        row_token = torch.zeros(total, dtype=order.dtype, device=order.device).index_put_((slot,), order // K)
+        row_weight = weight_sorted.new_zeros(total).index_put((slot,), weight_sorted)
+        return row_token, row_weight, sizes
 
     def _grouped_gemm(self, xs: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
         offs = counts.cumsum(0).to(torch.int32)
