@@ -86,16 +86,17 @@ def cmd_demo(args) -> None:
         t0 = time.perf_counter()
         out = model(prompt, return_stats=True)
         t_fwd = time.perf_counter() - t0
-        ids = prompt
-        t0 = time.perf_counter()
-        for _ in range(args.new_tokens):  # no KV cache here: `nanoseek generate` is the real engine
-            nxt = model(ids)[:, -1].argmax(-1, keepdim=True)
-            ids = torch.cat((ids, nxt), dim=1)
-        t_gen = time.perf_counter() - t0
     print(f"forward over {args.prompt_tokens} tokens: logits {tuple(out.logits.shape)} in {t_fwd * 1e3:.1f} ms")
     print(f"expert load (tokens per expert, first MoE layer): {out.expert_counts[0].tolist()}")
-    print(f"greedy continuation ({args.new_tokens} tokens, {args.new_tokens / t_gen:.1f} tok/s without cache): "
-          f"{ids[0, args.prompt_tokens:].tolist()}")
+    if args.new_tokens:
+        from nanoseek.engine import Engine, SamplingParams
+
+        engine = Engine(model)  # the latent-cache engine `nanoseek generate` uses
+        t0 = time.perf_counter()
+        done = engine.generate(prompt[0].tolist(), SamplingParams(max_new_tokens=args.new_tokens, temperature=0))
+        t_gen = time.perf_counter() - t0
+        print(f"greedy continuation ({args.new_tokens} tokens, latent KV cache "
+              f"{engine.stats.cache_bytes_per_token} B/token, {args.new_tokens / t_gen:.1f} tok/s): {done.token_ids}")
     if args.save:
         path = nanoseek.save_model(model, args.save)
         print(f"wrote Hugging Face checkpoint to {path}")
