@@ -58,9 +58,20 @@ def setup(device: torch.device) -> DistInfo:
     return DistInfo(rank=rank, world_size=world, local_rank=local, device=device)
 
 
-def teardown() -> None:
+def teardown(clean: bool = True) -> None:
+    """Leave the process group. After a finished run (clean) every rank first frees what still references
+    the group (FSDP/DDP state, gloo work objects) and waits for the others: such objects dying during
+    interpreter shutdown need the GIL while Python is torn down, which aborts the process (seen once as a
+    SIGABRT, "terminate called without an active exception", after a finished 2-process run). After an
+    error there is no barrier: the other ranks may never reach it."""
     if dist.is_available() and dist.is_initialized():
+        import gc
+
+        gc.collect()
+        if clean:
+            dist.barrier()
         dist.destroy_process_group()
+        gc.collect()
 
 
 def wrap(model: nn.Module, mode: str, info: DistInfo) -> nn.Module:

@@ -130,6 +130,8 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
                         f"({model_cfg.max_position_embeddings})")
 
     info = D.setup(resolve_device(cfg.device))
+    model = task = None
+    finished = False
     try:
         say = print if info.is_main else (lambda *a, **k: None)
         for k, (old, new) in changes.items():
@@ -151,8 +153,10 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
             train(model, task, cfg, out, info=info, resume=args.resume, write_extra=tok.save, announce=say)
         except TrainingDiverged as e:
             raise UserError(str(e)) from e
+        finished = True
     finally:
-        D.teardown()
+        model = task = None  # drop the wrapped model's references to the group before leaving it
+        D.teardown(clean=finished)
 
 
 def _model_overrides(items: list[str]) -> dict[str, Any]:
