@@ -228,13 +228,6 @@ class Tokenizer:
                 out.append(bytes(decode[c] for c in s))
         return out
 
-    def decode_bytes(self, ids, skip_special_tokens: bool = False) -> bytes:
-        """The raw bytes of `ids`: for streaming, where a token may end inside a multi-byte character."""
-        if hasattr(ids, "tolist"):
-            ids = ids.tolist()
-        raw, special = self._raw_bytes, self._special_set
-        return b"".join(raw[i] for i in ids if not (skip_special_tokens and i in special))
-
     def fingerprint(self) -> str:
         """Stable hash of everything that decides ids: vocabulary, merges, added tokens, pre-tokenization.
 

@@ -16,7 +16,7 @@ from typing import Callable, TextIO
 from nanoseek.engine.engine import Engine
 from nanoseek.engine.sampling import SamplingParams
 
-DIM, BOLD, RESET = "\x1b[2m", "\x1b[1m", "\x1b[0m"
+DIM, RESET = "\x1b[2m", "\x1b[0m"
 THINK, THINK_END = "<think>", "</think>"
 
 HELP = """commands:
