@@ -107,20 +107,9 @@ class _GroupedSwiGLU(torch.autograd.Function):
     def forward(ctx, xs, w13, w2, sizes, dtype):
         I = w2.shape[-1]
         x, w13c, w2c = xs.to(dtype), w13.to(dtype), w2.to(dtype)
-        h13 = x.new_empty(x.shape[0], 2 * I)
-        start = 0
-        for e, n in enumerate(sizes):
-            if n:
-                torch.mm(x[start:start + n], w13c[e].t(), out=h13[start:start + n])
-                start += n
-        gate, up = h13[:, :I], h13[:, I:]
-        act = F.silu(gate) * up
-        out = x.new_empty(x.shape[0], w2.shape[1])
-        start = 0
-        for e, n in enumerate(sizes):
-            if n:
-                torch.mm(act[start:start + n], w2c[e].t(), out=out[start:start + n])
-                start += n
+        h13 = _block_mm(x, w13c, sizes, transpose=True)
+        act = F.silu(h13[:, :I]) * h13[:, I:]
+        out = _block_mm(act, w2c, sizes, transpose=True)
         ctx.save_for_backward(x, h13, act, w13c, w2c)
         ctx.sizes, ctx.dtypes = sizes, (xs.dtype, w13.dtype, w2.dtype)
         return out
@@ -131,33 +120,43 @@ class _GroupedSwiGLU(torch.autograd.Function):
         sizes, (x_dtype, w13_dtype, w2_dtype) = ctx.sizes, ctx.dtypes
         I = w2c.shape[-1]
         g = grad_out.to(x.dtype)
-        grad_act = torch.empty_like(act)
-        grad_w2 = torch.empty_like(w2c)
-        start = 0
-        for e, n in enumerate(sizes):
-            if n:
-                rows = slice(start, start + n)
-                torch.mm(g[rows], w2c[e], out=grad_act[rows])
-                torch.mm(g[rows].t(), act[rows], out=grad_w2[e])
-                start += n
-            else:
-                grad_w2[e].zero_()  # an expert without tokens gets a zero gradient
+        grad_act = _block_mm(g, w2c, sizes, transpose=False)
+        grad_w2 = _block_weight_grads(g, act, sizes, w2c)
         gate, up = h13[:, :I], h13[:, I:]
         grad_h13 = torch.empty_like(h13)
         torch.ops.aten.silu_backward(grad_act * up, gate, grad_input=grad_h13[:, :I])
         torch.mul(grad_act, F.silu(gate), out=grad_h13[:, I:])
-        grad_x = torch.empty_like(x)
-        grad_w13 = torch.empty_like(w13c)
-        start = 0
-        for e, n in enumerate(sizes):
-            if n:
-                rows = slice(start, start + n)
-                torch.mm(grad_h13[rows], w13c[e], out=grad_x[rows])
-                torch.mm(grad_h13[rows].t(), x[rows], out=grad_w13[e])
-                start += n
-            else:
-                grad_w13[e].zero_()
+        grad_x = _block_mm(grad_h13, w13c, sizes, transpose=False)
+        grad_w13 = _block_weight_grads(grad_h13, x, sizes, w13c)
         return grad_x.to(x_dtype), grad_w13.to(w13_dtype), grad_w2.to(w2_dtype), None, None
+
+
+def _blocks(sizes: list[int]):
+    """(expert, its slice of rows) for every expert that has rows."""
+    start = 0
+    for e, n in enumerate(sizes):
+        if n:
+            yield e, slice(start, start + n)
+            start += n
+
+
+def _block_mm(a: torch.Tensor, w: torch.Tensor, sizes: list[int], transpose: bool) -> torch.Tensor:
+    """out[rows of e] = a[rows of e] @ (w[e]^T if transpose else w[e]), into one preallocated buffer."""
+    out = a.new_empty(a.shape[0], w.shape[1] if transpose else w.shape[2])
+    for e, rows in _blocks(sizes):
+        torch.mm(a[rows], w[e].t() if transpose else w[e], out=out[rows])
+    return out
+
+
+def _block_weight_grads(g: torch.Tensor, a: torch.Tensor, sizes: list[int], like: torch.Tensor) -> torch.Tensor:
+    """grad[e] = g[rows of e]^T @ a[rows of e]; zero for experts without rows."""
+    grad = torch.empty_like(like)
+    for e, n in enumerate(sizes):
+        if not n:
+            grad[e].zero_()
+    for e, rows in _blocks(sizes):
+        torch.mm(g[rows].t(), a[rows], out=grad[e])
+    return grad
 
 
 def grouped_swiglu(xs: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, sizes: list[int],
