@@ -4,8 +4,8 @@ Tolerance: the data are identical (the loader splits each global batch across ra
 fp32 sums differs (gradient all-reduce / reduce-scatter vs one batch). With AdamW, per-step losses agree to
 1e-5 relative and gradient norms to 1e-4. Muon orthogonalizes in bf16 (3 significant digits), which turns
 that summation noise into update differences of a few parts per thousand: there losses agree to 1e-4 and
-gradient norms to 1e-3 over the 4 steps (measured: 2e-5 and 2.5e-4). Final weights: relative L2 distance
-below 1e-5 (AdamW) and 3e-3 (Muon).
+gradient norms to 1e-3 over the 4 steps (measured: 2e-5 and 2.5e-4). Weight updates between the step-2 and
+step-4 checkpoints: relative L2 distance below 5e-3 (AdamW) and 6e-2 (Muon).
 """
 
 from __future__ import annotations
@@ -65,14 +65,21 @@ def test_torchrun_two_processes_match_one(data, tmp_path, parallel, optimizer):
     eb = [(e["step"], e["val_loss"]) for e in read_log(multi) if e["event"] == "eval"]
     assert [s for s, _ in eb] == [2, 4] and [v for _, v in eb] == pytest.approx([v for _, v in ea], rel=tol)
 
-    # rank 0 wrote whole (gathered) checkpoints that load as ordinary models
+    # rank 0 wrote whole (gathered) checkpoints that load as ordinary models. Compare what the two runs' optimizers
+    # did between the step-2 and step-4 checkpoints: relative L2 distance of the weight updates (the router biases
+    # move in +-gamma steps and are checked above). Not the distance of the weights themselves: Adam's first steps
+    # are ~lr*sign(g), so an element whose gradient sums to ~0 may move +lr in one run and -lr in the other from
+    # summation order alone (seen: one embedding element, 3e-4), which says nothing about the parallel code.
+    # Measured: 3.6e-4 (AdamW), 1.9e-2 (Muon, bf16 Newton-Schulz); a lost or doubled micro-batch is O(0.1-1).
+    w = {(run_dir, step): load_file(str(run_dir / f"checkpoints/step_{step:07d}/model.safetensors"))
+         for run_dir in (single, multi) for step in (2, STEPS)}
+    assert w[single, STEPS].keys() == w[multi, STEPS].keys()
+    keys = [k for k in w[single, STEPS] if not k.endswith("e_score_correction_bias")]
+    upd = {r: {k: w[r, STEPS][k] - w[r, 2][k] for k in keys} for r in (single, multi)}
+    norm = lambda f: sum((f(k) ** 2).sum() for k in keys) ** 0.5  # noqa: E731
+    dist = norm(lambda k: upd[single][k] - upd[multi][k]) / norm(lambda k: upd[single][k])
+    assert dist < (5e-3 if optimizer == "adamw" else 6e-2), dist
     last = f"checkpoints/step_{STEPS:07d}"
-    wa, wb = load_file(str(single / last / "model.safetensors")), load_file(str(multi / last / "model.safetensors"))
-    assert wa.keys() == wb.keys()
-    # relative L2 distance of all weights (the router biases move in +-gamma steps and are checked above)
-    keys = [k for k in wa if not k.endswith("e_score_correction_bias")]
-    dist = sum(((wa[k] - wb[k]) ** 2).sum() for k in keys) ** 0.5 / sum((wa[k] ** 2).sum() for k in keys) ** 0.5
-    assert dist < (1e-5 if optimizer == "adamw" else 3e-3), dist  # measured 7e-7 (AdamW), 6e-4 (Muon)
     nanoseek.load_model(multi / last)
 
 
