@@ -23,11 +23,12 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from nanoseek.config import ModelConfig
-from nanoseek.io import atomic_dir
+from nanoseek.io import atomic_dir, atomic_write_text
 from nanoseek.model import DeepSeekV3
 
 WEIGHTS_NAME = "model.safetensors"
 INDEX_NAME = "model.safetensors.index.json"
+GENERATION_CONFIG_NAME = "generation_config.json"
 _MODEL_FILE = re.compile(r"^(model(-\d{5}-of-\d{5})?\.safetensors|model\.safetensors\.index\.json|config\.json)$")
 
 
@@ -159,6 +160,20 @@ def write_model_files(model: DeepSeekV3, directory: str | os.PathLike, dtype: to
     stored = dtype or next(model.parameters()).dtype
     d["torch_dtype"] = str(stored).removeprefix("torch.")
     (directory / "config.json").write_text(json.dumps(d, indent=2, sort_keys=True) + "\n")
+    if not (directory / GENERATION_CONFIG_NAME).exists():  # a hub model's own (sampling defaults) is kept
+        write_generation_config(directory, bos_token_id=cfg.bos_token_id, eos_token_ids=cfg.eos_token_ids,
+                                pad_token_id=cfg.pad_token_id)
+
+
+def write_generation_config(directory: str | os.PathLike, *, bos_token_id: int | None,
+                            eos_token_ids: Iterable[int], pad_token_id: int | None = None) -> None:
+    """generation_config.json: the token ids that end generation. transformers' `generate`, vLLM and SGLang
+    stop at these; config.json's single eos_token_id cannot name a chat model's end-of-turn token as well."""
+    eos = list(dict.fromkeys(int(i) for i in eos_token_ids))
+    d = {"_from_model_config": False, "bos_token_id": bos_token_id,
+         "eos_token_id": (eos[0] if len(eos) == 1 else eos) if eos else None, "pad_token_id": pad_token_id}
+    atomic_write_text(Path(directory) / GENERATION_CONFIG_NAME,
+                      json.dumps({k: v for k, v in d.items() if v is not None}, indent=2) + "\n")
 
 
 def save_model(model: DeepSeekV3, path: str | os.PathLike, dtype: torch.dtype | None = None,

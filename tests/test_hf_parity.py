@@ -134,6 +134,21 @@ def test_sharded_export_with_index_round_trips_and_loads_in_transformers(tmp_pat
         assert torch.equal(back(ids, targets=tgt).mtp_losses[0], model(ids, targets=tgt).mtp_losses[0])
 
 
+def test_generation_config_is_written_for_transformers_and_a_hub_one_is_kept(tmp_path):
+    from transformers import GenerationConfig
+
+    model = _ours("qlora-groups-normtopk")
+    model.config.eos_token_id, model.config.pad_token_id = [1, 6], 2
+    save_model(model, tmp_path / "m")
+    gen = GenerationConfig.from_pretrained(tmp_path / "m")
+    assert (gen.bos_token_id, gen.eos_token_id, gen.pad_token_id) == (0, [1, 6], 2)
+    # a hub checkpoint's own generation_config.json (sampling defaults) survives a re-save
+    hub = {"bos_token_id": 0, "eos_token_id": 1, "do_sample": True, "temperature": 0.6, "top_p": 0.95}
+    (tmp_path / "m" / "generation_config.json").write_text(json.dumps(hub))
+    save_model(load_model(tmp_path / "m"), tmp_path / "m")
+    assert json.loads((tmp_path / "m" / "generation_config.json").read_text()) == hub
+
+
 def test_bad_checkpoints_get_precise_errors(tmp_path):
     model = _ours("qlora-groups-normtopk")
     save_model(model, tmp_path / "ok")

@@ -14,6 +14,7 @@ from nanoseek.cli import main as cli
 from nanoseek.config import preset
 from nanoseek.cost import attention_flops_per_token, flops_per_token, measure_matmul_peak, mfu, table_peak
 from nanoseek.model import count_params
+from nanoseek.tokenizer import Tokenizer
 from nanoseek.train.config import TrainConfig, merge_for_resume
 from nanoseek.train.log import read_log
 from nanoseek.train.optim import Muon, build_optimizers, orthogonalize
@@ -78,6 +79,13 @@ def test_pretrain_cli_loss_goes_down_and_writes_checkpoints(data, tmp_path, caps
     model = nanoseek.load_model(final)
     assert model.config.vocab_size == 512
     assert (final / "tokenizer.json").exists() and (final / "tokenizer_config.json").exists()
+    # HF generate / vLLM stop at the chat template's end of turn as well as at end of text
+    from transformers import GenerationConfig
+
+    tok = Tokenizer.load(final)
+    gen = GenerationConfig.from_pretrained(final)
+    assert gen.eos_token_id == [tok.end_id, tok.eos_id]
+    assert (gen.bos_token_id, gen.pad_token_id) == (tok.bos_id, tok.pad_id)
     state = json.loads((final / "train_state" / "state.json").read_text())
     assert state["step"] == 40 and state["format_version"] == 1 and state["train_config"]["optimizer"] == optimizer
 
@@ -100,6 +108,32 @@ def test_grad_accumulation_matches_one_big_batch(data, tmp_path):
     diffs = torch.cat([(wa[k] - wb[k]).abs().flatten() for k in wa])
     assert diffs.max() < 0.02 * 3e-3
     assert (diffs > 1e-6).float().mean() < 1e-3
+
+
+def test_compiled_training_matches_eager(data, tmp_path):
+    """--compile runs the same math through torch.compile: same losses within fp32 kernel-fusion noise, and its
+    checkpoints carry the plain parameter names (they load as ordinary models and resume without --compile).
+    Tolerance 1e-4 relative on loss and grad norm (inductor reorders fp32 sums; measured ~1e-6)."""
+    common = ["pretrain", "--data", str(data), *SHORT, "--steps", "3", "--batch-size", "2", "--dtype", "float32",
+              "--eval-every", "3", "--checkpoint-every", "3"]
+    assert cli([*common, "--out", str(tmp_path / "eager")]) == 0
+    from torch._dynamo.utils import counters
+
+    counters.clear()
+    assert cli([*common, "--out", str(tmp_path / "compiled"), "--compile"]) == 0
+    assert counters["stats"]["unique_graphs"] > 0  # the flag really compiled the model
+    a, b = train_records(tmp_path / "eager"), train_records(tmp_path / "compiled")
+    assert [r["step"] for r in b] == [1, 2, 3]
+    for ra, rb in zip(a, b, strict=True):
+        assert rb["loss"] == pytest.approx(ra["loss"], rel=1e-4)
+        assert rb["grad_norm"] == pytest.approx(ra["grad_norm"], rel=1e-4)
+    assert read_log(tmp_path / "compiled")[0]["config"]["compile"] is True
+    ckpt = tmp_path / "compiled" / "checkpoints" / "step_0000003"
+    assert not any("_orig_mod" in k for k in load_file(str(ckpt / "model.safetensors")))
+    nanoseek.load_model(ckpt)
+    assert cli(["pretrain", "--data", str(data), "--out", str(tmp_path / "compiled"), "--resume", "--steps", "4",
+                "--no-compile"]) == 0
+    assert [r["step"] for r in train_records(tmp_path / "compiled")] == [1, 2, 3, 4]
 
 
 def test_divergence_stops_with_clear_message_and_keeps_last_checkpoint(data, tmp_path, capsys):

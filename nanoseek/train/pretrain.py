@@ -150,13 +150,23 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
             f"{model.config.vocab_size}; data: {data}; device: {info.device} x {info.world_size}, {cfg.dtype}")
         task = PretrainTask(data, cfg, device=info.device, rank=info.rank, world_size=info.world_size, tokenizer=tok)
         try:
-            train(model, task, cfg, out, info=info, resume=args.resume, write_extra=tok.save, announce=say)
+            train(model, task, cfg, out, info=info, resume=args.resume,
+                  write_extra=lambda d: _write_tokenizer(tok, d), announce=say)
         except TrainingDiverged as e:
             raise UserError(str(e)) from e
         finished = True
     finally:
         model = task = None  # drop the wrapped model's references to the group before leaving it
         D.teardown(clean=finished)
+
+
+def _write_tokenizer(tok, directory: Path) -> None:
+    """Every checkpoint carries its tokenizer, and a generation_config.json that stops at the chat template's
+    end of turn as well as at end of text (HF generate, vLLM and SGLang read it)."""
+    from nanoseek.hf import write_generation_config
+
+    tok.save(directory)
+    write_generation_config(directory, bos_token_id=tok.bos_id, eos_token_ids=tok.stop_ids, pad_token_id=tok.pad_id)
 
 
 def _model_overrides(items: list[str]) -> dict[str, Any]:
