@@ -1,10 +1,13 @@
 """Text in and out: UTF-8 characters split across tokens, stop strings split across tokens (never emitted,
 held back while streaming), chat prompts, and loading a checkpoint directory with its tokenizer."""
 
+import json
+
 import pytest
 import torch
 
 import nanoseek
+from nanoseek.cli import main as cli
 from nanoseek.config import preset
 from nanoseek.engine import Engine, SamplingParams
 from nanoseek.engine.detokenize import TextStream
@@ -115,3 +118,26 @@ def test_checkpoint_dir_with_tokenizer_and_chat_prompt(tok, model, tmp_path):
     bf16 = Engine.load(tmp_path / "ckpt", dtype=torch.bfloat16)
     assert bf16.dtype == torch.bfloat16
     assert len(bf16.generate(ids, SamplingParams(max_new_tokens=5, temperature=0)).token_ids) == 5
+
+
+def test_generation_config_stop_ids_end_generation(tok, model, tmp_path, capsys):
+    """A checkpoint's generation_config.json names the stop ids (as HF generate and vLLM read them); a broken
+    one is a clear error through `nanoseek generate`, not a traceback."""
+    nanoseek.save_model(model, tmp_path / "ckpt")
+    tok.save(tmp_path / "ckpt")
+    prompt = tok.encode("def main():")
+    free = Engine.load(tmp_path / "ckpt").generate(prompt, SamplingParams(max_new_tokens=6, temperature=0,
+                                                                          ignore_eos=True)).token_ids
+    stop_ids = {tok.eos_id, free[3]}
+    gen = tmp_path / "ckpt" / "generation_config.json"
+    gen.write_text(json.dumps({"eos_token_id": sorted(stop_ids)}))
+    eng = Engine.load(tmp_path / "ckpt")
+    stop_ids |= set(tok.stop_ids)  # the tokenizer's end of turn stops as well
+    assert eng.eos_ids == stop_ids
+    out = eng.generate(prompt, SamplingParams(max_new_tokens=6, temperature=0))
+    first = min(i for i, t in enumerate(free) if t in stop_ids)  # <= 3
+    assert out.finish_reason == "stop" and out.token_ids == free[:first + 1]
+    gen.write_text('{"eos_token_id": "end"}')
+    assert cli(["generate", "--checkpoint", str(tmp_path / "ckpt"), "--prompt", "x"]) == 2
+    assert "generation_config.json is not a valid generation config" in capsys.readouterr().err
+

@@ -55,7 +55,10 @@ def _load_engine(args):
     except EngineError as e:
         raise UserError(f"--checkpoint {e}") from None
     device, dtype = resolve_device(args.device), resolve_dtype(args.dtype)
-    engine = Engine.load(ckpt, dtype=dtype, device=device, compile=args.compile)
+    try:
+        engine = Engine.load(ckpt, dtype=dtype, device=device, compile=args.compile)
+    except EngineError as e:
+        raise UserError(f"--checkpoint {e}") from None
     if args.speculative and not len(engine.model.mtp):
         raise UserError(f"--speculative needs an MTP module and {ckpt} has none (num_nextn_predict_layers = 0)")
     return engine

@@ -14,6 +14,7 @@ drafts k tokens with the model's MTP module and verifies them in one forward (na
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -114,20 +115,24 @@ class _Seq:
 
 class Engine:
     def __init__(self, model, tokenizer=None, *, prefill_tokens: int = 8192, compile: bool = False,
-                 draft_vocab: int | None = None):
+                 draft_vocab: int | None = None, eos_token_ids: Sequence[int] | None = None):
         """compile: run the decode step through torch.compile (fewer, fused kernels: about 1.5x faster decoding
         on CPU; the first step of each new batch shape compiles, which takes seconds to a minute).
         draft_vocab: speculative drafts choose among token ids below this (default max(1024, vocab / 8)): the
         draft's output head is a large share of its cost, and the low BPE ids carry most of what drafts get
-        right; the output stays exact whatever the draft (nanoseek.engine.speculative)."""
+        right; the output stays exact whatever the draft (nanoseek.engine.speculative).
+        eos_token_ids: the ids that end generation unless a request sets ignore_eos (default: config.json's
+        eos_token_id; `load` takes generation_config.json's when the checkpoint has one, as HF generate does),
+        together with a nanoseek tokenizer's stop ids (<|end|>, <|eos|>)."""
         self.model = model  # the cached path has no dropout or statistics: train/eval mode does not matter
         self.config = model.config
         self.tokenizer = tokenizer
         self.prefill_tokens = prefill_tokens
         p = model.model.embed_tokens.weight
         self.device, self.dtype = p.device, p.dtype
-        stop = getattr(tokenizer, "stop_ids", None)
-        self.eos_ids = set(stop) if stop is not None else set(self.config.eos_token_ids)
+        # a nanoseek tokenizer's end of turn always stops: a chat model trained on its template ends answers there
+        self.eos_ids = set(eos_token_ids if eos_token_ids is not None else self.config.eos_token_ids)
+        self.eos_ids |= set(getattr(tokenizer, "stop_ids", ()))
         self.stats = RunStats()
         self.compiled = compile
         V = self.config.vocab_size
@@ -143,6 +148,7 @@ class Engine:
 
         path = resolve_checkpoint(path)
         model = load_model(path, dtype=dtype, device=device)
+        kwargs.setdefault("eos_token_ids", generation_eos_ids(path))
         return cls(model, load_tokenizer(path), **kwargs)
 
     # ---- public API ------------------------------------------------------------------------------------
@@ -417,6 +423,21 @@ def resolve_checkpoint(path: str | Path) -> Path:
                               f"directory from {pointer.parent} instead")
     raise EngineError(f"{path}: no config.json there (nor a training run's checkpoints/latest); point to a "
                       "nanoseek or Hugging Face model directory")
+
+
+def generation_eos_ids(path: str | Path) -> list[int] | None:
+    """The stop ids of a checkpoint's generation_config.json (what HF generate and vLLM stop at), or None when
+    it has none or names no eos_token_id."""
+    file = Path(path) / "generation_config.json"
+    if not file.is_file():
+        return None
+    try:
+        eos = json.loads(file.read_text()).get("eos_token_id")
+        ids = None if eos is None else [int(eos)] if isinstance(eos, int) else [int(i) for i in eos]
+    except (ValueError, TypeError, AttributeError) as e:
+        raise EngineError(f"{file} is not a valid generation config ({e}); fix its eos_token_id or delete "
+                          "the file (the tokenizer's or config.json's stop ids are used then)") from None
+    return ids
 
 
 def load_tokenizer(path: str | Path):
