@@ -50,14 +50,11 @@ def _load_engine(args):
     from nanoseek.engine import Engine, EngineError
     from nanoseek.engine.engine import resolve_checkpoint
 
-    try:
-        ckpt = resolve_checkpoint(args.checkpoint)
-    except EngineError as e:
-        raise UserError(f"--checkpoint {e}") from None
     device, dtype = resolve_device(args.device), resolve_dtype(args.dtype)
     try:
+        ckpt = resolve_checkpoint(args.checkpoint)
         engine = Engine.load(ckpt, dtype=dtype, device=device, compile=args.compile)
-    except EngineError as e:
+    except EngineError as e:  # no model there, or a malformed generation_config.json
         raise UserError(f"--checkpoint {e}") from None
     if args.speculative and not len(engine.model.mtp):
         raise UserError(f"--speculative needs an MTP module and {ckpt} has none (num_nextn_predict_layers = 0)")
