@@ -16,9 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-
-class ConfigError(ValueError):
-    """A config value that cannot describe a DeepSeek-V3 model; the message names the field."""
+from nanoseek.errors import ConfigError
 
 
 @dataclass
@@ -98,7 +96,7 @@ class ModelConfig:
     def validate(self) -> "ModelConfig":
         def need(cond: bool, name: str, msg: str) -> None:
             if not cond:
-                raise ConfigError(f"config field '{name}': {msg}")
+                raise ConfigError(f"config field '{name}': {msg}", param=name)
 
         for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
                      "kv_lora_rank", "qk_rope_head_dim", "v_head_dim", "qk_nope_head_dim"):

@@ -23,6 +23,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from nanoseek.config import ModelConfig
+from nanoseek.errors import CheckpointError
 from nanoseek.io import atomic_dir, atomic_write_text
 from nanoseek.model import DeepSeekV3
 
@@ -30,10 +31,6 @@ WEIGHTS_NAME = "model.safetensors"
 INDEX_NAME = "model.safetensors.index.json"
 GENERATION_CONFIG_NAME = "generation_config.json"
 _MODEL_FILE = re.compile(r"^(model(-\d{5}-of-\d{5})?\.safetensors|model\.safetensors\.index\.json|config\.json)$")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be loaded; the message says what is wrong and how to fix it."""
 
 
 # ---- name mapping ----------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ from typing import Iterable
 
 import numpy as np
 
-from nanoseek.cli import UserError
+from nanoseek.errors import TokenizerError
 from nanoseek.io import atomic_write_text
 
 FORMAT_VERSION = 1
@@ -56,10 +56,6 @@ CHAT_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>{% endif %}"
 )
-
-
-class TokenizerError(UserError, ValueError):
-    """A tokenizer that cannot be trained, loaded or used as asked; the message says how to fix it."""
 
 
 def byte_to_unicode() -> dict[int, str]:

@@ -14,7 +14,8 @@ import nanoseek
 from nanoseek.cli import main
 from nanoseek.config import preset
 from nanoseek.engine import Delta, Engine, SamplingParams
-from nanoseek.engine.chat import DIM, ChatSession, ReasoningSplitter
+from nanoseek.cli.chat import DIM, ChatSession
+from nanoseek.engine.reasoning import ReasoningSplitter
 from nanoseek.tokenizer import Tokenizer
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from nanoseek import cli
+from nanoseek.errors import UserError
 from nanoseek.tokenizer import SPECIAL_TOKENS, Tokenizer, TokenizerError
 
 UNICODE = [
@@ -217,5 +218,5 @@ def test_load_errors_are_clear(tmp_path):
     bad.write_text("{not json")
     with pytest.raises(TokenizerError, match="cannot read"):
         Tokenizer.load(tmp_path)
-    assert isinstance(TokenizerError("x"), cli.UserError)
+    assert isinstance(TokenizerError("x"), UserError)
     assert os.listdir(tmp_path) == ["tokenizer.json"]

@@ -25,7 +25,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from nanoseek.data.errors import DataError
+from nanoseek.errors import DataError
 from nanoseek.data.shards import check_tokenizer, open_split, read_manifest
 
 STATE_VERSION = 1

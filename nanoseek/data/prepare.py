@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from nanoseek.data.errors import DataError
+from nanoseek.errors import DataError
 from nanoseek.data.shards import FORMAT, MANIFEST, SPLITS, VERSION, ShardWriter, token_dtype, write_manifest
 from nanoseek.data.sources import Corpus, ReadOptions
 from nanoseek.io import atomic_dir

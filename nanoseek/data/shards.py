@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nanoseek.data.errors import DataError
+from nanoseek.errors import DataError
 from nanoseek.io import atomic_write_text
 
 FORMAT = "nanoseek-token-shards"

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Iterator
 
-from nanoseek.data.errors import DataError
+from nanoseek.errors import DataError
 
 TEXT_UNITS = ("file", "paragraph", "line")
 JSONL_SUFFIXES = (".jsonl", ".ndjson", ".jsonl.gz", ".ndjson.gz")

@@ -12,10 +12,7 @@ from __future__ import annotations
 import torch
 
 from nanoseek.config import ModelConfig
-
-
-class ContextLengthError(ValueError):
-    """A request that does not fit the model's context; the message gives the numbers."""
+from nanoseek.errors import ContextLengthError
 
 
 class LatentCache:

@@ -22,14 +22,11 @@ from typing import Iterator, Sequence
 
 import torch
 
-from nanoseek.engine.cache import ContextLengthError, LatentCache
+from nanoseek.engine.cache import LatentCache
 from nanoseek.engine.detokenize import TextStream
 from nanoseek.engine.sampling import Sampler, SamplingError, SamplingParams, TokenLogprob, token_logprobs
 from nanoseek.engine.speculative import draft_budget, mtp_step, speculative_round, verify_step
-
-
-class EngineError(ValueError):
-    """A request the engine cannot serve as asked (empty prompt, text without a tokenizer, ...)."""
+from nanoseek.errors import ContextLengthError, EngineError, SamplingError
 
 
 @dataclass

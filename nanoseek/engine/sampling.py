@@ -13,9 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-
-class SamplingError(ValueError):
-    """A sampling parameter out of range; the message names it and the accepted range."""
+from nanoseek.errors import SamplingError
 
 
 @dataclass

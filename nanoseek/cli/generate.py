@@ -8,14 +8,14 @@ import os
 import sys
 from pathlib import Path
 
-from nanoseek.cli import UserError, add_device_args, nonneg_int, positive_int, resolve_device, resolve_dtype
+from nanoseek.cli.common import UserError, add_device_args, nonneg_int, positive_int, resolve_device, resolve_dtype
 
 FORMAT_VERSION = 1  # of the JSONL records `nanoseek generate` writes
 
 
 
 
-def _add_sampling_args(p: argparse.ArgumentParser, temperature: float, max_tokens: int) -> None:
+def add_sampling_args(p: argparse.ArgumentParser, temperature: float, max_tokens: int) -> None:
     g = p.add_argument_group("sampling")
     g.add_argument("--max-tokens", "--max-new-tokens", dest="max_tokens", type=positive_int, default=max_tokens,
                    help=f"new tokens per answer at most (default {max_tokens}); prompt + this must fit the context")
@@ -34,7 +34,7 @@ def _add_sampling_args(p: argparse.ArgumentParser, temperature: float, max_token
                         "(tens of seconds per new batch shape)")
 
 
-def _params(args, **extra):
+def sampling_params(args, **extra):
     from nanoseek.engine import SamplingError, SamplingParams
 
     try:
@@ -46,7 +46,7 @@ def _params(args, **extra):
         raise UserError(str(e)) from None
 
 
-def _load_engine(args):
+def load_engine(args):
     from nanoseek.engine import Engine, EngineError
     from nanoseek.engine.engine import resolve_checkpoint
 
@@ -126,8 +126,8 @@ def cmd_generate(args) -> None:
     from nanoseek.engine import ContextLengthError, EngineError
 
     items = _read_prompts(args)
-    params = _params(args, stop=args.stop or [], logprobs=args.logprobs, prompt_logprobs=args.prompt_logprobs)
-    engine = _load_engine(args)
+    params = sampling_params(args, stop=args.stop or [], logprobs=args.logprobs, prompt_logprobs=args.prompt_logprobs)
+    engine = load_engine(args)
     if engine.tokenizer is None:
         raise UserError(f"{args.checkpoint} has no tokenizer.json: text prompts need one (copy the tokenizer "
                         "directory's files into the checkpoint)")
@@ -179,37 +179,6 @@ def cmd_generate(args) -> None:
 
 
 # ---- chat ------------------------------------------------------------------------------------------------
-def cmd_chat(args) -> None:
-    """Interactive chat with streaming output (see nanoseek.engine.chat for the keys and commands)."""
-    from nanoseek.engine import ContextLengthError, EngineError
-    from nanoseek.engine.chat import ChatSession
-
-    params = _params(args, skip_special_tokens=False)  # keep <think> / </think> in the text to split on
-    engine = _load_engine(args)
-    if not hasattr(engine.tokenizer, "render_chat"):
-        raise UserError(f"{args.checkpoint} has no nanoseek tokenizer (tokenizer.json with the chat special "
-                        "tokens); chat needs its template. Use `nanoseek generate` for plain text completion")
-    color = args.color == "always" or (args.color == "auto" and sys.stdout.isatty() and not os.environ.get("NO_COLOR"))
-    session = ChatSession(engine, params, system=args.system, speculative=args.speculative, color=color)
-    interactive = sys.stdin.isatty()
-    if interactive:
-        session.note(f"nanoseek chat with {args.checkpoint} ({args.dtype}); /help for commands, Ctrl-D to leave")
-
-    def read_line(prompt: str) -> str:
-        if interactive:
-            return input(prompt)
-        line = sys.stdin.readline()
-        if not line:
-            raise EOFError
-        sys.stdout.write(prompt + line)  # echo scripted input so the transcript reads like a session
-        return line.rstrip("\n")
-
-    try:
-        session.run(read_line)
-    except (EngineError, ContextLengthError) as e:
-        raise UserError(f"{e} (use /clear to start over)") from None
-
-
 def register(sub) -> None:
     p = sub.add_parser("generate", help="generate from prompts (args, file or stdin) and write JSONL",
                        description=cmd_generate.__doc__)
@@ -227,18 +196,6 @@ def register(sub) -> None:
     p.add_argument("--prompt-logprobs", type=nonneg_int, default=None, metavar="N", help="the same for prompt tokens")
     p.add_argument("--batch-size", type=positive_int, default=16, help="prompts decoded together (default 16)")
     p.add_argument("--output", "-o", help="write the JSONL here (atomically) instead of stdout")
-    _add_sampling_args(p, temperature=1.0, max_tokens=128)
+    add_sampling_args(p, temperature=1.0, max_tokens=128)
     add_device_args(p)
     p.set_defaults(func=cmd_generate)
-
-    p = sub.add_parser("chat", help="interactive chat in the terminal (streaming, reasoning dimmed)",
-                       description=cmd_chat.__doc__)
-    p.add_argument("--checkpoint", required=True,
-                   help="model directory with a nanoseek tokenizer, or a training run directory (its latest "
-                        "checkpoint)")
-    p.add_argument("--system", help="system prompt")
-    p.add_argument("--color", default="auto", choices=["auto", "always", "never"],
-                   help="ANSI styling (reasoning dimmed); auto: when stdout is a terminal")
-    _add_sampling_args(p, temperature=0.7, max_tokens=1024)
-    add_device_args(p)
-    p.set_defaults(func=cmd_chat)

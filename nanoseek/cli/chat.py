@@ -1,4 +1,4 @@
-"""The interactive terminal chat behind `nanoseek chat`.
+"""`nanoseek chat`: the interactive terminal chat.
 
 Streaming answers; reasoning between <think> and </think> is shown dimmed apart from the answer and not fed
 back into later turns (DeepSeek-R1's practice: earlier chains of thought are dropped from the context).
@@ -9,15 +9,18 @@ Ctrl-C stops the answer being written and returns to the prompt; Ctrl-D or /quit
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 import time
 from typing import Callable, TextIO
 
+from nanoseek.cli.common import UserError, add_device_args
+from nanoseek.cli.generate import add_sampling_args, load_engine, sampling_params
 from nanoseek.engine.engine import Engine
+from nanoseek.engine.reasoning import ReasoningSplitter
 from nanoseek.engine.sampling import SamplingParams
 
 DIM, RESET = "\x1b[2m", "\x1b[0m"
-THINK, THINK_END = "<think>", "</think>"
 
 HELP = """commands:
   /clear              forget the conversation (keeps the system prompt)
@@ -27,28 +30,6 @@ HELP = """commands:
   /quit               leave (or Ctrl-D)
 input: end a line with \\ to continue on the next line, or put \"\"\" on a line alone to start and end a block.
 Ctrl-C stops the current answer."""
-
-
-class ReasoningSplitter:
-    """Routes streamed text to 'reasoning' or 'answer' at the <think> / </think> tags. The tags are special
-    tokens, so each arrives whole inside one piece of text; a piece may hold text on both sides of one."""
-
-    def __init__(self, thinking: bool = False):
-        self.thinking = thinking
-
-    def feed(self, text: str) -> list[tuple[str, str]]:
-        out = []
-        while text:
-            tag = THINK_END if self.thinking else THINK
-            i = text.find(tag)
-            if i < 0:
-                out.append(("reasoning" if self.thinking else "answer", text))
-                break
-            if i:
-                out.append(("reasoning" if self.thinking else "answer", text[:i]))
-            self.thinking = not self.thinking
-            text = text[i + len(tag):]
-        return out
 
 
 class ChatSession:
@@ -176,3 +157,47 @@ def read_message(read_line: Callable[[str], str]) -> str:
         lines[-1] = lines[-1][:-1]
         lines.append(read_line("... "))
     return "\n".join(lines)
+
+
+def cmd_chat(args) -> None:
+    """Interactive chat with streaming output (see nanoseek.engine.chat for the keys and commands)."""
+    from nanoseek.engine import ContextLengthError, EngineError
+
+    params = sampling_params(args, skip_special_tokens=False)  # keep <think> / </think> in the text to split on
+    engine = load_engine(args)
+    if not hasattr(engine.tokenizer, "render_chat"):
+        raise UserError(f"{args.checkpoint} has no nanoseek tokenizer (tokenizer.json with the chat special "
+                        "tokens); chat needs its template. Use `nanoseek generate` for plain text completion")
+    color = args.color == "always" or (args.color == "auto" and sys.stdout.isatty() and not os.environ.get("NO_COLOR"))
+    session = ChatSession(engine, params, system=args.system, speculative=args.speculative, color=color)
+    interactive = sys.stdin.isatty()
+    if interactive:
+        session.note(f"nanoseek chat with {args.checkpoint} ({args.dtype}); /help for commands, Ctrl-D to leave")
+
+    def read_line(prompt: str) -> str:
+        if interactive:
+            return input(prompt)
+        line = sys.stdin.readline()
+        if not line:
+            raise EOFError
+        sys.stdout.write(prompt + line)  # echo scripted input so the transcript reads like a session
+        return line.rstrip("\n")
+
+    try:
+        session.run(read_line)
+    except (EngineError, ContextLengthError) as e:
+        raise UserError(f"{e} (use /clear to start over)") from None
+
+
+def register(sub) -> None:
+    p = sub.add_parser("chat", help="interactive chat in the terminal (streaming, reasoning dimmed)",
+                       description=cmd_chat.__doc__)
+    p.add_argument("--checkpoint", required=True,
+                   help="model directory with a nanoseek tokenizer, or a training run directory (its latest "
+                        "checkpoint)")
+    p.add_argument("--system", help="system prompt")
+    p.add_argument("--color", default="auto", choices=["auto", "always", "never"],
+                   help="ANSI styling (reasoning dimmed); auto: when stdout is a terminal")
+    add_sampling_args(p, temperature=0.7, max_tokens=1024)
+    add_device_args(p)
+    p.set_defaults(func=cmd_chat)

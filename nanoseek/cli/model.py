@@ -1,55 +1,12 @@
-"""The `nanoseek` command.
-
-Each pipeline stage registers its own subcommands through a `register(subparsers)` function that lives
-next to its code; this module only assembles the parser, resolves common options and turns user errors
-into one clear line and a non-zero exit.
-"""
+"""`nanoseek demo`, `nanoseek info` and `nanoseek convert`: look at a model, import a checkpoint."""
 
 from __future__ import annotations
 
-import argparse
-import sys
 import time
-from typing import Callable
 
 import nanoseek
+from nanoseek.cli.common import DTYPES, add_device_args, nonneg_int, positive_int, resolve_device, resolve_dtype
 
-EXIT_USAGE = 2
-
-
-class UserError(Exception):
-    """An error the user can fix (bad flag value, missing file); printed without a traceback."""
-
-
-# ---- options every command shares --------------------------------------------------------------------
-DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
-          "float16": "float16", "fp16": "float16"}
-
-
-def add_device_args(p: argparse.ArgumentParser, dtype_default: str = "float32") -> None:
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
-                   help="where to run (auto: cuda when available, else cpu)")
-    p.add_argument("--dtype", default=dtype_default, choices=sorted(DTYPES),
-                   help=f"weights/compute dtype (default {dtype_default})")
-
-
-def resolve_device(name: str):
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda was asked for but no CUDA device is available; use --device cpu")
-    return torch.device(name)
-
-
-def resolve_dtype(name: str):
-    import torch
-
-    return getattr(torch, DTYPES[name])
-
-
-# ---- model subcommands -----------------------------------------------------------------------------------
 def _build_or_load(args):
     import torch
 
@@ -162,72 +119,3 @@ def register(sub) -> None:
     p.add_argument("--dtype", default="bfloat16", choices=sorted(DTYPES))
     p.add_argument("--max-shard-gb", type=float, default=5.0, help="shard size of the written safetensors")
     p.set_defaults(func=cmd_convert)
-
-
-def positive_int(s: str) -> int:
-    """argparse type: an integer > 0, with a message naming the bad value."""
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {s!r}") from None
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {s}")
-    return v
-
-
-def nonneg_int(s: str) -> int:
-    """argparse type: an integer >= 0."""
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {s!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {s}")
-    return v
-
-
-# ---- assembly ----------------------------------------------------------------------------------------------
-def _registrars() -> list[Callable]:
-    """Every stage's `register(subparsers)`; add a stage's here when it gains commands."""
-    from nanoseek.data.cli import register as register_data  # tokenizer train, data prepare/info
-    from nanoseek.train.pretrain import register as register_train  # pretrain
-    from nanoseek.engine.cli import register as register_engine  # generate, chat
-    return [register, register_data, register_train, register_engine]
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="nanoseek",
-        description="Train, RL-tune and serve DeepSeek-V3-architecture models on a budget.",
-    )
-    parser.add_argument("--version", action="version", version=f"nanoseek {nanoseek.__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for reg in _registrars():
-        reg(sub)
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return EXIT_USAGE
-    from nanoseek.config import ConfigError
-    from nanoseek.hf import CheckpointError
-    from nanoseek.runtime import tune_allocator
-
-    tune_allocator()
-    try:
-        args.func(args)
-    except (UserError, ConfigError, CheckpointError, FileNotFoundError) as e:
-        print(f"nanoseek {args.command}: error: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

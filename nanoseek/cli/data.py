@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from nanoseek.cli import nonneg_int, positive_int
+from nanoseek.cli.common import UserError, nonneg_int, positive_int
 
 
 def _add_read_args(p: argparse.ArgumentParser) -> None:
@@ -33,7 +33,6 @@ def cmd_tokenizer_train(args) -> None:
     """Train a byte-level BPE tokenizer (HF tokenizers) with nanoseek's special tokens and chat template."""
     from tqdm import tqdm
 
-    from nanoseek.cli import UserError
     from nanoseek.data.sources import Corpus
     from nanoseek.tokenizer import Tokenizer
 

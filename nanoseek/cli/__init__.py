@@ -1,0 +1,49 @@
+"""The `nanoseek` command: a layer on top of the library that nothing in the library imports.
+
+One module per stage's subcommands, each with a `register(subparsers)`; this one assembles the parser and
+turns every `nanoseek.errors.UserError` into one clear line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import nanoseek
+from nanoseek.errors import UserError
+
+EXIT_USAGE = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from nanoseek.cli import chat, data, generate, model, train
+
+    parser = argparse.ArgumentParser(
+        prog="nanoseek",
+        description="Train, RL-tune and serve DeepSeek-V3-architecture models on a budget.",
+    )
+    parser.add_argument("--version", action="version", version=f"nanoseek {nanoseek.__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for stage in (model, data, train, generate, chat):
+        stage.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return EXIT_USAGE
+    from nanoseek.runtime import tune_allocator
+
+    tune_allocator()
+    try:
+        args.func(args)
+    except (UserError, FileNotFoundError) as e:
+        print(f"nanoseek {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0

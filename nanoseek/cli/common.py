@@ -1,0 +1,56 @@
+"""What every subcommand shares: device and dtype options, argparse types, the user-error type it raises."""
+
+from __future__ import annotations
+
+import argparse
+
+from nanoseek.errors import UserError
+
+DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
+          "float16": "float16", "fp16": "float16"}
+
+
+def add_device_args(p: argparse.ArgumentParser, dtype_default: str = "float32") -> None:
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="where to run (auto: cuda when available, else cpu)")
+    p.add_argument("--dtype", default=dtype_default, choices=sorted(DTYPES),
+                   help=f"weights/compute dtype (default {dtype_default})")
+
+
+def resolve_device(name: str):
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda was asked for but no CUDA device is available; use --device cpu")
+    return torch.device(name)
+
+
+def resolve_dtype(name: str):
+    import torch
+
+    return getattr(torch, DTYPES[name])
+
+
+
+def positive_int(s: str) -> int:
+    """argparse type: an integer > 0, with a message naming the bad value."""
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {s!r}") from None
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {s}")
+    return v
+
+
+def nonneg_int(s: str) -> int:
+    """argparse type: an integer >= 0."""
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {s!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {s}")
+    return v

@@ -1,0 +1,136 @@
+"""`nanoseek pretrain`: pretrain a model on prepared token shards (one process or torchrun)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from nanoseek.cli.common import UserError, resolve_device
+
+def cmd_pretrain(args: argparse.Namespace) -> None:
+    """Pretrain a DeepSeek-V3-architecture model on token shards from `nanoseek data prepare`.
+
+    Writes RUN/log.jsonl (one JSON object per step, evaluation and checkpoint) and RUN/checkpoints/step_N/
+    (Hugging Face model directories with the tokenizer and a train_state/ folder; RUN/checkpoints/latest names
+    the newest). Under torchrun every process runs this command; rank 0 logs and writes.
+    """
+    from nanoseek.config import ModelConfig, preset
+    from nanoseek.model import DeepSeekV3, count_params
+    from nanoseek.tokenizer import Tokenizer
+    from nanoseek.train import distributed as D
+    from nanoseek.train.checkpoint import latest_checkpoint, saved_train_config
+    from nanoseek.train.config import config_from_args, given_settings, merge_for_resume
+    from nanoseek.train.loop import TrainingDiverged, train
+    from nanoseek.train.pretrain import PretrainTask, write_tokenizer_files
+
+    data, out = Path(args.data), Path(args.out)
+    if args.model and (args.resume or args.init_from):
+        raise UserError("--model overrides the --preset of a new model; it cannot change a resumed or --init-from one")
+    if not data.is_dir():
+        raise UserError(f"--data {data} is not a directory; create it with `nanoseek data prepare --input TEXT "
+                        f"--tokenizer TOK --output {data}`")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; give a directory for the run")
+    tok = Tokenizer.load(data / "tokenizer")
+    ckpt = latest_checkpoint(out)
+    try:
+        if args.resume:
+            if ckpt is None:
+                raise UserError(f"--resume: {out} has no checkpoint to resume from; drop --resume to start a new run")
+            cfg, changes = merge_for_resume(saved_train_config(ckpt), given_settings(args))
+            model_cfg = ModelConfig.load(ckpt)
+        else:
+            if ckpt is not None:
+                raise UserError(f"--out {out} already holds a training run ({ckpt.name}); pass --resume to continue "
+                                "it, or choose a new --out")
+            cfg, changes = config_from_args(args), {}
+            if args.init_from:
+                model_cfg = ModelConfig.load(args.init_from)
+            else:
+                model_cfg = preset(args.preset, **{**_model_overrides(args.model), "vocab_size": tok.vocab_size,
+                                                   "bos_token_id": tok.bos_id, "eos_token_id": tok.eos_id,
+                                                   "pad_token_id": tok.pad_id})
+    except ValueError as e:  # TrainConfig / resume-merge validation: the message names the flag
+        raise UserError(str(e)) from e
+    if model_cfg.vocab_size < tok.vocab_size:
+        raise UserError(f"the model's vocab_size ({model_cfg.vocab_size}) is smaller than the data's tokenizer "
+                        f"({tok.vocab_size}); use a checkpoint trained with this tokenizer")
+    if cfg.seq_len > model_cfg.max_position_embeddings:
+        raise UserError(f"--seq-len {cfg.seq_len} exceeds the model's max_position_embeddings "
+                        f"({model_cfg.max_position_embeddings})")
+
+    info = D.setup(resolve_device(cfg.device))
+    model = task = None
+    finished = False
+    try:
+        say = print if info.is_main else (lambda *a, **k: None)
+        for k, (old, new) in changes.items():
+            say(f"resume: --{k.replace('_', '-')} {old} -> {new}")
+        torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+        if args.init_from and not args.resume:
+            from nanoseek.hf import load_model
+
+            model = load_model(args.init_from, dtype=torch.float32)
+            source = args.init_from
+        else:
+            model = DeepSeekV3(model_cfg)
+            source = f"preset {args.preset}" if not args.resume else str(ckpt)
+        pc = count_params(model.config)
+        say(f"model: {source}: {pc.total / 1e6:.2f}M parameters ({pc.active / 1e6:.2f}M active), vocab "
+            f"{model.config.vocab_size}; data: {data}; device: {info.device} x {info.world_size}, {cfg.dtype}")
+        task = PretrainTask(data, cfg, device=info.device, rank=info.rank, world_size=info.world_size, tokenizer=tok)
+        try:
+            train(model, task, cfg, out, info=info, resume=args.resume,
+                  write_extra=lambda d: write_tokenizer_files(tok, d), announce=say)
+        except TrainingDiverged as e:
+            raise UserError(str(e)) from e
+        finished = True
+    finally:
+        model = task = None  # drop the wrapped model's references to the group before leaving it
+        D.teardown(clean=finished)
+
+
+def _model_overrides(items: list[str]) -> dict[str, Any]:
+    """--model KEY=VALUE pairs -> ModelConfig overrides; values are JSON (numbers, null, true) or plain strings."""
+    import dataclasses
+    import json
+
+    from nanoseek.config import ModelConfig
+
+    fields = {f.name for f in dataclasses.fields(ModelConfig)} - {"extra", "vocab_size"}
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or key not in fields:
+            raise UserError(f"--model {item!r}: expected KEY=VALUE with KEY a ModelConfig field (e.g. "
+                            "num_nextn_predict_layers=0); vocab_size always comes from the tokenizer")
+        try:
+            out[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key] = raw
+    return out
+
+
+def register(sub) -> None:
+    from nanoseek.config import PRESETS
+    from nanoseek.train.config import add_config_args
+
+    p = sub.add_parser("pretrain", help="pretrain a model on prepared token shards (single process or torchrun)",
+                       description=cmd_pretrain.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", required=True, metavar="DIR", help="directory written by `nanoseek data prepare`")
+    p.add_argument("--out", required=True, metavar="RUN", help="run directory for the log and checkpoints")
+    p.add_argument("--preset", default="cpu-small", choices=sorted(PRESETS),
+                   help="model shape (default cpu-small); vocab_size is taken from the data's tokenizer")
+    p.add_argument("--model", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a field of the preset's ModelConfig (HF config.json names), e.g. --model "
+                        "num_nextn_predict_layers=0 to train without MTP; repeatable")
+    p.add_argument("--init-from", metavar="DIR", help="start from this model directory's weights instead of a "
+                                                      "random init (a checkpoint or imported HF model)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its latest checkpoint (bit for bit); flags given now "
+                        "override its saved settings, except --optimizer, --seq-len and --seed")
+    add_config_args(p)
+    p.set_defaults(func=cmd_pretrain)
