@@ -48,7 +48,8 @@ Speculative decoding, batch 1, greedy, 128 new tokens, 6 prompts from Vim's help
 with its MTP module trained by `nanoseek pretrain --preset cpu-small --steps 1200 --dtype bfloat16` on
 /usr/share/vim/vim90/doc (2.7M tokens, 8,192-token BPE; val 1.67 bits per byte), fp32, eager:
     k=1: plain 277 tok/s, speculative 261 tok/s (0.94x), acceptance 74.1%
-    k=2: plain 263 tok/s, speculative 212 tok/s (0.81x), acceptance 42.7% (second draft chained, spec 5.4)
+    k=2: plain 263 tok/s, speculative 212 tok/s (0.81x), acceptance 42.7% (second draft chained,
+    docs/architecture.md §5.4)
     compiled (an earlier run): k=1 0.98x-1.22x, k=2 0.71x-0.75x
     rerun 2026-11-29 (06:10, load 0.4), bf16, k=1: eager plain 209 tok/s, speculative 228 tok/s (1.09x),
     acceptance 76.4%; compiled plain 531, speculative 474 (0.89x), 74.0%; compiled k=2 0.74x, 46.9%.

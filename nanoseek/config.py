@@ -1,7 +1,7 @@
 """ModelConfig: the DeepSeek-V3 architecture in Hugging Face `DeepseekV3Config` field names, and presets.
 
 `config.json` round-trips with transformers: we read both the v4 (`rope_theta` + `rope_scaling`) and the
-v5 (`rope_parameters`) spellings and write the v4 one, which both accept (spec section 1.2). Hub-only
+v5 (`rope_parameters`) spellings and write the v4 one, which both accept (docs/architecture.md §1.2). Hub-only
 fields that HF stores but does not read (`num_nextn_predict_layers`, `scoring_func`, `topk_method`, ...) are
 kept too, so a DeepSeek checkpoint's config survives a load/save cycle.
 """
@@ -58,7 +58,7 @@ class ModelConfig:
     num_nextn_predict_layers: int = 0  # MTP depth D
     scoring_func: str = "sigmoid"
     topk_method: str = "noaux_tc"
-    aux_loss_alpha: float = 0.0  # sequence-wise balance loss coefficient (spec 4.6); 0 disables
+    aux_loss_alpha: float = 0.0  # sequence-wise balance loss coefficient (docs/architecture.md §4.6); 0 disables
     seq_aux: bool = True
     # Unknown keys from a config.json (e.g. quantization_config), written back unchanged.
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
@@ -182,7 +182,8 @@ class ModelConfig:
             architectures=["DeepseekV3ForCausalLM"],
             model_type="deepseek_v3",
             qk_head_dim=self.qk_head_dim,
-            head_dim=self.qk_rope_head_dim,  # HF convention: sizes the rotary inv_freq (spec 1.1)
+            # HF's convention: head_dim sizes the rotary inv_freq; it is not the head size (docs/architecture.md §1.1)
+            head_dim=self.qk_rope_head_dim,
             num_mtp_layers=self.num_nextn_predict_layers,
         )
         d.setdefault("torch_dtype", "float32")
@@ -233,7 +234,7 @@ def yarn(factor: float, original_max_position_embeddings: int, beta_fast: float 
 
 
 # Named presets. `tiny` fits a unit test; `cpu-small` trains usefully on 2 CPU cores in minutes (it is the
-# config whose HF speed is measured in shared/reference/cpu-performance.md, plus one MTP module);
+# benchmarks' config, docs/performance.md §2.1, plus one MTP module);
 # `cpu-small-dense` has the same active parameters with dense FFNs (the MoE-vs-dense comparison);
 # the real shapes are for counting and cost on the meta device.
 PRESETS: dict[str, dict[str, Any]] = {
@@ -281,5 +282,5 @@ def preset(name: str, **overrides: Any) -> ModelConfig:
 
 
 def yarn_mscale(scale: float, mscale: float) -> float:
-    """m(s, mu) = 0.1 mu ln s + 1 for s > 1 (spec 3.3)."""
+    """YaRN's logit sharpening m(s, mu) = 0.1 mu ln s + 1 for s > 1, else 1 (docs/architecture.md §2.4)."""
     return 1.0 if scale <= 1 else 0.1 * mscale * math.log(scale) + 1.0

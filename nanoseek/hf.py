@@ -1,4 +1,4 @@
-"""Hugging Face checkpoint import and export (spec section 6).
+"""Hugging Face checkpoint import and export (the layout: docs/architecture.md §6).
 
 A nanoseek checkpoint *is* a Hugging Face `DeepseekV3ForCausalLM` directory: `config.json` plus safetensors in
 the hub's per-expert layout, MTP module k stored as decoder layer `num_hidden_layers + k - 1` with the
@@ -55,7 +55,8 @@ def to_hf_state_dict(model: DeepSeekV3) -> Iterator[tuple[str, torch.Tensor]]:
                 yield f"{prefix}{j}.down_proj.weight", t[j]
         else:
             yield name, t
-    # DeepSeek's MTP layers carry copies of the shared embedding and head (spec 5.3); tools expect them.
+    # DeepSeek's MTP layers carry copies of the shared embedding and head (docs/architecture.md §5.3); tools
+    # expect them.
     for k in range(cfg.num_nextn_predict_layers):
         yield f"model.layers.{L + k}.embed_tokens.weight", model.model.embed_tokens.weight
         yield f"model.layers.{L + k}.shared_head.head.weight", model.lm_head.weight
@@ -265,7 +266,7 @@ def load_model(path: str | os.PathLike, dtype: torch.dtype | str | None = None,
     cfg.extra.pop("quantization_config", None)
 
     if cfg.num_nextn_predict_layers and not any(k.startswith("mtp.") for k in sd):
-        # transformers' save_pretrained and many export tools drop the MTP layers (spec pitfall 9): load the
+        # transformers' save_pretrained and many export tools drop the MTP layers (docs/architecture.md §9.9): load the
         # main model, which is complete, and say what was left out.
         warnings.warn(f"{path}: config.json declares {cfg.num_nextn_predict_layers} MTP module(s) but the weights "
                       "hold none; loading without MTP (speculative decoding and MTP training are unavailable)")
@@ -294,7 +295,7 @@ def load_model(path: str | os.PathLike, dtype: torch.dtype | str | None = None,
 
 def _interleave_rope_rows(cfg: ModelConfig, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """`rope_interleave: false` checkpoints store each rope slice half-split ([x_j | x_{j+d/2}] pairs);
-    reorder those rows into adjacent pairs (spec 3.1, rule 2) so one rope kernel serves every checkpoint."""
+    reorder those rows into adjacent pairs (docs/architecture.md §2.5) so one rope kernel serves every checkpoint."""
     dr, H = cfg.qk_rope_head_dim, cfg.num_attention_heads
     perm = torch.arange(dr).view(2, dr // 2).t().reshape(-1)  # new row 2j <- j, 2j+1 <- j + d/2
     out = dict(sd)

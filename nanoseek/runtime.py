@@ -14,7 +14,7 @@ def tune_allocator() -> bool:
 
     glibc serves big allocations with fresh mmap'd pages and unmaps them on free, so every training step
     page-faults its activations in again (zero-filling a fresh 64 MiB tensor runs ~10x slower than reusing
-    one, shared/reference/cpu-performance.md). Raising the mmap and trim thresholds makes those buffers
+    one, docs/performance.md §5.5). Raising the mmap and trim thresholds makes those buffers
     reusable: a tcmalloc-like effect without LD_PRELOAD. Returns False where glibc is not in use.
     """
     if not sys.platform.startswith("linux"):

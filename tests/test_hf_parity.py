@@ -14,7 +14,7 @@ from conftest import randomize_
 
 TOL = 1e-4
 
-# Each variant flips several features against the tiny base (spec section 10's suggestions).
+# Each variant flips several features against the tiny base (docs/architecture.md §10).
 VARIANTS = {
     "qlora-groups-normtopk": dict(),  # q_lora 32, n_group 2 / topk_group 1, norm_topk_prob, first_k_dense 1
     "no-qlora-yarn-bias-alldense0": dict(q_lora_rank=None, first_k_dense_replace=0, attention_bias=True,

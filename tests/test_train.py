@@ -260,7 +260,7 @@ def test_flops_per_token_and_mfu():
     sq = cfg.replace(qk_nope_head_dim=16, qk_rope_head_dim=16, v_head_dim=32)
     assert attention_flops_per_token(sq, T) * sq.num_hidden_layers == 12 * sq.num_hidden_layers * 8 * 32 * T
     main = f.total - f.mtp
-    assert 35e6 < main < 37e6  # shared/reference/cpu-performance.md: ~36 MFLOP per trained token (no MTP)
+    assert 35e6 < main < 37e6  # ~36 MFLOP per trained token without MTP (docs/performance.md §2.1)
     assert f.mtp > 0 and flops_per_token(preset("cpu-small-dense"), T).mtp == 0
     assert mfu(1000.0, 36e6, 72e9) == pytest.approx(0.5)
     assert table_peak("NVIDIA H100 PCIe", torch.bfloat16) == 756e12

@@ -1,9 +1,10 @@
-"""Rotary position embedding for MLA's decoupled key/query slice, with YaRN (spec section 3).
+"""Rotary position embedding for MLA's decoupled key/query slice, with YaRN (docs/architecture.md §2).
 
-The checkpoints rotate *adjacent* pairs (x0,x1), (x2,x3), ... (spec 3.1). `apply_rope` rotates those pairs
-and writes the result as [rotated evens | rotated odds]. That permutation is harmless because queries and
-keys get the same one, so every dot product (and every logit) is unchanged, and it avoids an interleaving
-copy. Anything that caches rotated keys (the engine) must therefore rotate queries with this same function.
+The checkpoints rotate *adjacent* pairs (x0,x1), (x2,x3), ... `apply_rope` rotates those pairs and writes
+the result as [rotated evens | rotated odds]. That permutation is harmless because queries and keys get the
+same one, so every dot product (and every logit) is unchanged, and it avoids an interleaving copy
+(docs/architecture.md §2.2). Anything that caches rotated keys (the engine) must therefore rotate queries
+with this same function.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from nanoseek.config import ModelConfig, yarn_mscale
 
 
 def rope_inv_freq(config: ModelConfig) -> torch.Tensor:
-    """Per-pair inverse frequencies theta'_j (fp32, [d_r/2]); YaRN-blended when configured (spec 3.2)."""
+    """Per-pair inverse frequencies theta'_j (fp32, [d_r/2]); YaRN-blended when configured
+    (docs/architecture.md §2.3)."""
     dim, base = config.qk_rope_head_dim, float(config.rope_theta)
     pos_freqs = base ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim)
     inv_freq = 1.0 / pos_freqs
@@ -43,7 +45,8 @@ def rope_inv_freq(config: ModelConfig) -> torch.Tensor:
 
 
 def rope_attention_factor(config: ModelConfig) -> float:
-    """Multiplier on cos/sin: m(s, mscale) / m(s, mscale_all_dim), 1.0 for every DeepSeek release (spec 3.3)."""
+    """Multiplier on cos/sin: m(s, mscale) / m(s, mscale_all_dim), 1.0 for every DeepSeek release
+    (docs/architecture.md §2.4)."""
     if config.rope_type != "yarn":
         return 1.0
     rs = config.rope_scaling
@@ -57,7 +60,8 @@ def rope_attention_factor(config: ModelConfig) -> float:
 
 
 def softmax_scale(config: ModelConfig) -> float:
-    """tau = d_qk^-1/2 * m(s, mscale_all_dim)^2 (spec 2.2); d_qk in both naive and absorbed execution."""
+    """tau = d_qk^-1/2 * m(s, mscale_all_dim)^2, with d_qk = d_nope + d_rope in both the expanded and the absorbed
+    form (docs/architecture.md §2.4, §9.20)."""
     scale = config.qk_head_dim ** -0.5
     if config.rope_type == "yarn":
         mscale_all_dim = config.rope_scaling.get("mscale_all_dim", 0)

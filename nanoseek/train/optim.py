@@ -4,7 +4,7 @@ Weight decay (decoupled, 0.1 by default) applies to every tensor with two or mor
 FFN matrices, stacked experts, the router's scoring matrix, the embedding and the output head. Norm weights
 and biases (1-D) are not decayed: decaying a norm gain pulls it towards 0 instead of towards "no effect".
 This is Megatron's rule (DeepSeek's training lineage); DeepSeek-V3 only states "weight decay 0.1".
-The router's correction bias is a buffer, never seen by an optimizer (spec 4.5).
+The router's correction bias is a buffer, never seen by an optimizer (docs/architecture.md §4.5).
 
 Muon (Jordan et al. 2024; at scale: Liu et al. 2025, "Muon is Scalable for LLM Training", Moonlight) replaces
 each hidden matrix's momentum update by its nearest semi-orthogonal matrix, computed with a few Newton-Schulz

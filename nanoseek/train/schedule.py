@@ -2,7 +2,7 @@
 
 * wsd (warmup-stable-decay): linear warm-up, constant, then a linear decay to min_lr over the last
   `decay_frac` of the steps. The constant phase is what lets a run be extended or branched (DeepSeek-V3
-  holds its peak LR for most of pretraining, spec 7.2; nanochat decays linearly at the end).
+  holds its peak LR for most of pretraining, docs/architecture.md §7.2; nanochat decays linearly at the end).
 * cosine: linear warm-up, then half a cosine from the peak down to min_lr at the last step.
 * constant: linear warm-up, then the peak.
 """
