@@ -1,0 +1,424 @@
+"""`nanoseek cost`: what training a model costs (FLOPs, GPU-hours, days, dollars), and what a run did."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+from pathlib import Path
+
+from nanoseek.errors import UserError
+
+SUFFIXES = {"": 1, "K": 1e3, "M": 1e6, "B": 1e9, "G": 1e9, "T": 1e12}
+DEFAULT_CLUSTERS = (8, 256, 2048)
+# Published figures to print beside ours: DeepSeek-V3 technical report, table 1 (pre-training only).
+REPORTED = {("deepseek-v3", "h800"): (14.8e12, 2.664e6, "DeepSeek-V3 report, table 1: pre-training")}
+
+HELP = """\
+Counts FLOPs per token from the architecture and turns a token budget into GPU-hours, days and dollars.
+
+  nanoseek cost --preset deepseek-v3 --tokens 14.8T --gpu h800 --mfu 0.40     GPU-hours at an MFU
+  nanoseek cost --preset deepseek-v3 --tokens 14.8T --gpu h800 --gpu-hours 2.664M
+                                                    the MFU a claimed figure implies (fp8 and bf16 peaks)
+  nanoseek cost --checkpoint DIR --tokens 500B --mfu 40%      every GPU of the table (no --gpu)
+  nanoseek cost RUN_DIR                             what a training run did, and its cost elsewhere
+  nanoseek cost --preset moonlight-16b-a3b --breakdown        FLOPs per token by part
+
+How it counts: a matmul is 2 FLOPs per multiply-add; training = 3 x forward (the backward pass computes
+gradients for activations and for weights, 2 x forward). Attention is counted causal: a token of a T-long
+sequence attends to (T + 1) / 2 keys on average. (Training logs count all T keys, as nanoGPT and PaLM do, so
+their MFU compares across projects; RUN_DIR reports convert.) MTP modules are counted when the config has
+them: DeepSeek-V3 trained with one, so its GPU-hours include it (~4% of its FLOPs); --no-mtp leaves them out.
+MFU is relative to the dense peak (vendors' "with sparsity" figures are 2x these) of --precision.
+Token counts: 14.8T, 500B, 1.5M, 2e12.
+"""
+
+
+# ---- parsing ------------------------------------------------------------------------------------------------
+
+def parse_count(text: str, param: str, integer: bool = True) -> float:
+    """'14.8T', '500B', '1.5M', '2e12', '2,664K' -> a positive number (an int >= 1 if `integer`); a UserError
+    naming `param` otherwise."""
+    m = re.fullmatch(r"\s*([0-9][0-9_,]*(?:\.[0-9]*)?(?:[eE][+-]?[0-9]+)?)\s*([a-zA-Z]?)\s*", text)
+    if text.strip().startswith("-"):
+        raise UserError(f"{param} must be positive, got {text}", param=param)
+    if not m or m.group(2).upper() not in SUFFIXES:
+        raise UserError(f"{param}: cannot read {text!r}; write a number with an optional K, M, B or T suffix "
+                        "(14.8T, 500B, 1.5M, 2e12)", param=param)
+    value = float(m.group(1).replace(",", "").replace("_", "")) * SUFFIXES[m.group(2).upper()]
+    if not math.isfinite(value) or value < (1 if integer else 0) or value == 0:
+        raise UserError(f"{param} must be {'at least 1' if integer else 'positive'}, got {text}", param=param)
+    return round(value) if integer else value
+
+
+def parse_mfu(text: str) -> float:
+    """'0.4' or '40%' -> 0.4, within (0, 1]."""
+    t = text.strip()
+    try:
+        v = float(t[:-1]) / 100 if t.endswith("%") else float(t)
+    except ValueError:
+        raise UserError(f"--mfu: cannot read {text!r}; give a fraction such as 0.4, or 40%", param="--mfu") from None
+    if not (0 < v <= 1):
+        raise UserError(f"--mfu must be in (0, 1] (a fraction of the peak: 0.4 or 40% for 40%), got {text}",
+                        param="--mfu")
+    return v
+
+
+# ---- formatting ---------------------------------------------------------------------------------------------
+
+def _scaled(x: float, units: tuple[tuple[str, float], ...]) -> str:
+    for suffix, scale in units:
+        if abs(x) >= scale:
+            v = x / scale
+            return (f"{v:,.0f}" if v >= 99.95 else f"{v:.3g}") + suffix
+    return f"{x:.3g}" + (" " if units[0][0].startswith(" ") else "")
+
+
+def si(x: float) -> str:
+    """Counts (tokens, parameters, hours, dollars), 3 significant digits: 14.8T, 2.71M, 512, 0.0123."""
+    return _scaled(x, (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)))
+
+
+def flop(x: float) -> str:
+    """FLOPs or FLOP/s with SI prefixes: 261 GFLOP, 989 TFLOP."""
+    return _scaled(x, ((" E", 1e18), (" P", 1e15), (" T", 1e12), (" G", 1e9), (" M", 1e6), (" K", 1e3))) + "FLOP"
+
+
+def sci(x: float) -> str:
+    m, e = f"{x:.3e}".split("e")
+    return f"{float(m):.3g}e{int(e)}"
+
+
+def dollars(x: float) -> str:
+    return f"${si(x)}" if x >= 1 else f"${x:.2f}" if x >= 0.01 else "<$0.01" if x > 0 else "$0"
+
+
+def duration(seconds: float) -> str:
+    if seconds >= 2 * 365 * 86400:
+        return f"{seconds / (365 * 86400):,.0f} years"
+    if seconds >= 100 * 86400:
+        return f"{seconds / 86400:,.0f} days"
+    if seconds >= 2 * 86400:
+        return f"{seconds / 86400:.1f} days"
+    if seconds >= 3600:
+        return f"{seconds / 3600:.1f} h"
+    if seconds >= 60:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds:.3g} s"
+
+
+def plural(n: int, word: str, words: str | None = None) -> str:
+    return f"{n:,} {word if n == 1 else words or word + 's'}"
+
+
+def pct(x: float) -> str:
+    return f"{100 * x:.1f}%" if x >= 0.001 else f"{100 * x:.2g}%"
+
+
+# ---- the pieces ---------------------------------------------------------------------------------------------
+
+def _hardware(args, need_cpu: bool, cpu_peak: tuple[float, str] | None = None) -> dict:
+    """The table with the user's overrides; the "cpu" row measured here (about a second) unless given."""
+    import torch
+
+    from nanoseek.cost import HARDWARE, apply_overrides, cpu_hardware, peak_flops
+
+    table = dict(HARDWARE)
+    if need_cpu:
+        table["cpu"] = cpu_hardware(*(cpu_peak or peak_flops(torch.device("cpu"), torch.bfloat16)))
+    if args.hardware_file:
+        path = Path(args.hardware_file)
+        if not path.is_file():
+            raise UserError(f"--hardware-file {path} does not exist", param="--hardware-file")
+        try:
+            overrides = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise UserError(f"--hardware-file {path} is not valid JSON ({e})", param="--hardware-file") from None
+        if not need_cpu and isinstance(overrides, dict):  # a "cpu" entry changes the measured row: none here
+            overrides = {k: v for k, v in overrides.items() if str(k).lower() != "cpu"}
+        table = apply_overrides(table, overrides, f"--hardware-file {path}")
+    return table
+
+
+def _gpu(table: dict, name: str):
+    key = name.lower()
+    if key not in table:
+        raise UserError(f"--gpu: unknown hardware {name!r}; choose one of {', '.join(table)}, or add it with "
+                        "--hardware-file", param="--gpu")
+    return key, table[key]
+
+
+def _peak(hw, precision: str) -> float:
+    peak = hw.peak(precision)
+    if not peak:
+        raise UserError(f"--precision {precision}: {hw.name} has no {precision} peak in the table; use --precision "
+                        "bf16 or give it in --hardware-file", param="--precision")
+    return peak
+
+
+def _model(args):
+    from nanoseek.config import ModelConfig, preset
+
+    if args.checkpoint:
+        return ModelConfig.load(args.checkpoint), f"checkpoint {args.checkpoint}"
+    return preset(args.preset), f"preset {args.preset}"
+
+
+def _default_seq_len(cfg) -> tuple[int, str]:
+    # A YaRN config was pre-trained at its original context and extended later (DeepSeek-V3 section 4.3).
+    if cfg.rope_scaling and cfg.rope_type == "yarn":
+        return int(cfg.rope_scaling["original_max_position_embeddings"]), "the pre-training context before YaRN"
+    return cfg.max_position_embeddings, "max_position_embeddings"
+
+
+def _print_model(cfg, source: str, seq_len: int, seq_note: str, mtp: bool, breakdown: bool):
+    from nanoseek.cost import PART_LABELS, flops_per_token, forward_flops
+    from nanoseek.model import count_params
+
+    pc = count_params(cfg)
+    D = cfg.num_nextn_predict_layers
+    mtp_note = ((f", {D} MTP module{'s' * (D > 1)} counted (trained with the model; --no-mtp drops it)" if mtp
+                 else f", {D} MTP module{'s' * (D > 1)} not counted (--no-mtp)") if D else "")
+    print(f"model: {source}: {si(pc.active)} active of {si(pc.total)} parameters{mtp_note}")
+    f = flops_per_token(cfg, seq_len, causal=True, mtp=mtp)
+    print(f"training FLOPs per token: {flop(f.total)} = 3 x {flop(f.total / 3)} forward "
+          f"(context {seq_len:,}: {seq_note})")
+    print(f"  weights {flop(f.weights)}, attention {flop(f.attention)} (causal), output head {flop(f.head)}"
+          + (f", MTP {flop(f.mtp)}" if f.mtp else ""))
+    if breakdown:
+        parts = forward_flops(cfg, seq_len, causal=True, mtp=mtp)
+        total = sum(parts.values())
+        print(f"\n{'forward FLOPs per token':<46}{'':>10}{'share':>8}")
+        for k, v in parts.items():
+            label = PART_LABELS[k]
+            if k == "q_proj":
+                label += " (q_a + q_b)" if cfg.q_lora_rank else " (q_proj, no q-lora)"
+            elif k == "attention":
+                label += f" (causal, T={seq_len:,})"
+            elif k == "dense_ffn":
+                n = min(cfg.first_k_dense_replace, cfg.num_hidden_layers)
+                label += f" ({n} layer{'s' * (n != 1)})"
+            elif k == "routed_experts":
+                label = f"MoE routed experts (top-{cfg.num_experts_per_tok} of {cfg.n_routed_experts})"
+            if v:
+                print(f"  {label:<44}{flop(v):>10}{pct(v / total):>8}")
+        print(f"  {'total (training: 3x)':<44}{flop(total):>10}{'100%':>8}\n")
+    return f
+
+
+def _report_estimate(args, cfg, source: str) -> None:
+    from nanoseek.cost import TYPICAL_MFU, gpu_hours, implied_mfu
+
+    seq_len, seq_note = (args.seq_len, "--seq-len") if args.seq_len else _default_seq_len(cfg)
+    if args.tokens is None:
+        if args.mfu or args.gpu_hours:
+            raise UserError("--mfu and --gpu-hours need --tokens (the token budget, e.g. 14.8T)", param="--tokens")
+        _print_model(cfg, source, seq_len, seq_note, not args.no_mtp, args.breakdown)
+        print("give --tokens N (and --mfu M or --gpu-hours H) for GPU-hours and dollars")
+        return
+    tokens = parse_count(args.tokens, "--tokens")
+    if (args.mfu is None) == (args.gpu_hours is None):
+        raise UserError("give exactly one of --mfu M (the MFU to assume) or --gpu-hours H (a claimed figure, to "
+                        f"find the MFU it implies); typical for large runs: --mfu {TYPICAL_MFU:g}",
+                        param="--mfu" if args.mfu is None else "--gpu-hours")
+    mfu = parse_mfu(args.mfu) if args.mfu is not None else None
+    claimed = parse_count(args.gpu_hours, "--gpu-hours", integer=False) if args.gpu_hours is not None else None
+    if claimed is not None and not args.gpu:
+        raise UserError("--gpu-hours needs --gpu (the hardware the claimed hours were spent on)", param="--gpu")
+    table = _hardware(args, need_cpu=not args.gpu or args.gpu.lower() == "cpu")
+    if args.gpu and mfu is not None:
+        _peak(_gpu(table, args.gpu)[1], args.precision)  # fails before printing anything
+    f = _print_model(cfg, source, seq_len, seq_note, not args.no_mtp, args.breakdown)
+    flops = f.total * tokens
+    print(f"tokens: {si(tokens)} -> {sci(flops)} training FLOPs")
+
+    if not args.gpu:  # one row per hardware at this MFU
+        print(f"\nat {pct(mfu)} MFU of each {args.precision} dense peak ($ at "
+              + ("the table's prices" if args.price is None else f"${args.price:g} per hour") + "):")
+        print(f"  {'hardware':<11}{'peak/s':>11}{'GPU-hours':>11}{'$':>9}   days on " +
+              " / ".join(f"{n:,}" for n in DEFAULT_CLUSTERS))
+        for key, hw in table.items():
+            peak = hw.peak(args.precision)
+            if not peak:
+                print(f"  {key:<11}{'-':>11}   (no {args.precision} peak)")
+                continue
+            h = gpu_hours(flops, mfu, peak)
+            price = hw.price if args.price is None else args.price
+            print(f"  {key:<11}{flop(peak):>11}{si(h):>11}{dollars(h * price):>9}   "
+                  + " / ".join(duration(h * 3600 / n) for n in DEFAULT_CLUSTERS))
+        print("choose one with --gpu NAME for days on your cluster (--gpus N) and your price (--price)")
+        return
+
+    key, hw = _gpu(table, args.gpu)
+    price = hw.price if args.price is None else args.price
+    print(f"hardware: {hw.name}: dense peak {flop(hw.bf16)}/s bf16"
+          + (f", {flop(hw.fp8)}/s fp8" if hw.fp8 else ", no fp8") + f"; ${price:g} per GPU-hour"
+          + (" (--price)" if args.price is not None else ""))
+    if claimed is not None:
+        hours = claimed
+        shown = f"{hours:,.0f}" if hours >= 1000 else f"{hours:.3g}"
+        print(f"\nclaimed: {shown} GPU-hours ({si(hours / tokens * 1e12)} per trillion tokens)")
+        print(f"  achieved: {flop(flops / (hours * 3600))}/s per GPU")
+        for prec in ("fp8", "bf16"):
+            if hw.peak(prec):
+                m = implied_mfu(flops, hours, hw.peak(prec))
+                print(f"  implied MFU: {pct(m)} of the {prec} dense peak"
+                      + (" (over 100%: impossible for this many FLOPs)" if m > 1 else ""))
+    else:
+        peak = _peak(hw, args.precision)
+        hours = gpu_hours(flops, mfu, peak)
+        other = [f"= {pct(mfu * peak / hw.peak(p))} of the {p} peak" for p in ("bf16", "fp8")
+                 if p != args.precision and hw.peak(p)]
+        print(f"\nat MFU {pct(mfu)} of the {args.precision} dense peak" + (f" ({other[0]})" if other else "")
+              + f": {si(mfu * peak * 3600 / f.total)} tokens per GPU-hour")
+        also = si(hours) if hours >= 1000 else f"{hours * 3600:.3g} GPU-seconds" if hours < 1 else ""
+        print(f"  GPU-hours: {hours:,.0f}" if hours >= 1000 else f"  GPU-hours: {hours:.3g}",
+              f"({also + '; ' if also else ''}{si(hours / tokens * 1e12)} per trillion tokens)")
+    print(f"  cost: {dollars(hours * price)} at ${price:g} per GPU-hour")
+    clusters = [args.gpus] if args.gpus else DEFAULT_CLUSTERS
+    print("  wall time: " + ", ".join(f"{duration(hours * 3600 / n)} on {n:,} GPUs" for n in clusters)
+          + ("" if args.gpus else " (--gpus N for yours)"))
+    ref = REPORTED.get((args.preset, key)) if not args.checkpoint else None
+    if ref and ref[0] == tokens and claimed is None:
+        print(f"  reported: {ref[1]:,.0f} GPU-hours ({ref[2]}): ours is {100 * (hours / ref[1] - 1):+.1f}%")
+
+
+def _report_run(args) -> None:
+    from nanoseek.config import ModelConfig
+    from nanoseek.cost import TYPICAL_MFU, flops_per_token, gpu_hours, summarize_run
+    from nanoseek.train.checkpoint import latest_checkpoint
+    from nanoseek.train.log import LOG_NAME, read_log
+
+    run = Path(args.run)
+    if not (run / LOG_NAME).is_file():
+        hint = (" it holds a config.json: for a model directory use --checkpoint DIR --tokens N"
+                if (run / "config.json").is_file() else " give the --out directory of a training run")
+        raise UserError(f"RUN_DIR {run} has no {LOG_NAME};{hint}", param="RUN_DIR")
+    try:
+        s = summarize_run(read_log(run))
+    except ValueError as e:
+        raise UserError(f"cannot read {run / LOG_NAME}: {e}", param="RUN_DIR") from None
+    typical = parse_mfu(args.mfu) if args.mfu else TYPICAL_MFU
+    state = "finished" if s.finished else "no end record (still running, or stopped)"
+    print(f"run {run}: {s.steps:,} steps, {state}" + (f", resumed {s.resumes}x" if s.resumes else ""))
+
+    # Re-count with the cost convention (causal attention) when a checkpoint says what the model is.
+    fpt, note = s.flops_per_token, "as logged (attention over all T keys)"
+    try:
+        ckpt = latest_checkpoint(run)
+    except UserError:
+        ckpt = None
+    if ckpt is not None and (ckpt / "config.json").is_file() and s.seq_len:
+        from nanoseek.model import count_params
+
+        cfg = ModelConfig.load(ckpt)
+        pc = count_params(cfg)
+        fpt = flops_per_token(cfg, s.seq_len, causal=True).total
+        note = f"causal attention; the log's {flop(s.flops_per_token)} counts all T keys"
+        print(f"model: {ckpt.relative_to(run)}: {si(pc.active)} active of {si(pc.total)} parameters, "
+              f"{plural(cfg.num_nextn_predict_layers, 'MTP module')}; seq_len {s.seq_len:,}, {s.dtype}, "
+              f"{plural(s.world_size, 'process', 'processes')}")
+    else:
+        print(f"model: no checkpoint config yet: FLOPs as the log counts them; seq_len {s.seq_len}, {s.dtype}, "
+              f"{plural(s.world_size, 'process', 'processes')}")
+    scale = fpt / s.flops_per_token if s.flops_per_token else 1.0
+    step_mfu, wall_mfu = s.step_mfu * scale, s.wall_mfu * scale
+    flops = s.tokens * fpt
+    print(f"tokens trained: {s.tokens:,} ({si(s.tokens)})")
+    print(f"training FLOPs: {sci(flops)} = {si(s.tokens)} tokens x {flop(fpt)} ({note})")
+    print(f"wall time: {duration(s.wall_s)} (start to last record, evaluation and checkpoints included); "
+          f"{s.wall_s * s.world_size / 3600:.3g} device-hours")
+    print(f"throughput: {s.step_tokens_per_s:,.0f} tokens/s while stepping (median of logged steps)")
+    print(f"peak: {flop(s.peak)}/s ({s.peak_source}" + (f", {s.world_size} processes together" if s.world_size > 1
+                                                          else "") + ")")
+    print(f"measured MFU: {pct(step_mfu)} while stepping (median), {pct(wall_mfu)} over the wall time"
+          + (f"; the log's {pct(s.step_mfu)} counts attention over all T keys" if scale != 1.0 else ""))
+
+    # A run on this CPU gives the "cpu" row its own measured peak, so that row at its MFU is the run itself.
+    on_cpu = "measured" in s.peak_source and s.peak > 0
+    table = _hardware(args, need_cpu=True, cpu_peak=(s.peak / s.world_size, f"this run's {s.peak_source}")
+                      if on_cpu else None)
+    rows = [_gpu(table, args.gpu)] if args.gpu else list(table.items())
+    hours = {key: (gpu_hours(flops, step_mfu, peak), gpu_hours(flops, typical, peak))
+             for key, hw in rows if (peak := hw.peak(args.precision)) and step_mfu > 0}
+    # a small run is a fraction of a GPU-hour anywhere: seconds read better then
+    small = max((max(h) for h in hours.values()), default=0) < 1
+    unit, per_hour = ("GPU-seconds", 3600) if small else ("GPU-hours", 1)
+    print(f"\nthe same {si(s.tokens)} tokens on other hardware, at this run's MFU ({pct(step_mfu)}) and at a typical "
+          f"large-run MFU ({pct(typical)}; --mfu to change), {args.precision} dense peaks:")
+    print(f"  {'':<22}{'at ' + pct(step_mfu):>21}{'at ' + pct(typical):>21}")
+    print(f"  {'hardware':<11}{'peak/s':>11}{unit:>12}{'$':>9}{unit:>12}{'$':>9}")
+    for key, hw in rows:
+        peak = hw.peak(args.precision)
+        price = hw.price if args.price is None else args.price
+        if key not in hours:
+            print(f"  {key:<11}{'-':>11}")
+            continue
+        a, b = hours[key]
+        print(f"  {key:<11}{flop(peak):>11}{si(a * per_hour):>12}{dollars(a * price):>9}{si(b * per_hour):>12}"
+              f"{dollars(b * price):>9}")
+    if "measured" in s.peak_source:
+        print("note: MFU measured on a CPU does not carry over to a GPU, where a small model's matmuls leave most "
+              "of the chip idle; the typical column assumes a model large enough to fill it")
+
+
+def cmd_cost(args) -> None:
+    """GPU-hours, days and dollars to train a model on a token budget; or what a run's log says it did."""
+    if args.gpus is not None and args.gpus <= 0:
+        raise UserError(f"--gpus must be a positive integer, got {args.gpus}", param="--gpus")
+    if args.price is not None and not (math.isfinite(args.price) and args.price >= 0):
+        raise UserError(f"--price must be a number of dollars per GPU-hour >= 0, got {args.price}", param="--price")
+    if args.seq_len is not None and args.seq_len < 1:
+        raise UserError(f"--seq-len must be a positive integer, got {args.seq_len}", param="--seq-len")
+    if args.list_hardware:
+        table = _hardware(args, need_cpu=True)
+        print(f"{'key':<11}{'bf16 dense':>12}{'fp8 dense':>11}{'$/hour':>8}  name")
+        for key, hw in table.items():
+            print(f"{key:<11}{flop(hw.bf16):>12}{flop(hw.fp8) if hw.fp8 else '-':>11}{hw.price:>8.2f}  {hw.name}")
+        print("peaks in FLOP/s, without 2:4 sparsity; change with --hardware-file FILE "
+              '(JSON: {"h800": {"price": 1.8}, "my-gpu": {"bf16": 5e14, "fp8": 1e15, "price": 3}})')
+        return
+    if args.gpu and args.gpu.lower() != "cpu":
+        _gpu(_hardware(args, need_cpu=False), args.gpu)  # an unknown name fails before any work
+    if args.run:
+        if args.preset or args.checkpoint or args.tokens or args.gpu_hours:
+            raise UserError("RUN_DIR reports what a run did: leave out --preset, --checkpoint, --tokens and "
+                            "--gpu-hours (--mfu sets the typical MFU to compare with)", param="RUN_DIR")
+        _report_run(args)
+        return
+    if args.preset and args.checkpoint:
+        raise UserError("give either --preset or --checkpoint, not both", param="--checkpoint")
+    if not (args.preset or args.checkpoint):
+        raise UserError("say which model: --preset NAME, --checkpoint DIR, or a training run's RUN_DIR",
+                        param="--preset")
+    cfg, source = _model(args)
+    _report_estimate(args, cfg, source)
+
+
+def register(sub) -> None:
+    from nanoseek.config import PRESETS
+
+    p = sub.add_parser("cost", help="FLOPs, GPU-hours, days and dollars of training a model, or of a run",
+                       description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run", nargs="?", metavar="RUN_DIR", help="a training run's directory: report its log")
+    p.add_argument("--preset", choices=sorted(PRESETS), help="model shape by name")
+    p.add_argument("--checkpoint", metavar="DIR", help="a model directory with config.json")
+    p.add_argument("--tokens", metavar="N", help="training tokens: 14.8T, 500B, 1.5M, 2e12")
+    p.add_argument("--mfu", metavar="M", help="assumed MFU, 0.4 or 40%% (with RUN_DIR: the typical one to compare "
+                   "with, default 40%%)")
+    p.add_argument("--gpu-hours", metavar="H", help="a claimed GPU-hour figure (e.g. 2.664M): print the MFU it implies")
+    p.add_argument("--gpu", metavar="NAME", help="hardware from the table (--list-hardware): h800, h100, h200, a100, "
+                   "b200, mi300x, cpu, ...; without it, every one")
+    p.add_argument("--gpus", type=int, metavar="N", help="cluster size for the wall time")
+    p.add_argument("--price", type=float, metavar="USD", help="$ per GPU-hour (default: the table's)")
+    p.add_argument("--precision", choices=("bf16", "fp8"), default="bf16",
+                   help="which dense peak --mfu is relative to (default bf16)")
+    p.add_argument("--seq-len", type=int, metavar="T", help="training context for the attention FLOPs (default: "
+                   "the config's pre-training context, 4096 for DeepSeek-V3)")
+    p.add_argument("--no-mtp", action="store_true", help="leave the MTP modules out of the count")
+    p.add_argument("--breakdown", action="store_true", help="print the forward FLOPs per token by part")
+    p.add_argument("--hardware-file", metavar="FILE", help="JSON changing or adding hardware entries: "
+                   '{"h800": {"price": 1.8}, "my-gpu": {"bf16": 5e14, "fp8": 1e15, "price": 3}}')
+    p.add_argument("--list-hardware", action="store_true", help="print the hardware table and exit")
+    p.set_defaults(func=cmd_cost)
