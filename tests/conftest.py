@@ -1,7 +1,28 @@
+import atexit
+import os
+import shutil
+import tempfile
+
 import torch
 import pytest
 
+# torch.compile's cache (inductor, triton) in a folder of this test run's own: two runs sharing the default
+# folder wait on each other's file locks (once for 14 minutes). Subprocesses (torchrun tests) inherit it.
+if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="nanoseek-test-inductor-")
+    atexit.register(shutil.rmtree, os.environ["TORCHINDUCTOR_CACHE_DIR"], True)
+os.environ.setdefault("TRITON_CACHE_DIR", os.path.join(os.environ["TORCHINDUCTOR_CACHE_DIR"], "triton"))
+
 from nanoseek.config import preset
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU and this machine has none; run the suite on a GPU machine")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
 
 
 @pytest.fixture(autouse=True, scope="session")

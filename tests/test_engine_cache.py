@@ -7,6 +7,7 @@ import nanoseek
 from nanoseek.config import preset, yarn
 from nanoseek.engine import Engine, LatentCache, SamplingParams
 from nanoseek.engine import engine as engine_module
+from nanoseek.model.inference import InferenceModel
 
 from conftest import randomize_
 
@@ -26,47 +27,90 @@ def _model(**overrides):
     return m
 
 
+# Logit tolerances of the cached path against a full forward in the same dtype, on logits of magnitude up to
+# ~0.73. fp32: summation order only (measured max 3e-7 over 3 seeds and every config). bf16: the two paths
+# round different intermediates to bf16 (absorbed vs expanded attention, fused vs separate projections):
+# measured max 3.9e-3 (main model) and 2.0e-3 (MTP) on CPU; the tolerance is 5x that.
+TOL = {torch.float32: 1e-4, torch.bfloat16: 2e-2}
+DEVICES = [("cpu", torch.float32), ("cpu", torch.bfloat16),
+           pytest.param("cuda", torch.bfloat16, marks=pytest.mark.cuda, id="cuda-bf16")]
+
+
+@pytest.mark.parametrize("device,dtype", DEVICES)
 @pytest.mark.parametrize("name", sorted(CONFIGS))
-def test_cached_steps_match_full_forward_at_every_step(name):
+def test_cached_steps_match_full_forward_at_every_step(name, device, dtype):
     """Prefill a batch of different-length prompts (right-padded), then decode one token per step, then a
     multi-token absorbed step (speculative verification) and a chunked prefill continuation (expanded path
-    over existing cache). At every step every row's logits equal a full forward over its whole sequence."""
-    model = _model(**CONFIGS[name])
+    over existing cache). At every step every row's logits equal a full forward over its whole sequence.
+    In bf16 the packed weights keep the parameters' layout (F.linear) and the experts their own; on CUDA the
+    generation path takes the grouped GEMM for experts."""
+    model = _model(**CONFIGS[name]).to(device, dtype)
     cfg = model.config
     lens = [5, 11, 2]
     B, total = len(lens), 40
-    seqs = torch.randint(0, cfg.vocab_size, (B, total))
-    cache = LatentCache(cfg, B, 48)
+    seqs = torch.randint(0, cfg.vocab_size, (B, total)).to(device)
+    cache = LatentCache(cfg, B, 48, dtype=dtype, device=device)
     kv = cache.views()
+    fast = InferenceModel(model)
+    tol = TOL[dtype]
 
     def check(h, starts, n):  # rows' hidden for positions starts[b] .. starts[b] + n - 1
         with torch.no_grad():
             for b in range(B):
                 end = starts[b] + n
                 ref = model(seqs[b:b + 1, :end])[0, starts[b]:end]
-                torch.testing.assert_close(model.lm_head(h[b, :n]), ref, atol=1e-4, rtol=0)
+                torch.testing.assert_close(fast.logits(h[b, :n]), ref, atol=tol, rtol=0)
 
     S = max(lens)
-    ids = torch.zeros(B, S, dtype=torch.long)
-    valid = torch.zeros(B, S, dtype=torch.bool)
+    ids = torch.zeros(B, S, dtype=torch.long, device=device)
+    valid = torch.zeros(B, S, dtype=torch.bool, device=device)
     for b, n in enumerate(lens):
         ids[b, :n], valid[b, :n] = seqs[b, :n], True
-    h = model.forward_cached(ids, kv, torch.arange(S).expand(B, S), valid=valid)
+    h = fast.forward_cached(ids, kv, torch.arange(S, device=device).expand(B, S), valid=valid)
+    check(h, [0] * B, 2)  # (every row has at least 2 tokens; the others are checked below)
     for b, n in enumerate(lens):
-        check_b = model.lm_head(h[b, :n])
-        torch.testing.assert_close(check_b, model(seqs[b:b + 1, :n])[0].detach(), atol=1e-4, rtol=0)
+        with torch.no_grad():
+            torch.testing.assert_close(fast.logits(h[b, :n]), model(seqs[b:b + 1, :n])[0], atol=tol, rtol=0)
 
     cur = list(lens)
     for _ in range(6):  # decode: one token per row, rows at different positions
         step = torch.stack([seqs[b, cur[b]] for b in range(B)]).unsqueeze(1)
-        h = model.forward_cached(step, kv, torch.tensor(cur).unsqueeze(1))
+        h = fast.forward_cached(step, kv, torch.tensor(cur, device=device).unsqueeze(1))
         check(h, cur, 1)
         cur = [c + 1 for c in cur]
     for n in (3, 12):  # 3 tokens: absorbed multi-token step; 12: expanded over the existing cache
         step = torch.stack([seqs[b, cur[b]:cur[b] + n] for b in range(B)])
-        h = model.forward_cached(step, kv, torch.tensor(cur).unsqueeze(1) + torch.arange(n))
+        h = fast.forward_cached(step, kv, torch.tensor(cur, device=device).unsqueeze(1) + torch.arange(n, device=device))
         check(h, cur, n)
         cur = [c + n for c in cur]
+
+
+@pytest.mark.parametrize("device,dtype", DEVICES)
+def test_cached_mtp_drafts_equal_the_mtp_forward(device, dtype):
+    """The MTP module's generation path (prefill over its own cache, then one position at a time, absorbed)
+    gives the draft logits of its training forward: lm_head(shared_head.norm(MTP(h_t, Emb(t_{t+1})))).
+    Speculative acceptance tests cannot catch a wrong draft (the verified output is exact whatever the
+    draft proposes), so this is where the draft itself is held to the definition."""
+    model = _model(num_nextn_predict_layers=1).to(device, dtype)
+    cfg = model.config
+    T, n_pre = 24, 15
+    ids = torch.randint(0, cfg.vocab_size, (2, T), device=device)
+    mtp = model.mtp[0]
+    with torch.no_grad():  # the definition, as the training forward computes it
+        h = model(ids, return_stats=True).hidden
+        cos, sin = model.rotary(torch.arange(T - 1, device=device), dtype)
+        h1, _ = mtp(h[:, :-1], model.model.embed_tokens(ids[:, 1:]), cos, sin)
+        want = model.lm_head(mtp.shared_head.norm(h1))  # [2, T-1, V]: draft for token t+2 at position t
+    fast = InferenceModel(model)
+    kv = LatentCache(cfg, 2, T, dtype=dtype, device=device)
+    dkv = LatentCache(cfg, 2, T, layers=1, dtype=dtype, device=device).views()[0]
+    pos = torch.arange(T, device=device).expand(2, T)
+    hm = fast.forward_cached(ids, kv.views(), pos)  # the main model's hidden, as the engine gets it
+    g = fast.forward_mtp_cached(1, hm[:, :n_pre], ids[:, 1:n_pre + 1], dkv, pos[:, :n_pre])  # expanded
+    torch.testing.assert_close(fast.logits(g), want[:, :n_pre], atol=TOL[dtype], rtol=0)
+    for t in range(n_pre, T - 1):  # one position per step: the absorbed path
+        g = fast.forward_mtp_cached(1, hm[:, t:t + 1], ids[:, t + 1:t + 2], dkv, pos[:, t:t + 1])
+        torch.testing.assert_close(fast.logits(g)[:, 0], want[:, t], atol=TOL[dtype], rtol=0)
 
 
 def test_engine_logprobs_equal_full_forward(tiny_config):

@@ -1,6 +1,7 @@
 """The torch.compile'd decode path (plain and speculative steps): the same tokens and logprobs as eager
 decoding, and weights changed in place between calls (an RL trainer's update) are used, not stale copies."""
 
+import pytest
 import torch
 
 import nanoseek
@@ -14,6 +15,7 @@ def _logprobs(out):
     return torch.tensor([t.logprob for t in out.logprobs])
 
 
+@pytest.mark.slow
 def test_compiled_decoding_matches_eager_and_follows_weight_updates():
     torch.manual_seed(0)
     model = nanoseek.DeepSeekV3(preset("tiny", max_position_embeddings=64, num_hidden_layers=2)).eval()

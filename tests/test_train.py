@@ -110,6 +110,7 @@ def test_grad_accumulation_matches_one_big_batch(data, tmp_path):
     assert (diffs > 1e-6).float().mean() < 1e-3
 
 
+@pytest.mark.slow
 def test_compiled_training_matches_eager(data, tmp_path):
     """--compile runs the same math through torch.compile: same losses within fp32 kernel-fusion noise, and its
     checkpoints carry the plain parameter names (they load as ordinary models and resume without --compile).

@@ -36,6 +36,7 @@ def _args(data, out, batch, optimizer, *extra):
             "--checkpoint-every", "2", "--peak-flops", "1e12", *extra]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("parallel,optimizer", [("ddp", "adamw"), ("fsdp", "muon")])
 def test_torchrun_two_processes_match_one(data, tmp_path, parallel, optimizer):
     single, multi = tmp_path / "single", tmp_path / parallel
@@ -83,6 +84,7 @@ def test_torchrun_two_processes_match_one(data, tmp_path, parallel, optimizer):
     nanoseek.load_model(multi / last)
 
 
+@pytest.mark.slow
 def test_single_process_checkpoint_resumes_under_fsdp(data, tmp_path):
     """A 1-process checkpoint continues under torchrun FSDP2 (whole weights and name-keyed optimizer state are
     sharded on load; the loader's position counts windows, so the global batch continues where it stopped)

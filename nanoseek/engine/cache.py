@@ -1,9 +1,9 @@
-"""The latent KV cache: per token and layer only [c^KV (kv_lora_rank) | k^R (qk_rope_head_dim)] (spec 2.3-2.4).
+"""The latent KV cache: per token and layer only [c^KV (kv_lora_rank) | k^R (qk_rope_head_dim)] (docs/architecture.md §3.3).
 
 One tensor [layers, rows, max_len, kv_lora_rank + qk_rope_head_dim], preallocated for a batch of requests up
 to the longest request's limit (prompt + max new tokens), so decoding never allocates or copies the cache.
 Row b holds request b's tokens at their positions; the model writes new entries in place
-(DeepSeekV3.forward_cached). When a request finishes, the last active row moves into its place, so the
+(nanoseek.model.inference). When a request finishes, the last active row moves into its place, so the
 remaining rows stay a prefix [0, n_active) that every step can view without gathering.
 """
 

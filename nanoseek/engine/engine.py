@@ -27,6 +27,7 @@ from nanoseek.engine.detokenize import TextStream
 from nanoseek.engine.sampling import Sampler, SamplingError, SamplingParams, TokenLogprob, token_logprobs
 from nanoseek.engine.speculative import draft_budget, mtp_step, speculative_round, verify_step
 from nanoseek.errors import ContextLengthError, EngineError, SamplingError
+from nanoseek.model.inference import InferenceModel
 
 
 @dataclass
@@ -122,6 +123,7 @@ class Engine:
         eos_token_id; `load` takes generation_config.json's when the checkpoint has one, as HF generate does),
         together with a nanoseek tokenizer's stop ids (<|end|>, <|eos|>)."""
         self.model = model  # the cached path has no dropout or statistics: train/eval mode does not matter
+        self.fast = InferenceModel(model)  # cached steps, absorbed decode, packed weights
         self.config = model.config
         self.tokenizer = tokenizer
         self.prefill_tokens = prefill_tokens
@@ -224,8 +226,7 @@ class Engine:
     # ---- the loop --------------------------------------------------------------------------------------
     def _stream(self, prompts, params, speculative: int, outs: dict[int, Completion]) -> Iterator[Delta]:
         seqs = self._requests(prompts, params, speculative)
-        if self.compiled:
-            self.model.prepare_inference()  # the compiled step trusts the derived weights to be current
+        self.fast.refresh()  # the weights may have changed since the last call (an RL trainer's update)
         for s in seqs:
             outs[s.index] = Completion(s.index, s.prompt, logprobs=[] if s.params.logprobs is not None else None)
         model, dev = self.model, self.device
@@ -267,7 +268,7 @@ class Engine:
     @torch.inference_mode()
     def _prefill(self, seqs: list[_Seq], cache: LatentCache, dcache: LatentCache | None, rope) -> torch.Tensor:
         """Run every prompt through the model, filling the cache; return the last position's logits [B, V]."""
-        model, dev, budget = self.model, self.device, self.prefill_tokens
+        fast, dev, budget = self.fast, self.device, self.prefill_tokens
         last = [None] * len(seqs)
         i = 0
         while i < len(seqs):  # groups of rows whose padded size fits the token budget
@@ -287,18 +288,18 @@ class Engine:
                 c1 = min(S, c0 + chunk)
                 pos = torch.arange(c0, c1, device=dev).expand(nb, -1)
                 valid = pos < lens[:, None]
-                h = model.forward_cached(ids[:, c0:c1], views, pos, valid=valid, span=c1, rope=rope)
+                h = fast.forward_cached(ids[:, c0:c1], views, pos, valid=valid, span=c1, rope=rope)
                 for b, s in enumerate(group):
                     n = len(s.prompt)
                     if c0 <= n - 1 < c1:
                         last[i + b] = h[b, n - 1 - c0]
                     if s.params.prompt_logprobs is not None and c0 < n - 1:
                         upto = min(c1, n - 1)  # position t predicts prompt token t + 1
-                        lp = token_logprobs(model.logits_inference(h[b, :upto - c0]), ids[b, c0 + 1:upto + 1],
+                        lp = token_logprobs(fast.logits(h[b, :upto - c0]), ids[b, c0 + 1:upto + 1],
                                             s.params.prompt_logprobs)
                         s.prompt_logprobs = (s.prompt_logprobs or [None]) + lp
                 if dcache is not None:  # MTP position t sees (h_t, token t + 1): all but the last prompt position
-                    model.forward_mtp_cached(1, h, ids[:, c0 + 1:c1 + 1], dcache.views(nb, i)[0], pos,
+                    fast.forward_mtp_cached(1, h, ids[:, c0 + 1:c1 + 1], dcache.views(nb, i)[0], pos,
                                              valid=pos < (lens - 1)[:, None], span=c1, rope=rope)
             for b, s in enumerate(group):
                 s.length = len(s.prompt)
@@ -307,7 +308,7 @@ class Engine:
                 if dcache is not None:
                     s.mtp_len, s.h_pend = s.length - 1, last[i + b].unsqueeze(0)
             i = j
-        return model.logits_inference(torch.stack(last)).float()
+        return fast.logits(torch.stack(last)).float()
 
     @torch.inference_mode()
     def _decode_step(self, rows: list[_Seq], cache: LatentCache, rope) -> torch.Tensor:
@@ -315,7 +316,7 @@ class Engine:
         ids = torch.tensor([[s.pending] for s in rows], device=dev)
         pos = torch.tensor([[s.length] for s in rows], device=dev)
         span = max(s.length for s in rows) + 1
-        logits = self._decode_fn(self.model, ids, cache.views(n), pos, span, rope)
+        logits = self._decode_fn(self.fast, ids, cache.views(n), pos, span, rope)
         for s in rows:
             s.length += 1
         return logits.float()
@@ -379,9 +380,9 @@ class Engine:
             rows.pop()
 
 
-def _decode_logits(model, ids, kv, pos, span: int, rope) -> torch.Tensor:
+def _decode_logits(fast: InferenceModel, ids, kv, pos, span: int, rope) -> torch.Tensor:
     """One decode step for every row: logits [n, V] of the token after ids [n, 1]."""
-    return model.logits_inference(model.forward_cached(ids, kv, pos, span=span, rope=rope)[:, 0])
+    return fast.logits(fast.forward_cached(ids, kv, pos, span=span, rope=rope)[:, 0])
 
 
 def _is_single(prompts) -> bool:

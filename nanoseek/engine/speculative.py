@@ -1,4 +1,4 @@
-"""Speculative decoding with the model's own MTP module as the draft (spec 5.4).
+"""Speculative decoding with the model's own MTP module as the draft (docs/architecture.md §5.4).
 
 Each round the MTP module drafts k tokens from the main model's last hidden state, the main model scores the
 pending token and all drafts in one forward, and the standard rule (Leviathan et al. 2023; Chen et al. 2023)
@@ -7,7 +7,7 @@ rejected one is replaced by a draw from norm(max(p_j - q_j, 0)); if all stand, o
 p_k. The output then has exactly the target distribution p; for greedy requests p and q are one-hot and the
 rule keeps a draft iff it is the target's argmax, so the output is the plain greedy output token for token.
 
-Drafts beyond the first reuse MTP module 1 on its own normed output (what serving engines do, spec 5.4):
+Drafts beyond the first reuse MTP module 1 on its own normed output (what serving engines do, docs/architecture.md §5.4):
 an approximation that only affects how many drafts are accepted, never what is output.
 """
 
@@ -58,15 +58,15 @@ def draft_budget(s, k: int) -> int:
     return max(min(k, s.params.max_new_tokens - len(s.tokens) - 1), 0)
 
 
-def verify_step(model, ids, kv, pos, span: int, rope) -> tuple[torch.Tensor, torch.Tensor]:
+def verify_step(fast, ids, kv, pos, span: int, rope) -> tuple[torch.Tensor, torch.Tensor]:
     """The verifying forward: hidden states and logits at every position of ids [n, k + 1] (compilable)."""
-    h = model.forward_cached(ids, kv, pos, span=span, rope=rope)
-    return h, model.logits_inference(h)
+    h = fast.forward_cached(ids, kv, pos, span=span, rope=rope)
+    return h, fast.logits(h)
 
 
-def mtp_step(model, h_prev, ids, kv, pos, span: int, rope) -> torch.Tensor:
+def mtp_step(fast, h_prev, ids, kv, pos, span: int, rope) -> torch.Tensor:
     """MTP module 1 over its cache without padding: normed hidden [n, S, d] (compilable)."""
-    return model.forward_mtp_cached(1, h_prev, ids, kv, pos, span=span, rope=rope)
+    return fast.forward_mtp_cached(1, h_prev, ids, kv, pos, span=span, rope=rope)
 
 
 @torch.inference_mode()
@@ -78,7 +78,7 @@ def speculative_round(engine, rows: list, cache, dcache, rope, k: int) -> tuple[
     token, not yet fed. MTP position i pairs the main hidden h_i with token i + 1; positions below `mtp_len`
     are in the draft cache, and `h_pend` / `next_pend` hold the inputs of positions mtp_len .. length - 1.
     """
-    model, dev, n = engine.model, engine.device, len(rows)
+    fast, dev, n = engine.fast, engine.device, len(rows)
     budgets = [draft_budget(s, k) for s in rows]
     kr = max(budgets)
     # 1) MTP: write the positions whose inputs are now known, and draft d_1 from the last of them
@@ -90,7 +90,7 @@ def speculative_round(engine, rows: list, cache, dcache, rope, k: int) -> tuple[
         h_in = torch.stack([s.h_pend for s in rows])
         nxt = torch.tensor([s.next_pend for s in rows], device=dev)
         pos = torch.tensor([[s.mtp_len + j for j in range(Sm)] for s in rows], device=dev)
-        g = engine._mtp_fn(model, h_in, nxt, dview, pos, span, rope)[:, -1]
+        g = engine._mtp_fn(fast, h_in, nxt, dview, pos, span, rope)[:, -1]
     else:
         h_in = torch.zeros(n, Sm, engine.config.hidden_size, dtype=engine.dtype, device=dev)
         nxt = torch.zeros(n, Sm, dtype=torch.long, device=dev)
@@ -100,16 +100,16 @@ def speculative_round(engine, rows: list, cache, dcache, rope, k: int) -> tuple[
         start = torch.tensor([s.mtp_len for s in rows], device=dev)
         valid = torch.arange(Sm, device=dev) < torch.tensor(c, device=dev)[:, None]
         pos = torch.where(valid, start[:, None] + torch.arange(Sm, device=dev), 0)  # padding: a harmless position
-        g = model.forward_mtp_cached(1, h_in, nxt, dview, pos, valid=valid, span=span, rope=rope)
+        g = fast.forward_mtp_cached(1, h_in, nxt, dview, pos, valid=valid, span=span, rope=rope)
         g = g[torch.arange(n, device=dev), torch.tensor(c, device=dev) - 1]  # [n, d]
     # greedy requests without penalties need only argmaxes: no distributions, no per-row sampler calls
-    fast = all(s.params.greedy and not s.params.penalized for s in rows)
+    argmax_only = all(s.params.greedy and not s.params.penalized for s in rows)
     drafts: list[list[int]] = [[] for _ in rows]
     qs: list[list[torch.Tensor]] = [[] for _ in rows]
     snaps = [s.sampler.snapshot() if s.params.penalized else None for s in rows]
     for j in range(kr):
-        dl = model.draft_logits_inference(g, engine.draft_vocab).float()
-        if fast:
+        dl = fast.draft_logits(g, engine.draft_vocab).float()
+        if argmax_only:
             for i, d in enumerate(dl.argmax(-1).tolist()):
                 drafts[i].append(d)
         else:
@@ -121,15 +121,15 @@ def speculative_round(engine, rows: list, cache, dcache, rope, k: int) -> tuple[
                 drafts[i].append(d)
                 qs[i].append(q)
                 s.sampler.observe(d)
-        if j + 1 < kr:  # the next draft: MTP at the following position, on its own output (spec 5.4)
+        if j + 1 < kr:  # the next draft: MTP at the following position, on its own output (docs/architecture.md §5.4)
             p = torch.tensor([[s.length + j] for s in rows], device=dev)
             ids = torch.tensor([[d[-1]] for d in drafts], device=dev)
             span = max(s.length for s in rows) + j + 1
             if min(budgets) > j + 1:
-                g = engine._mtp_fn(model, g[:, None], ids, dview, p, span, rope)[:, 0]
+                g = engine._mtp_fn(fast, g[:, None], ids, dview, p, span, rope)[:, 0]
             else:  # rows out of budget compute but do not store
                 ok = torch.tensor([[j + 1 < b] for b in budgets], device=dev)
-                g = model.forward_mtp_cached(1, g[:, None], ids, dview, torch.where(ok, p, 0), valid=ok,
+                g = fast.forward_mtp_cached(1, g[:, None], ids, dview, torch.where(ok, p, 0), valid=ok,
                                              span=span, rope=rope)[:, 0]
     for s, snap in zip(rows, snaps):
         if snap is not None:
@@ -143,17 +143,17 @@ def speculative_round(engine, rows: list, cache, dcache, rope, k: int) -> tuple[
     pos = torch.where(valid, base[:, None] + torch.arange(kr + 1, device=dev), 0)
     span = max(s.length + b for s, b in zip(rows, budgets)) + 1
     if min(budgets) == kr:
-        h, logits = engine._verify_fn(model, ids, cache.views(n), pos, span, rope)
+        h, logits = engine._verify_fn(fast, ids, cache.views(n), pos, span, rope)
     else:
-        h = model.forward_cached(ids, cache.views(n), pos, valid=valid, span=span, rope=rope)
-        logits = model.logits_inference(h)
+        h = fast.forward_cached(ids, cache.views(n), pos, valid=valid, span=span, rope=rope)
+        logits = fast.logits(h)
     logits = logits.float()  # [n, kr + 1, V]
     # 3) accept
     new, per_token = [], []
-    target = logits.argmax(-1).tolist() if fast else None
+    target = logits.argmax(-1).tolist() if argmax_only else None
     for i, s in enumerate(rows):
         b = budgets[i]
-        if fast:  # the acceptance rule with one-hot p and q: keep drafts while they are the target's argmax
+        if argmax_only:  # the acceptance rule with one-hot p and q: keep drafts while they are the target's argmax
             a = 0
             while a < b and drafts[i][a] == target[i][a]:
                 a += 1

@@ -1,4 +1,4 @@
-"""One pre-norm decoder layer: x + MLA(norm(x)), then + FFN(norm(.)), where FFN is dense or MoE (spec 4.1)."""
+"""One pre-norm decoder layer: x + MLA(norm(x)), then + FFN(norm(.)), where FFN is dense or MoE (docs/architecture.md §4.1)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from torch import nn
 
 from nanoseek.config import ModelConfig
 from nanoseek.model.layers import MLP, RMSNorm
-from nanoseek.model.mla import MLA, LatentStep
+from nanoseek.model.mla import MLA
 from nanoseek.model.moe import MoE, RoutingStats
 
 
@@ -28,10 +28,3 @@ class DecoderLayer(nn.Module):
             out, stats = self.mlp(self.post_attention_layernorm(x), balance_loss)
             return x + out, stats
         return x + self.mlp(self.post_attention_layernorm(x)), None
-
-    def forward_cached(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, kv: torch.Tensor,
-                       step: LatentStep) -> torch.Tensor:
-        """Generation: attention over this layer's latent cache kv (see MLA.forward_cached), no statistics."""
-        x = x + self.self_attn.forward_cached(self.input_layernorm(x), cos, sin, kv, step)
-        h = self.post_attention_layernorm(x)
-        return x + self.mlp.forward_inference(h)

@@ -6,7 +6,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nanoseek.model.packed import PackedLinear, derived
 
 
 class RMSNorm(nn.Module):
@@ -24,7 +23,7 @@ class RMSNorm(nn.Module):
 
 
 class MLP(nn.Module):
-    """SwiGLU: down(silu(gate(u)) * up(u)), no biases (spec 4.1). Dense FFN and shared experts."""
+    """SwiGLU: down(silu(gate(u)) * up(u)), no biases (docs/architecture.md §4.1). Dense FFN and shared experts."""
 
     def __init__(self, dim: int, hidden: int):
         super().__init__()
@@ -34,16 +33,6 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
-
-    def packed(self) -> tuple[PackedLinear, PackedLinear]:
-        return derived(self, lambda: (PackedLinear(torch.cat((self.gate_proj.weight, self.up_proj.weight)).detach()),
-                                      PackedLinear(self.down_proj.weight)))
-
-    def forward_inference(self, x: torch.Tensor) -> torch.Tensor:
-        """Generation: gate and up as one matmul, weights in the layout small matmuls prefer."""
-        gate_up, down = self.packed()
-        gate, up = gate_up(x).chunk(2, dim=-1)
-        return down(F.silu(gate) * up)
 
 
 def compute_dtype(x: torch.Tensor) -> torch.dtype:

@@ -1,22 +1,15 @@
-"""Weights laid out for generation's small matmuls, derived once from the parameters (inference only).
+"""Weights laid out for generation's small matmuls (inference only; nanoseek.model.inference owns them).
 
 A decode step multiplies a handful of rows by every weight matrix, so it is bound by reading weights and by
 per-op overhead, not by arithmetic. On CPU in fp32, MKL's GEMM with few rows runs about twice as fast with the
 weight stored [in, out] (x @ W) as with the parameter's [out, in] (x @ W^T, what F.linear does); in bf16 and
-on GPU the parameter layout is as fast. `PackedLinear` holds whichever layout is faster, and `derived`
-caches such copies per module, rebuilding them when a parameter changes (an RL trainer updating the weights
-between rollouts bumps their version counters), so generation never uses stale weights.
+on GPU the parameter layout is as fast, and the parameter itself is used (no copy).
 """
 
 from __future__ import annotations
 
-from typing import Callable, TypeVar
-
 import torch
 import torch.nn.functional as F
-from torch import nn
-
-T = TypeVar("T")
 
 
 def row_major_faster(w: torch.Tensor) -> bool:
@@ -63,56 +56,15 @@ class PackedExperts:
         return F.linear(F.silu(gate) * up, self.w2[e])
 
 
-def derived(module: nn.Module, build: Callable[[], T], params: list[torch.Tensor] | None = None,
-            tag: str = "") -> T:
-    """build() once per module (and tag), and again whenever one of `params` (default: all the module's
-    parameters) was reassigned, moved, cast or modified in place. Kept outside the module's parameters and
-    buffers.
+class PackedMLP:
+    """A SwiGLU MLP (nanoseek.model.layers.MLP) with gate and up fused into one matmul, packed."""
 
-    A rebuild with unchanged shapes is copied into the existing tensors, so code compiled against them (the
-    engine's torch.compile'd decode step) stays valid. Inside a compiled region the check is skipped: the
-    caller refreshes before entering it (DeepSeekV3.prepare_inference).
-    """
-    store = module.__dict__.setdefault("_nanoseek_derived", {})
-    hit = store.get(tag)
-    if torch.compiler.is_compiling():
-        return hit[1]
-    params = list(module.parameters()) if params is None else params
-    key = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in params)
-    if hit is None or hit[0] != key:
-        new = build()
-        if hit is not None and _copy_into(hit[1], new):
-            new = hit[1]
-        hit = (key, new)
-        store[tag] = hit
-    return hit[1]
+    __slots__ = ("gate_up", "down")
 
+    def __init__(self, mlp):
+        self.gate_up = PackedLinear(torch.cat((mlp.gate_proj.weight, mlp.up_proj.weight)).detach())
+        self.down = PackedLinear(mlp.down_proj.weight)
 
-def _leaves(obj) -> list:
-    if isinstance(obj, torch.Tensor) or obj is None:
-        return [obj]
-    if isinstance(obj, (tuple, list)):
-        return [x for o in obj for x in _leaves(o)]
-    names = getattr(obj, "__slots__", None) or getattr(obj, "__dataclass_fields__", None) or ()
-    return [x for n in names for x in _leaves(getattr(obj, n))]
-
-
-def _copy_into(old, new) -> bool:
-    """Copy new's tensors into old's when both have the same structure, shapes and dtypes and none of old's
-    is a parameter (those are the module's own tensors, shared rather than copied)."""
-    a, b = _leaves(old), _leaves(new)
-    if type(old) is not type(new) or len(a) != len(b):
-        return False
-    pairs = []
-    for x, y in zip(a, b):
-        if x is None or y is None:
-            if x is not y:
-                return False
-        elif x is not y:
-            if isinstance(x, nn.Parameter) or x.shape != y.shape or x.dtype != y.dtype or x.device != y.device:
-                return False
-            pairs.append((x, y))
-    with torch.inference_mode():
-        for x, y in pairs:
-            x.copy_(y)
-    return True
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.gate_up(x).chunk(2, dim=-1)
+        return self.down(F.silu(gate) * up)

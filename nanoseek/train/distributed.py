@@ -7,7 +7,8 @@ to the model from outside (torchtitan's approach: the model code knows nothing o
   parameters, gradients and optimizer state are sharded; each layer is gathered just for its compute.
 
 gloo on CPU, NCCL on CUDA. The router's correction bias is a buffer, so neither wrapper touches it: every
-rank applies the same update because `DeepSeekV3.update_router_biases` all-reduces the expert counts first.
+rank applies the same update because the training loop sums the step's expert counts over ranks
+(`all_reduce_sum`) before `DeepSeekV3.update_router_biases`.
 Expert parallelism (experts split across ranks with all-to-all token exchange) is not implemented.
 """
 

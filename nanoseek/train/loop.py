@@ -92,8 +92,6 @@ def train(model: nn.Module, task: Task, cfg: TrainConfig, run_dir: str | Path, *
     run_dir = Path(run_dir)
     device = info.device
     amp_dtype = torch.bfloat16 if cfg.dtype == "bfloat16" else None
-    # The balance-loss weight is read by the model's forward from its config (spec 4.6).
-    model.config.aux_loss_alpha = cfg.aux_loss_alpha
 
     state = None
     if resume:
@@ -159,6 +157,8 @@ def train(model: nn.Module, task: Task, cfg: TrainConfig, run_dir: str | Path, *
                        min_ratio=cfg.min_lr_ratio, decay_frac=cfg.decay_frac)
             set_lr(optimizers, lr)
             sums, counts = _accumulate(fwd, model, task, cfg, amp_dtype, device)
+            if counts is not None:  # expert load of the whole step: every rank balances on the same counts
+                counts = D.all_reduce_sum(counts)
             grad_norm = _clip(model, cfg.grad_clip)
             # One all-reduce gives every rank the same global figures, so all ranks stop together.
             sums = D.all_reduce_sum(sums) / (cfg.grad_accum * info.world_size)
@@ -170,7 +170,7 @@ def train(model: nn.Module, task: Task, cfg: TrainConfig, run_dir: str | Path, *
             for opt in optimizers:
                 opt.zero_grad(set_to_none=True)
             if has_routers and counts is not None and cfg.bias_update_gamma > 0:
-                model.update_router_biases(counts, cfg.bias_update_gamma)  # all-reduces the counts itself
+                model.update_router_biases(counts, cfg.bias_update_gamma)
             dt = time.perf_counter() - t0
             tokens_seen += tokens_per_step
             tok_s = tokens_per_step / dt
@@ -180,7 +180,7 @@ def train(model: nn.Module, task: Task, cfg: TrainConfig, run_dir: str | Path, *
             main_loss = sums[1].item()
 
             if step % cfg.log_every == 0 or step == cfg.steps:
-                rec = _step_metrics(sums, counts, model, has_routers) if info.is_main or has_routers else {}
+                rec = _step_metrics(sums, counts, model, has_routers) if info.is_main else {}
                 if log is not None:
                     log.write("train", step, loss=loss, lr=lr, grad_norm=gnorm, tokens=tokens_seen,
                               tokens_per_s=tok_s, mfu=mfu(tok_s, fpt, peak), step_time=dt, **rec)
@@ -260,7 +260,7 @@ def _step_metrics(sums: torch.Tensor, counts: torch.Tensor | None, model: nn.Mod
     if has_routers:
         rec["balance_loss"] = sums[2].item()
         if counts is not None:
-            c = D.all_reduce_sum(counts.clone()).float()
+            c = counts.float()
             # max/mean tokens per expert, per MoE layer (MTP layers last): 1.0 is perfect balance
             rec["expert_imbalance"] = (c.max(dim=1).values / c.mean(dim=1).clamp_min(1e-9)).tolist()
         biases = torch.stack([r.e_score_correction_bias for r in model.routers()])

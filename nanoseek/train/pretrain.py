@@ -39,7 +39,7 @@ class PretrainTask(Task):
 
     def loss(self, model: nn.Module, batch, cfg: TrainConfig):
         x, y = batch
-        return model(x, targets=y, mtp_weight=cfg.mtp_weight)
+        return model(x, targets=y, mtp_weight=cfg.mtp_weight, aux_loss_alpha=cfg.aux_loss_alpha)
 
     def evaluate(self, model: nn.Module, cfg: TrainConfig) -> dict[str, float]:
         from nanoseek.train.distributed import all_reduce_sum
