@@ -1,0 +1,157 @@
+"""Problem files in and out: problems JSONL (RL and evaluation), SFT chat JSONL, pretraining text.
+
+problems JSONL, one problem per line (what `read_problems` reads back, and what `nanoseek generate
+--prompts-file` accepts as prompts, since each line has "prompt"):
+    {"format_version": 1, "task": "arithmetic", "prompt": "What is 47 + 385?", "answer": "432",
+     "meta": {"key": "47 385 +", "difficulty": 4, "terms": [47, 385], "ops": ["+"]}}
+  Bring-your-own lines need only {"prompt", "answer"}, optionally "checker" and "reasoning".
+
+SFT JSONL, one conversation per line, in the shape `Tokenizer.render_chat` takes:
+    {"messages": [{"role": "user", "content": PROMPT},
+                  {"role": "assistant", "reasoning": WORKED STEPS, "content": ANSWER}]}
+  rendered as <|user|>PROMPT<|end|><|assistant|><think>WORKED STEPS</think>ANSWER<|end|>.
+
+Pretraining text, one document per problem (or `group` problems per document), in one of two styles:
+    plain   PROMPT / the worked steps / "Answer: ANSWER", one per line (see `extract_plain_answer`)
+    chat    the chat rendering above as text; its special tokens become special ids only where the text is
+            encoded with specials parsed (Tokenizer.encode(..., allow_special=True))
+  A .jsonl path gets {"text": document} lines; any other path gets plain text with a blank line between
+  documents (documents hold no blank line: read it with `--text-unit paragraph`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterable
+
+from nanoseek.data.tasks.custom import custom_problem
+from nanoseek.data.tasks.problem import Problem
+from nanoseek.data.tasks.registry import TASKS, worked_solution
+from nanoseek.errors import DataError
+from nanoseek.io import atomic_write_text
+
+FORMAT_VERSION = 1
+TEXT_STYLES = ("plain", "chat")
+
+
+# ---- problems --------------------------------------------------------------------------------------------
+def problem_record(problem: Problem) -> dict[str, Any]:
+    return {"format_version": FORMAT_VERSION, **problem.to_dict()}
+
+
+def problem_from_record(record: Any, where: str = "record", default_checker: Any = "exact") -> Problem:
+    """A Problem from a problems-JSONL record: a built-in task's problem (as `problem_record` writes it) or
+    a bring-your-own {"prompt", "answer", ["checker"], ["reasoning"]}. DataError names `where`."""
+    if not isinstance(record, dict):
+        raise DataError(f'{where}: expected a JSON object with "prompt" and "answer", got {type(record).__name__}')
+    version = record.get("format_version", FORMAT_VERSION)
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise DataError(f"{where}: format_version {version!r} is newer than this nanoseek reads ({FORMAT_VERSION})")
+    task = record.get("task", "custom")
+    if task == "custom":
+        return custom_problem(record, default_checker, where)
+    if task not in TASKS:
+        raise DataError(f"{where}: unknown task {task!r}; the tasks are: {', '.join(TASKS)} (leave \"task\" out "
+                        "for your own problems)")
+    meta = record.get("meta")
+    if not isinstance(record.get("prompt"), str) or not isinstance(record.get("answer"), str) or \
+            not isinstance(meta, dict):
+        raise DataError(f'{where}: a {task} problem needs "prompt" and "answer" strings and a "meta" object')
+    problem = Problem(task, record["prompt"], record["answer"], meta)
+    try:
+        ok = TASKS[task].check(problem, problem.answer)
+    except (KeyError, TypeError, ValueError, IndexError):
+        ok = False
+    if not ok:
+        raise DataError(f'{where}: this {task} problem\'s "meta" does not fit its answer {problem.answer!r} '
+                        "(edited or damaged); regenerate it with `nanoseek tasks generate`")
+    return problem
+
+
+def read_jsonl(path: str | os.PathLike) -> Iterable[tuple[str, Any]]:
+    """(where, object) per non-blank line; DataError names the file and line of bad JSON."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{n}: not valid JSON ({e.msg} at column {e.colno})") from None
+            yield f"{path}:{n}", obj
+
+
+def read_problems(path: str | os.PathLike, default_checker: Any = "exact") -> list[Problem]:
+    """Every problem in a problems JSONL file (built-in or bring-your-own lines; `default_checker` for
+    bring-your-own lines that name none)."""
+    out = [problem_from_record(obj, where, default_checker) for where, obj in read_jsonl(path)]
+    if not out:
+        raise DataError(f"{path}: no problems in the file")
+    return out
+
+
+def write_problems(problems: Iterable[Problem], path: str | os.PathLike) -> int:
+    return _write_lines(path, (json.dumps(problem_record(p), ensure_ascii=False) for p in problems))
+
+
+# ---- SFT and chat --------------------------------------------------------------------------------------
+def chat_messages(problem: Problem, with_solution: bool = True) -> list[dict[str, str]]:
+    """The conversation for a problem: the user's prompt, then (with_solution) the assistant's worked
+    reasoning and answer. Without the solution it is the prompt an RL rollout or evaluation starts from."""
+    messages = [{"role": "user", "content": problem.prompt}]
+    if with_solution:
+        sol = worked_solution(problem)
+        if sol is None:
+            raise DataError(f"problem {problem.id} ({problem.prompt[:60]!r}) has no worked solution; give "
+                            'bring-your-own problems a "reasoning" field to write SFT data from them')
+        messages.append({"role": "assistant", "reasoning": sol.reasoning, "content": sol.answer})
+    return messages
+
+
+def sft_record(problem: Problem) -> dict[str, Any]:
+    return {"messages": chat_messages(problem)}
+
+
+def write_sft(problems: Iterable[Problem], path: str | os.PathLike) -> int:
+    return _write_lines(path, (json.dumps(sft_record(p), ensure_ascii=False) for p in problems))
+
+
+# ---- pretraining text ----------------------------------------------------------------------------------
+def render_text(problem: Problem, style: str = "plain") -> str:
+    """One problem with its worked solution as a text document (see the module docstring for the styles)."""
+    if style not in TEXT_STYLES:
+        raise DataError(f"unknown text style {style!r}; use one of {', '.join(TEXT_STYLES)}", param="style")
+    (user, assistant) = chat_messages(problem)
+    if style == "chat":
+        return (f"<|user|>{user['content']}<|end|><|assistant|><think>{assistant['reasoning']}</think>"
+                f"{assistant['content']}<|end|>")
+    return f"{user['content']}\n{assistant['reasoning']}\nAnswer: {assistant['content']}"
+
+
+def plain_prompt(problem: Problem) -> str:
+    """What to give a model trained only on plain-style text: the prompt line; it continues with the steps
+    and an "Answer:" line (read it with `nanoseek.data.rewards.extract_plain_answer`)."""
+    return f"{problem.prompt}\n"
+
+
+def write_text(problems: Iterable[Problem], path: str | os.PathLike, style: str = "plain", group: int = 1) -> int:
+    """Pretraining documents, `group` problems each; returns the number of documents."""
+    if group < 1:
+        raise DataError(f"group must be at least 1, got {group}", param="group")
+    texts = [render_text(p, style) for p in problems]
+    docs = ["\n".join(texts[i:i + group]) for i in range(0, len(texts), group)]
+    if str(path).endswith(".jsonl"):
+        return _write_lines(path, (json.dumps({"text": d}, ensure_ascii=False) for d in docs))
+    atomic_write_text(path, "\n\n".join(docs) + "\n")
+    return len(docs)
+
+
+def _write_lines(path: str | os.PathLike, lines: Iterable[str]) -> int:
+    lines = list(lines)
+    atomic_write_text(path, "".join(line + "\n" for line in lines))
+    return len(lines)

@@ -1,0 +1,113 @@
+"""What every task shares: a `Problem`, its worked `Solution`, the `Task` interface and the split rule.
+
+A problem is data (prompt, reference answer, task name, metadata) that round-trips through JSON, so a
+problem file written today is checked the same way tomorrow. Its *canonical key* is the problem stripped of
+phrasing (the operands of a sum in sorted order, the numbers and target of a Countdown puzzle, the number
+chain of a word problem), and the key alone decides whether the problem belongs to train, validation or
+test. So splits are disjoint for every seed, size and difficulty, and two phrasings of one problem (Tom's
+apples and Ana's coins over the same numbers; 47 + 385 and 385 + 47) never sit in different splits.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+SPLITS = ("train", "val", "test")
+# Out of 1000 hash buckets: test 10%, validation 10%, train 80%.
+_TEST_BUCKETS, _VAL_BUCKETS = 100, 100
+
+
+def split_of(task: str, key: str) -> str:
+    """The split ("train", "val" or "test") a problem belongs to, from its task and canonical key only."""
+    h = int.from_bytes(hashlib.blake2b(f"{task}|{key}".encode("utf-8"), digest_size=8).digest(), "little")
+    bucket = h % 1000
+    if bucket < _TEST_BUCKETS:
+        return "test"
+    if bucket < _TEST_BUCKETS + _VAL_BUCKETS:
+        return "val"
+    return "train"
+
+
+@dataclass(frozen=True)
+class Solution:
+    """A worked solution: the step-by-step reasoning (one step per line) and the final answer."""
+
+    reasoning: str
+    answer: str
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One problem: the prompt shown to the model, the reference answer, the task that checks it, metadata.
+
+    meta holds what the task needs to check and solve the problem (operands, the Countdown numbers, the
+    checker of a bring-your-own problem), plus "key" (canonical form) and "difficulty"; all JSON values.
+    """
+
+    task: str
+    prompt: str
+    answer: str
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        """Canonical form (decides the split); a bring-your-own problem's is its prompt."""
+        return self.meta.get("key", self.prompt)
+
+    @property
+    def difficulty(self) -> int | None:
+        return self.meta.get("difficulty")
+
+    @property
+    def id(self) -> str:
+        """A short stable id: task name and a hash of the canonical key."""
+        return f"{self.task}-{hashlib.blake2b(self.key.encode('utf-8'), digest_size=5).hexdigest()}"
+
+    @property
+    def split(self) -> str:
+        return split_of(self.task, self.key)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"task": self.task, "prompt": self.prompt, "answer": self.answer, "meta": dict(self.meta)}
+
+
+class Task:
+    """A generator of problems with an exact checker and a worked solution. Subclasses set `name`,
+    `summary` and `levels` (one line per difficulty, 1-based) and implement the four methods."""
+
+    name: str = ""
+    summary: str = ""
+    levels: tuple[str, ...] = ()
+    generated: bool = True  # False for tasks read from files (nothing to sample)
+
+    @property
+    def max_difficulty(self) -> int:
+        return len(self.levels)
+
+    def sample(self, rng: random.Random, difficulty: int) -> Problem:
+        """A random problem at `difficulty` (1..max_difficulty), drawn only from `rng`."""
+        raise NotImplementedError
+
+    def check(self, problem: Problem, answer: str) -> bool:
+        """Whether `answer` (the final answer text, already extracted from a completion) solves `problem`."""
+        raise NotImplementedError
+
+    def solve(self, problem: Problem) -> Solution | None:
+        """A worked solution, or None when the task has none (a bring-your-own problem without reasoning)."""
+        raise NotImplementedError
+
+    def answer_key(self, problem: Problem, answer: str) -> str | None:
+        """What majority voting compares: answers that mean the same thing get the same key (for numbers,
+        their value). None when the answer is unreadable."""
+        text = " ".join(answer.split())
+        return text or None
+
+    def make(self, prompt: str, answer: Any, key: str, difficulty: int, **meta: Any) -> Problem:
+        return Problem(self.name, prompt, str(answer), {"key": key, "difficulty": difficulty, **meta})
+
+
+def plural(n: int, one: str, many: str) -> str:
+    return f"{n} {one if n == 1 else many}"
