@@ -1,0 +1,243 @@
+"""`nanoseek tasks list|show|generate|check`: the verifiable task suite, its files, and scoring completions."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+from nanoseek.cli.common import UserError, nonneg_int, positive_int
+from nanoseek.errors import DataError
+
+FORMATS = ("problems", "sft", "text")
+
+
+def _flag_error(e: DataError, flags: dict[str, str]) -> UserError:
+    """A library DataError re-raised with the command's flag as its param."""
+    param = flags.get(e.param or "", e.param)
+    return UserError(f"{param}: {e}" if param and param.startswith("-") else str(e), param=param)
+
+
+def _task_names(text: str) -> list[str]:
+    from nanoseek.data import tasks
+
+    names = tasks.generated_tasks() if text == "all" else [t.strip() for t in text.split(",") if t.strip()]
+    for name in names:
+        if name not in tasks.TASKS or not tasks.TASKS[name].generated:
+            raise UserError(f"--task: unknown task {name!r}; use one of {', '.join(tasks.generated_tasks())} "
+                            "(comma-separated) or all", param="--task")
+    if not names:
+        raise UserError("--task names no task", param="--task")
+    return names
+
+
+def cmd_list(args) -> None:
+    """List the built-in tasks with their difficulty levels and an example prompt."""
+    from nanoseek.data import tasks
+
+    for name in tasks.generated_tasks():
+        t = tasks.TASKS[name]
+        example = tasks.generate(t, "train", 1, 1, seed=0)[0]
+        print(f"{name}: {t.summary}")
+        for level, text in enumerate(t.levels, 1):
+            print(f"  {level}  {text}")
+        print(f"  e.g. {example.prompt}  ->  {example.answer}")
+    print("custom: your own JSONL of {\"prompt\", \"answer\"} with a checker (exact, numeric, choice); "
+          "see `nanoseek tasks check --help`")
+
+
+def cmd_show(args) -> None:
+    """Print a few problems with their worked solutions, as pretraining text shows them."""
+    from nanoseek.data import tasks
+
+    flags = {"difficulty": "--difficulty", "n": "--n", "split": "--split"}
+    for name in _task_names(args.task):
+        try:
+            problems = tasks.generate(name, args.split, args.n, args.difficulty, seed=args.seed, unique=False)
+        except DataError as e:
+            raise _flag_error(e, flags) from None
+        for p in problems:
+            print(f"# {name}, difficulty {p.difficulty}, {args.split}, id {p.id}")
+            print(tasks.render_text(p, args.style), end="\n\n")
+
+
+def cmd_generate(args) -> None:
+    """Generate problems of the built-in tasks and write them as problems JSONL (RL, evaluation), SFT chat
+    JSONL with worked reasoning, or pretraining text."""
+    from nanoseek.data import tasks
+
+    flags = {"difficulty": "--difficulty", "n": "--n", "split": "--split", "group": "--group", "style": "--style"}
+    out = Path(args.out)
+    if out.is_dir():
+        raise UserError(f"--out {out} is a directory; give a file name", param="--out")
+    problems = []
+    for name in _task_names(args.task):
+        try:
+            problems += tasks.generate(name, args.split, args.n, args.difficulty, seed=args.seed,
+                                       unique=not args.allow_repeats)
+        except DataError as e:
+            raise _flag_error(e, flags) from None
+    try:
+        if args.format == "problems":
+            count, what = tasks.write_problems(problems, out), "problems"
+        elif args.format == "sft":
+            count, what = tasks.write_sft(problems, out), "SFT conversations"
+        else:
+            count = tasks.write_text(problems, out, style=args.style, group=args.group)
+            what = f"{args.style} text documents ({len(problems)} problems)"
+    except DataError as e:
+        raise _flag_error(e, flags) from None
+    print(f"wrote {count:,} {what} ({args.task}, {args.split} split, difficulty {args.difficulty}, seed "
+          f"{args.seed}) to {out}")
+
+
+def _completion_text(rec: dict, where: str) -> str:
+    """The completion of a record: "completion" or "text" (raw, special tokens kept), or OpenAI-style
+    "content" with "reasoning_content" / "reasoning" put back between <think> tags."""
+    for field in ("completion", "text"):
+        if isinstance(rec.get(field), str):
+            return rec[field]
+    if isinstance(rec.get("content"), str):
+        reasoning = rec.get("reasoning_content", rec.get("reasoning"))
+        return rec["content"] if reasoning is None else f"<think>{reasoning}</think>{rec['content']}"
+    raise UserError(f'--completions {where}: no completion: expected "completion", "text" or "content"',
+                    param="--completions")
+
+
+def cmd_check(args) -> None:
+    """Score completions against problems: accuracy, format, pass@k and maj@k per task, as a markdown table
+    (and JSON). Completions are matched to problems by their "prompt"."""
+    from nanoseek.data import rewards, tasks
+    from nanoseek.eval import metrics
+
+    try:
+        checker = json.loads(args.checker) if args.checker.lstrip().startswith("{") else args.checker
+        tasks.make_checker(checker)
+    except (ValueError, json.JSONDecodeError) as e:
+        raise UserError(f"--checker: {e}", param="--checker") from None
+    try:
+        problems = tasks.read_problems(args.problems, default_checker=checker)
+    except DataError as e:
+        raise UserError(f"--problems {e}", param="--problems") from None
+    try:
+        scorer = rewards.Rewards(args.reward, seed=args.seed)
+    except DataError as e:
+        raise _flag_error(e, {"reward": "--reward"}) from None
+    by_prompt = {}
+    for p in problems:
+        by_prompt.setdefault(p.prompt, p)
+    samples: dict[str, list] = defaultdict(list)
+    scored, think_seen, n = [], 0, 0
+    try:
+        records = list(tasks.read_jsonl(args.completions))
+    except DataError as e:
+        raise UserError(f"--completions {e}", param="--completions") from None
+    for where, rec in records:
+        if not isinstance(rec, dict) or not isinstance(rec.get("prompt"), str):
+            raise UserError(f'--completions {where}: expected an object with "prompt" and the completion',
+                            param="--completions")
+        problem = by_prompt.get(rec["prompt"])
+        if problem is None:
+            raise UserError(f"--completions {where}: its prompt is not in --problems {args.problems}: "
+                            f"{rec['prompt'][:80]!r}", param="--completions")
+        text = _completion_text(rec, where)
+        think_seen += "</think>" in text
+        n += 1
+        answer = rewards.extract_answer(text, rec["prompt"])
+        s = scorer.scores(problem.prompt, text, problem)
+        correct = tasks.check_answer(problem, answer)
+        samples[problem.id].append((problem, metrics.Sample(correct, tasks.answer_key(problem, answer)), s))
+        scored.append({"id": problem.id, "task": problem.task, "prompt": problem.prompt, "completion": text,
+                       "answer": answer, "correct": correct, **s})
+    if n == 0:
+        raise UserError(f"--completions {args.completions}: no completions in the file", param="--completions")
+    ks = sorted(set(args.k))
+    rows = []
+    groups: dict[str, list] = defaultdict(list)
+    for lst in samples.values():
+        groups[lst[0][0].task].append(lst)
+    for label, lsts in [*sorted(groups.items()), *([("all", list(samples.values()))] if len(groups) > 1 else [])]:
+        row = {"task": label, **metrics.summarize([[x[1] for x in lst] for lst in lsts], ks)}
+        for name in [*scorer.weights, "reward"]:  # the accuracy reward is the accuracy column already
+            row[name] = row[name] if name in row else sum(x[2][name] for lst in lsts for x in lst) / sum(len(lst) for lst in lsts)
+        rows.append(row)
+    print(metrics.markdown_table(rows), end="")
+    if think_seen == 0:
+        print("note: no completion contains </think>; decode with special tokens kept (skip_special_tokens="
+              "False) or the reasoning and the answer cannot be told apart", file=sys.stderr)
+    if args.json:
+        from nanoseek.io import atomic_write_text
+
+        atomic_write_text(args.json, metrics.to_json({"rows": rows, "reward": repr(scorer), "ks": ks}))
+        print(f"wrote {args.json}")
+    if args.out:
+        from nanoseek.io import atomic_write_text
+
+        atomic_write_text(args.out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in scored))
+        print(f"wrote {len(scored):,} scored completions to {args.out}")
+
+
+def _ks(text: str) -> list[int]:
+    try:
+        ks = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"give k values such as 1,4,8, got {text!r}") from None
+    if not ks or min(ks) < 1:
+        raise argparse.ArgumentTypeError(f"k values must be positive integers, got {text!r}")
+    return ks
+
+
+def register(sub) -> None:
+    from nanoseek.data.rewards import DEFAULT_WEIGHTS
+
+    p = sub.add_parser("tasks", help="verifiable reasoning tasks: list, generate data, score completions",
+                       description="The built-in verifiable task suite (and your own JSONL problems).")
+    tsub = p.add_subparsers(dest="tasks_command", metavar="SUBCOMMAND", required=True)
+    t = tsub.add_parser("list", help="the tasks and their difficulty levels", description=cmd_list.__doc__)
+    t.set_defaults(func=cmd_list)
+
+    def common(t):
+        t.add_argument("--task", required=True, help="a task, several comma-separated, or all")
+        t.add_argument("--split", default="train", choices=["train", "val", "test"], help="default train")
+        t.add_argument("--difficulty", default="1", help="a level (2), a range (1-3) or a list (1,2,4): each "
+                       "problem draws one of them (default 1)")
+        t.add_argument("--seed", type=nonneg_int, default=0, help="same seed, same problems (default 0)")
+        t.add_argument("--style", default="plain", choices=["plain", "chat"],
+                       help="text style: plain (prompt, steps, 'Answer: X') or chat (the chat rendering as text)")
+
+    t = tsub.add_parser("show", help="print a few problems with worked solutions", description=cmd_show.__doc__)
+    common(t)
+    t.add_argument("--n", type=positive_int, default=3, help="problems per task (default 3)")
+    t.set_defaults(func=cmd_show)
+
+    t = tsub.add_parser("generate", help="write problems, SFT chat data or pretraining text",
+                        description=cmd_generate.__doc__)
+    common(t)
+    t.add_argument("--n", type=positive_int, required=True, help="problems per task")
+    t.add_argument("--format", default="problems", choices=FORMATS,
+                   help="problems: JSONL for RL/eval; sft: chat JSONL with reasoning; text: pretraining documents "
+                        "(.jsonl -> {\"text\"} lines, else blank-line-separated text)")
+    t.add_argument("--out", "-o", required=True, metavar="FILE", help="file to write (atomically)")
+    t.add_argument("--group", type=positive_int, default=1, help="text: problems per document (default 1)")
+    t.add_argument("--allow-repeats", action="store_true",
+                   help="allow a problem more than once (needed when n exceeds what a split holds at low levels)")
+    t.set_defaults(func=cmd_generate)
+
+    t = tsub.add_parser("check", help="score completions: accuracy, format, pass@k, maj@k",
+                        description=cmd_check.__doc__)
+    t.add_argument("--problems", required=True, metavar="FILE",
+                   help="problems JSONL: generated, or your own {\"prompt\", \"answer\", [\"checker\"]} lines")
+    t.add_argument("--completions", required=True, metavar="FILE",
+                   help="JSONL with \"prompt\" and \"completion\" or \"text\" (special tokens kept), or \"content\" "
+                        "[+ \"reasoning_content\"]; several lines per prompt are several samples")
+    t.add_argument("--checker", default="exact",
+                   help="for your own problems without one: exact, numeric, choice, or JSON such as "
+                        "'{\"name\": \"numeric\", \"tolerance\": 0.01}' (default exact)")
+    t.add_argument("--reward", default=DEFAULT_WEIGHTS, help=f"rewards and weights (default {DEFAULT_WEIGHTS})")
+    t.add_argument("--seed", type=nonneg_int, default=0, help="seed of the random reward (default 0)")
+    t.add_argument("--k", type=_ks, default=[1], help="k values for pass@k and maj@k, e.g. 1,4,8 (default 1)")
+    t.add_argument("--json", metavar="FILE", help="also write the table as JSON")
+    t.add_argument("--out", "-o", metavar="FILE", help="write every completion with its answer and rewards")
+    t.set_defaults(func=cmd_check)
