@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nanoseek import schema
 from nanoseek.errors import ConfigError
 
 
@@ -93,24 +94,25 @@ class ModelConfig:
         return list(self.eos_token_id) if isinstance(self.eos_token_id, list) else [self.eos_token_id]
 
     # ---- validation -----------------------------------------------------------------------------
-    def validate(self) -> "ModelConfig":
+    def validate(self, where: str = "config") -> "ModelConfig":
+        """Check every field's type and range (nanoseek.schema.CONFIG_FIELDS), then the rules between fields.
+        Raises ConfigError naming the field; where: how the message names the source (a config.json path)."""
         def need(cond: bool, name: str, msg: str) -> None:
             if not cond:
-                raise ConfigError(f"config field '{name}': {msg}", param=name)
+                raise ConfigError(f"{where}: field '{name}': {msg}", param=name)
 
-        for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
-                     "kv_lora_rank", "qk_rope_head_dim", "v_head_dim", "qk_nope_head_dim"):
-            need(isinstance(getattr(self, name), int) and getattr(self, name) > 0, name,
-                 f"must be a positive integer, got {getattr(self, name)!r}")
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
+        schema.check(values, schema.CONFIG_FIELDS, ConfigError, where)
+        for name in ("bos_token_id", "pad_token_id"):
+            tid = getattr(self, name)
+            need(tid is None or tid < self.vocab_size, name, f"({tid}) must be below vocab_size ({self.vocab_size})")
+        need(all(t < self.vocab_size for t in self.eos_token_ids), "eos_token_id",
+             f"({self.eos_token_id}) must be below vocab_size ({self.vocab_size})")
         need(self.num_key_value_heads == self.num_attention_heads, "num_key_value_heads",
              f"MLA has no grouped KV heads: must equal num_attention_heads ({self.num_attention_heads}), "
              f"got {self.num_key_value_heads}")
         need(self.qk_rope_head_dim % 2 == 0, "qk_rope_head_dim", f"must be even, got {self.qk_rope_head_dim}")
-        need(self.q_lora_rank is None or self.q_lora_rank > 0, "q_lora_rank",
-             f"must be a positive integer or null (no query compression), got {self.q_lora_rank}")
         need(self.hidden_act == "silu", "hidden_act", f"only 'silu' (SwiGLU) is supported, got {self.hidden_act!r}")
-        need(0 <= self.first_k_dense_replace, "first_k_dense_replace", "must be >= 0")
-        need(self.num_nextn_predict_layers >= 0, "num_nextn_predict_layers", "must be >= 0")
         need(self.scoring_func == "sigmoid", "scoring_func",
              f"DeepSeek-V3 routing is sigmoid-scored; got {self.scoring_func!r} (DeepSeek-V2 softmax-gated "
              "checkpoints need the V2 architecture)")
@@ -145,7 +147,8 @@ class ModelConfig:
 
     # ---- HF config.json -------------------------------------------------------------------------
     @classmethod
-    def from_hf_dict(cls, d: dict[str, Any]) -> "ModelConfig":
+    def from_hf_dict(cls, d: dict[str, Any], where: str = "config") -> "ModelConfig":
+        schema.check(d, schema.CONFIG_ALIAS_FIELDS, ConfigError, where)  # the spellings folded in below
         d = dict(d)
         # HF v5 spelling: rope_theta and the YaRN block live in rope_parameters.
         rp = d.pop("rope_parameters", None)
@@ -173,7 +176,7 @@ class ModelConfig:
         known = {f.name for f in dataclasses.fields(cls)} - {"extra"}
         kwargs = {k: v for k, v in d.items() if k in known}
         extra = {k: v for k, v in d.items() if k not in known and k not in _DERIVED_HF_KEYS}
-        return cls(**kwargs, extra=extra).validate()
+        return cls(**kwargs, extra=extra).validate(where)
 
     def to_hf_dict(self) -> dict[str, Any]:
         d = dict(self.extra)
@@ -197,14 +200,15 @@ class ModelConfig:
         if not p.exists():
             raise FileNotFoundError(f"no config.json at {p}: point to a nanoseek or Hugging Face model directory")
         try:
-            d = json.loads(p.read_text())
-        except json.JSONDecodeError as e:
+            d = json.loads(p.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ConfigError(f"{p} is not valid JSON ({e}); re-export the checkpoint") from e
+        schema.check(d, schema.CONFIG_ALIAS_FIELDS, ConfigError, str(p))
         mt = d.get("model_type")
         if mt not in (None, "deepseek_v3", "kimi_k2"):
             raise ConfigError(f"{p}: model_type {mt!r} is not the DeepSeek-V3 architecture "
                               "(expected 'deepseek_v3'; DeepSeek-V2 checkpoints are softmax-gated and differ)")
-        return cls.from_hf_dict(d)
+        return cls.from_hf_dict(d, where=str(p))
 
     def save(self, path: str | os.PathLike) -> None:
         from nanoseek.io import atomic_write_text
@@ -236,6 +240,9 @@ def yarn(factor: float, original_max_position_embeddings: int, beta_fast: float 
 # Named presets. `tiny` fits a unit test; `cpu-small` trains usefully on 2 CPU cores in minutes (it is the
 # benchmarks' config, docs/performance.md §2.1, plus one MTP module);
 # `cpu-small-dense` has the same active parameters with dense FFNs (the MoE-vs-dense comparison);
+# `gpu-0.5b` (one GPU) and `gpu-3b` (8 GPUs) are fine-grained MoEs with DeepSeek-V3's own latent and head
+# shapes (kv_lora_rank 512, qk_rope_head_dim 64, nope 128, v 128), the shape vLLM's MLA kernels serve (below),
+# first layer dense, one MTP module; their vocab_size is a placeholder: pretraining takes the tokenizer's;
 # the real shapes are for counting and cost on the meta device.
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(
@@ -256,6 +263,18 @@ PRESETS: dict[str, dict[str, Any]] = {
         qk_rope_head_dim=16, v_head_dim=32, qk_nope_head_dim=32, n_group=1, topk_group=1, num_experts_per_tok=0,
         first_k_dense_replace=4, max_position_embeddings=2048, num_nextn_predict_layers=0,
     ),
+    "gpu-0.5b": dict(  # 0.51B total, 0.13B active per token (32K vocab)
+        vocab_size=32768, hidden_size=768, intermediate_size=2048, moe_intermediate_size=256, num_hidden_layers=12,
+        num_attention_heads=6, n_shared_experts=1, n_routed_experts=64, routed_scaling_factor=2.5, kv_lora_rank=512,
+        q_lora_rank=None, qk_rope_head_dim=64, v_head_dim=128, qk_nope_head_dim=128, n_group=1, topk_group=1,
+        num_experts_per_tok=6, first_k_dense_replace=1, max_position_embeddings=4096, num_nextn_predict_layers=1,
+    ),
+    "gpu-3b": dict(  # 2.99B total, 0.63B active per token (32K vocab)
+        vocab_size=32768, hidden_size=1536, intermediate_size=4096, moe_intermediate_size=384, num_hidden_layers=24,
+        num_attention_heads=12, n_shared_experts=2, n_routed_experts=64, routed_scaling_factor=2.5, kv_lora_rank=512,
+        q_lora_rank=768, qk_rope_head_dim=64, v_head_dim=128, qk_nope_head_dim=128, n_group=1, topk_group=1,
+        num_experts_per_tok=6, first_k_dense_replace=1, max_position_embeddings=4096, num_nextn_predict_layers=1,
+    ),
     "deepseek-v3": dict(
         vocab_size=129280, hidden_size=7168, intermediate_size=18432, moe_intermediate_size=2048,
         num_hidden_layers=61, num_attention_heads=128, n_shared_experts=1, n_routed_experts=256,
@@ -273,6 +292,26 @@ PRESETS: dict[str, dict[str, Any]] = {
         num_nextn_predict_layers=0,
     ),
 }
+
+
+# The MLA kernels of external servers fix the latent width each cached token holds (kv_lora_rank +
+# qk_rope_head_dim). What is known, from vLLM 0.32: its CPU backend accepts only 576 (DeepSeek's 512 + 64;
+# cpu-small's 64 + 16 fails with "Head dimension 80 is not supported by MLA"), its GPU backends 320, 512 or
+# 576. With MLA disabled vLLM loads other shapes but its output drifts from Hugging Face's. SGLang: not tested.
+VLLM_MLA_WIDTHS = {"cpu": (576,), "gpu": (320, 512, 576)}
+
+
+def mla_serving(cfg: ModelConfig) -> str:
+    """One line: whether vLLM's MLA kernels (as tested, vLLM 0.32) serve this config's latent shape."""
+    width = cfg.kv_lora_rank + cfg.qk_rope_head_dim
+    shape = f"{cfg.kv_lora_rank} + {cfg.qk_rope_head_dim} = {width}"
+    cpu, gpu = width in VLLM_MLA_WIDTHS["cpu"], width in VLLM_MLA_WIDTHS["gpu"]
+    known = "vLLM 0.32 accepts 576 on CPU and 320, 512 or 576 on its GPU backends; SGLang is untested"
+    if cpu and gpu:
+        return f"yes: latent {shape} (DeepSeek's shape; {known})"
+    if gpu:
+        return f"GPU backends only: latent {shape} ({known})"
+    return (f"no: latent {shape}; {known}. The gpu-* presets use DeepSeek's 512 + 64 = 576")
 
 
 def preset(name: str, **overrides: Any) -> ModelConfig:

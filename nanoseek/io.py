@@ -1,13 +1,47 @@
-"""Atomic file and directory writes: a crash leaves either the old content or the new, never a half."""
+"""Atomic file and directory writes: a crash leaves either the old content or the new, never a half.
+
+Temporary files and folders are created private (mkstemp: 0600, mkdtemp: 0700, and safetensors writes its
+files 0600); before they are renamed into place they get the permissions an ordinary `open()` / `mkdir` would
+have given them under the user's umask, so a checkpoint or data folder can be shared or served like any
+other file.
+
+A process killed inside `atomic_dir` leaves its hidden `.NAME.*.tmp` sibling behind. The writer holds an
+exclusive `flock` on that folder while it works (the kernel drops it when the process dies), so the next
+`atomic_dir` for the same path removes the siblings nobody holds: never a folder another process is writing.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Iterator
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: no locks, so stale temporaries are left alone
+    fcntl = None
+
+
+def umask() -> int:
+    """The process umask, read without changing it where the system allows (Linux: /proc), since setting it to
+    read it back races with other threads creating files."""
+    with contextlib.suppress(OSError, ValueError):
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def default_mode(directory: bool = False) -> int:
+    """What open()/mkdir give a new file/folder under the current umask (e.g. 0644 / 0755 under umask 022)."""
+    return (0o777 if directory else 0o666) & ~umask()
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -15,6 +49,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, default_mode())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -39,10 +74,18 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale(path)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    lock = _lock(tmp)
     try:
+        os.chmod(tmp, default_mode(directory=True))
         yield tmp
+        file_mode, dir_mode = default_mode(), default_mode(directory=True)
         for f in tmp.rglob("*"):
+            if f.is_symlink():
+                continue
+            # what the writers left may be private (safetensors creates its files 0600): ordinary modes
+            os.chmod(f, dir_mode if f.is_dir() else file_mode)
             if f.is_file():
                 with open(f, "rb") as fh:
                     os.fsync(fh.fileno())
@@ -58,3 +101,52 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        if lock is not None:
+            os.close(lock)
+
+
+def _lock(directory: Path) -> int | None:
+    """An fd holding an exclusive flock on `directory` (None where locks are unavailable)."""
+    if fcntl is None:
+        return None
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:  # a file system without flock (some network mounts): write unlocked
+        os.close(fd)
+        return None
+    return fd
+
+
+def clean_stale(path: str | os.PathLike) -> list[Path]:
+    """Remove the temporaries a killed `atomic_dir(path)` left: `.NAME.*.tmp` folders no live process holds
+    locked, and a `.NAME.old-PID` folder once `path` itself exists again (were `path` missing, the old folder
+    is the only copy of the previous content and is kept). Returns what was removed."""
+    path = Path(path)
+    removed: list[Path] = []
+    if fcntl is None or not path.parent.is_dir():
+        return removed
+    tmp_name = re.compile(rf"\.{re.escape(path.name)}\.[a-z0-9_]{{8}}\.tmp")  # what mkdtemp makes below
+    old_name = re.compile(rf"\.{re.escape(path.name)}\.old-\d+")
+    for p in path.parent.glob(f".{path.name}.*"):
+        if not p.is_dir() or p.is_symlink():
+            continue
+        if tmp_name.fullmatch(p.name):
+            try:
+                fd = os.open(p, os.O_RDONLY)
+            except OSError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:  # held by a live writer (or locks unsupported here): not ours to remove
+                continue
+            else:
+                shutil.rmtree(p, ignore_errors=True)
+                removed.append(p)
+            finally:
+                os.close(fd)
+        elif old_name.fullmatch(p.name) and path.exists():
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p)
+    return removed

@@ -40,6 +40,26 @@ ROLES = ("system", "user", "assistant")
 SPLIT_PATTERN = (r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]++[\r\n]*"""
                  r"""|\s*[\r\n]|\s+(?!\S)|\s+""")
 MIN_VOCAB = len(SPECIAL_TOKENS) + 256  # every byte must stay encodable
+# The BPE trainer reserves memory for the whole vocabulary up front (~70 bytes an entry: --vocab-size 1e9 asked
+# for 70 GB and aborted the process). The largest vocabularies in use are ~256K (DeepSeek-V3 129K, Kimi-K2
+# 164K); 2M entries cost the trainer ~150 MB.
+MAX_VOCAB = 1 << 21
+
+
+def trainable_vocab(requested: int, *, text_bytes: int | None = None, min_frequency: int = 2) -> int:
+    """The vocabulary size worth asking the BPE trainer for.
+
+    Refuses more than MAX_VOCAB, and caps the request at what the corpus can yield: every merge joins a pair
+    seen at least min_frequency times and removes that many tokens, so text_bytes of text (an upper bound,
+    when it is known before reading) allow at most text_bytes / min_frequency merges.
+    """
+    if requested > MAX_VOCAB:
+        raise TokenizerError(f"--vocab-size {requested:,} is more than nanoseek trains ({MAX_VOCAB:,}; the BPE "
+                             "trainer reserves memory for every entry up front, and the largest vocabularies in "
+                             "use are ~256K)", param="--vocab-size")
+    if text_bytes is not None:
+        return min(requested, MIN_VOCAB + text_bytes // max(min_frequency, 1))
+    return requested
 
 # The same format as a Jinja template for tokenizer_config.json (HF apply_chat_template, vLLM).
 CHAT_TEMPLATE = (
@@ -75,6 +95,34 @@ def byte_to_unicode() -> dict[int, str]:
     return table
 
 
+def fingerprint_json(text: str) -> str:
+    """`Tokenizer.fingerprint` of a tokenizer.json's text; works for any HF tokenizer, nanoseek's or not."""
+    d = json.loads(text)
+    model = d.get("model") or {}
+    vocab = model.get("vocab") or {}
+    vocab = sorted(vocab.items(), key=lambda kv: kv[1]) if isinstance(vocab, dict) else vocab  # Unigram: a list
+    merges = [m.split(" ", 1) if isinstance(m, str) else list(m) for m in model.get("merges") or []]
+    canon = {
+        "type": model.get("type"), "vocab": vocab, "merges": merges,
+        "added": sorted((t["id"], t["content"], bool(t.get("special"))) for t in d.get("added_tokens") or []),
+        "normalizer": d.get("normalizer"), "pre_tokenizer": d.get("pre_tokenizer"),
+        "byte_fallback": model.get("byte_fallback"),
+    }
+    blob = json.dumps(canon, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
+
+
+def fingerprint_of(directory: str | os.PathLike) -> str | None:
+    """The fingerprint of `directory`/tokenizer.json (a checkpoint's tokenizer, whoever made it); None if absent."""
+    file = Path(directory) / "tokenizer.json"
+    if not file.is_file():
+        return None
+    try:
+        return fingerprint_json(file.read_text(encoding="utf-8"))
+    except (ValueError, TypeError, KeyError, AttributeError) as e:
+        raise TokenizerError(f"cannot read tokenizer {file}: {e}; copy a valid tokenizer.json into {directory}") from None
+
+
 class Tokenizer:
     """A nanoseek tokenizer: byte-level BPE with `SPECIAL_TOKENS` at ids 0..8."""
 
@@ -83,6 +131,7 @@ class Tokenizer:
         from tokenizers import Tokenizer as HFTokenizer
 
         self._tok = tok  # specials in the input text are parsed (chat templates, HF parity)
+        self.path: Path | None = None  # the directory or file it was loaded from, if it was
         missing = [s for s in SPECIAL_TOKENS if tok.token_to_id(s) is None]
         if missing:
             raise TokenizerError(f"not a nanoseek tokenizer: special token(s) {', '.join(missing)} missing; "
@@ -106,7 +155,8 @@ class Tokenizer:
 
         if vocab_size < MIN_VOCAB:
             raise TokenizerError(f"--vocab-size {vocab_size} is too small: it needs at least {MIN_VOCAB} "
-                                 f"({len(SPECIAL_TOKENS)} special tokens + 256 bytes)")
+                                 f"({len(SPECIAL_TOKENS)} special tokens + 256 bytes)", param="--vocab-size")
+        vocab_size = trainable_vocab(vocab_size)
         tok = HFTokenizer(models.BPE())
         tok.pre_tokenizer = pre_tokenizers.Sequence([
             pre_tokenizers.Split(Regex(SPLIT_PATTERN), behavior="isolated"),
@@ -145,7 +195,9 @@ class Tokenizer:
             tok = HFTokenizer.from_file(str(file))
         except Exception as e:  # tokenizers raises a bare Exception on malformed JSON
             raise TokenizerError(f"cannot read tokenizer {file}: {e}; re-create it with `nanoseek tokenizer train`")
-        return cls(tok)
+        out = cls(tok)
+        out.path = path  # where it came from, for messages that compare tokenizers
+        return out
 
     def save(self, directory: str | os.PathLike) -> Path:
         """Write tokenizer.json, tokenizer_config.json and special_tokens_map.json, each atomically.
@@ -234,18 +286,7 @@ class Tokenizer:
 
     @cached_property
     def _fingerprint(self) -> str:
-        d = json.loads(self._tok.to_str())
-        model = d.get("model") or {}
-        vocab = sorted((model.get("vocab") or {}).items(), key=lambda kv: kv[1])
-        merges = [m.split(" ", 1) if isinstance(m, str) else list(m) for m in model.get("merges") or []]
-        canon = {
-            "type": model.get("type"), "vocab": vocab, "merges": merges,
-            "added": sorted((t["id"], t["content"], bool(t.get("special"))) for t in d.get("added_tokens") or []),
-            "normalizer": d.get("normalizer"), "pre_tokenizer": d.get("pre_tokenizer"),
-            "byte_fallback": model.get("byte_fallback"),
-        }
-        blob = json.dumps(canon, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-        return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
+        return fingerprint_json(self._tok.to_str())
 
     # ---- encode / decode ------------------------------------------------------------------------------
     def encode(self, text: str, add_bos: bool = False, allow_special: bool = False) -> list[int]:

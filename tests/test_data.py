@@ -88,7 +88,7 @@ def read_split(d: Path, split: str) -> np.ndarray:
 # ---- prepare -------------------------------------------------------------------------------------------
 def test_manifest_and_shards(data_dir, tok):
     m = read_manifest(data_dir)
-    assert (m["format"], m["version"], m["dtype"]) == ("nanoseek-token-shards", 1, "uint16")
+    assert (m["format"], m["version"], m["dtype"]) == ("nanoseek-token-shards", 2, "uint16")
     assert m["tokenizer_fingerprint"] == tok.fingerprint() and m["vocab_size"] == tok.vocab_size
     assert m["splits"]["val"]["documents"] == 6 and m["total_documents"] == len(DOCS)
     assert m["total_tokens"] == sum(m["splits"][s]["tokens"] for s in ("train", "val"))

@@ -11,7 +11,7 @@ from nanoseek.cli.common import UserError, nonneg_int, positive_int
 
 
 def _add_read_args(p: argparse.ArgumentParser) -> None:
-    from nanoseek.data.sources import TEXT_UNITS
+    from nanoseek.data.sources import BAD_FILE_POLICIES, TEXT_UNITS
 
     p.add_argument("--input", "-i", nargs="+", action="extend", required=True, metavar="PATH",
                    help="text files, folders of them (recursive), .jsonl[.gz] or .parquet files; repeatable")
@@ -21,12 +21,25 @@ def _add_read_args(p: argparse.ArgumentParser) -> None:
                    help="plain text files: one document per file (default), per blank-line paragraph, or per "
                         "line; paragraph/line also stream huge files")
     p.add_argument("--max-docs", type=positive_int, default=None, help="read at most this many documents")
+    p.add_argument("--on-bad-file", default="error", choices=BAD_FILE_POLICIES,
+                   help="text that is not UTF-8 (e.g. a Latin-1 file): error (default) stops and names the file, "
+                        "skip leaves it out, replace decodes it with U+FFFD for each bad byte; either way the "
+                        "count is reported")
 
 
 def _read_options(args):
     from nanoseek.data.sources import ReadOptions
 
-    return ReadOptions(field=args.field, column=args.column, text_unit=args.text_unit, max_docs=args.max_docs)
+    return ReadOptions(field=args.field, column=args.column, text_unit=args.text_unit, max_docs=args.max_docs,
+                       on_bad_file=args.on_bad_file)
+
+
+def _report_bad_files(corpus_or_count, policy: str, docs: int | None = None) -> None:
+    n = corpus_or_count if isinstance(corpus_or_count, int) else len(corpus_or_count.bad_files)
+    if n:
+        what = "left out" if policy == "skip" else "decoded with U+FFFD for the bad bytes"
+        print(f"{n} file(s) held text that is not UTF-8: {what} (--on-bad-file {policy})"
+              + (f"; {docs} document(s) affected" if docs else ""))
 
 
 def cmd_tokenizer_train(args) -> None:
@@ -34,12 +47,17 @@ def cmd_tokenizer_train(args) -> None:
     from tqdm import tqdm
 
     from nanoseek.data.sources import Corpus
-    from nanoseek.tokenizer import Tokenizer
+    from nanoseek.tokenizer import MIN_VOCAB, Tokenizer, trainable_vocab
 
     out = Path(args.output)
     if out.exists() and not out.is_dir():
         raise UserError(f"--output {out} is a file; give a directory")
     corpus = Corpus(args.input, _read_options(args))
+    vocab = trainable_vocab(args.vocab_size, text_bytes=corpus.text_bytes_bound, min_frequency=args.min_frequency)
+    if vocab < args.vocab_size:
+        print(f"--vocab-size {args.vocab_size:,} is more than this corpus can yield: {corpus.text_bytes_bound:,} "
+              f"bytes of text allow at most {vocab - MIN_VOCAB:,} merges at --min-frequency {args.min_frequency}; "
+              f"training for at most {vocab:,}", file=sys.stderr)
     t0 = time.perf_counter()
     bar = tqdm(total=corpus.total_bytes, unit="B", unit_scale=True, unit_divisor=1024, desc="reading",
                file=sys.stderr)
@@ -51,10 +69,11 @@ def cmd_tokenizer_train(args) -> None:
                 yield doc
         print(f"read {corpus.docs_read:,} documents; computing BPE merges ...", file=sys.stderr)
 
-    tok = Tokenizer.train(texts(), args.vocab_size, min_frequency=args.min_frequency)
+    tok = Tokenizer.train(texts(), vocab, min_frequency=args.min_frequency)
     tok.save(out)
+    _report_bad_files(corpus, args.on_bad_file, corpus.bad_docs)
     note = "" if tok.vocab_size == args.vocab_size else \
-        f" (asked for {args.vocab_size}: the corpus has no more merges above --min-frequency)"
+        f" (asked for {args.vocab_size:,}: the corpus has no more merges above --min-frequency)"
     print(f"trained a {tok.vocab_size:,}-token tokenizer{note} on {corpus.docs_read:,} documents in "
           f"{time.perf_counter() - t0:.1f}s; fingerprint {tok.fingerprint()}")
     print(f"wrote {out}/tokenizer.json, tokenizer_config.json, special_tokens_map.json")
@@ -65,28 +84,31 @@ def cmd_data_prepare(args) -> None:
     from nanoseek.data.prepare import prepare
 
     t0 = time.perf_counter()
-    m = prepare(args.input, args.tokenizer, args.output,
-                val_fraction=args.val_fraction if args.val_fraction is not None else 0.01,
-                val_docs=args.val_docs, workers=args.workers, read=_read_options(args),
-                shard_tokens=args.shard_tokens)
+    m = prepare(args.input, args.tokenizer, args.output, val_fraction=args.val_fraction, val_docs=args.val_docs,
+                workers=args.workers, read=_read_options(args), shard_tokens=args.shard_tokens)
     dt = time.perf_counter() - t0
     tr, va = m["splits"]["train"], m["splits"]["val"]
     print(f"train: {tr['tokens']:,} tokens, {tr['documents']:,} documents, {len(tr['shards'])} shard(s); "
           f"val: {va['tokens']:,} tokens, {va['documents']:,} documents ({m['dtype']}, "
           f"{m['total_tokens'] / max(dt, 1e-9):,.0f} tokens/s)")
+    print(f"validation split: {m['val_selection']['note']}")
     if m["skipped_files"]:
-        print(f"skipped {m['skipped_files']} file(s) in input folders that are not UTF-8 text")
+        print(f"skipped {m['skipped_files']} binary file(s) in input folders")
+    _report_bad_files(m["bad_utf8_files"], args.on_bad_file)
     print(f"wrote {args.output} (manifest.json, train/, val/, tokenizer/)")
 
 
 def cmd_data_info(args) -> None:
-    """Summarise a prepared data directory and verify it: manifest, shard sizes, tokenizer fingerprint."""
-    from nanoseek.data.shards import check_tokenizer, open_split, read_manifest
+    """Summarise a prepared data directory and verify it: manifest, shard sizes and checksums, token ids,
+    tokenizer fingerprint."""
+    from nanoseek.data.shards import check_tokenizer, has_checksums, open_split, read_manifest, verify_checksums
     from nanoseek.tokenizer import Tokenizer
 
     m = read_manifest(args.data)
     for split in m["splits"]:
-        open_split(args.data, split, m)  # raises on missing or truncated shards
+        open_split(args.data, split, m)  # raises on missing or truncated shards, or ids past the vocabulary
+    t0 = time.perf_counter()
+    hashed = verify_checksums(args.data, m) if has_checksums(m) else None
     own = Path(args.data) / "tokenizer"
     if own.is_dir():
         check_tokenizer(m, Tokenizer.load(own), args.data)
@@ -96,7 +118,14 @@ def cmd_data_info(args) -> None:
           f"tokenizer {m['tokenizer_fingerprint']}")
     for split, s in m["splits"].items():
         print(f"  {split:5s} {s['tokens']:>15,} tokens {s['documents']:>12,} documents {len(s['shards']):>5} shard(s)")
-    print(f"  total {m['total_tokens']:>15,} tokens {m['total_documents']:>12,} documents; shards verified")
+    if hashed is None:
+        print(f"  total {m['total_tokens']:>15,} tokens {m['total_documents']:>12,} documents; shard sizes and token "
+              f"ids checked")
+        print(f"note: manifest format version {m['version']} records no checksums, so the shards' bytes cannot be "
+              "verified; re-run `nanoseek data prepare` to add them")
+    else:
+        print(f"  total {m['total_tokens']:>15,} tokens {m['total_documents']:>12,} documents; shards verified "
+              f"(SHA-256 of {hashed / 2**20:,.1f} MiB in {time.perf_counter() - t0:.1f}s, token ids < vocab)")
 
 
 def register(sub) -> None:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 import nanoseek
-from nanoseek.cli.common import DTYPES, add_device_args, nonneg_int, positive_int, resolve_device, resolve_dtype
+from nanoseek.cli.common import (DTYPES, UserError, add_device_args, nonneg_int, positive_int, resolve_device,
+                                 resolve_dtype)
 
 def _build_or_load(args):
     import torch
@@ -60,8 +62,9 @@ def cmd_demo(args) -> None:
 
 
 def cmd_info(args) -> None:
-    """Parameter counts and cache size of a preset or checkpoint (built on the meta device: no memory)."""
-    from nanoseek.config import ModelConfig, preset
+    """Parameter counts and cache size of a preset or checkpoint (built on the meta device: no memory), and
+    whether vLLM's MLA kernels serve its latent shape."""
+    from nanoseek.config import ModelConfig, mla_serving, preset
     from nanoseek.model import count_params
 
     cfg = ModelConfig.load(args.checkpoint) if args.checkpoint else preset(args.preset)
@@ -76,14 +79,37 @@ def cmd_info(args) -> None:
         ("layers / dense layers / MoE layers", f"{cfg.num_hidden_layers} / {cfg.first_k_dense_replace} / {cfg.num_moe_layers}"),
         ("routed experts / active / shared", f"{cfg.n_routed_experts} / {cfg.num_experts_per_tok} / {cfg.n_shared_experts}"),
         ("latent KV cache per token (values)", f"{cache:,} (= {cfg.num_hidden_layers} x ({cfg.kv_lora_rank} + {cfg.qk_rope_head_dim}))"),
+        ("served by vLLM's MLA kernels", mla_serving(cfg)),
     ]
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
         print(f"{k:<{width}}  {v}")
 
 
+def _check_convert_paths(source: str, dest: str) -> None:
+    """convert reads SOURCE and replaces DEST as a whole: refuse any DEST that would touch SOURCE (the same
+    folder under any name, a folder inside it, or a folder that holds it)."""
+    from pathlib import Path
+
+    src, dst = Path(source).resolve(), Path(dest).resolve()
+    same = dst == src or (dst.exists() and src.exists() and os.path.samefile(dst, src))
+    if same:
+        raise UserError(f"DEST {dest} is the source directory {source}: convert never writes over its input; "
+                        "give a new directory", param="dest")
+    if src in dst.parents:
+        raise UserError(f"DEST {dest} is inside the source directory {source}: convert never writes into its "
+                        "input; give a directory outside it", param="dest")
+    if dst in src.parents:
+        raise UserError(f"DEST {dest} holds the source directory {source}: converting would replace that folder, "
+                        "source included; give a directory outside it", param="dest")
+    if dst.exists() and not dst.is_dir():
+        raise UserError(f"DEST {dest} is a file; give a directory", param="dest")
+
+
 def cmd_convert(args) -> None:
-    """Import a Hugging Face DeepseekV3 directory (sharded, fused-expert or FP8) and write the plain layout."""
+    """Import a Hugging Face DeepseekV3 directory (sharded, fused-expert or FP8) and write the plain layout.
+    The source is only read: DEST must be a new or other directory, neither the source nor inside it."""
+    _check_convert_paths(args.source, args.dest)
     device, dtype = resolve_device("cpu"), resolve_dtype(args.dtype)
     model = nanoseek.load_model(args.source, dtype=dtype, device=device)
     path = nanoseek.save_model(model, args.dest, max_shard_bytes=int(args.max_shard_gb * 2**30))

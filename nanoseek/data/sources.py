@@ -8,7 +8,6 @@ shards reproducible.
 
 from __future__ import annotations
 
-import codecs
 import gzip
 import json
 import os
@@ -19,6 +18,7 @@ from typing import IO, Iterator
 from nanoseek.errors import DataError
 
 TEXT_UNITS = ("file", "paragraph", "line")
+BAD_FILE_POLICIES = ("error", "skip", "replace")  # what to do with text that is not UTF-8
 JSONL_SUFFIXES = (".jsonl", ".ndjson", ".jsonl.gz", ".ndjson.gz")
 PARQUET_SUFFIXES = (".parquet", ".pq")
 _SNIFF = 8192
@@ -30,10 +30,17 @@ class ReadOptions:
     column: str = "text"  # Parquet: the column holding the text
     text_unit: str = "file"  # plain text: one document per file, per blank-line paragraph, or per line
     max_docs: int | None = None  # stop after this many documents (None: all)
+    # Text or JSONL that is not valid UTF-8 (a Latin-1 file in a folder of documentation): "error" stops and
+    # names the file, "skip" leaves the document out (a whole file with text_unit="file"), "replace" decodes
+    # it with U+FFFD for each bad byte. Counted in Corpus.bad_files either way.
+    on_bad_file: str = "error"
 
     def __post_init__(self):
         if self.text_unit not in TEXT_UNITS:
             raise DataError(f"unknown text unit {self.text_unit!r}; use one of {', '.join(TEXT_UNITS)}")
+        if self.on_bad_file not in BAD_FILE_POLICIES:
+            raise DataError(f"--on-bad-file must be one of {', '.join(BAD_FILE_POLICIES)}, got {self.on_bad_file!r}",
+                            param="--on-bad-file")
         if self.max_docs is not None and self.max_docs < 1:
             raise DataError(f"--max-docs must be >= 1, got {self.max_docs}")
 
@@ -87,12 +94,23 @@ class Corpus:
         self.files = list_files(paths)
         self.total_bytes = sum(f.size for f in self.files)
         self.bytes_done = 0
-        self.skipped: list[Path] = []  # folder files that are not UTF-8 text
+        self.skipped: list[Path] = []  # binary files found in folders (a NUL byte near the start): never text
+        self.bad_files: list[Path] = []  # files with text that is not UTF-8 (see ReadOptions.on_bad_file)
+        self.bad_docs = 0  # documents of those files that were skipped or decoded with replacement
         self.docs_read = 0
+
+    @property
+    def text_bytes_bound(self) -> int | None:
+        """An upper bound on the UTF-8 bytes of all documents, known before reading: the file sizes when every
+        input is plain (uncompressed) text or JSONL; None for gzip and Parquet (compressed). Decoding with
+        replacement turns one bad byte into three (U+FFFD)."""
+        if any(f.kind == "parquet" or f.path.name.lower().endswith(".gz") for f in self.files):
+            return None
+        return self.total_bytes * (3 if self.options.on_bad_file == "replace" else 1)
 
     def documents(self) -> Iterator[str]:
         """Yield every non-empty document. Raises DataError on a bad file or when nothing was found."""
-        self.bytes_done, self.docs_read, self.skipped = 0, 0, []
+        self.bytes_done, self.docs_read, self.skipped, self.bad_files, self.bad_docs = 0, 0, [], [], 0
         limit = self.options.max_docs
         base = 0
         for f in self.files:
@@ -108,7 +126,9 @@ class Corpus:
             self.bytes_done = base
         if self.docs_read == 0:
             where = ", ".join(str(f.path) for f in self.files[:3]) + (" ..." if len(self.files) > 3 else "")
-            hint = f" ({len(self.skipped)} non-text file(s) skipped)" if self.skipped else ""
+            hint = f" ({len(self.skipped)} binary file(s) skipped)" if self.skipped else ""
+            if self.bad_files and self.options.on_bad_file == "skip":
+                hint += f" ({len(self.bad_files)} file(s) not UTF-8, skipped)"
             raise DataError(f"empty corpus: no documents in {where}{hint}; check the paths and --field/--column")
 
     # ---- readers: each yields (document, byte position in the file) ------------------------------------
@@ -127,19 +147,19 @@ class Corpus:
         with raw, stream:
             try:
                 if unit == "file":
-                    yield _decode(stream.read(), f.path), f.size
+                    yield self._decode(stream.read(), f.path), f.size
                     return
                 para: list[bytes] = []
                 for line in stream:
                     if unit == "line":
-                        yield _decode(line, f.path).rstrip("\r\n"), raw.tell()
+                        yield self._decode(line, f.path).rstrip("\r\n"), raw.tell()
                     elif line.strip():
                         para.append(line)
                     elif para:
-                        yield _decode(b"".join(para), f.path).rstrip("\r\n"), raw.tell()
+                        yield self._decode(b"".join(para), f.path).rstrip("\r\n"), raw.tell()
                         para = []
                 if para:
-                    yield _decode(b"".join(para), f.path).rstrip("\r\n"), f.size
+                    yield self._decode(b"".join(para), f.path).rstrip("\r\n"), f.size
             except (OSError, EOFError) as e:  # gzip: truncated or not gzip
                 raise DataError(f"cannot read {f.path}: {e}") from None
 
@@ -151,8 +171,11 @@ class Corpus:
                 for n, line in enumerate(stream, 1):
                     if not line.strip():
                         continue
+                    text = self._decode(line, f.path, f"line {n}").lstrip("\ufeff")  # a UTF-8 BOM is not JSON
+                    if not text:
+                        continue  # skipped: not UTF-8
                     try:
-                        obj = json.loads(line)
+                        obj = json.loads(text)
                     except (json.JSONDecodeError, UnicodeDecodeError) as e:
                         raise DataError(f"{f.path}:{n}: not valid JSON ({e}); JSONL needs one JSON object "
                                         "per line") from None
@@ -203,21 +226,32 @@ class Corpus:
             rows += len(values)
 
 
-def _decode(b: bytes, path: Path) -> str:
-    try:
-        return b.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start}); convert it to UTF-8 or leave "
-                        "it out") from None
+    def _decode(self, b: bytes, path: Path, where: str = "") -> str:
+        """UTF-8 text of one document; "" (an empty document: left out) when it is not UTF-8 and the policy is
+        skip."""
+        try:
+            return b.decode("utf-8")
+        except UnicodeDecodeError as e:
+            policy = self.options.on_bad_file
+            if policy == "error":
+                at = f"{where}, byte {e.start}" if where else f"byte {e.start}"
+                raise DataError(
+                    f"{path} is not UTF-8 text ({e.reason}: 0x{b[e.start]:02x} at {at}); pass --on-bad-file skip "
+                    "to leave such files out or --on-bad-file replace to decode them with U+FFFD for each bad "
+                    "byte, or convert it to UTF-8 (e.g. iconv -f latin1 -t utf-8)", param="--on-bad-file") from None
+            if not self.bad_files or self.bad_files[-1] != path:
+                self.bad_files.append(path)
+            self.bad_docs += 1
+            return "" if policy == "skip" else b.decode("utf-8", errors="replace")
 
 
 def _looks_like_text(path: Path) -> bool:
-    """Folder scans skip binary files: a NUL byte or invalid UTF-8 in the first 8 KB."""
+    """Folder scans skip binary files: a NUL byte in the first 8 KB. (Text in another encoding is text: the
+    on_bad_file policy decides about it, so a Latin-1 file is never dropped without a word.)"""
     opener = gzip.open if path.name.lower().endswith(".gz") else open
     try:
         with opener(path, "rb") as fh:
             head = fh.read(_SNIFF)
-        codecs.getincrementaldecoder("utf-8")().decode(head, final=False)  # tolerates a char cut at the end
-    except (UnicodeDecodeError, OSError, EOFError):
+    except (OSError, EOFError):
         return False
     return b"\x00" not in head
