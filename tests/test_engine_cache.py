@@ -5,8 +5,8 @@ import torch
 
 import nanoseek
 from nanoseek.config import preset, yarn
-from nanoseek.engine import Engine, LatentCache, SamplingParams
-from nanoseek.engine import engine as engine_module
+from nanoseek.engine import Engine, SamplingParams
+from nanoseek.engine.cache import LatentPool
 from nanoseek.model.inference import InferenceModel
 
 from conftest import randomize_
@@ -49,8 +49,7 @@ def test_cached_steps_match_full_forward_at_every_step(name, device, dtype):
     lens = [5, 11, 2]
     B, total = len(lens), 40
     seqs = torch.randint(0, cfg.vocab_size, (B, total)).to(device)
-    cache = LatentCache(cfg, B, 48, dtype=dtype, device=device)
-    kv = cache.views()
+    kv = LatentPool(cfg, B, 48, dtype=dtype, device=device).layers
     fast = InferenceModel(model)
     tol = TOL[dtype]
 
@@ -102,10 +101,10 @@ def test_cached_mtp_drafts_equal_the_mtp_forward(device, dtype):
         h1, _ = mtp(h[:, :-1], model.model.embed_tokens(ids[:, 1:]), cos, sin)
         want = model.lm_head(mtp.shared_head.norm(h1))  # [2, T-1, V]: draft for token t+2 at position t
     fast = InferenceModel(model)
-    kv = LatentCache(cfg, 2, T, dtype=dtype, device=device)
-    dkv = LatentCache(cfg, 2, T, layers=1, dtype=dtype, device=device).views()[0]
+    kv = LatentPool(cfg, 2, T, dtype=dtype, device=device)
+    dkv = LatentPool(cfg, 2, T, layers=1, dtype=dtype, device=device).layers[0]
     pos = torch.arange(T, device=device).expand(2, T)
-    hm = fast.forward_cached(ids, kv.views(), pos)  # the main model's hidden, as the engine gets it
+    hm = fast.forward_cached(ids, kv.layers, pos)  # the main model's hidden, as the engine gets it
     g = fast.forward_mtp_cached(1, hm[:, :n_pre], ids[:, 1:n_pre + 1], dkv, pos[:, :n_pre])  # expanded
     torch.testing.assert_close(fast.logits(g), want[:, :n_pre], atol=TOL[dtype], rtol=0)
     for t in range(n_pre, T - 1):  # one position per step: the absorbed path
@@ -136,27 +135,19 @@ def test_engine_logprobs_equal_full_forward(tiny_config):
         assert all(len(t.top) == 2 for t in out.prompt_logprobs[1:])
 
 
-def test_cache_holds_only_latent_and_rope_key(monkeypatch):
+def test_cache_holds_only_latent_and_rope_key():
+    """The engine's cache is one pool allocated at start: per token and layer kv_lora_rank + rope dim values,
+    in the model's dtype, and nothing else grows per token while generating."""
     model = _model()
     cfg = model.config
-    made = []
-
-    class Recording(LatentCache):
-        def __init__(self, *a, **k):
-            super().__init__(*a, **k)
-            made.append(self)
-
-    monkeypatch.setattr(engine_module, "LatentCache", Recording)
-    eng = Engine(model)
+    eng = Engine(model, max_len=32, cache_memory=1 << 20)
+    data = eng.runner.pool.data
     eng.generate([[1, 2, 3], [4, 5, 6, 7, 8]], SamplingParams(max_new_tokens=4, temperature=0))
-    assert len(made) == 1  # plain decoding allocates one cache and nothing else per token
-    data = made[0].data
+    assert eng.runner.pool.data is data  # no new cache for a request
     per_token = cfg.num_hidden_layers * (cfg.kv_lora_rank + cfg.qk_rope_head_dim)
     L, rows, T, width = data.shape
-    assert (L, rows, T, width) == (cfg.num_hidden_layers, 2, 9, cfg.kv_lora_rank + cfg.qk_rope_head_dim)
-    assert data.numel() == rows * T * per_token
+    assert (L, T, width) == (cfg.num_hidden_layers, 32 + 1, cfg.kv_lora_rank + cfg.qk_rope_head_dim)  # + scratch
+    assert rows * (T * per_token * 4) <= 1 << 20 < (rows + 1) * (T * per_token * 4)  # as many rows as fit
     assert eng.stats.cache_bytes_per_token == per_token * 4  # fp32
-    # bf16 model: bf16 cache, half the bytes
-    made.clear()
-    Engine(model.to(torch.bfloat16)).generate([1, 2, 3], SamplingParams(max_new_tokens=2, temperature=0))
-    assert made[0].data.dtype == torch.bfloat16 and made[0].bytes_per_token() == per_token * 2
+    bf16 = Engine(model.to(torch.bfloat16), max_len=32, cache_memory=1 << 20)
+    assert bf16.runner.pool.data.dtype == torch.bfloat16 and bf16.runner.pool.bytes_per_token() == per_token * 2

@@ -52,16 +52,15 @@ def test_requests_leave_the_batch_when_done(model):
 
 @pytest.mark.parametrize("k", [1, 3])
 def test_greedy_speculative_equals_greedy(model, k):
-    eng = Engine(model)
+    eng, spec_eng = Engine(model), Engine(model, speculative=k)
     plain = eng.generate(PROMPTS, SamplingParams(max_new_tokens=14, temperature=0))
-    spec = eng.generate(PROMPTS, SamplingParams(max_new_tokens=14, temperature=0), speculative=k)
+    spec = spec_eng.generate(PROMPTS, SamplingParams(max_new_tokens=14, temperature=0))
     assert [o.token_ids for o in spec] == [o.token_ids for o in plain]
-    assert eng.stats.drafted > 0 and 0.0 <= eng.stats.acceptance_rate <= 1.0
+    assert spec_eng.stats.drafted > 0 and 0.0 <= spec_eng.stats.acceptance_rate <= 1.0
     assert all(o.drafted > 0 for o in spec)
     # penalties take the general acceptance path (per-position distributions with the draft history)
     pen = SamplingParams(max_new_tokens=14, temperature=0, repetition_penalty=1.3, presence_penalty=0.5)
-    assert [o.token_ids for o in eng.generate(PROMPTS, pen, speculative=k)] == \
-        [o.token_ids for o in eng.generate(PROMPTS, pen)]
+    assert [o.token_ids for o in spec_eng.generate(PROMPTS, pen)] == [o.token_ids for o in eng.generate(PROMPTS, pen)]
 
 
 def test_speculative_with_a_restricted_draft_vocabulary_keeps_the_output(model):
@@ -72,10 +71,11 @@ def test_speculative_with_a_restricted_draft_vocabulary_keeps_the_output(model):
     for p in (SamplingParams(max_new_tokens=12, temperature=0),
               SamplingParams(max_new_tokens=12, temperature=0, frequency_penalty=0.7)):
         plain = eng.generate(PROMPTS, p)
-        spec = eng.generate(PROMPTS, p, speculative=2)
+        spec = Engine(eng.model, speculative=2, draft_vocab=64).generate(PROMPTS, p)
         assert [o.token_ids for o in spec] == [o.token_ids for o in plain]
     sampled = SamplingParams(max_new_tokens=12, temperature=0.8, seed=5)
-    a, b = eng.generate(PROMPTS, sampled, speculative=2), eng.generate(PROMPTS, sampled, speculative=2)
+    spec_eng = Engine(eng.model, speculative=2, draft_vocab=64)
+    a, b = spec_eng.generate(PROMPTS, sampled), spec_eng.generate(PROMPTS, sampled)
     assert [o.token_ids for o in a] == [o.token_ids for o in b]
 
 
@@ -97,9 +97,9 @@ def test_speculative_with_a_perfect_draft_accepts_every_draft():
         mtp.eh_proj.weight.zero_()
         mtp.eh_proj.weight[:, :d] = torch.eye(d)
         mtp.shared_head.norm.weight.copy_(m.model.norm.weight)
-    eng = Engine(m)
-    plain = eng.generate(PROMPTS, SamplingParams(max_new_tokens=16, temperature=0))
-    spec = eng.generate(PROMPTS, SamplingParams(max_new_tokens=16, temperature=0), speculative=3)
+    plain = Engine(m).generate(PROMPTS, SamplingParams(max_new_tokens=16, temperature=0))
+    eng = Engine(m, speculative=3)
+    spec = eng.generate(PROMPTS, SamplingParams(max_new_tokens=16, temperature=0))
     assert [o.token_ids for o in spec] == [o.token_ids for o in plain]
     assert eng.stats.acceptance_rate > 0.95
     assert eng.stats.steps < 0.5 * sum(len(o.token_ids) for o in plain)  # several tokens per forward
@@ -117,8 +117,8 @@ def test_seeded_sampling_is_reproducible(model):
     alone = eng.generate(PROMPTS[1], p)
     assert alone.token_ids == a[1].token_ids
     # speculative sampling is reproducible too
-    s1 = eng.generate(PROMPTS, p, speculative=2)
-    s2 = eng.generate(PROMPTS, p, speculative=2)
+    s1 = Engine(eng.model, speculative=2).generate(PROMPTS, p)
+    s2 = Engine(eng.model, speculative=2).generate(PROMPTS, p)
     assert [o.token_ids for o in s1] == [o.token_ids for o in s2]
 
 
@@ -130,8 +130,8 @@ def test_stop_token_ids_end_generation(model):
     out = eng.generate(PROMPTS[0], SamplingParams(max_new_tokens=10, temperature=0, stop_token_ids=[stop]))
     assert out.token_ids == free.token_ids[:first + 1]  # the stop token is reported in the ids
     assert out.finish_reason == "stop" and out.stop_reason == stop
-    spec = eng.generate(PROMPTS[0], SamplingParams(max_new_tokens=10, temperature=0, stop_token_ids=[stop]),
-                        speculative=3)
+    spec = Engine(model, speculative=3).generate(
+        PROMPTS[0], SamplingParams(max_new_tokens=10, temperature=0, stop_token_ids=[stop]))
     assert spec.token_ids == out.token_ids and spec.finish_reason == "stop"
 
 
@@ -167,13 +167,12 @@ def test_bad_requests_are_rejected_with_clear_messages(model):
     with pytest.raises(EngineError, match="need a tokenizer"):
         eng.generate("hello", SamplingParams())
     with pytest.raises(EngineError, match="needs an MTP module"):
-        Engine(nanoseek.DeepSeekV3(preset("tiny", num_nextn_predict_layers=0))).generate(
-            [1, 2], SamplingParams(max_new_tokens=2), speculative=2)
+        Engine(nanoseek.DeepSeekV3(preset("tiny", num_nextn_predict_layers=0)), speculative=2)
     # exactly at the context limit is fine, also when speculative drafts would run past it
     out = eng.generate([1, 2], SamplingParams(max_new_tokens=62, temperature=0))
     assert len(out.token_ids) == 62
-    outs = eng.generate([[1, 2], [3, 4, 5, 6, 7]], [SamplingParams(max_new_tokens=n, temperature=0) for n in (62, 59)],
-                        speculative=4)
+    outs = Engine(model, speculative=4).generate(
+        [[1, 2], [3, 4, 5, 6, 7]], [SamplingParams(max_new_tokens=n, temperature=0) for n in (62, 59)])
     assert outs[0].token_ids == out.token_ids and len(outs[1].token_ids) == 59
 
 

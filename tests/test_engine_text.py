@@ -98,7 +98,7 @@ def test_stop_strings_through_the_engine(tok, model):
     assert "".join(d.text for d in streamed) == out.text
     assert all(stop not in d.text for d in streamed)
     assert streamed[-1].finish_reason == "stop"
-    spec = eng.generate(prompt, p, speculative=2)
+    spec = Engine(eng.model, eng.tokenizer, speculative=2).generate(prompt, p)
     assert spec.text == out.text and spec.token_ids == out.token_ids
 
 

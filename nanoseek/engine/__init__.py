@@ -1,9 +1,11 @@
-"""Generation: latent KV cache, sampling, batched and speculative decoding, streaming detokenization."""
+"""Generation: a scheduler over a persistent latent KV cache (continuous batching, chunked prefill, prefix
+reuse), sampling, speculative decoding with the MTP module, streaming detokenization."""
 
-from nanoseek.engine.cache import LatentCache
-from nanoseek.engine.engine import Completion, Delta, Engine, RunStats, load_tokenizer
+from nanoseek.engine.engine import Engine, RunStats
+from nanoseek.engine.loading import load_tokenizer, resolve_checkpoint
+from nanoseek.engine.request import Completion, Delta
 from nanoseek.engine.sampling import SamplingParams, TokenLogprob
-from nanoseek.errors import ContextLengthError, EngineError, SamplingError
+from nanoseek.errors import ContextLengthError, EngineError, QueueFullError, SamplingError
 
 __all__ = ["Engine", "EngineError", "Completion", "Delta", "RunStats", "SamplingParams", "SamplingError",
-           "TokenLogprob", "LatentCache", "ContextLengthError", "load_tokenizer"]
+           "TokenLogprob", "ContextLengthError", "QueueFullError", "load_tokenizer", "resolve_checkpoint"]

@@ -13,6 +13,8 @@ an approximation that only affects how many drafts are accepted, never what is o
 
 from __future__ import annotations
 
+import time
+
 import torch
 
 from nanoseek.engine.sampling import Sampler
@@ -54,7 +56,7 @@ def verify(sampler: Sampler, target_logits: torch.Tensor, drafts: list[int],
 
 def draft_budget(s, k: int) -> int:
     """Drafts worth proposing for request s this round: a round yields up to drafts + 1 tokens, and every
-    verified position must stay inside the request's cache limit."""
+    verified position must stay inside the request's limit (prompt + max_new_tokens)."""
     return max(min(k, s.params.max_new_tokens - len(s.tokens) - 1), 0)
 
 
@@ -69,102 +71,149 @@ def mtp_step(fast, h_prev, ids, kv, pos, span: int, rope) -> torch.Tensor:
     return fast.forward_mtp_cached(1, h_prev, ids, kv, pos, span=span, rope=rope)
 
 
-@torch.inference_mode()
-def speculative_round(engine, rows: list, cache, dcache, rope, k: int) -> tuple[list[list[int]], list[torch.Tensor]]:
-    """One round for the engine's active rows: MTP catch-up and k drafts per row, one verifying forward,
-    acceptance per row. Returns each row's new tokens and the main model's logits for them.
+class MTPSpeculator:
+    """Speculative decoding as the runner's decode strategy: k drafts per round from MTP module 1 over its
+    own latent cache (the runner's draft pool, same rows as the main cache), verified in one forward.
 
-    Row state (nanoseek.engine.engine._Seq): `length` tokens are in the main cache, `pending` is the last
-    token, not yet fed. MTP position i pairs the main hidden h_i with token i + 1; positions below `mtp_len`
-    are in the draft cache, and `h_pend` / `next_pend` hold the inputs of positions mtp_len .. length - 1.
-    """
-    fast, dev, n = engine.fast, engine.device, len(rows)
-    budgets = [draft_budget(s, k) for s in rows]
-    kr = max(budgets)
-    # 1) MTP: write the positions whose inputs are now known, and draft d_1 from the last of them
-    c = [s.h_pend.shape[0] for s in rows]
-    Sm = max(c)
-    dview = dcache.views(n)[0]
-    span = max(s.mtp_len + ci for s, ci in zip(rows, c))
-    if min(c) == Sm:  # every row has all its positions: no padding, the compiled path applies
-        h_in = torch.stack([s.h_pend for s in rows])
-        nxt = torch.tensor([s.next_pend for s in rows], device=dev)
-        pos = torch.tensor([[s.mtp_len + j for j in range(Sm)] for s in rows], device=dev)
-        g = engine._mtp_fn(fast, h_in, nxt, dview, pos, span, rope)[:, -1]
-    else:
-        h_in = torch.zeros(n, Sm, engine.config.hidden_size, dtype=engine.dtype, device=dev)
-        nxt = torch.zeros(n, Sm, dtype=torch.long, device=dev)
-        for i, s in enumerate(rows):
-            h_in[i, :c[i]] = s.h_pend
-            nxt[i, :c[i]] = torch.tensor(s.next_pend, device=dev)
-        start = torch.tensor([s.mtp_len for s in rows], device=dev)
-        valid = torch.arange(Sm, device=dev) < torch.tensor(c, device=dev)[:, None]
-        pos = torch.where(valid, start[:, None] + torch.arange(Sm, device=dev), 0)  # padding: a harmless position
-        g = fast.forward_mtp_cached(1, h_in, nxt, dview, pos, valid=valid, span=span, rope=rope)
-        g = g[torch.arange(n, device=dev), torch.tensor(c, device=dev) - 1]  # [n, d]
-    # greedy requests without penalties need only argmaxes: no distributions, no per-row sampler calls
-    argmax_only = all(s.params.greedy and not s.params.penalized for s in rows)
-    drafts: list[list[int]] = [[] for _ in rows]
-    qs: list[list[torch.Tensor]] = [[] for _ in rows]
-    snaps = [s.sampler.snapshot() if s.params.penalized else None for s in rows]
-    for j in range(kr):
-        dl = fast.draft_logits(g, engine.draft_vocab).float()
-        if argmax_only:
-            for i, d in enumerate(dl.argmax(-1).tolist()):
-                drafts[i].append(d)
+    The engine calls `prefill` with every prompt chunk's hiddens (to fill the draft cache), `start` when a
+    request's prompt is in (its first draft position pairs the last prompt hidden with the first token),
+    and `round` instead of a plain decode step."""
+
+    def __init__(self, runner, k: int, draft_vocab: int):
+        self.runner, self.k, self.draft_vocab = runner, k, draft_vocab
+        wrap = (lambda f: torch.compile(f, dynamic=True)) if runner.compiled else (lambda f: f)
+        self._verify, self._mtp = wrap(verify_step), wrap(mtp_step)
+
+    @torch.inference_mode()
+    def warmup(self) -> None:
+        """Compile the verifying forward and the draft step for the runner's batch sizes."""
+        r = self.runner
+
+        def zeros(b, S):  # token 0 at the scratch position: stores nothing
+            return (torch.zeros(b, S, dtype=torch.long, device=r.device),
+                    torch.full((b, S), r.max_len, dtype=torch.long, device=r.device))
+
+        for b in r.buckets:
+            # verification feeds the pending token and up to k drafts; the draft step 1 token, or up to k + 1
+            # when it catches up on accepted ones (torch.compile specializes sizes of 1, shares the others)
+            ids, pos = zeros(b, self.k + 1)
+            self._verify(r.fast, ids, r.pool.layers, pos, 2, r.rope)
+            for S in (1, 2):
+                ids, pos = zeros(b, S)
+                h = torch.zeros(b, S, r.config.hidden_size, dtype=r.dtype, device=r.device)
+                self._mtp(r.fast, h, ids, r.draft_pool.layers[0], pos, 2, r.rope)
+
+    def prefill(self, h, next_ids, pos, valid, span, rows) -> None:
+        r = self.runner
+        r.fast.forward_mtp_cached(1, h, next_ids, r.draft_pool.layers[0], pos, valid=valid, span=span,
+                                  rope=r.rope, rows=rows)
+
+    def start(self, req, h_last: torch.Tensor, first_token: int) -> None:
+        req.h_pend, req.next_pend = h_last.unsqueeze(0), [first_token]
+
+    @torch.inference_mode()
+    def round(self, rows: list) -> tuple[list[list[int]], list[torch.Tensor]]:
+        """One round for the decoding requests (cache rows 0..n-1): MTP catch-up and k drafts per row, one
+        verifying forward, acceptance per row. Returns each row's new tokens and the main model's logits
+        for them.
+
+        Request state (nanoseek.engine.request.Request): `slot.length` tokens are in the main cache, `pending`
+        is the last token, not yet fed. Draft position i pairs the main hidden h_i with token i + 1; positions
+        below `slot.mtp_len` are in the draft cache, and `h_pend` / `next_pend` hold the inputs of positions
+        slot.mtp_len .. slot.length - 1.
+        """
+        runner, k = self.runner, self.k
+        t0 = time.perf_counter()
+        fast, dev, n, rope = runner.fast, runner.device, len(rows), runner.rope
+        budgets = [draft_budget(s, k) for s in rows]
+        kr = max(budgets)
+        # 1) MTP: write the positions whose inputs are now known, and draft d_1 from the last of them
+        c = [s.h_pend.shape[0] for s in rows]
+        Sm = max(c)
+        dview = runner.draft_pool.layers[0]
+        span = max(s.slot.mtp_len + ci for s, ci in zip(rows, c))
+        if min(c) == Sm:  # every row has all its positions: no padding, the compiled path applies
+            h_in = torch.stack([s.h_pend for s in rows])
+            nxt = torch.tensor([s.next_pend for s in rows], device=dev)
+            pos = torch.tensor([[s.slot.mtp_len + j for j in range(Sm)] for s in rows], device=dev)
+            g = self._mtp(fast, h_in, nxt, dview, pos, span, rope)[:, -1]
         else:
-            if dl.shape[-1] < engine.config.vocab_size:  # ids outside the draft vocabulary: probability 0
-                dl = torch.cat((dl, dl.new_full((n, engine.config.vocab_size - dl.shape[-1]), float("-inf"))), -1)
+            h_in = torch.zeros(n, Sm, runner.config.hidden_size, dtype=runner.dtype, device=dev)
+            nxt = torch.zeros(n, Sm, dtype=torch.long, device=dev)
             for i, s in enumerate(rows):
-                q = s.sampler.probs(dl[i])
-                d = s.sampler.draw(q)
-                drafts[i].append(d)
-                qs[i].append(q)
-                s.sampler.observe(d)
-        if j + 1 < kr:  # the next draft: MTP at the following position, on its own output (docs/architecture.md §5.4)
-            p = torch.tensor([[s.length + j] for s in rows], device=dev)
-            ids = torch.tensor([[d[-1]] for d in drafts], device=dev)
-            span = max(s.length for s in rows) + j + 1
-            if min(budgets) > j + 1:
-                g = engine._mtp_fn(fast, g[:, None], ids, dview, p, span, rope)[:, 0]
-            else:  # rows out of budget compute but do not store
-                ok = torch.tensor([[j + 1 < b] for b in budgets], device=dev)
-                g = fast.forward_mtp_cached(1, g[:, None], ids, dview, torch.where(ok, p, 0), valid=ok,
-                                             span=span, rope=rope)[:, 0]
-    for s, snap in zip(rows, snaps):
-        if snap is not None:
-            s.sampler.restore(snap)
-    for s in rows:
-        s.mtp_len = s.length
-    # 2) verify the pending token and the drafts in one forward
-    ids = torch.tensor([[s.pending] + d for s, d in zip(rows, drafts)], device=dev)
-    base = torch.tensor([s.length for s in rows], device=dev)
-    valid = torch.arange(kr + 1, device=dev) <= torch.tensor(budgets, device=dev)[:, None]
-    pos = torch.where(valid, base[:, None] + torch.arange(kr + 1, device=dev), 0)
-    span = max(s.length + b for s, b in zip(rows, budgets)) + 1
-    if min(budgets) == kr:
-        h, logits = engine._verify_fn(fast, ids, cache.views(n), pos, span, rope)
-    else:
-        h = fast.forward_cached(ids, cache.views(n), pos, valid=valid, span=span, rope=rope)
-        logits = fast.logits(h)
-    logits = logits.float()  # [n, kr + 1, V]
-    # 3) accept
-    new, per_token = [], []
-    target = logits.argmax(-1).tolist() if argmax_only else None
-    for i, s in enumerate(rows):
-        b = budgets[i]
-        if argmax_only:  # the acceptance rule with one-hot p and q: keep drafts while they are the target's argmax
-            a = 0
-            while a < b and drafts[i][a] == target[i][a]:
-                a += 1
-            toks = drafts[i][:a] + [target[i][a]]
+                h_in[i, :c[i]] = s.h_pend
+                nxt[i, :c[i]] = torch.tensor(s.next_pend, device=dev)
+            start = torch.tensor([s.slot.mtp_len for s in rows], device=dev)
+            valid = torch.arange(Sm, device=dev) < torch.tensor(c, device=dev)[:, None]
+            pos = torch.where(valid, start[:, None] + torch.arange(Sm, device=dev), 0)  # padding: a harmless position
+            g = fast.forward_mtp_cached(1, h_in, nxt, dview, pos, valid=valid, span=span, rope=rope)
+            g = g[torch.arange(n, device=dev), torch.tensor(c, device=dev) - 1]  # [n, d]
+        # greedy requests without penalties need only argmaxes: no distributions, no per-row sampler calls
+        argmax_only = all(s.params.greedy and not s.params.penalized for s in rows)
+        drafts: list[list[int]] = [[] for _ in rows]
+        qs: list[list[torch.Tensor]] = [[] for _ in rows]
+        snaps = [s.sampler.snapshot() if s.params.penalized else None for s in rows]
+        for j in range(kr):
+            dl = fast.draft_logits(g, self.draft_vocab).float()
+            if argmax_only:
+                for i, d in enumerate(dl.argmax(-1).tolist()):
+                    drafts[i].append(d)
+            else:
+                if dl.shape[-1] < runner.config.vocab_size:  # ids outside the draft vocabulary: probability 0
+                    dl = torch.cat((dl, dl.new_full((n, runner.config.vocab_size - dl.shape[-1]), float("-inf"))), -1)
+                for i, s in enumerate(rows):
+                    q = s.sampler.probs(dl[i])
+                    d = s.sampler.draw(q)
+                    drafts[i].append(d)
+                    qs[i].append(q)
+                    s.sampler.observe(d)
+            if j + 1 < kr:  # the next draft: MTP at the following position, on its own output (docs/architecture.md §5.4)
+                p = torch.tensor([[s.slot.length + j] for s in rows], device=dev)
+                ids = torch.tensor([[d[-1]] for d in drafts], device=dev)
+                span = max(s.slot.length for s in rows) + j + 1
+                if min(budgets) > j + 1:
+                    g = self._mtp(fast, g[:, None], ids, dview, p, span, rope)[:, 0]
+                else:  # rows out of budget compute but do not store
+                    ok = torch.tensor([[j + 1 < b] for b in budgets], device=dev)
+                    g = fast.forward_mtp_cached(1, g[:, None], ids, dview, torch.where(ok, p, 0), valid=ok,
+                                                 span=span, rope=rope)[:, 0]
+        for s, snap in zip(rows, snaps):
+            if snap is not None:
+                s.sampler.restore(snap)
+        for s in rows:
+            s.slot.mtp_len = s.slot.length
+        # 2) verify the pending token and the drafts in one forward
+        ids = torch.tensor([[s.pending] + d for s, d in zip(rows, drafts)], device=dev)
+        base = torch.tensor([s.slot.length for s in rows], device=dev)
+        valid = torch.arange(kr + 1, device=dev) <= torch.tensor(budgets, device=dev)[:, None]
+        pos = torch.where(valid, base[:, None] + torch.arange(kr + 1, device=dev), 0)
+        span = max(s.slot.length + b for s, b in zip(rows, budgets)) + 1
+        if min(budgets) == kr:
+            h, logits = self._verify(fast, ids, runner.pool.layers, pos, span, rope)
         else:
-            toks = verify(s.sampler, logits[i, :b + 1], drafts[i][:b], qs[i][:b])
-        a = len(toks) - 1
-        s.drafted += b
-        s.accepted += a
-        s.h_pend, s.next_pend = h[i, :a + 1], toks
-        s.length += a + 1
-        new.append(toks)
-        per_token.append(logits[i, :a + 1])
-    return new, per_token
+            h = fast.forward_cached(ids, runner.pool.layers, pos, valid=valid, span=span, rope=rope)
+            logits = fast.logits(h)
+        logits = logits.float()  # [n, kr + 1, V]
+        # 3) accept
+        new, per_token = [], []
+        target = logits.argmax(-1).tolist() if argmax_only else None
+        for i, s in enumerate(rows):
+            b = budgets[i]
+            if argmax_only:  # the acceptance rule with one-hot p and q: keep drafts while they are the target's argmax
+                a = 0
+                while a < b and drafts[i][a] == target[i][a]:
+                    a += 1
+                toks = drafts[i][:a] + [target[i][a]]
+            else:
+                toks = verify(s.sampler, logits[i, :b + 1], drafts[i][:b], qs[i][:b])
+            a = len(toks) - 1
+            s.out.drafted += b
+            s.out.accepted += a
+            s.h_pend, s.next_pend = h[i, :a + 1], toks
+            s.slot.tokens.extend([s.pending] + drafts[i][:a])
+            s.slot.length += a + 1
+            new.append(toks)
+            per_token.append(logits[i, :a + 1])
+        runner.decode_tokens += n
+        runner.decode_seconds += time.perf_counter() - t0
+        return new, per_token

@@ -46,9 +46,11 @@ ABSORB_MAX_TOKENS = 8
 @dataclass
 class LatentStep:
     """Where one cached step writes its tokens and what they attend to; planned once per model step and
-    shared by every layer. A new token at position p of row b is stored at cache[b, p] and attends to
-    cache[b, 0..p]."""
+    shared by every layer. A new token at position p of batch row b is stored at cache[r_b, p] and attends to
+    cache[r_b, 0..p], where r_b is b (the batch is the cache's first B rows) or row_index[b]."""
 
+    batch: int  # B
+    row_index: torch.Tensor | None  # [B] cache row of each batch row; None: rows 0..B-1
     rows: torch.Tensor  # [N] cache row of each stored token
     pos: torch.Tensor  # [N] its position
     select: torch.Tensor | None  # [N] index into the flattened [B*S] new tokens (None: all, in order)
@@ -65,18 +67,25 @@ class LatentStep:
             flat = flat[self.select]
         kv.index_put_((self.rows, self.pos), flat.to(kv.dtype))
 
+    def context(self, kv: torch.Tensor) -> torch.Tensor:
+        """The cache entries the step attends over: [B, span, width] (a view for rows 0..B-1, else a gather)."""
+        if self.row_index is None:
+            return kv[: self.batch, : self.span]
+        return kv[self.row_index, : self.span]
+
 
 def plan_step(positions: torch.Tensor, n_heads: int, valid: torch.Tensor | None = None, span: int | None = None,
-              absorbed: bool | None = None) -> LatentStep:
+              absorbed: bool | None = None, row_index: torch.Tensor | None = None) -> LatentStep:
     """Plan one cached step for new tokens at positions [B, S] (valid [B, S]: False marks right padding,
-    which is computed but never stored). span: cache prefix to attend over (default max position + 1)."""
+    which is computed but never stored). span: cache prefix to attend over (default max position + 1).
+    row_index [B]: the cache row of each batch row (default: rows 0..B-1)."""
     B, S = positions.shape
     dev = positions.device
     if span is None:
         span = int(positions.max()) + 1
     if absorbed is None:
         absorbed = S <= ABSORB_MAX_TOKENS
-    rows = torch.arange(B, device=dev).repeat_interleave(S)
+    rows = (torch.arange(B, device=dev) if row_index is None else row_index).repeat_interleave(S)
     pos, select = positions.reshape(-1), None
     if valid is not None and not bool(valid.all()):
         select = valid.reshape(-1).nonzero().squeeze(1)
@@ -92,7 +101,8 @@ def plan_step(positions: torch.Tensor, n_heads: int, valid: torch.Tensor | None 
             mask = visible.view(B, 1, 1, span)  # broadcast over the H query rows
         else:  # absorbed query rows are (token, head) pairs, token-major
             mask = visible[:, None, :, None, :].expand(B, 1, S, n_heads, span).reshape(B, 1, S * n_heads, span)
-    return LatentStep(rows=rows, pos=pos, select=select, span=span, mask=mask, causal=causal, absorbed=absorbed)
+    return LatentStep(batch=B, row_index=row_index, rows=rows, pos=pos, select=select, span=span, mask=mask,
+                      causal=causal, absorbed=absorbed)
 
 
 class _CacheWrite:
@@ -109,7 +119,7 @@ class _CacheWrite:
         if step.causal:  # prefill from position 0: the new tokens are the whole context
             return latent, k_rope, None, True
         r = latent.shape[-1]
-        ctx = self.kv[:, : step.span]
+        ctx = step.context(self.kv)
         return ctx[..., :r].to(latent.dtype), ctx[..., r:].to(latent.dtype), step.mask, False
 
 
@@ -214,17 +224,19 @@ class InferenceModel:
     @torch.no_grad()
     def forward_cached(self, input_ids: torch.Tensor, kv: list[torch.Tensor], positions: torch.Tensor, *,
                        valid: torch.Tensor | None = None, span: int | None = None, absorbed: bool | None = None,
-                       rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+                       rope: tuple[torch.Tensor, torch.Tensor] | None = None, rows: torch.Tensor | None = None
+                       ) -> torch.Tensor:
         """One step over new tokens input_ids [B, S] at positions [B, S] with a latent cache.
 
-        kv: one tensor [B, T_max, kv_lora_rank + qk_rope_head_dim] per decoder layer; the new tokens' entries
-        are written in place, and the token at position p of row b attends to kv[b, 0..p] (entries before the
-        new tokens must already hold that row's earlier tokens). valid [B, S] marks right padding (False: not
-        stored). absorbed: None picks the absorbed path for short steps (decode), expanded for prefill.
-        rope: optional (cos, sin) tables indexed by position. Returns the final-normed hidden [B, S, d]; the
-        logits are `logits()` of the rows the caller needs.
+        kv: one tensor [rows, T_max, kv_lora_rank + qk_rope_head_dim] per decoder layer; batch row b uses cache
+        row rows[b] (default b). The new tokens' entries are written in place, and the token at position p
+        attends to its cache row's positions 0..p (entries before the new tokens must already hold that row's
+        earlier tokens). valid [B, S] marks right padding (False: not stored). absorbed: None picks the
+        absorbed path for short steps (decode), expanded for prefill. rope: optional (cos, sin) tables
+        indexed by position. Returns the final-normed hidden [B, S, d]; the logits are `logits()` of the
+        rows the caller needs.
         """
-        step = plan_step(positions, self.config.num_attention_heads, valid, span, absorbed)
+        step = plan_step(positions, self.config.num_attention_heads, valid, span, absorbed, rows)
         h = self.model.model.embed_tokens(input_ids)
         cos, sin = self._rope(positions, compute_dtype(h), rope, step)
         for i, cache in enumerate(kv):
@@ -234,13 +246,14 @@ class InferenceModel:
     @torch.no_grad()
     def forward_mtp_cached(self, depth: int, h_prev: torch.Tensor, next_ids: torch.Tensor, kv: torch.Tensor,
                            positions: torch.Tensor, *, valid: torch.Tensor | None = None, span: int | None = None,
-                           rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+                           rope: tuple[torch.Tensor, torch.Tensor] | None = None, rows: torch.Tensor | None = None
+                           ) -> torch.Tensor:
         """MTP module `depth` (1-based) over its own latent cache kv (docs/architecture.md §5.4): from the previous depth's hidden
         h_prev [B, S, d] at positions [B, S] (the main model's final-normed hidden for depth 1) and the tokens
         that follow them, next_ids [B, S]. Returns the shared_head-normed hidden: `logits()` of it gives the
         draft logits for the token after next_ids, and it stands in for h_prev when drafting further."""
         module = self.model.mtp[depth - 1]
-        step = plan_step(positions, self.config.num_attention_heads, valid, span)
+        step = plan_step(positions, self.config.num_attention_heads, valid, span, row_index=rows)
         emb = self.model.model.embed_tokens(next_ids)
         cos, sin = self._rope(positions, compute_dtype(emb), rope, step)
         x = module.combine(h_prev, emb)
@@ -310,7 +323,7 @@ def absorbed_attention(attn: MLA, w: DecodeWeights, x: torch.Tensor, kv: torch.T
     # q' = W^UK_h^T q^C_h for every head at once: [H, B*S, d_n] @ [H, d_n, r]
     q_lat = torch.bmm(q_nope.reshape(B * S, H, dn).transpose(0, 1), w.w_uk)
     q = torch.cat((q_lat.transpose(0, 1).view(B, S, H, r), rope[:, :, :H]), dim=-1).view(B, 1, S * H, r + dr)
-    cache = kv[:, None, : step.span].to(q.dtype)  # [B, 1, span, r + d_r]: one key shared by all heads
+    cache = step.context(kv).unsqueeze(1).to(q.dtype)  # [B, 1, span, r + d_r]: one key shared by all heads
     # The value is the latent, i.e. the key's first r columns. Passing the whole key as the value keeps q, k, v
     # one width (PyTorch's fused CPU kernel needs that); the extra d_r output columns are dropped.
     o = F.scaled_dot_product_attention(q, cache, cache, attn_mask=step.mask, scale=attn.scale)

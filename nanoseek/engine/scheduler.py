@@ -1,0 +1,217 @@
+"""The scheduler: requests come and go while others run (continuous batching), one model step at a time.
+
+Each `step()`:
+1. takes in new requests and aborts (both may come from other threads: `add_request` and `abort` only put
+   them in an inbox under a lock);
+2. runs one decode step (or one speculative round) for every request that is decoding, so running
+   requests advance every step, whatever else arrives;
+3. admits waiting requests into free cache rows (reusing the longest cached prefix of their prompt) and
+   spends what is left of the step's token budget on their prompts, in chunks: a long prompt takes several
+   steps and never stalls the decoding requests for more than one chunk;
+4. samples the first token of every request whose prompt is now in, and moves it to decoding;
+5. releases the rows of finished and aborted requests at once (kept as cached prefixes).
+
+The waiting queue is bounded: `add_request` raises QueueFullError (HTTP 503) when it is full.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+
+import torch
+
+from nanoseek.engine.cache import SlotPool
+from nanoseek.engine.request import Delta, Request
+from nanoseek.engine.runner import ModelRunner
+from nanoseek.engine.speculative import MTPSpeculator, draft_budget
+from nanoseek.errors import EngineError, QueueFullError
+
+
+@dataclass
+class StepRecord:
+    """What one step did (the scheduler keeps the last `history` of them; tests and metrics read them)."""
+
+    decoded: list = field(default_factory=list)  # ids of the requests that got tokens from the decode phase
+    prefilled: dict = field(default_factory=dict)  # request id -> prompt tokens computed this step
+    started: list = field(default_factory=list)  # ids whose first token came this step
+    finished: list = field(default_factory=list)
+
+
+@dataclass
+class Counters:
+    """Totals since start."""
+
+    steps: int = 0
+    requests: int = 0
+    finished: int = 0
+    aborted: int = 0
+    prompt_tokens: int = 0  # of admitted requests
+    prompt_tokens_computed: int = 0  # prefilled (the rest came from the prefix cache)
+    prompt_tokens_cached: int = 0
+    generated_tokens: int = 0
+
+    @property
+    def prefix_hit_rate(self) -> float:
+        return self.prompt_tokens_cached / self.prompt_tokens if self.prompt_tokens else 0.0
+
+
+class Scheduler:
+    def __init__(self, runner: ModelRunner, slots: SlotPool, *, max_batch: int, max_waiting: int,
+                 step_tokens: int, idle_prefill_tokens: int, speculator: MTPSpeculator | None = None,
+                 history: int = 256):
+        self.runner, self.slots, self.spec = runner, slots, speculator
+        self.max_batch, self.max_waiting = max_batch, max_waiting
+        # tokens one step may spend: step_tokens while requests are decoding (bounds the time between their
+        # tokens), idle_prefill_tokens of prompts when none is (nothing waits: prefill in big chunks)
+        self.step_tokens, self.idle_prefill_tokens = step_tokens, idle_prefill_tokens
+        self.waiting: deque[Request] = deque()
+        self.prefilling: list[Request] = []
+        self.requests: dict = {}  # id -> Request, every request not yet finished
+        self.counters = Counters()
+        self.records: deque[StepRecord] = deque(maxlen=history)
+        self._lock = threading.Lock()
+        self._inbox: list[Request] = []
+        self._aborts: list = []
+
+    # ---- from any thread -------------------------------------------------------------------------------
+    def add_request(self, req: Request) -> None:
+        with self._lock:
+            if req.id in self.requests or any(r.id == req.id for r in self._inbox):
+                raise EngineError(f"request id {req.id!r} is already in use", param="request_id")
+            if len(self.waiting) + len(self._inbox) >= self.max_waiting:
+                raise QueueFullError(f"the engine's waiting queue is full ({self.max_waiting} requests); retry "
+                                     "later")
+            self._inbox.append(req)
+
+    def abort(self, rid) -> None:
+        """End request rid at the next step and free its cache row; unknown or finished ids are ignored."""
+        with self._lock:
+            self._aborts.append(rid)
+
+    @property
+    def has_work(self) -> bool:
+        return bool(self.requests or self._inbox)
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self.waiting) + len(self._inbox)
+
+    @property
+    def num_running(self) -> int:
+        return self.slots.n_decoding + len(self.prefilling)
+
+    # ---- the step ------------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def step(self) -> list[Delta]:
+        with self._lock:
+            inbox, aborts = self._inbox, self._aborts
+            self._inbox, self._aborts = [], []
+        for r in inbox:
+            self.requests[r.id] = r
+            self.waiting.append(r)
+            self.counters.requests += 1
+        rec = StepRecord()
+        out = [self._abort(rid, rec) for rid in aborts if rid in self.requests]
+        self.runner.refresh()
+        out += self._decode(rec)
+        out += self._prefill(rec)
+        self.counters.steps += 1
+        self.records.append(rec)
+        return out
+
+    def _decode(self, rec: StepRecord) -> list[Delta]:
+        running = [s.owner for s in self.slots.decoding()]
+        if not running:
+            return []
+        if self.spec is not None and max(draft_budget(r, self.spec.k) for r in running) > 0:
+            new, logits = self.spec.round(running)
+        else:
+            lg = self.runner.decode(running)
+            new = [[t] for t in _choose(running, lg)]
+            logits = [lg[i:i + 1] for i in range(len(running))]
+        out = []
+        for r, toks, lg in zip(running, new, logits):
+            out.append(r.emit(toks, lg))
+            rec.decoded.append(r.id)
+        for r in running:
+            if r.finish is not None:
+                self._finish(r, rec)
+        return out
+
+    def _prefill(self, rec: StepRecord) -> list[Delta]:
+        k = self.spec.k if self.spec is not None else 0
+        n_dec = self.slots.n_decoding
+        budget = self.step_tokens - n_dec * (k + 1) if n_dec else self.idle_prefill_tokens
+        while self.waiting and self.num_running < self.max_batch:
+            r = self.waiting[0]
+            # prompt logprobs need every prompt position's logits: no reuse for those requests
+            slot = self.slots.acquire(r.prompt, reuse=r.params.prompt_logprobs is None, need_mtp=self.spec is not None)
+            if slot is None:
+                break
+            self.waiting.popleft()
+            slot.owner, r.slot, r.computed = r, slot, slot.length
+            r.out.cached_tokens = slot.length
+            self.counters.prompt_tokens += len(r.prompt)
+            self.counters.prompt_tokens_cached += slot.length
+            self.prefilling.append(r)
+        # prompt chunks in arrival order, run as one right-padded batch whose padded size fits the budget
+        chunks, width = [], 0
+        for r in self.prefilling:
+            n = min(len(r.prompt) - r.computed, max(budget, 1))
+            if chunks and (len(chunks) + 1) * max(width, n) > budget:
+                break
+            chunks.append((r, r.computed, r.computed + n))
+            width = max(width, n)
+        if not chunks:
+            return []
+        last = self.runner.prefill(chunks, draft=self.spec)
+        out = []
+        done = [(r, h) for (r, start, end), h in zip(chunks, last) if h is not None]
+        for r, start, end in chunks:
+            rec.prefilled[r.id] = end - start
+            self.counters.prompt_tokens_computed += end - start
+        if done:
+            logits = self.runner.logits(torch.stack([h for _, h in done]))
+            firsts = _choose([r for r, _ in done], logits)
+            for i, ((r, h), t) in enumerate(zip(done, firsts)):
+                self.prefilling.remove(r)
+                self.slots.index_prefix(r.slot)
+                self.slots.start_decoding(r.slot)
+                if self.spec is not None:
+                    self.spec.start(r, h, t)
+                out.append(r.emit([t], logits[i:i + 1]))
+                rec.started.append(r.id)
+                if r.finish is not None:
+                    self._finish(r, rec)
+        return out
+
+    def _finish(self, r: Request, rec: StepRecord) -> None:
+        self.slots.release(r.slot)
+        r.slot = None
+        del self.requests[r.id]
+        self.counters.finished += 1
+        self.counters.generated_tokens += len(r.tokens)
+        rec.finished.append(r.id)
+
+    def _abort(self, rid, rec: StepRecord) -> Delta:
+        r = self.requests[rid]
+        if r in self.waiting:
+            self.waiting.remove(r)
+        if r in self.prefilling:
+            self.prefilling.remove(r)
+        if r.slot is not None:
+            self.slots.release(r.slot)
+            r.slot = None
+        del self.requests[rid]
+        self.counters.aborted += 1
+        self.counters.generated_tokens += len(r.tokens)
+        rec.finished.append(rid)
+        return r.abort()
+
+
+def _choose(reqs: list[Request], logits) -> list[int]:
+    if all(r.params.greedy and not r.params.penalized for r in reqs):
+        return logits.argmax(-1).tolist()
+    return [r.sampler.sample(logits[i]) for i, r in enumerate(reqs)]
