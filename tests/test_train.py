@@ -161,7 +161,7 @@ def test_pretrain_user_errors(data, tmp_path, capsys):
 
     assert "nanoseek data prepare" in error("--data", str(tmp_path / "missing"), "--out", str(tmp_path / "r"))
     out = ["--data", str(data), "--out", str(tmp_path / "r")]
-    assert "--warmup-steps (20) must not exceed --steps (5)" in error(*out, "--steps", "5")
+    assert "--warmup-steps (20) must not exceed --steps (5)" in error(*out, "--steps", "5", "--warmup-steps", "20")
     assert "--resume" in error(*out, "--resume")
     assert "--seq-len" in error(*out, "--seq-len", "4096", "--preset", "tiny", "--steps", "30")
     assert not (tmp_path / "r").exists() or not any((tmp_path / "r").rglob("*.safetensors"))

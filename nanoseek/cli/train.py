@@ -24,7 +24,7 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
     from nanoseek.train.checkpoint import latest_checkpoint, saved_train_config
     from nanoseek.train.config import config_from_args, given_settings, merge_for_resume
     from nanoseek.train.loop import TrainingDiverged, train
-    from nanoseek.train.pretrain import PretrainTask, write_tokenizer_files
+    from nanoseek.train.pretrain import PretrainTask, check_model_tokenizer, write_tokenizer_files
 
     data, out = Path(args.data), Path(args.out)
     if args.model and (args.resume or args.init_from):
@@ -49,6 +49,7 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
             cfg, changes = config_from_args(args), {}
             if args.init_from:
                 model_cfg = ModelConfig.load(args.init_from)
+                check_model_tokenizer(args.init_from, tok, data)
             else:
                 model_cfg = preset(args.preset, **{**_model_overrides(args.model), "vocab_size": tok.vocab_size,
                                                    "bos_token_id": tok.bos_id, "eos_token_id": tok.eos_id,
@@ -82,6 +83,9 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
         say(f"model: {source}: {pc.total / 1e6:.2f}M parameters ({pc.active / 1e6:.2f}M active), vocab "
             f"{model.config.vocab_size}; data: {data}; device: {info.device} x {info.world_size}, {cfg.dtype}")
         task = PretrainTask(data, cfg, device=info.device, rank=info.rank, world_size=info.world_size, tokenizer=tok)
+        say(task.describe_eval(cfg))
+        say(f"schedule: {cfg.schedule} over {cfg.steps} steps, peak lr {cfg.lr:g}, warm-up {cfg.warmup} steps"
+            + (" (default: 2% of --steps, 1 to 20)" if cfg.warmup_steps is None else ""))
         try:
             train(model, task, cfg, out, info=info, resume=args.resume,
                   write_extra=lambda d: write_tokenizer_files(tok, d), announce=say)

@@ -29,7 +29,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from nanoseek.hf import CheckpointError
-from nanoseek.io import atomic_dir, atomic_write_text
+from nanoseek.io import atomic_dir, atomic_write_text, clean_stale
 
 FORMAT_VERSION = 1
 STATE_DIR = "train_state"
@@ -130,13 +130,24 @@ def _prune(root: Path, keep_last: int, keep: str) -> None:
             shutil.rmtree(p, ignore_errors=True)
 
 
+def saved_steps(run_dir: str | Path) -> list[Path]:
+    """The complete step_* checkpoints of a run, oldest first."""
+    root = checkpoints_dir(run_dir)
+    if not root.is_dir():
+        return []
+    done = sorted((int(m.group(1)), p) for p in root.iterdir()
+                  if (m := _STEP_DIR.match(p.name)) and (p / STATE_DIR / "state.json").exists())
+    return [p for _, p in done]
+
+
 def clean_partial(run_dir: str | Path) -> None:
-    """Remove temporary directories left by a checkpoint write that was killed midway (ours only)."""
+    """Remove temporary directories left by a checkpoint write that was killed midway (ours only, and only
+    those no live process is writing: `nanoseek.io.clean_stale`)."""
     root = checkpoints_dir(run_dir)
     if root.is_dir():
-        for p in root.iterdir():
-            if p.is_dir() and p.name.startswith(".step_") and (p.name.endswith(".tmp") or ".old-" in p.name):
-                shutil.rmtree(p, ignore_errors=True)
+        targets = {m.group(1) for p in root.iterdir() if (m := re.match(r"\.(step_\d+)\.", p.name))}
+        for name in targets:
+            clean_stale(root / name)
 
 
 # ---- load -------------------------------------------------------------------------------------------------

@@ -32,7 +32,8 @@ class TrainConfig:
                         ("adamw", "muon"))
     lr: float = _f(3e-3, "peak learning rate (Muon's update is RMS-matched to AdamW's, so one lr serves both)")
     schedule: str = _f("wsd", "lr schedule: wsd (warmup, stable, linear decay), cosine, constant", SCHEDULES)
-    warmup_steps: int = _f(20, "linear warm-up steps")
+    warmup_steps: int | None = _f(None, "linear warm-up steps (default: 2%% of --steps, at most 20 and at least 1, "
+                                        "so it scales with the run, also when a resume changes --steps)")
     decay_frac: float = _f(0.2, "wsd: fraction of the steps spent decaying at the end")
     min_lr_ratio: float = _f(0.1, "final lr as a fraction of the peak (DeepSeek-V3: 2.2e-5 / 2.2e-4 = 0.1)")
     weight_decay: float = _f(0.1, "decoupled weight decay on matrices (not on norms or biases)")
@@ -70,10 +71,13 @@ class TrainConfig:
         for name in ("steps", "batch_size", "grad_accum", "eval_batches", "log_every", "keep_last"):
             need(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
         need(self.seq_len >= 2, "seq_len", f"must be >= 2, got {self.seq_len}")
-        for name in ("warmup_steps", "eval_every", "checkpoint_every"):
+        for name in ("eval_every", "checkpoint_every"):
             need(getattr(self, name) >= 0, name, f"must be >= 0, got {getattr(self, name)}")
-        need(self.warmup_steps <= self.steps, "warmup_steps",
-             f"({self.warmup_steps}) must not exceed --steps ({self.steps})")
+        if self.warmup_steps is not None:
+            need(self.warmup_steps >= 0, "warmup_steps", f"must be >= 0, got {self.warmup_steps}")
+            need(self.warmup_steps <= self.steps, "warmup_steps",
+                 f"({self.warmup_steps}) must not exceed --steps ({self.steps}); leave it out for the default, which "
+                 "scales with --steps")
         need(self.lr > 0, "lr", f"must be positive, got {self.lr}")
         need(0 <= self.decay_frac <= 1, "decay_frac", f"must be in [0, 1], got {self.decay_frac}")
         need(0 <= self.min_lr_ratio <= 1, "min_lr_ratio", f"must be in [0, 1], got {self.min_lr_ratio}")
@@ -86,6 +90,13 @@ class TrainConfig:
                 need(getattr(self, f.name) in f.metadata["choices"], f.name,
                      f"must be one of {', '.join(f.metadata['choices'])}, got {getattr(self, f.name)!r}")
         return self
+
+    @property
+    def warmup(self) -> int:
+        """The warm-up steps in effect: --warmup-steps, or the default that scales with --steps (2%, 1..20)."""
+        if self.warmup_steps is not None:
+            return self.warmup_steps
+        return min(20, max(1, round(0.02 * self.steps)))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -123,12 +134,13 @@ def add_config_args(parser: argparse.ArgumentParser, cls=TrainConfig) -> None:
     group = parser.add_argument_group("training settings")
     for f in dataclasses.fields(cls):
         flag = "--" + f.name.replace("_", "-")
-        help_text = f"{f.metadata.get('help', '')} (default: {f.default})"
+        help_text = f.metadata.get("help", "") + ("" if f.default is None else f" (default: {f.default})")
         kw: dict[str, Any] = dict(dest=f.name, default=argparse.SUPPRESS, help=help_text)
         if f.type in (bool, "bool"):
             group.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
             continue
-        typ = {"int": int, "float": float, "str": str}.get(f.type, f.type) if isinstance(f.type, str) else f.type
+        typ = {"int": int, "float": float, "str": str, "int | None": int}.get(f.type, f.type) \
+            if isinstance(f.type, str) else f.type
         if f.metadata.get("choices"):
             kw["choices"] = f.metadata["choices"]
         if typ is str and f.name == "dtype":

@@ -1,7 +1,8 @@
 """The run's JSONL log: one object per event with `event`, `step`, `time` (unix seconds) and named metrics.
 
 Events: "start" (settings), "train" (per step), "eval", "checkpoint", "resume", "end". On resume the records
-past the checkpoint's step are dropped (atomically rewriting the file) so the log reads as one run.
+past the checkpoint's step are dropped (atomically rewriting the file) so the log reads as one run. A new
+run never overwrites a log it finds (one killed before its first checkpoint): `keep_aside` renames it.
 """
 
 from __future__ import annotations
@@ -40,6 +41,23 @@ def _clean(v: Any) -> Any:
     if isinstance(v, dict):
         return {k: _clean(x) for k, x in v.items()}
     return v
+
+
+def keep_aside(run_dir: str | Path) -> Path | None:
+    """Rename an existing RUN/log.jsonl to the first free RUN/log.N.jsonl; returns the new path (None: no log).
+
+    A new run in a folder holding only a log (its run was killed before the first checkpoint, so there is
+    nothing to resume) keeps that log as evidence instead of truncating it: what it recorded (a loss that
+    blew up, the settings used) is often why the run was stopped.
+    """
+    path = Path(run_dir) / LOG_NAME
+    if not path.exists():
+        return None
+    n = 1
+    while (dest := path.with_name(f"log.{n}.jsonl")).exists():
+        n += 1
+    path.rename(dest)
+    return dest
 
 
 class RunLog:

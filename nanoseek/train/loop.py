@@ -13,6 +13,7 @@ autocast; the model keeps its router and losses in fp32 itself.
 from __future__ import annotations
 
 import abc
+import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -26,7 +27,7 @@ from nanoseek.train import distributed as D
 from nanoseek.train.checkpoint import (capture_rng, checkpoints_dir, clean_partial, latest_checkpoint,
                                        load_train_state, restore_rng, save_checkpoint)
 from nanoseek.train.config import TrainConfig
-from nanoseek.train.log import RunLog
+from nanoseek.train.log import RunLog, keep_aside
 from nanoseek.train.optim import build_optimizers, set_lr
 from nanoseek.train.schedule import lr_at
 
@@ -55,6 +56,10 @@ class Task(abc.ABC):
     @abc.abstractmethod
     def loss(self, model: nn.Module, batch: Any, cfg: TrainConfig) -> Any:
         """Forward `batch` through `model` (called under autocast) and return the losses."""
+
+    def check_model(self, model_dir: Path) -> None:
+        """Raise a UserError when the model in model_dir (a checkpoint to resume, or initial weights) does not
+        fit this task's data (e.g. another tokenizer). Called before its weights are loaded."""
 
     def evaluate(self, model: nn.Module, cfg: TrainConfig) -> dict[str, float]:
         """Validation metrics (called in eval mode, under no_grad and autocast); every rank calls it."""
@@ -98,6 +103,7 @@ def train(model: nn.Module, task: Task, cfg: TrainConfig, run_dir: str | Path, *
         ckpt = latest_checkpoint(run_dir)
         if ckpt is None:
             raise FileNotFoundError(f"--resume: no checkpoint in {checkpoints_dir(run_dir)}; drop --resume to start")
+        task.check_model(ckpt)
         state = load_train_state(ckpt)
         if state.world_size != info.world_size and info.is_main:
             # Weights and optimizer state are saved whole, and the loader's position is global, so this works;
@@ -135,8 +141,10 @@ def train(model: nn.Module, task: Task, cfg: TrainConfig, run_dir: str | Path, *
         if not cfg.peak_flops:
             per_device, peak_src = peak_flops(device, amp_dtype or torch.float32)
             peak = per_device * info.world_size
-        # a resumed run drops the records past its checkpoint; a new run starts a new log
-        log = RunLog(run_dir, truncate_after_step=start if resume else -1)
+        # a resumed run drops the records past its checkpoint; a new run starts a new log, keeping an old one
+        if not resume and (kept := keep_aside(run_dir)) is not None:
+            announce(f"note: {run_dir} held the log of an earlier run that wrote no checkpoint; kept it as {kept}")
+        log = RunLog(run_dir, truncate_after_step=start if resume else None)
         sharded = sum(hasattr(p, "device_mesh") for p in model.parameters())  # FSDP2 DTensor shards
         log.write("resume" if resume else "start", start, config=cfg.to_dict(), world_size=info.world_size,
                   parallel=cfg.parallel if info.distributed else "none", sharded_params=sharded,
@@ -153,7 +161,7 @@ def train(model: nn.Module, task: Task, cfg: TrainConfig, run_dir: str | Path, *
     try:
         for step in range(start + 1, cfg.steps + 1):
             t0 = time.perf_counter()
-            lr = lr_at(step - 1, total=cfg.steps, peak=cfg.lr, warmup=cfg.warmup_steps, schedule=cfg.schedule,
+            lr = lr_at(step - 1, total=cfg.steps, peak=cfg.lr, warmup=cfg.warmup, schedule=cfg.schedule,
                        min_ratio=cfg.min_lr_ratio, decay_frac=cfg.decay_frac)
             set_lr(optimizers, lr)
             sums, counts = _accumulate(fwd, model, task, cfg, amp_dtype, device)
@@ -164,7 +172,8 @@ def train(model: nn.Module, task: Task, cfg: TrainConfig, run_dir: str | Path, *
             sums = D.all_reduce_sum(sums) / (cfg.grad_accum * info.world_size)
             loss, gnorm = sums[0].item(), grad_norm.item()
             if not (math.isfinite(loss) and math.isfinite(gnorm)):
-                raise TrainingDiverged(_diverged_message(step, loss, gnorm, last_ckpt))
+                raise TrainingDiverged(_diverged_message(step, loss, gnorm, last_ckpt, run_dir,
+                                                         _max_abs_weight(model)))
             for opt in optimizers:
                 opt.step()
             for opt in optimizers:
@@ -186,8 +195,10 @@ def train(model: nn.Module, task: Task, cfg: TrainConfig, run_dir: str | Path, *
                               tokens_per_s=tok_s, mfu=mfu(tok_s, fpt, peak), step_time=dt, **rec)
             if bar is not None:
                 bar.update(tokens_per_step)
-                bar.set_postfix(step=step, loss=f"{main_loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tok_s_ema:,.0f}",
-                                refresh=False)
+                # the same names as log.jsonl's records: loss is the total (main + MTP + balance), main_loss the
+                # next-token loss, tokens_per_s the training steps' own rate (a moving average of the log's)
+                bar.set_postfix(step=step, loss=f"{loss:.4f}", main_loss=f"{main_loss:.4f}", lr=f"{lr:.2e}",
+                                tokens_per_s=f"{tok_s_ema:,.0f}", refresh=False)
 
             if (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps:
                 result.eval = _evaluate(model, task, cfg, amp_dtype, device)
@@ -197,7 +208,7 @@ def train(model: nn.Module, task: Task, cfg: TrainConfig, run_dir: str | Path, *
                         bar.write(f"step {step}: " + "  ".join(f"{k} {v:.4f}" for k, v in result.eval.items()))
             if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == cfg.steps:
                 last_ckpt = _checkpoint(run_dir, step, model, optimizers, task, cfg, info, write_extra,
-                                        tokens=tokens_seen)
+                                        tokens=tokens_seen, metrics={"loss": loss, "grad_norm": gnorm})
                 result.checkpoint = last_ckpt
                 if log is not None:
                     log.write("checkpoint", step, path=str(last_ckpt))
@@ -279,7 +290,7 @@ def _evaluate(model: nn.Module, task: Task, cfg: TrainConfig, amp_dtype, device)
 
 
 def _checkpoint(run_dir: Path, step: int, model: nn.Module, optimizers, task: Task, cfg: TrainConfig,
-                info: D.DistInfo, write_extra, tokens: int) -> Path:
+                info: D.DistInfo, write_extra, tokens: int, metrics: dict[str, float]) -> Path:
     from nanoseek.hf import write_model_files
 
     # Collectives first (every rank takes part), then rank 0 writes.
@@ -294,7 +305,8 @@ def _checkpoint(run_dir: Path, step: int, model: nn.Module, optimizers, task: Ta
         source = _snapshot(model, full_sd) if sharded else model
         path = save_checkpoint(
             run_dir, step, write_model=lambda d: write_model_files(source, d), optimizer_state=osd,
-            state={"step": step, "tokens": tokens, "world_size": info.world_size, "train_config": cfg.to_dict(),
+            state={"step": step, "tokens": tokens, **metrics, "world_size": info.world_size,
+                   "train_config": cfg.to_dict(),
                    "task_state": task_states, "rng": [js for js, _ in rng_all]},
             rng_tensors=[t for _, t in rng_all], write_extra=write_extra, keep_last=cfg.keep_last)
     D.barrier()
@@ -326,15 +338,92 @@ def _seed_all(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _diverged_message(step: int, loss: float, gnorm: float, last_ckpt: Path | None) -> str:
+EXPLODING = 10.0  # a grad norm this many times the run's median before it: the weights are already off
+
+
+def _max_abs_weight(model: nn.Module) -> float | None:
+    """The largest |weight| (None for sharded FSDP parameters, which no one rank holds whole)."""
+    params = list(model.parameters())
+    if any(hasattr(p, "device_mesh") for p in params):
+        return None
+    return max(p.detach().abs().max().item() for p in params)
+
+
+def _diverged_message(step: int, loss: float, gnorm: float, last_ckpt: Path | None, run_dir: Path,
+                      weight_max: float | None = None) -> str:
+    """Say what is known about the checkpoints a user could resume from, and advise the newest one whose weights
+    did not already blow up.
+
+    A checkpoint written after step S holds the weights step S+1 ran on, so step S+1's loss and grad norm (the
+    diverged step itself when it is S+1; else log.jsonl) judge it; its own step's figures (state.json, else
+    log.jsonl) are reported too. A resumed run replays the same batches, so weights whose next step was
+    already non-finite (or exploding: over EXPLODING x the run's median grad norm) diverge again whatever the
+    new --lr: then an earlier checkpoint is the advice.
+    """
     what = f"loss is {loss}" if not math.isfinite(loss) else f"gradient norm is {gnorm}"
-    where = (f"the last good checkpoint is {last_ckpt} (untouched); resume from it with --resume and a lower --lr"
-             if last_ckpt else "no checkpoint was written yet; restart with a lower --lr")
-    return f"training diverged at step {step}: {what}. Stopped before the optimizer update; {where}"
+    head = f"training diverged at step {step}: {what}. Stopped before the optimizer update"
+    if last_ckpt is None:
+        return f"{head}; no checkpoint was written yet: restart with a lower --lr"
+    from nanoseek.train.checkpoint import LATEST, STATE_DIR, saved_steps
+    from nanoseek.train.log import LOG_NAME, read_log
+
+    log = [r for r in (read_log(run_dir) if (run_dir / LOG_NAME).exists() else []) if r.get("event") == "train"]
+    norms = {int(r["step"]): r.get("grad_norm") for r in log}
+    losses = {int(r["step"]): r.get("loss") for r in log}
+    norms[step], losses[step] = gnorm, loss
+
+    def num(x) -> float | None:
+        try:
+            return float(x)  # the log writes non-finite values as strings ("nan")
+        except (TypeError, ValueError):
+            return None
+
+    def judge(ckpt: Path) -> tuple[str, str | None]:
+        """(what is known about the checkpoint, why its weights are bad or None)"""
+        try:
+            st = json.loads((ckpt / STATE_DIR / "state.json").read_text())
+        except (OSError, ValueError):
+            st = {}
+        n = int(st.get("step", ckpt.name.removeprefix("step_") or 0))
+        before = sorted(x for k, v in norms.items() if k <= n and (x := num(v)) is not None and math.isfinite(x))
+        median = before[(len(before) - 1) // 2] if before else None  # the lower median: 2 steps, 1 spike
+        lo, g = num(st.get("loss", losses.get(n))), num(st.get("grad_norm", norms.get(n)))
+        known = ", ".join(k for k in (f"loss {lo:.4g}" if lo is not None else "",
+                                      f"gradient norm {g:.4g}" if g is not None else "") if k)
+        known = f"step {n}: {known or 'no loss or gradient norm in log.jsonl'}"
+        if median is not None:
+            known += f"; the run's median gradient norm up to it: {median:.4g}"
+        nxt = num(norms.get(n + 1))
+        if n + 1 == step:
+            wmax = f" (its largest |weight| is {weight_max:.3g})" if weight_max is not None else ""
+            return known, f"the step right after it, the first on its weights, is the one that diverged{wmax}"
+        if nxt is not None and (not math.isfinite(nxt) or (median is not None and nxt > EXPLODING * median)):
+            return known, (f"the first step on its weights (step {n + 1}) already had gradient norm {nxt:.4g}, over "
+                           f"{EXPLODING:g}x the median")
+        return known, None
+
+    known, bad = judge(last_ckpt)
+    msg = f"{head}. The last checkpoint is {last_ckpt} (untouched), written after {known}"
+    if bad is None:
+        return f"{msg}. Resume from it with --resume and a lower --lr"
+    msg += (f". But {bad}: resuming from it replays the same batches on the same weights and diverges again, "
+            "whatever the --lr")
+    kept = saved_steps(run_dir)
+    names = [p.name for p in kept]
+    for older in reversed(kept[:names.index(last_ckpt.name)] if last_ckpt.name in names else []):
+        o_known, o_bad = judge(older)
+        if o_bad is None:
+            return (f"{msg}. Resume from an earlier checkpoint, {older} ({o_known}): write '{older.name}' into "
+                    f"{last_ckpt.parent / LATEST}, then --resume with a lower --lr")
+    return (f"{msg}. No earlier checkpoint is kept that was sound (--keep-last keeps only the newest): restart "
+            "with a lower --lr")
 
 
 def _progress_bar(cfg: TrainConfig, start: int, tokens_per_step: int):
     from tqdm.auto import tqdm
 
+    # No tqdm rate: it would count evaluation and checkpoint time too and disagree with tokens_per_s. The
+    # remaining-time estimate does include them, which is what a remaining time should do.
     return tqdm(total=cfg.steps * tokens_per_step, initial=start * tokens_per_step, unit="tok", unit_scale=True,
-                desc="train", dynamic_ncols=True, smoothing=0.1)
+                desc="train", dynamic_ncols=True, smoothing=0.1,
+                bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} tokens [{elapsed}<{remaining}{postfix}]")
