@@ -8,14 +8,16 @@ Ctrl-C stops the answer being written and returns to the prompt; Ctrl-D or /quit
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import math
 import os
 import sys
 import time
 from typing import Callable, TextIO
 
 from nanoseek.cli.common import UserError, add_device_args
-from nanoseek.cli.generate import add_sampling_args, load_engine, sampling_params
+from nanoseek.cli.generate import add_sampling_args, decode_utf8, load_engine, sampling_params
 from nanoseek.engine.engine import Engine
 from nanoseek.engine.reasoning import ReasoningSplitter
 from nanoseek.engine.sampling import SamplingParams
@@ -64,7 +66,7 @@ class ChatSession:
             if arg:
                 try:
                     t = float(arg)
-                    if t < 0:
+                    if not (math.isfinite(t) and t >= 0):  # nan would pass `t < 0` and break the next answer
                         raise ValueError
                 except ValueError:
                     self.note(f"/temperature needs a number >= 0 (0 = greedy), got {arg!r}")
@@ -135,13 +137,24 @@ class ChatSession:
                 self._write("\n")
                 self.note("(Ctrl-D or /quit to leave)")
                 continue
+            except (UserError, UnicodeDecodeError) as e:  # input that is not UTF-8 text
+                self.note(f"[{e}; that message was not sent]")
+                continue
             if not text.strip():
                 continue
             if text.startswith("/") and "\n" not in text:
                 if not self.command(text.strip()):
                     return
                 continue
-            self.respond(text)
+            kept = len(self.messages)
+            try:
+                self.respond(text)
+            except Exception as e:  # an error in one answer never ends the session or loses the conversation
+                del self.messages[kept:]
+                what = str(e) if isinstance(e, UserError) else f"{type(e).__name__}: {e}"
+                self._write("\n")
+                self.note(f"[error during the answer: {what}]\n[the message was not answered; the conversation "
+                          "before it is kept: send it again, or /clear to start over]")
 
 
 def read_message(read_line: Callable[[str], str]) -> str:
@@ -169,19 +182,21 @@ def cmd_chat(args) -> None:
         raise UserError(f"{args.checkpoint} has no nanoseek tokenizer (tokenizer.json with the chat special "
                         "tokens); chat needs its template. Use `nanoseek generate` for plain text completion")
     color = args.color == "always" or (args.color == "auto" and sys.stdout.isatty() and not os.environ.get("NO_COLOR"))
-    session = ChatSession(engine, params, system=args.system, speculative=args.speculative, color=color)
+    session = ChatSession(engine, params, system=args.system, speculative=args.speculative, color=color,
+                          out=sys.stdout)  # today's stdout, not the one bound when the module was imported
     interactive = sys.stdin.isatty()
     if interactive:
         session.note(f"nanoseek chat with {args.checkpoint} ({args.dtype}); /help for commands, Ctrl-D to leave")
 
     def read_line(prompt: str) -> str:
-        if interactive:
-            return input(prompt)
-        line = sys.stdin.readline()
-        if not line:
+        if interactive:  # undecodable bytes arrive as surrogates (or as UnicodeDecodeError): refused in run()
+            line = input(prompt)
+            return decode_utf8(os.fsencode(line), "that input")
+        raw = sys.stdin.buffer.readline() if hasattr(sys.stdin, "buffer") else sys.stdin.readline().encode()
+        if not raw:
             raise EOFError
-        sys.stdout.write(prompt + line)  # echo scripted input so the transcript reads like a session
-        return line.rstrip("\n")
+        sys.stdout.write(prompt + raw.decode("utf-8", errors="replace"))  # echo scripted input like a session
+        return decode_utf8(raw, "that input").rstrip("\n")
 
     try:
         session.run(read_line)
@@ -191,7 +206,8 @@ def cmd_chat(args) -> None:
 
 def register(sub) -> None:
     p = sub.add_parser("chat", help="interactive chat in the terminal (streaming, reasoning dimmed)",
-                       description=cmd_chat.__doc__)
+                       description=cmd_chat.__doc__, epilog="in the chat, " + HELP,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True,
                    help="model directory with a nanoseek tokenizer, or a training run directory (its latest "
                         "checkpoint)")

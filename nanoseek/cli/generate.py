@@ -26,12 +26,33 @@ def add_sampling_args(p: argparse.ArgumentParser, temperature: float, max_tokens
     g.add_argument("--presence-penalty", type=float, default=0.0)
     g.add_argument("--frequency-penalty", type=float, default=0.0)
     g.add_argument("--repetition-penalty", type=float, default=1.0)
-    g.add_argument("--seed", type=int, default=None, help="makes sampled output reproducible")
+    g.add_argument("--seed", type=seed_int, default=None, help="makes sampled output reproducible (0 to 2^64-1)")
     g.add_argument("--speculative", type=nonneg_int, default=0, metavar="K",
                    help="draft K tokens per step with the model's MTP module and verify them in one forward")
     g.add_argument("--compile", action="store_true",
                    help="torch.compile the decode step: ~1.5x faster decoding after a one-time compile "
                         "(tens of seconds per new batch shape)")
+
+
+def seed_int(s: str) -> int:
+    """argparse type: a seed torch's generators take (an unsigned 64-bit integer)."""
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer from 0 to 2^64-1, got {s!r}") from None
+    if not 0 <= v < 1 << 64:
+        raise argparse.ArgumentTypeError(f"must be an integer from 0 to 2^64-1 (a 64-bit seed), got {s}")
+    return v
+
+
+def decode_utf8(data: bytes, name: str) -> str:
+    """Text input as UTF-8, or a UserError naming the source, line and byte (never a traceback later on)."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        raise UserError(f"{name} is not UTF-8 text (byte 0x{data[e.start]:02x} on line {line}); convert it, e.g. "
+                        "with `iconv -f latin1 -t utf-8`") from None
 
 
 def sampling_params(args, **extra):
@@ -70,13 +91,14 @@ def _read_prompts(args) -> list[dict]:
         source = "-"
     if source is not None:
         if source == "-":
-            lines = sys.stdin.read().splitlines()
+            raw = sys.stdin.buffer.read() if hasattr(sys.stdin, "buffer") else sys.stdin.read().encode()
+            lines = decode_utf8(raw, "stdin").splitlines()
             name = "stdin"
         else:
             path = Path(source)
             if not path.is_file():
                 raise UserError(f"--prompts-file {path}: no such file")
-            lines = path.read_text(encoding="utf-8").splitlines()
+            lines = decode_utf8(path.read_bytes(), f"--prompts-file {path}").splitlines()
             name = str(path)
         for n, line in enumerate(lines, 1):
             if not line.strip():
@@ -90,6 +112,11 @@ def _read_prompts(args) -> list[dict]:
                 if not isinstance(obj, dict) or not (isinstance(obj.get("prompt"), str) or
                                                      isinstance(obj.get("messages"), list)):
                     raise UserError(f'{name} line {n}: expected {{"prompt": "..."}} or {{"messages": [...]}}')
+                for i, msg in enumerate(obj.get("messages") or []):
+                    if not (isinstance(msg, dict) and isinstance(msg.get("role"), str)
+                            and isinstance(msg.get("content"), str)):
+                        raise UserError(f'{name} line {n}: messages[{i}] must be an object with a "role" and a '
+                                        f'"content" string, like {{"role": "user", "content": "Hi"}}; got {msg!r:.80}')
                 items.append(obj)
             else:
                 items.append({"prompt": line})
@@ -125,6 +152,12 @@ def cmd_generate(args) -> None:
     """Generate for one or many prompts (batched) and write one JSON line per prompt."""
     from nanoseek.engine import ContextLengthError, EngineError
 
+    if args.output and Path(args.output).is_dir():
+        raise UserError(f"-o/--output {args.output} is a directory; give the path of the JSONL file to write")
+    if args.output and Path(args.output).parent.exists() and not Path(args.output).parent.is_dir():
+        raise UserError(f"-o/--output {args.output}: {Path(args.output).parent} is a file, not a directory")
+    for p in args.prompt or []:
+        decode_utf8(os.fsencode(p), "--prompt")  # undecodable command-line bytes arrive as surrogates
     items = _read_prompts(args)
     params = sampling_params(args, stop=args.stop or [], logprobs=args.logprobs, prompt_logprobs=args.prompt_logprobs)
     engine = load_engine(args)
