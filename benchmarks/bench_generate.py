@@ -103,8 +103,9 @@ class Runner:
         else:
             from nanoseek.engine import Engine
 
+            # prefix caching off: every call must pay its own prefill (the rounds repeat the same prompts)
             self.engine = Engine.load(ckpt, dtype=torch.bfloat16 if "bf16" in impl else torch.float32,
-                                      compile=impl.endswith("-compile"))
+                                      compile=impl.endswith("-compile"), prefix_caching=False)
 
     def generate(self, ids: torch.Tensor, n: int) -> float:
         t0 = time.perf_counter()
@@ -206,25 +207,25 @@ def _fmt_row(row: dict, impls: list[str]) -> str:
 def bench_speculative(args) -> None:
     from nanoseek.engine import Engine, SamplingParams
 
-    eng = Engine.load(args.mtp_checkpoint, dtype=torch.bfloat16 if args.spec_dtype == "bf16" else torch.float32,
-                      compile=args.spec_compile)
-    if eng.tokenizer is None or not len(eng.model.mtp):
+    dtype = torch.bfloat16 if args.spec_dtype == "bf16" else torch.float32
+    engines = {k: Engine.load(args.mtp_checkpoint, dtype=dtype, compile=args.spec_compile, speculative=k,
+                              prefix_caching=False) for k in [0, *args.spec_k]}
+    if engines[0].tokenizer is None or not len(engines[0].model.mtp):
         sys.exit(f"{args.mtp_checkpoint}: needs tokenizer.json and an MTP module")
     prompts = [line.strip() for line in open(args.spec_prompts, encoding="utf-8") if line.strip()] \
         if args.spec_prompts else ["The", "Once upon a time", "In the beginning", "It was a"]
     p = SamplingParams(max_new_tokens=args.spec_new_tokens, temperature=0, ignore_eos=True)
     mode = f"{args.spec_dtype}{', compiled' if args.spec_compile else ''}"
-    for k in args.spec_k:  # warm up (and compile) both paths
-        eng.generate(prompts[0], p, speculative=k)
-    eng.generate(prompts[0], p)
+    for eng in engines.values():  # warm up
+        eng.generate(prompts[0], p)
     for k in args.spec_k:
         times = {0: [], k: []}
         acc = []
         for rnd in range(args.rounds):
             for kk in ((0, k) if rnd % 2 == 0 else (k, 0)):
                 for prompt in prompts:
-                    eng.generate(prompt, p, speculative=kk)
-                    st = eng.stats
+                    engines[kk].generate(prompt, p)
+                    st = engines[kk].stats
                     times[kk].append(st.generated_tokens / st.decode_seconds)
                     if kk:
                         acc.append(st.acceptance_rate)

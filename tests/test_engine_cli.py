@@ -109,10 +109,13 @@ def test_chat_scripted_session(ckpt):
     for expected in ("system prompt set: Be terse.", "temperature 0", "... line two", "needs a number >= 0",
                      "conversation cleared"):
         assert expected in out
-    # three answers, each reporting its context: it grows with the conversation
+    # three answers, each reporting its context: it grows with the conversation, and each turn reuses the
+    # cached conversation (at least the previous turn's prompt) instead of computing it again
     stats = [line for line in out.splitlines() if line.startswith("[") and "prompt tokens" in line]
     sizes = [int(s[1:].split()[0]) for s in stats]
+    reused = [int(s.split("(")[1].split()[0]) for s in stats]
     assert len(sizes) == 3 and sizes[0] < sizes[1] < sizes[2]
+    assert reused[0] == 0 and reused[1] >= sizes[0] and reused[2] >= sizes[1]
 
 
 class _Scripted:
@@ -120,7 +123,7 @@ class _Scripted:
 
     def __init__(self, engine, pieces, interrupt_after=None):
         self.engine, self.pieces, self.interrupt_after = engine, pieces, interrupt_after
-        self.config, self.stats = engine.config, engine.stats
+        self.config, self.stats, self.max_len = engine.config, engine.stats, engine.max_len
 
     def encode_chat(self, messages):
         return self.engine.encode_chat(messages)

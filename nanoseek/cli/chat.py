@@ -35,9 +35,9 @@ Ctrl-C stops the current answer."""
 
 
 class ChatSession:
-    def __init__(self, engine: Engine, params: SamplingParams, *, system: str | None = None, speculative: int = 0,
+    def __init__(self, engine: Engine, params: SamplingParams, *, system: str | None = None,
                  out: TextIO = sys.stdout, color: bool = False):
-        self.engine, self.params, self.system, self.speculative = engine, params, system, speculative
+        self.engine, self.params, self.system = engine, params, system
         self.out, self.color = out, color
         self.messages: list[dict] = []
 
@@ -85,17 +85,17 @@ class ChatSession:
         self.messages.append({"role": "user", "content": user_text})
         convo = ([{"role": "system", "content": self.system}] if self.system else []) + self.messages
         ids = self.engine.encode_chat(convo)
-        room = self.engine.config.max_position_embeddings - len(ids)
+        room = self.engine.max_len - len(ids)
         if room <= 0:
             self.messages.pop()
-            self.note(f"the conversation ({len(ids)} tokens) fills the model's context of "
-                      f"{self.engine.config.max_position_embeddings}; /clear to start over")
+            self.note(f"the conversation ({len(ids)} tokens) fills the context of {self.engine.max_len} tokens; "
+                      "/clear to start over")
             return ""
         params = dataclasses.replace(self.params, max_new_tokens=min(self.params.max_new_tokens, room))
         splitter = ReasoningSplitter()
         answer, n_tokens, finish = [], 0, None
         t0 = time.perf_counter()
-        stream = self.engine.stream(ids, params, speculative=self.speculative)
+        stream = self.engine.stream(ids, params)
         try:
             for delta in stream:
                 n_tokens += len(delta.token_ids)
@@ -121,7 +121,10 @@ class ChatSession:
             if rate is not None:
                 extra = f", {rate:.0%} of drafts accepted"
             cut = " (max tokens reached)" if finish == "length" else ""
-            self.note(f"[{len(ids)} prompt tokens, {n_tokens} new{cut}, {n_tokens / dt if dt else 0:.0f} tok/s{extra}]")
+            # the conversation so far is in the engine's prefix cache: only the new turn is computed
+            reused = self.engine.stats.cached_tokens
+            self.note(f"[{len(ids)} prompt tokens ({reused} reused from the cache), {n_tokens} new{cut}, "
+                      f"{n_tokens / dt if dt else 0:.0f} tok/s{extra}]")
         return text
 
     # ---- the loop --------------------------------------------------------------------------------------
@@ -182,7 +185,7 @@ def cmd_chat(args) -> None:
         raise UserError(f"{args.checkpoint} has no nanoseek tokenizer (tokenizer.json with the chat special "
                         "tokens); chat needs its template. Use `nanoseek generate` for plain text completion")
     color = args.color == "always" or (args.color == "auto" and sys.stdout.isatty() and not os.environ.get("NO_COLOR"))
-    session = ChatSession(engine, params, system=args.system, speculative=args.speculative, color=color,
+    session = ChatSession(engine, params, system=args.system, color=color,
                           out=sys.stdout)  # today's stdout, not the one bound when the module was imported
     interactive = sys.stdin.isatty()
     if interactive:

@@ -68,18 +68,21 @@ def sampling_params(args, **extra):
 
 
 def load_engine(args):
-    from nanoseek.engine import Engine, EngineError
-    from nanoseek.engine.engine import resolve_checkpoint
+    from nanoseek.config import ModelConfig
+    from nanoseek.engine import Engine, EngineError, resolve_checkpoint
 
     device, dtype = resolve_device(args.device), resolve_dtype(args.dtype)
     try:
         ckpt = resolve_checkpoint(args.checkpoint)
-        engine = Engine.load(ckpt, dtype=dtype, device=device, compile=args.compile)
-    except EngineError as e:  # no model there, or a malformed generation_config.json
+    except EngineError as e:  # no model there
         raise UserError(f"--checkpoint {e}") from None
-    if args.speculative and not len(engine.model.mtp):
+    if args.speculative and ModelConfig.load(ckpt).num_nextn_predict_layers == 0:
         raise UserError(f"--speculative needs an MTP module and {ckpt} has none (num_nextn_predict_layers = 0)")
-    return engine
+    try:
+        return Engine.load(ckpt, dtype=dtype, device=device, compile=args.compile, speculative=args.speculative,
+                           max_batch=getattr(args, "batch_size", 32))
+    except EngineError as e:  # e.g. a malformed generation_config.json
+        raise UserError(f"--checkpoint {e}") from None
 
 
 # ---- generate --------------------------------------------------------------------------------------------
@@ -171,7 +174,7 @@ def cmd_generate(args) -> None:
         ids = [_prompt_ids(engine, it, args.chat, args.system) for it in items]
         for start in range(0, len(items), args.batch_size):
             batch = ids[start:start + args.batch_size]
-            outs = engine.generate(batch, params, speculative=args.speculative)
+            outs = engine.generate(batch, params)
             st = engine.stats
             total["prompt"] += st.prompt_tokens
             total["new"] += st.generated_tokens

@@ -198,6 +198,12 @@ class Engine:
         """One scheduler step: every running request advances, waiting ones are admitted and prefilled."""
         return self.scheduler.step()
 
+    def refresh(self) -> None:
+        """Follow the model's weights after they changed in place (an optimizer step): the generation path's
+        derived weights are rebuilt if any parameter changed. generate and stream call it themselves; a
+        loop that steps the engine and also trains the model calls it after each update."""
+        self.runner.refresh()
+
     @property
     def has_work(self) -> bool:
         return self.scheduler.has_work
@@ -250,6 +256,7 @@ class Engine:
     def _run(self, reqs: list[Request]) -> Iterator[Delta]:
         """Feed requests to the scheduler (as the waiting queue has room) and step until all are done."""
         r0 = self.runner
+        r0.refresh()  # the weights may have changed since the last call (an RL trainer's update)
         before = (r0.prefill_seconds, r0.decode_seconds, self.scheduler.counters.steps)
         index = {r.id: r.out.index for r in reqs}
         todo = list(reversed(reqs))

@@ -114,7 +114,6 @@ class Scheduler:
             self.counters.requests += 1
         rec = StepRecord()
         out = [self._abort(rid, rec) for rid in aborts if rid in self.requests]
-        self.runner.refresh()
         out += self._decode(rec)
         out += self._prefill(rec)
         self.counters.steps += 1
