@@ -204,6 +204,41 @@ def _fmt_row(row: dict, impls: list[str]) -> str:
     return " | ".join(parts)
 
 
+def bench_prefix(args, ckpt: str) -> None:
+    """Time to first token of each turn of a long conversation, with and without prefix reuse: turn t's
+    prompt is turn t-1's prompt + its answer + a new user message of --prefix-user tokens (random ids, the
+    model answers --prefix-answer tokens). Without reuse every turn prefills the whole conversation."""
+    from nanoseek.engine import Engine, SamplingParams
+
+    dtype = torch.bfloat16 if args.prefix_dtype == "bf16" else torch.float32
+    engines = {reuse: Engine.load(ckpt, dtype=dtype, prefix_caching=reuse) for reuse in (False, True)}
+    p = SamplingParams(max_new_tokens=args.prefix_answer, temperature=0, ignore_eos=True)
+    g = torch.Generator().manual_seed(0)
+    ttft = {False: [[] for _ in range(args.prefix_turns)], True: [[] for _ in range(args.prefix_turns)]}
+    sizes = []
+    for rnd in range(args.rounds):
+        for reuse in ((False, True) if rnd % 2 == 0 else (True, False)):
+            eng = engines[reuse]
+            convo: list[int] = []
+            g.manual_seed(rnd)
+            for turn in range(args.prefix_turns):
+                convo = convo + torch.randint(0, 8192, (args.prefix_user,), generator=g).tolist()
+                t0 = time.perf_counter()
+                stream = eng.stream(convo, p)
+                first = next(stream)
+                ttft[reuse][turn].append(time.perf_counter() - t0)
+                answer = first.token_ids + [t for d in stream for t in d.token_ids]
+                if rnd == 0 and reuse:
+                    sizes.append(len(convo))
+                convo = convo + answer
+    print(f"prefix reuse ({args.prefix_dtype}, {args.rounds} rounds, medians): turn, prompt tokens, TTFT without / "
+          "with reuse", flush=True)
+    for turn in range(args.prefix_turns):
+        a, b = statistics.median(ttft[False][turn]), statistics.median(ttft[True][turn])
+        print(f"  turn {turn + 1}: {sizes[turn]:5d} tokens  {a * 1e3:7.1f} ms / {b * 1e3:6.1f} ms  ({a / b:.1f}x)",
+              flush=True)
+
+
 def bench_speculative(args) -> None:
     from nanoseek.engine import Engine, SamplingParams
 
@@ -251,6 +286,11 @@ def main() -> None:
     ap.add_argument("--spec-dtype", default="fp32", choices=["fp32", "bf16"])
     ap.add_argument("--spec-prompts", help="text file, one prompt per line")
     ap.add_argument("--spec-compile", action="store_true", help="speculative run with Engine(compile=True)")
+    ap.add_argument("--only-prefix", action="store_true", help="only the multi-turn prefix-reuse TTFT run")
+    ap.add_argument("--prefix-turns", type=int, default=5)
+    ap.add_argument("--prefix-user", type=int, default=100, help="new user tokens per turn")
+    ap.add_argument("--prefix-answer", type=int, default=200, help="answer tokens per turn")
+    ap.add_argument("--prefix-dtype", default="fp32", choices=["fp32", "bf16"])
     ap.add_argument("--memory-probe", nargs=5, metavar=("IMPL", "CKPT", "B", "T", "N"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     from nanoseek.runtime import tune_allocator
@@ -263,6 +303,12 @@ def main() -> None:
         memory_probe(impl, ckpt, int(b), int(t), int(n))
         return
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f}")
+    if args.only_prefix:
+        with tempfile.TemporaryDirectory() as tmp:
+            ckpt = os.path.join(tmp, "cpu-small")
+            make_checkpoint(ckpt)
+            bench_prefix(args, ckpt)
+        return
     if not args.only_speculative:
         with tempfile.TemporaryDirectory() as tmp:
             ckpt = os.path.join(tmp, "cpu-small")
