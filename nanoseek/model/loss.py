@@ -71,3 +71,69 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: to
     want_grad = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
     with torch.autocast(hidden.device.type, enabled=False):
         return _LinearCrossEntropy.apply(hidden, weight, targets, compute_dtype, chunk_rows, want_grad)
+
+
+class _LinearLogprobs(torch.autograd.Function):
+    """Per-token log p(target) and entropy through the output head, chunk by chunk. The backward recomputes
+    each chunk's logits instead of keeping them, so memory holds one chunk of logits at a time whatever the
+    batch (RL computes these for the policy, the old policy and the reference on every rollout)."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, compute_dtype, chunk_rows):
+        N = hidden.shape[0]
+        w = weight.to(compute_dtype)
+        logp = torch.zeros(N, dtype=torch.float32, device=hidden.device)
+        entropy = torch.zeros(N, dtype=torch.float32, device=hidden.device)
+        lse = torch.zeros(N, dtype=torch.float32, device=hidden.device)
+        for start in range(0, N, chunk_rows):
+            rows = slice(start, start + chunk_rows)
+            logits = (hidden[rows].to(compute_dtype) @ w.t()).float()
+            lse[rows] = torch.logsumexp(logits, dim=-1)
+            t = targets[rows]
+            valid = t != IGNORE_INDEX
+            picked = logits.gather(1, t.clamp(min=0).unsqueeze(1)).squeeze(1) - lse[rows]
+            logp[rows] = picked * valid
+            p = torch.exp(logits - lse[rows, None])
+            entropy[rows] = lse[rows] - (p * logits).sum(-1)
+        ctx.save_for_backward(hidden, weight, targets, lse)
+        ctx.compute_dtype, ctx.chunk_rows = compute_dtype, chunk_rows
+        ctx.mark_non_differentiable(entropy)
+        return logp, entropy
+
+    @staticmethod
+    def backward(ctx, grad_logp, _grad_entropy):
+        hidden, weight, targets, lse = ctx.saved_tensors
+        cd, chunk_rows = ctx.compute_dtype, ctx.chunk_rows
+        w = weight.to(cd)
+        need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        grad_h = torch.empty_like(hidden) if need_h else None
+        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
+        for start in range(0, hidden.shape[0], chunk_rows):
+            rows = slice(start, start + chunk_rows)
+            h = hidden[rows].to(cd)
+            t = targets[rows]
+            g = grad_logp[rows].float() * (t != IGNORE_INDEX)
+            # d logp_t / d logits = onehot(target) - softmax(logits): scaled by the incoming gradient per row
+            d = torch.exp((h @ w.t()).float() - lse[rows, None]).mul_(-g[:, None])
+            d.scatter_add_(1, t.clamp(min=0).unsqueeze(1), g.unsqueeze(1))
+            d = d.to(cd)
+            if need_h:
+                grad_h[rows] = (d @ w).to(hidden.dtype)
+            if need_w:
+                grad_w += (d.t() @ h).float()
+        return grad_h, None if grad_w is None else grad_w.to(weight.dtype), None, None, None
+
+
+def linear_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                    compute_dtype: torch.dtype | None = None, chunk_elems: int = 2**23
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """log softmax(hidden @ weight.T)[target] per position (0 where target is IGNORE_INDEX), differentiable,
+    and the distribution's entropy (not differentiable), both fp32 with the shape of targets. The full logits
+    are never materialized: chunk_elems bounds one chunk's [rows, vocab]."""
+    shape = targets.shape
+    hidden = hidden.reshape(-1, hidden.shape[-1])
+    compute_dtype = compute_dtype or hidden.dtype
+    chunk_rows = max(1, chunk_elems // weight.shape[0])
+    with torch.autocast(hidden.device.type, enabled=False):
+        logp, entropy = _LinearLogprobs.apply(hidden, weight, targets.reshape(-1), compute_dtype, chunk_rows)
+    return logp.view(shape), entropy.view(shape)

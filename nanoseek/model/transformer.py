@@ -16,7 +16,7 @@ from torch import nn
 from nanoseek.config import ModelConfig
 from nanoseek.model.block import DecoderLayer
 from nanoseek.model.layers import RMSNorm, compute_dtype
-from nanoseek.model.loss import linear_cross_entropy
+from nanoseek.model.loss import linear_cross_entropy, linear_logprobs
 from nanoseek.model.moe import Experts, Router, bias_update
 from nanoseek.model.mtp import MTPModule
 from nanoseek.model.rope import RotaryEmbedding
@@ -32,6 +32,8 @@ class ModelOutput:
     balance_loss: torch.Tensor | None = None  # sequence-wise balance loss, alpha applied, mean over MoE layers
     expert_counts: torch.Tensor | None = None  # [n_routers, E] tokens per expert (main MoE layers, then MTP)
     hidden: torch.Tensor | None = None  # final-normed hidden state [B, T, d] (input of lm_head and of MTP 1)
+    token_logprobs: torch.Tensor | None = None  # [B, T] log p(target) per position (logprobs=True)
+    token_entropy: torch.Tensor | None = None  # [B, T] entropy of the next-token distribution (logprobs=True)
 
 
 class Backbone(nn.Module):
@@ -101,7 +103,8 @@ class DeepSeekV3(nn.Module):
     # ---- forward --------------------------------------------------------------------------------
     def forward(self, input_ids: torch.Tensor, targets: torch.Tensor | None = None, *, return_stats: bool = False,
                 mtp_weight: float = 0.3, aux_loss_alpha: float | None = None, positions: torch.Tensor | None = None,
-                attn_mask: torch.Tensor | None = None, return_logits: bool = False) -> torch.Tensor | ModelOutput:
+                attn_mask: torch.Tensor | None = None, return_logits: bool = False, logprobs: bool = False
+                ) -> torch.Tensor | ModelOutput:
         """input_ids [B, T] -> logits [B, T, V].
 
         With targets (next tokens, IGNORE_INDEX = -100 masks a position) or return_stats=True, returns a
@@ -111,11 +114,16 @@ class DeepSeekV3(nn.Module):
         config's aux_loss_alpha, the hub field; the training loop passes its own setting).
         With targets the losses run through the output head chunk by chunk and ModelOutput.logits stays None
         (the full logits are the step's largest tensor); pass return_logits=True to get them as well.
+        logprobs=True (with targets) returns per-token log-probabilities of the targets and the entropies
+        instead of the losses (RL's policy gradient is a function of them), also chunked through the head,
+        with the routing statistics; MTP modules are not run.
         """
         if input_ids.dim() != 2 or input_ids.dtype not in (torch.int64, torch.int32):
             raise ValueError(f"input_ids must be an integer tensor [batch, seq], got {tuple(input_ids.shape)} "
                              f"{input_ids.dtype}")
         B, T = input_ids.shape
+        if logprobs and targets is None:
+            raise ValueError("logprobs=True needs targets: the tokens whose log-probabilities to compute")
         if targets is not None and targets.shape != input_ids.shape:
             raise ValueError(f"targets shape {tuple(targets.shape)} must equal input_ids shape {(B, T)}")
         cfg = self.config
@@ -136,7 +144,11 @@ class DeepSeekV3(nn.Module):
             return logits
 
         out = ModelOutput(logits=logits, hidden=h)
-        if targets is not None:
+        if logprobs:
+            out.token_logprobs, out.token_entropy = linear_logprobs(h, self.lm_head.weight, targets, compute_dtype(h))
+            if want_balance and stats:
+                out.balance_loss = alpha * torch.stack([s.balance_loss for s in stats]).mean()
+        elif targets is not None:
             out.main_loss = self._head_loss(h, targets)
             h_k = h
             for k, module in enumerate(self.mtp, start=1):

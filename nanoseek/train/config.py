@@ -112,14 +112,15 @@ class TrainConfig:
 FIXED_ON_RESUME = ("optimizer", "seq_len", "seed")
 
 
-def merge_for_resume(saved: dict[str, Any], given: dict[str, Any]) -> tuple[TrainConfig, dict[str, tuple]]:
-    """The saved run's config with the flags given now applied on top.
+def merge_for_resume(saved: dict[str, Any], given: dict[str, Any], cls=TrainConfig
+                     ) -> tuple[TrainConfig, dict[str, tuple]]:
+    """The saved run's config (a TrainConfig, or a stage's subclass: cls) with the flags given now applied on top.
 
-    Returns (config, changes {field: (old, new)}). Changing a FIXED_ON_RESUME field raises ValueError.
+    Returns (config, changes {field: (old, new)}). Changing a field in cls.FIXED_ON_RESUME raises ValueError.
     """
-    base = TrainConfig.from_dict(saved)
+    base = cls.from_dict(saved)
     changes = {k: (getattr(base, k), v) for k, v in given.items() if hasattr(base, k) and getattr(base, k) != v}
-    fixed = [k for k in changes if k in FIXED_ON_RESUME]
+    fixed = [k for k in changes if k in getattr(cls, "FIXED_ON_RESUME", FIXED_ON_RESUME)]
     if fixed:
         desc = ", ".join(f"--{k.replace('_', '-')} {changes[k][0]} -> {changes[k][1]}" for k in fixed)
         raise ValueError(f"cannot change {desc} when resuming (the saved optimizer/data state depends on it); "
@@ -164,5 +165,5 @@ def given_settings(args: argparse.Namespace, cls=TrainConfig) -> dict[str, Any]:
     return {k: v for k, v in vars(args).items() if k in names}
 
 
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    return TrainConfig(**given_settings(args)).validate()
+def config_from_args(args: argparse.Namespace, cls=TrainConfig) -> TrainConfig:
+    return cls(**given_settings(args, cls)).validate()

@@ -40,14 +40,23 @@ class Task(abc.ABC):
     """What a training stage plugs into the loop: where batches come from and what the loss is.
 
     `loss` returns an object with `.loss` (the scalar to minimize) and optionally the DeepSeek-V3 parts
-    `.main_loss`, `.mtp_losses`, `.balance_loss` and `.expert_counts` (a `nanoseek.ModelOutput` has them all).
+    `.main_loss`, `.mtp_losses`, `.balance_loss` and `.expert_counts` (a `nanoseek.ModelOutput` has them all),
+    `.tokens` (the tokens this micro-batch trained on, when they vary) and `.metrics` (name -> scalar: the loop
+    averages them over micro-batches and ranks and logs them under their names, knowing nothing of them).
     The loop weights every micro-batch (and, through gradient averaging, every rank) equally: a task whose
-    micro-batches hold different numbers of target tokens (masked SFT) and wants a per-token mean over the
-    whole step should normalize its loss by a fixed token count instead of its own.
+    micro-batches hold different numbers of target tokens (masked SFT, RL) and wants a per-token mean over
+    the whole step normalizes its loss by the step's token count, which `begin_step` can learn.
     """
 
-    #: tokens one micro-batch trains on, on this rank (for tokens/s and MFU)
+    #: tokens one micro-batch trains on, on this rank (tokens/s, MFU, the progress bar); a task whose batches
+    #: vary reports each batch's count as `.tokens` of its loss output and gives an estimate here
     tokens_per_batch: int
+
+    def begin_step(self, model: nn.Module, step: int) -> dict[str, float] | None:
+        """Called once per optimizer step, before its micro-batches (step counts from 1): GRPO generates the
+        step's rollouts here and splits them into micro-batches. May return metrics of the step's data (reward,
+        lengths...): averaged over ranks (names ending in _max / _min: the max / min) and logged."""
+        return None
 
     @abc.abstractmethod
     def next_batch(self, model: nn.Module) -> Any:
@@ -164,12 +173,15 @@ def train(model: nn.Module, task: Task, cfg: TrainConfig, run_dir: str | Path, *
             lr = lr_at(step - 1, total=cfg.steps, peak=cfg.lr, warmup=cfg.warmup, schedule=cfg.schedule,
                        min_ratio=cfg.min_lr_ratio, decay_frac=cfg.decay_frac)
             set_lr(optimizers, lr)
-            sums, counts = _accumulate(fwd, model, task, cfg, amp_dtype, device)
+            step_metrics = _reduce_metrics(task.begin_step(model, step) or {}, info.world_size, device)
+            sums, counts, task_metrics, n_tokens = _accumulate(fwd, model, task, cfg, amp_dtype, device)
             if counts is not None:  # expert load of the whole step: every rank balances on the same counts
                 counts = D.all_reduce_sum(counts)
             grad_norm = _clip(model, cfg.grad_clip)
             # One all-reduce gives every rank the same global figures, so all ranks stop together.
             sums = D.all_reduce_sum(sums) / (cfg.grad_accum * info.world_size)
+            step_metrics.update(_reduce_metrics(task_metrics, info.world_size, device, cfg.grad_accum))
+            tokens_this_step = int(D.all_reduce_sum(n_tokens).item())
             loss, gnorm = sums[0].item(), grad_norm.item()
             if not (math.isfinite(loss) and math.isfinite(gnorm)):
                 raise TrainingDiverged(_diverged_message(step, loss, gnorm, last_ckpt, run_dir,
@@ -181,8 +193,8 @@ def train(model: nn.Module, task: Task, cfg: TrainConfig, run_dir: str | Path, *
             if has_routers and counts is not None and cfg.bias_update_gamma > 0:
                 model.update_router_biases(counts, cfg.bias_update_gamma)
             dt = time.perf_counter() - t0
-            tokens_seen += tokens_per_step
-            tok_s = tokens_per_step / dt
+            tokens_seen += tokens_this_step
+            tok_s = tokens_this_step / dt
             tok_s_ema = tok_s if tok_s_ema is None else 0.9 * tok_s_ema + 0.1 * tok_s
             result.step = step
             result.losses.append(loss)
@@ -192,9 +204,9 @@ def train(model: nn.Module, task: Task, cfg: TrainConfig, run_dir: str | Path, *
                 rec = _step_metrics(sums, counts, model, has_routers) if info.is_main else {}
                 if log is not None:
                     log.write("train", step, loss=loss, lr=lr, grad_norm=gnorm, tokens=tokens_seen,
-                              tokens_per_s=tok_s, mfu=mfu(tok_s, fpt, peak), step_time=dt, **rec)
+                              tokens_per_s=tok_s, mfu=mfu(tok_s, fpt, peak), step_time=dt, **rec, **step_metrics)
             if bar is not None:
-                bar.update(tokens_per_step)
+                bar.update(tokens_this_step)
                 # the same names as log.jsonl's records: loss is the total (main + MTP + balance), main_loss the
                 # next-token loss, tokens_per_s the training steps' own rate (a moving average of the log's)
                 bar.set_postfix(step=step, loss=f"{loss:.4f}", main_loss=f"{main_loss:.4f}", lr=f"{lr:.2e}",
@@ -234,10 +246,12 @@ def _autocast(device: torch.device, amp_dtype: torch.dtype | None):
 
 
 def _accumulate(fwd: nn.Module, model: nn.Module, task: Task, cfg: TrainConfig, amp_dtype, device
-                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+                ) -> tuple[torch.Tensor, torch.Tensor | None, dict[str, torch.Tensor], torch.Tensor]:
     """Run the micro-batches of one step. Returns (sums [loss, main, balance, mtp_1..D] over micro-batches,
-    expert counts [n_routers, E] summed over micro-batches of this rank, or None for a dense model)."""
-    sums, counts = None, None
+    expert counts [n_routers, E] summed over micro-batches of this rank, or None for a dense model, the task's
+    metrics summed over micro-batches, the tokens trained on)."""
+    sums, counts, metrics = None, None, {}
+    tokens = torch.zeros((), dtype=torch.int64, device=device)
     for micro in range(cfg.grad_accum):
         batch = task.next_batch(model)
         with D.grad_sync(fwd, sync=micro == cfg.grad_accum - 1):
@@ -253,7 +267,31 @@ def _accumulate(fwd: nn.Module, model: nn.Module, task: Task, cfg: TrainConfig, 
         c = getattr(out, "expert_counts", None)
         if c is not None:
             counts = c.detach() if counts is None else counts + c.detach()
-    return sums, counts
+        for k, v in (getattr(out, "metrics", None) or {}).items():
+            v = torch.as_tensor(v, dtype=torch.float32, device=device).detach().reshape(())
+            metrics[k] = metrics[k] + v if k in metrics else v
+        n = getattr(out, "tokens", None)
+        tokens += task.tokens_per_batch if n is None else torch.as_tensor(n, device=device).to(torch.int64)
+    return sums, counts, metrics, tokens
+
+
+def _reduce_metrics(metrics: dict, world_size: int, device: torch.device, n_micro: int = 1) -> dict[str, float]:
+    """Average named scalars over micro-batches (they come summed) and ranks; names ending in _max / _min take
+    the max / min over ranks instead (already per step). Every rank passes the same names."""
+    if not metrics:
+        return {}
+    names = sorted(metrics)
+    vec = torch.stack([torch.as_tensor(metrics[k], dtype=torch.float64, device=device).reshape(()) for k in names])
+    out = {}
+    for kind, fn in (("max", D.all_reduce_max), ("min", D.all_reduce_min)):
+        idx = [i for i, k in enumerate(names) if k.endswith("_" + kind)]
+        if idx:
+            out.update(zip([names[i] for i in idx], fn(vec[idx].clone()).tolist()))
+    idx = [i for i, k in enumerate(names) if names[i] not in out]
+    if idx:
+        mean = D.all_reduce_sum(vec[idx].clone()) / (world_size * n_micro)
+        out.update(zip([names[i] for i in idx], mean.tolist()))
+    return out
 
 
 def _clip(model: nn.Module, max_norm: float) -> torch.Tensor:
