@@ -145,6 +145,15 @@ class SlotPool:
             slot.state, slot.tokens, slot.length, slot.mtp_len = "free", [], 0, 0
         slot.owner = None
 
+    def drop_cached(self) -> None:
+        """Forget every cached prefix (the weights changed: their latents are stale). Rows in use keep theirs."""
+        for s in self.slots:
+            if s.state == "cached":
+                self._unindex(s)
+                s.state, s.tokens, s.length, s.mtp_len = "free", [], 0, 0
+        for s in self.slots:  # a running request's prompt was computed by the old weights too
+            self._unindex(s)
+
     def decoding(self) -> list[Slot]:
         return self.by_row[: self.n_decoding]
 

@@ -198,11 +198,14 @@ class Engine:
         """One scheduler step: every running request advances, waiting ones are admitted and prefilled."""
         return self.scheduler.step()
 
-    def refresh(self) -> None:
+    def refresh(self, force: bool = False) -> None:
         """Follow the model's weights after they changed in place (an optimizer step): the generation path's
-        derived weights are rebuilt if any parameter changed. generate and stream call it themselves; a
-        loop that steps the engine and also trains the model calls it after each update."""
-        self.runner.refresh()
+        derived weights are rebuilt if any parameter changed, and cached prefixes are dropped (other weights
+        computed them). generate and stream call it themselves; a loop that steps the engine and also trains
+        the model calls it after each update. force: rebuild even if no parameter's version counter moved
+        (weights written by a kernel that does not bump them, such as fused AdamW outside nanoseek's loop)."""
+        if self.runner.refresh(force):
+            self.slots.drop_cached()
 
     @property
     def has_work(self) -> bool:
@@ -256,7 +259,7 @@ class Engine:
     def _run(self, reqs: list[Request]) -> Iterator[Delta]:
         """Feed requests to the scheduler (as the waiting queue has room) and step until all are done."""
         r0 = self.runner
-        r0.refresh()  # the weights may have changed since the last call (an RL trainer's update)
+        self.refresh()  # the weights may have changed since the last call (an RL trainer's update)
         before = (r0.prefill_seconds, r0.decode_seconds, self.scheduler.counters.steps)
         index = {r.id: r.out.index for r in reqs}
         todo = list(reversed(reqs))

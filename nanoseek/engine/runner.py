@@ -48,9 +48,10 @@ class ModelRunner:
         self.prefill_tokens = self.decode_tokens = 0
         self.prefill_seconds = self.decode_seconds = 0.0
 
-    def refresh(self) -> None:
-        """Derived weights follow the model's parameters (cheap when they did not change)."""
-        self.fast.refresh()
+    def refresh(self, force: bool = False) -> bool:
+        """Derived weights follow the model's parameters (cheap when they did not change). Returns whether
+        the weights changed (then every cached latent was computed by other weights)."""
+        return self.fast.refresh(force)
 
     def bucket(self, n: int) -> int:
         """The batch size a decode step of n rows runs at."""

@@ -17,8 +17,9 @@ step of new tokens at a time over a cache (docs/architecture.md §3.3-3.4):
 
 Derived weights: `InferenceModel` derives from the model's parameters the fused MLA input projection, W^UK
 and W^UV per head, and the packed FFN, expert and head weights. They are built once and rebuilt by
-`refresh()` when any parameter was reassigned, moved, cast or modified in place (an optimizer step bumps
-the version counters). A rebuild with unchanged shapes copies into the existing tensors, so graphs that
+`refresh()` when any parameter was reassigned, moved, cast or modified in place (an in-place op bumps its
+version counter; fused AdamW does not, so the training loop bumps them after each step, and other code that
+updates weights that way calls `refresh(force=True)`). A rebuild with unchanged shapes copies into the existing tensors, so graphs that
 torch.compile traced over them stay valid and are not recompiled. Nothing checks for staleness inside a
 step: the engine calls `refresh()` before each run of steps, and code that changes the weights while
 generating (an RL trainer between rollouts) must leave that call to the engine or make it itself.
@@ -204,11 +205,12 @@ class InferenceModel:
         self.refresh()
 
     @torch.inference_mode()
-    def refresh(self) -> None:
-        """Rebuild the derived weights if any parameter changed since the last build (cheap when none did)."""
+    def refresh(self, force: bool = False) -> bool:
+        """Rebuild the derived weights if any parameter changed since the last build (cheap when none did), or
+        always with force. Returns whether they were rebuilt."""
         key = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in self.model.parameters())
-        if key == self._key:
-            return
+        if key == self._key and not force:
+            return False
         new = DerivedWeights(
             layers=[_layer_weights(b) for b in self.blocks],
             head=PackedLinear(self.model.lm_head.weight),
@@ -216,6 +218,7 @@ class InferenceModel:
         if self.weights is None or not _copy_into(self.weights, new):
             self.weights = new
         self._key = key
+        return True
 
     def _draft_head(self, n: int) -> PackedLinear:
         return PackedLinear(self.model.lm_head.weight.detach()[:n])

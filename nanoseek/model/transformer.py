@@ -103,8 +103,8 @@ class DeepSeekV3(nn.Module):
     # ---- forward --------------------------------------------------------------------------------
     def forward(self, input_ids: torch.Tensor, targets: torch.Tensor | None = None, *, return_stats: bool = False,
                 mtp_weight: float = 0.3, aux_loss_alpha: float | None = None, positions: torch.Tensor | None = None,
-                attn_mask: torch.Tensor | None = None, return_logits: bool = False, logprobs: bool = False
-                ) -> torch.Tensor | ModelOutput:
+                attn_mask: torch.Tensor | None = None, return_logits: bool = False, logprobs: bool = False,
+                temperature: float = 1.0) -> torch.Tensor | ModelOutput:
         """input_ids [B, T] -> logits [B, T, V].
 
         With targets (next tokens, IGNORE_INDEX = -100 masks a position) or return_stats=True, returns a
@@ -116,7 +116,8 @@ class DeepSeekV3(nn.Module):
         (the full logits are the step's largest tensor); pass return_logits=True to get them as well.
         logprobs=True (with targets) returns per-token log-probabilities of the targets and the entropies
         instead of the losses (RL's policy gradient is a function of them), also chunked through the head,
-        with the routing statistics; MTP modules are not run.
+        with the routing statistics; MTP modules are not run. temperature: of the distribution they are
+        taken from (logits / temperature, as a sampler at that temperature draws from).
         """
         if input_ids.dim() != 2 or input_ids.dtype not in (torch.int64, torch.int32):
             raise ValueError(f"input_ids must be an integer tensor [batch, seq], got {tuple(input_ids.shape)} "
@@ -145,7 +146,9 @@ class DeepSeekV3(nn.Module):
 
         out = ModelOutput(logits=logits, hidden=h)
         if logprobs:
-            out.token_logprobs, out.token_entropy = linear_logprobs(h, self.lm_head.weight, targets, compute_dtype(h))
+            scaled = h if temperature == 1.0 else h / temperature  # (h / t) W^T = logits / t
+            out.token_logprobs, out.token_entropy = linear_logprobs(scaled, self.lm_head.weight, targets,
+                                                                    compute_dtype(h))
             if want_balance and stats:
                 out.balance_loss = alpha * torch.stack([s.balance_loss for s in stats]).mean()
         elif targets is not None:

@@ -140,7 +140,8 @@ def add_config_args(parser: argparse.ArgumentParser, cls=TrainConfig) -> None:
         if f.type in (bool, "bool"):
             group.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
             continue
-        typ = {"int": int, "float": float, "str": str, "int | None": int}.get(f.type, f.type) \
+        typ = {"int": int, "float": float, "str": str, "int | None": int, "str | None": str,
+               "float | None": float}.get(f.type, f.type) \
             if isinstance(f.type, str) else f.type
         if f.metadata.get("choices"):
             kw["choices"] = f.metadata["choices"]

@@ -102,6 +102,23 @@ def wrap(model: nn.Module, mode: str, info: DistInfo) -> nn.Module:
     raise ValueError(f"unknown parallel mode {mode!r}; choose ddp or fsdp")
 
 
+@contextlib.contextmanager
+def full_weights(model: nn.Module):
+    """Every parameter of `model` whole for the duration (FSDP2: all-gathered, resharded on exit), so that code
+    outside the training forward can read them: RL rollouts generate from the live training weights. A no-op
+    for an unsharded model (one process, DDP). Every rank must enter it (it all-gathers)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    sharded = [m for m in model.modules() if isinstance(m, FSDPModule)]
+    for m in sharded:
+        m.unshard()
+    try:
+        yield model
+    finally:
+        for m in reversed(sharded):
+            m.reshard()
+
+
 def grad_sync(fwd: nn.Module, sync: bool) -> contextlib.AbstractContextManager:
     """Skip the gradient all-reduce on all but the last micro-batch of an accumulated step."""
     if hasattr(fwd, "no_sync"):  # DDP

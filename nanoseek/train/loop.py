@@ -188,6 +188,9 @@ def train(model: nn.Module, task: Task, cfg: TrainConfig, run_dir: str | Path, *
                                                          _max_abs_weight(model)))
             for opt in optimizers:
                 opt.step()
+            # fused AdamW writes the weights without bumping their version counters: bump them, so that code
+            # keyed on them (the engine's derived weights, RL rollouts from the live weights) sees the update
+            torch.autograd.graph.increment_version([p for p in model.parameters() if p.grad is not None])
             for opt in optimizers:
                 opt.zero_grad(set_to_none=True)
             if has_routers and counts is not None and cfg.bias_update_gamma > 0:

@@ -1,0 +1,356 @@
+"""GRPO: reinforcement learning with rule-checked rewards (DeepSeekMath; DeepSeek-R1), as a Task of the one
+training loop (docs/post-training.md, "GRPO").
+
+Every `updates_per_generation` optimizer steps, `begin_step` samples a group of G completions for each of
+the step's prompts with the engine (the model's live weights, temperature 1 by default), scores them with the
+rewards, and turns the scores into advantages relative to the group: A_i = (r_i - mean(r)) / (std(r) + eps)
+(`dr_grpo`: without the division). It then computes the log-probabilities of the sampled tokens under the
+current weights (the "old" policy) and, with a KL penalty, under the frozen reference. Each optimizer step
+then minimizes the clipped surrogate over all of them, in micro-batches:
+
+    per token: -min(rho * A, clip(rho, 1 - eps_low, 1 + eps_high) * A) + beta * KL3,   rho = pi / pi_old
+    KL3 = pi_ref / pi - log(pi_ref / pi) - 1   (the k3 estimator: unbiased, never negative)
+
+aggregated as `grpo` (each completion's token mean, then the mean over completions), `dr_grpo` (the token
+sum over completions x max_new_tokens: no length bias) or `dapo` (one mean over every token of the step,
+with the asymmetric clip eps_high = 0.28). With updates_per_generation > 1 the same rollouts serve several
+steps; pi_old stays the policy that generated them, so the ratio and the clip do their work.
+
+Rollouts are seeded by (seed, step, rank, request), so a run resumed from a checkpoint (always written at a
+generation boundary) regenerates exactly what the uninterrupted run did.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from nanoseek.train import distributed as D
+from nanoseek.train.config import TrainConfig, _f
+from nanoseek.train.schedule import SCHEDULES
+from nanoseek.train.loop import Task
+
+LOSS_TYPES = ("grpo", "dr_grpo", "dapo")
+
+
+@dataclass
+class GRPOConfig(TrainConfig):
+    # ---- RL's own defaults for the shared settings ----
+    steps: int = _f(200, "optimizer steps to train for (the schedule spans them)")
+    lr: float = _f(1e-4, "peak learning rate (RL moves a trained model: far below pretraining's)")
+    schedule: str = _f("constant", "lr schedule: constant (after the warm-up), wsd, cosine", SCHEDULES)
+    batch_size: int = _f(16, "completions per micro-batch on each process (the micro-batches of a step cover "
+                             "all of its completions)")
+    eval_every: int = _f(25, "evaluate (greedy validation accuracy) every N steps and at the end (0: only at the end)")
+    checkpoint_every: int = _f(50, "write a checkpoint every N steps and at the end (0: only at the end)")
+    aux_loss_alpha: float = _f(0.0, "alpha: sequence-wise balance loss weight (off in RL; the bias update goes on)")
+    # ---- the task ----
+    task: str = _f("countdown", "built-in task to train on (nanoseek tasks list); ignored with --problems")
+    problems: str | None = _f(None, "JSONL of {prompt, answer[, checker]} problems to train on instead of a "
+                                    "built-in task (and --eval-problems-file for evaluation)")
+    difficulty: str = _f("1", "difficulty level(s) of the built-in task: 2, 1-3 or 1,2,4")
+    reward: str = _f("accuracy=1,format=0.1", "weighted rewards: accuracy, format, random (the control run: "
+                                              "--reward random)")
+    # ---- rollouts ----
+    prompts_per_step: int = _f(8, "prompts per generation batch, over all processes")
+    group_size: int = _f(8, "G: completions sampled per prompt (the advantage baseline is their mean)")
+    updates_per_generation: int = _f(1, "optimizer steps on each generation batch (> 1: the clipped ratio matters)")
+    temperature: float = _f(1.0, "sampling temperature of the rollouts (and of the policy's log-probabilities)")
+    top_p: float = _f(1.0, "nucleus sampling of the rollouts (1: off, keeps the policy exact)")
+    max_new_tokens: int = _f(128, "completion length limit; longer completions are cut (and counted as truncated)")
+    # ---- the objective ----
+    loss_type: str = _f("grpo", "grpo (sequence mean), dr_grpo (constant normalizer, no std scaling), dapo "
+                                "(token mean, asymmetric clip)", LOSS_TYPES)
+    clip_eps: float = _f(0.2, "epsilon: the ratio is clipped to [1 - eps, 1 + eps_high]")
+    clip_eps_high: float | None = _f(None, "upper clip (default: clip_eps; dapo: 0.28)")
+    beta: float = _f(0.0, "KL penalty to the frozen starting model (k3); 0 keeps no reference model")
+    eval_problems: int = _f(64, "validation problems scored (greedy) at each evaluation")
+
+    FIXED_ON_RESUME = ("optimizer", "seed", "task", "problems", "difficulty", "prompts_per_step", "group_size",
+                       "updates_per_generation")
+
+    def validate(self) -> "GRPOConfig":
+        super().validate()
+
+        def need(cond: bool, flag: str, msg: str) -> None:
+            if not cond:
+                raise ValueError(f"--{flag.replace('_', '-')} {msg}")
+
+        for name in ("prompts_per_step", "group_size", "updates_per_generation", "max_new_tokens", "eval_problems"):
+            need(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
+        need(self.group_size >= 2, "group_size", f"must be >= 2 (advantages compare a group), got {self.group_size}")
+        need(self.temperature > 0, "temperature", f"must be > 0 (rollouts are sampled), got {self.temperature}")
+        need(0 < self.top_p <= 1, "top_p", f"must be in (0, 1], got {self.top_p}")
+        need(0 < self.clip_eps < 1, "clip_eps", f"must be in (0, 1), got {self.clip_eps}")
+        need(self.clip_eps_high is None or self.clip_eps_high > 0, "clip_eps_high",
+             f"must be > 0, got {self.clip_eps_high}")
+        need(self.beta >= 0, "beta", f"must be >= 0, got {self.beta}")
+        u = self.updates_per_generation
+        # checkpoints fall on generation boundaries, so a resumed run regenerates exactly the same rollouts
+        need(self.steps % u == 0, "steps", f"({self.steps}) must be a multiple of --updates-per-generation ({u})")
+        need(self.checkpoint_every % u == 0, "checkpoint_every",
+             f"({self.checkpoint_every}) must be a multiple of --updates-per-generation ({u})")
+        return self
+
+    @property
+    def eps_high(self) -> float:
+        if self.clip_eps_high is not None:
+            return self.clip_eps_high
+        return 0.28 if self.loss_type == "dapo" else self.clip_eps
+
+
+# ---- the math, as plain functions ---------------------------------------------------------------------------
+def group_advantages(rewards: torch.Tensor, scale: bool = True, eps: float = 1e-4) -> torch.Tensor:
+    """rewards [groups, G] -> advantages [groups, G]: the reward minus its group's mean, divided by the group's
+    standard deviation (+ eps) when scale (GRPO) or not (Dr. GRPO). A group whose rewards are all equal gets
+    zeros: it carries no signal about which completion was better."""
+    centered = rewards - rewards.mean(dim=1, keepdim=True)
+    if not scale:
+        return centered
+    std = rewards.std(dim=1, keepdim=True, unbiased=True)
+    return torch.where(std > 0, centered / (std + eps), torch.zeros_like(centered))
+
+
+def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    """Per-token KL(pi || pi_ref) estimate from samples of pi: r - log r - 1 with r = pi_ref / pi (Schulman's
+    k3: unbiased, never negative, low variance)."""
+    d = ref_logp - logp
+    return torch.exp(d) - d - 1
+
+
+def surrogate(logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor, eps_low: float, eps_high: float
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token clipped surrogate loss -min(rho A, clip(rho) A) and where the clip was active (bool)."""
+    ratio = torch.exp(logp - old_logp)
+    unclipped = ratio * adv
+    clipped = ratio.clamp(1 - eps_low, 1 + eps_high) * adv
+    return -torch.minimum(unclipped, clipped), clipped < unclipped
+
+
+def aggregate(per_token: torch.Tensor, mask: torch.Tensor, loss_type: str, norm: float, max_new_tokens: int
+              ) -> torch.Tensor:
+    """The sum this micro-batch contributes to the step's loss (divide by norm, the step-level normalizer:
+    grpo: the number of completions, dr_grpo: completions x max_new_tokens, dapo: completion tokens).
+    per_token, mask [B, T]."""
+    masked = per_token * mask
+    if loss_type == "grpo":
+        return (masked.sum(1) / mask.sum(1).clamp(min=1)).sum() / norm
+    return masked.sum() / norm
+
+
+# ---- rollouts -------------------------------------------------------------------------------------------------
+@dataclass
+class Rollout:
+    ids: list[int]  # prompt + completion
+    prompt_len: int
+    advantage: float
+    old_logp: torch.Tensor | None = None  # [completion tokens]
+    ref_logp: torch.Tensor | None = None
+    engine_logp: list[float] | None = None
+
+
+class GRPOTask(Task):
+    def __init__(self, cfg: GRPOConfig, tokenizer, train_problems: list, eval_problems: list, *,
+                 device: torch.device, rank: int = 0, world_size: int = 1, reference: nn.Module | None = None,
+                 rewards=None):
+        from nanoseek.data.rewards import Rewards
+
+        self.cfg, self.tok, self.device, self.rank, self.world = cfg, tokenizer, device, rank, world_size
+        self.train_problems, self.eval_problems = train_problems, eval_problems
+        if cfg.prompts_per_step % world_size:
+            raise ValueError(f"--prompts-per-step ({cfg.prompts_per_step}) must be a multiple of the number of "
+                             f"processes ({world_size}): each generates its share")
+        self.rewards = rewards or Rewards(cfg.reward, seed=cfg.seed)
+        self.n_seq = cfg.prompts_per_step // world_size * cfg.group_size  # completions per step on this rank
+        cfg.grad_accum = math.ceil(self.n_seq / cfg.batch_size)  # micro-batches: every completion, each step
+        self.tokens_per_batch = cfg.batch_size * (cfg.max_new_tokens // 2)  # a guess for the bar; counted per batch
+        self.reference = reference
+        self.engine = None
+        self.rollouts: list[Rollout] = []
+        self.micro: list[list[Rollout]] = []
+        self.norm = 1.0
+
+    # ---- the step hook: generate, score, compute advantages and the old policy's log-probabilities ------
+    def begin_step(self, model: nn.Module, step: int) -> dict[str, float] | None:
+        cfg = self.cfg
+        metrics = None
+        if (step - 1) % cfg.updates_per_generation == 0:
+            metrics = self._generate(model, (step - 1) // cfg.updates_per_generation)
+        self.micro = [self.rollouts[i:i + cfg.batch_size] for i in range(0, len(self.rollouts), cfg.batch_size)]
+        return metrics
+
+    def _engine(self, model: nn.Module):
+        if self.engine is None:
+            from nanoseek.engine import Engine
+            from nanoseek.engine.cache import LatentPool
+
+            longest = max(len(self._prompt_ids(p)) for p in self.train_problems[:256] + self.eval_problems[:64])
+            max_len = min(model.config.max_position_embeddings, longest + 8 + self.cfg.max_new_tokens)
+            rows = max(self.n_seq, len(self.eval_problems))
+            budget = LatentPool.row_bytes(model.config, max_len, torch.float32) * (rows + 8)
+            self.engine = Engine(model, self.tok, max_batch=rows, max_len=max_len, cache_memory=budget)
+        return self.engine
+
+    def _prompt_ids(self, problem) -> list[int]:
+        from nanoseek.data.tasks import chat_messages
+
+        return self.tok.render_chat(chat_messages(problem, with_solution=False), add_generation_prompt=True)[0]
+
+    def _problems_for(self, generation: int) -> list:
+        """This rank's prompts of generation batch `generation`: a fixed shuffle of the training problems per
+        epoch, read in order, split across ranks."""
+        cfg, pool = self.cfg, self.train_problems
+        start = generation * cfg.prompts_per_step + self.rank * (cfg.prompts_per_step // self.world)
+        out = []
+        for i in range(start, start + cfg.prompts_per_step // self.world):
+            epoch, j = divmod(i, len(pool))
+            order = list(range(len(pool)))
+            random.Random(f"{cfg.seed}|epoch{epoch}").shuffle(order)
+            out.append(pool[order[j]])
+        return out
+
+    @torch.no_grad()
+    def _generate(self, model: nn.Module, generation: int) -> dict[str, float]:
+        from nanoseek.engine import SamplingParams
+
+        cfg = self.cfg
+        problems = self._problems_for(generation)
+        prompts = [self._prompt_ids(p) for p in problems]
+        params = [SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
+                                 seed=hash((cfg.seed, generation, self.rank, i)) & (2**63 - 1),
+                                 skip_special_tokens=False, logprobs=0)
+                  for i in range(len(prompts) * cfg.group_size)]
+        with D.full_weights(model):  # FSDP: the engine needs whole weights; DDP/one process: a no-op
+            outs = self._engine(model).generate([p for p in prompts for _ in range(cfg.group_size)], params)
+        G = cfg.group_size
+        scores = [self.rewards.scores(self.tok.decode(prompts[i // G]), o.text, problems[i // G])
+                  for i, o in enumerate(outs)]
+        total = torch.tensor([s["reward"] for s in scores], dtype=torch.float32).view(-1, G)
+        adv = group_advantages(total, scale=cfg.loss_type != "dr_grpo").view(-1)
+        self.rollouts = [Rollout(prompts[i // G] + o.token_ids, len(prompts[i // G]), float(adv[i]),
+                                 engine_logp=[t.logprob for t in o.logprobs]) for i, o in enumerate(outs)]
+        self._score_old_policy(model)
+        # the step's normalizer, over all ranks
+        n_tokens = sum(len(r.ids) - r.prompt_len for r in self.rollouts)
+        n = D.all_reduce_sum(torch.tensor([len(self.rollouts), n_tokens], dtype=torch.float64, device=self.device))
+        self.norm = {"grpo": n[0].item(), "dr_grpo": n[0].item() * cfg.max_new_tokens, "dapo": n[1].item()}[cfg.loss_type]
+        lengths = [len(o.token_ids) for o in outs]
+        m = {f"reward_{k}": sum(s[k] for s in scores) / len(scores) for k in scores[0] if k != "reward"}
+        m.update(reward=float(total.mean()), reward_std=float(total.std(dim=1).mean()),
+                 zero_variance_groups=float((total.std(dim=1) == 0).float().mean()),
+                 completion_len=sum(lengths) / len(lengths), completion_len_max=float(max(lengths)),
+                 truncated=sum(o.finish_reason == "length" for o in outs) / len(outs))
+        if "accuracy" not in self.rewards.weights:  # the control run still reports what it does to accuracy
+            from nanoseek.data.rewards import accuracy_reward
+
+            m["reward_accuracy"] = sum(accuracy_reward("", o.text, problems[i // G]) for i, o in enumerate(outs)) / len(outs)
+        if cfg.temperature == 1.0:  # the engine reports raw log-probabilities: comparable at temperature 1
+            diffs = [abs(a - b) for r in self.rollouts for a, b in zip(r.engine_logp, r.old_logp.tolist())]
+            m["logprob_mismatch"] = sum(diffs) / max(len(diffs), 1)
+            m["logprob_mismatch_max"] = max(diffs, default=0.0)
+        return m
+
+    def _score_old_policy(self, model: nn.Module) -> None:
+        """Log-probabilities of every sampled token under the current weights (pi_old) and the reference."""
+        was_training = model.training
+        model.eval()
+        try:
+            for i in range(0, len(self.rollouts), self.cfg.batch_size):
+                chunk = self.rollouts[i:i + self.cfg.batch_size]
+                x, y, mask = self._tensors(chunk)
+                with _autocast(self.device, self.cfg.dtype):
+                    lp = model(x, targets=y, logprobs=True, temperature=self.cfg.temperature).token_logprobs
+                    ref = (self.reference(x, targets=y, logprobs=True, temperature=self.cfg.temperature).token_logprobs
+                           if self.reference is not None else None)
+                for b, r in enumerate(chunk):
+                    sel = mask[b]
+                    r.old_logp = lp[b][sel].float()
+                    r.ref_logp = ref[b][sel].float() if ref is not None else None
+        finally:
+            model.train(was_training)
+
+    def _tensors(self, chunk: list[Rollout]):
+        """input ids, targets (completion tokens only; -100 elsewhere) and the completion mask, right-padded."""
+        T = max(len(r.ids) for r in chunk) - 1
+        x = torch.zeros(len(chunk), T, dtype=torch.long)
+        y = torch.full((len(chunk), T), -100, dtype=torch.long)
+        for b, r in enumerate(chunk):
+            ids = torch.tensor(r.ids)
+            x[b, :len(ids) - 1] = ids[:-1]
+            y[b, r.prompt_len - 1:len(ids) - 1] = ids[r.prompt_len:]
+        x, y = x.to(self.device), y.to(self.device)
+        return x, y, y != -100
+
+    # ---- the loop's side -----------------------------------------------------------------------------------
+    def next_batch(self, model: nn.Module):
+        return self.micro.pop(0)
+
+    def loss(self, model: nn.Module, chunk: list[Rollout], cfg: GRPOConfig):
+        x, y, mask = self._tensors(chunk)
+        out = model(x, targets=y, logprobs=True, temperature=cfg.temperature, aux_loss_alpha=cfg.aux_loss_alpha)
+        lp = out.token_logprobs
+        old = torch.zeros_like(lp)
+        adv = torch.tensor([r.advantage for r in chunk], device=lp.device)[:, None].expand_as(lp)
+        for b, r in enumerate(chunk):
+            old[b][mask[b]] = r.old_logp.to(lp.device)
+        per_token, clipped = surrogate(lp, old, adv, cfg.clip_eps, cfg.eps_high)
+        metrics = {}
+        fmask = mask.float()
+        n_tok = fmask.sum().clamp(min=1)
+        if cfg.beta > 0:
+            ref = torch.zeros_like(lp)
+            for b, r in enumerate(chunk):
+                ref[b][mask[b]] = r.ref_logp.to(lp.device)
+            kl = kl_k3(lp, ref)
+            per_token = per_token + cfg.beta * kl
+            metrics["kl"] = (kl.detach() * fmask).sum() / n_tok
+        # the loop divides each micro-batch's loss by grad_accum and averages ranks: undo both, so that the
+        # step's loss is exactly the aggregate over every completion of every rank
+        scale = cfg.grad_accum * self.world
+        out.loss = aggregate(per_token, fmask, cfg.loss_type, self.norm, cfg.max_new_tokens) * scale
+        if out.balance_loss is not None:
+            out.loss = out.loss + out.balance_loss
+        metrics["clip_fraction"] = (clipped.float() * fmask).sum() / n_tok
+        metrics["entropy"] = (out.token_entropy * fmask).sum() / n_tok
+        out.metrics, out.tokens = metrics, int(mask.sum())
+        return out
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, cfg: GRPOConfig) -> dict[str, float]:
+        """Greedy accuracy on the validation problems (this rank's share; counts summed over ranks)."""
+        from nanoseek.data.rewards import accuracy_reward
+        from nanoseek.engine import SamplingParams
+
+        mine = self.eval_problems[self.rank::self.world]
+        right = 0.0
+        if mine:
+            p = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=0, skip_special_tokens=False)
+            with D.full_weights(model), torch.autocast(self.device.type, enabled=False):
+                outs = self._engine(model).generate([self._prompt_ids(q) for q in mine], p)
+            right = sum(accuracy_reward("", o.text, q) for o, q in zip(outs, mine))
+        n = D.all_reduce_sum(torch.tensor([right, float(len(mine))], dtype=torch.float64, device=self.device))
+        return {"val_accuracy": n[0].item() / max(n[1].item(), 1.0)}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}  # the prompts and seeds of every generation follow from the step: nothing else to keep
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
+def frozen_copy(model: nn.Module) -> nn.Module:
+    """The KL reference: a copy of the starting weights, in eval mode, without gradients."""
+    ref = copy.deepcopy(model).eval()
+    for p in ref.parameters():
+        p.requires_grad_(False)
+    return ref
+
+
+def _autocast(device: torch.device, dtype: str):
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == "bfloat16")

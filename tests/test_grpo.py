@@ -1,0 +1,182 @@
+"""GRPO: advantages, the KL estimator and every loss variant against hand-computed values; the engine's
+log-probabilities of the sampled tokens equal the trainer's; a short seeded run raises the reward; `nanoseek rl`
+logs what it should, refuses bad input, and resumes after SIGKILL bit for bit."""
+
+from __future__ import annotations
+
+import math
+import signal
+import subprocess
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import nanoseek
+from nanoseek.cli import main as cli
+from nanoseek.config import preset
+from nanoseek.data.tasks import generate, render_text
+from nanoseek.tokenizer import Tokenizer
+from nanoseek.train.grpo import GRPOConfig, GRPOTask, aggregate, group_advantages, kl_k3, surrogate
+from nanoseek.train.log import read_log
+from nanoseek.train.loop import train
+from nanoseek.train.pretrain import write_tokenizer_files
+
+from train_helpers import nanoseek_cmd, run, subprocess_env, train_records
+
+
+# ---- the math -------------------------------------------------------------------------------------------------
+def test_group_advantages_by_hand():
+    r = torch.tensor([[1.0, 0.0, 0.0, 1.0], [2.0, 2.0, 2.0, 2.0]])
+    a = group_advantages(r, eps=0.0)
+    std = math.sqrt(4 * 0.25 / 3)  # unbiased std of [1, 0, 0, 1]
+    torch.testing.assert_close(a[0], torch.tensor([0.5, -0.5, -0.5, 0.5]) / std)
+    assert torch.equal(a[1], torch.zeros(4))  # no variance, no signal
+    torch.testing.assert_close(group_advantages(r, scale=False)[0], torch.tensor([0.5, -0.5, -0.5, 0.5]))
+
+
+def test_kl_k3_by_hand():
+    lp, ref = torch.tensor([-1.0, -2.0, -0.5]), torch.tensor([-1.0, -1.0, -2.0])
+    want = [0.0, math.e - 1 - 1, math.exp(-1.5) + 1.5 - 1]  # r - log r - 1 with r = exp(ref - lp)
+    torch.testing.assert_close(kl_k3(lp, ref), torch.tensor(want))
+    assert (kl_k3(torch.randn(100), torch.randn(100)) >= 0).all()
+
+
+def test_surrogate_clips_only_where_the_ratio_leaves_the_trust_region():
+    old = torch.zeros(4)
+    lp = torch.log(torch.tensor([1.5, 1.5, 0.5, 1.1]))  # ratios
+    adv = torch.tensor([1.0, -1.0, -1.0, 1.0])
+    loss, clipped = surrogate(lp, old, adv, eps_low=0.2, eps_high=0.28)
+    # A > 0, ratio 1.5 > 1.28: clipped to 1.28; A < 0, ratio 1.5: unclipped -1.5 is the min (pessimistic);
+    # A < 0, ratio 0.5 < 0.8: clipped to 0.8; ratio 1.1 inside: unclipped
+    torch.testing.assert_close(loss, torch.tensor([-1.28, 1.5, 0.8, -1.1]))
+    assert clipped.tolist() == [True, False, True, False]
+
+
+def test_loss_aggregation_variants_by_hand():
+    per_token = torch.tensor([[1.0, 2.0, 3.0, 0.0], [4.0, 0.0, 0.0, 0.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0, 0.0], [1.0, 0.0, 0.0, 0.0]])
+    # grpo: each completion's mean (2, 4), summed, over the step's 2 completions
+    assert aggregate(per_token, mask, "grpo", norm=2, max_new_tokens=4).item() == pytest.approx((2 + 4) / 2)
+    # dr_grpo: token sum over completions x max_new_tokens
+    assert aggregate(per_token, mask, "dr_grpo", norm=2 * 4, max_new_tokens=4).item() == pytest.approx(10 / 8)
+    # dapo: token sum over the step's tokens
+    assert aggregate(per_token, mask, "dapo", norm=4, max_new_tokens=4).item() == pytest.approx(10 / 4)
+
+
+def test_config_validation_names_the_flag():
+    with pytest.raises(ValueError, match="--group-size"):
+        GRPOConfig(group_size=1).validate()
+    with pytest.raises(ValueError, match="--steps .* multiple of --updates-per-generation"):
+        GRPOConfig(steps=10, updates_per_generation=3, checkpoint_every=9).validate()
+    assert GRPOConfig(loss_type="dapo").eps_high == 0.28 and GRPOConfig().eps_high == 0.2
+
+
+# ---- on a model -----------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    problems = generate("arithmetic", "train", 80, 1)
+    tok = Tokenizer.train([render_text(p) for p in problems] * 3, vocab_size=400)
+    torch.manual_seed(0)
+    model = nanoseek.DeepSeekV3(preset("tiny", vocab_size=tok.vocab_size, num_nextn_predict_layers=0))
+    ckpt = tmp_path_factory.mktemp("rl") / "start"
+    nanoseek.save_model(model, ckpt)
+    write_tokenizer_files(tok, ckpt)
+    return tok, problems, ckpt
+
+
+class StartsWithDigit:
+    """A reward a random tiny model sometimes earns: the completion's text starts with a digit."""
+
+    weights = {"digit": 1.0}
+
+    def scores(self, prompt, completion, reference):
+        r = 1.0 if completion.lstrip()[:1].isdigit() else 0.0
+        return {"digit": r, "reward": r}
+
+
+def _run_api(setup, tmp_path, steps, **kw):
+    tok, problems, ckpt = setup
+    model = nanoseek.load_model(ckpt, dtype=torch.float32)
+    cfg = GRPOConfig(steps=steps, dtype="float32", eval_every=0, checkpoint_every=0, peak_flops=1e12,
+                     eval_problems=4, **kw)
+    task = GRPOTask(cfg, tok, problems, problems[:4], device=torch.device("cpu"), rewards=StartsWithDigit())
+    train(model, task, cfg, tmp_path / "run", progress=False, announce=lambda *a: None)
+    return [r for r in read_log(tmp_path / "run") if r["event"] == "train"]
+
+
+def test_engine_logprobs_of_sampled_tokens_equal_the_trainers(setup, tmp_path):
+    recs = _run_api(setup, tmp_path, 2, lr=1e-2, prompts_per_step=2, group_size=4, max_new_tokens=6)
+    # step 2's rollouts come after an optimizer step: the engine follows the updated weights
+    assert all(r["logprob_mismatch_max"] < 1e-4 for r in recs)
+    assert {"reward", "reward_std", "zero_variance_groups", "completion_len", "completion_len_max", "truncated",
+            "clip_fraction", "entropy", "reward_digit", "reward_accuracy"} <= recs[0].keys()
+
+
+def test_a_short_seeded_run_raises_the_reward(setup, tmp_path):
+    recs = _run_api(setup, tmp_path, 24, lr=3e-3, prompts_per_step=4, group_size=8, max_new_tokens=4)
+    rewards = [r["reward"] for r in recs]
+    first, last = sum(rewards[:6]) / 6, sum(rewards[-6:]) / 6
+    assert last > first + 0.1, rewards  # a clear trend, not an exact number
+
+
+# ---- the command ------------------------------------------------------------------------------------------------
+def _rl_args(ckpt, out, *extra):
+    return ["rl", "--checkpoint", str(ckpt), "--out", str(out), "--task", "arithmetic", "--difficulty", "1",
+            "--prompts-per-step", "2", "--group-size", "4", "--max-new-tokens", "6", "--batch-size", "4",
+            "--dtype", "float32", "--eval-problems", "4", "--peak-flops", "1e12", *extra]
+
+
+def test_rl_command_logs_rewards_and_refuses_bad_input(setup, tmp_path, capsys):
+    _, _, ckpt = setup
+    out = tmp_path / "rl"
+    assert cli(_rl_args(ckpt, out, "--steps", "2", "--eval-every", "2", "--beta", "0.05")) == 0
+    recs = read_log(out)
+    train_recs = [r for r in recs if r["event"] == "train"]
+    assert len(train_recs) == 2 and all("kl" in r and r["kl"] >= 0 for r in train_recs)
+    assert [r for r in recs if r["event"] == "eval"][0]["val_accuracy"] >= 0
+    assert (out / "checkpoints" / "step_0000002" / "tokenizer.json").is_file()
+    capsys.readouterr()
+    for bad, msg in ((["--group-size", "1"], "--group-size"), (["--task", "nope"], "unknown task"),
+                     (["--steps", "3", "--updates-per-generation", "2"], "multiple of --updates-per-generation"),
+                     (["--reward", "accuracy=x"], "weight must be a number"), (["--temperature", "0"], "--temperature")):
+        assert cli(_rl_args(ckpt, tmp_path / "bad", *bad)) == 2
+        err = capsys.readouterr().err
+        assert msg in err and "Traceback" not in err, (bad, err)
+
+
+def test_rl_resume_after_sigkill_is_bit_for_bit(setup, tmp_path):
+    _, _, ckpt = setup
+    steps = 12
+    args = lambda out, *x: nanoseek_cmd(*_rl_args(ckpt, out, "--steps", str(steps), "--checkpoint-every", "4",
+                                                  "--eval-every", "6", "--lr", "1e-3", *x))  # noqa: E731
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    r = run(args(full))
+    assert r.returncode == 0, r.stderr[-2000:]
+    proc = subprocess.Popen(args(killed), env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            recs = read_log(killed) if (killed / "log.jsonl").exists() else []
+            ck = [x["step"] for x in recs if x["event"] == "checkpoint"]
+            if ck and any(x["event"] == "train" and x["step"] > ck[0] + 1 for x in recs):
+                proc.send_signal(signal.SIGKILL)
+                break
+            assert proc.poll() is None, "the run finished before it could be killed"
+            time.sleep(0.01)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert train_records(killed)[-1]["step"] < steps
+    r = run(args(killed, "--resume"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    a, b = train_records(full), train_records(killed)
+    assert [x["step"] for x in b] == list(range(1, steps + 1))
+    for key in ("loss", "grad_norm", "reward", "completion_len", "clip_fraction", "entropy"):
+        assert [x[key] for x in b] == [x[key] for x in a], key
+    last = f"checkpoints/step_{steps:07d}/model.safetensors"
+    wa, wb = load_file(str(full / last)), load_file(str(killed / last))
+    assert all((wa[k] == wb[k]).all() for k in wa)
