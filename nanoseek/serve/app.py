@@ -137,8 +137,12 @@ def create_app(engine, config: ServerConfig | None = None, loop: EngineLoop | No
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException):
-        msg = (f"no route {request.method} {request.url.path}" if exc.status_code in (404, 405)
-               else str(exc.detail))
+        if exc.status_code in (404, 405):
+            msg = f"no route {request.method} {request.url.path}"
+        elif exc.status_code == 400:  # FastAPI could not read the body (not UTF-8, nested too deep, ...)
+            msg = f"the request body could not be read as JSON ({exc.detail}); send a UTF-8 JSON object"
+        else:
+            msg = str(exc.detail)
         return error_response(exc.status_code, msg, headers=getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)

@@ -61,7 +61,7 @@ def param_path(loc) -> str | None:
     out = ""
     for part in loc[1:] if loc and loc[0] == "body" else loc:
         if _is_union_tag(part):
-            break
+            continue
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
     return out or None
 
@@ -70,7 +70,9 @@ def from_validation_error(exc: RequestValidationError) -> JSONResponse:
     errors = exc.errors()
     if not errors:
         return error_response(400, "the request body is not valid")
-    e = errors[0]
+    # of a union's failures the deepest says most ("content[0].text: Field required", not "content: not a
+    # string"); ties keep pydantic's order
+    e = max(errors, key=lambda err: len(err.get("loc", ())))
     kind, loc = e.get("type", ""), tuple(e.get("loc", ()))
     if kind == "json_invalid":
         detail = (e.get("ctx") or {}).get("error", "")
@@ -83,6 +85,8 @@ def from_validation_error(exc: RequestValidationError) -> JSONResponse:
         return error_response(400, "the request body must be a JSON object with the request's fields "
                               "(Content-Type: application/json)")
     msg = e.get("msg", "invalid value")
+    if kind == "too_short":
+        return error_response(400, f"{param} must not be empty", param=param, code="too_short")
     if kind != "missing" and "input" in e:
         got = e["input"]
         shown = json.dumps(got) if isinstance(got, (int, float, str, bool, type(None))) else type(got).__name__

@@ -25,8 +25,17 @@ def _refuse(param: str, message: str) -> EngineError:
     return EngineError(message, param=param)
 
 
+def _check_unicode(text: str, param: str) -> None:
+    """JSON's \\ud800 escapes decode to lone surrogates, which no tokenizer (nor UTF-8) can take."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise _refuse(param, f"{param} is not valid Unicode text (it holds a lone surrogate escape such as "
+                             "\\ud800)") from None
+
+
 class _Body(BaseModel):
-    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False, strict=True)  # no "3" for 3, no true for 1
 
 
 class StreamOptions(_Body):
@@ -107,6 +116,8 @@ class ChatCompletionRequest(_Sampling):
             raise _refuse("response_format", "only response_format {\"type\": \"text\"} is supported")
         if self.top_logprobs and not self.logprobs:
             raise _refuse("top_logprobs", "top_logprobs needs logprobs set to true")
+        for i, m in enumerate(self.messages):
+            _check_unicode(m.text(), f"messages[{i}].content")
 
     @property
     def max_tokens_field(self) -> str:
@@ -134,6 +145,9 @@ class CompletionRequest(_Sampling):
             raise _refuse("best_of", "best_of other than n is not supported by this server")
         if isinstance(self.prompt, list) and (not self.prompt or any(isinstance(p, list) and not p for p in self.prompt)):
             raise _refuse("prompt", "the prompt is empty: give a string, token ids, or a list of them")
+        for p in self.prompts():
+            if isinstance(p, str):
+                _check_unicode(p, "prompt")
 
     def prompts(self) -> list[str | list[int]]:
         p = self.prompt

@@ -1,8 +1,9 @@
 """Token ids as the API shows them: each token's text and raw UTF-8 bytes (logprobs), and the special tokens
 a chat answer must not show.
 
-A byte-level BPE token may hold part of a character; decoded alone it reads U+FFFD, so OpenAI's logprobs
-carry each token's `bytes` too, from which a client can rebuild the exact text.
+A byte-level BPE token may hold part of a character; decoded alone it reads U+FFFD. Such a token is shown as
+"bytes:\\xe4\\xb8" (vLLM's spelling), so distinct tokens keep distinct keys in a top-logprobs map, and
+OpenAI's `bytes` field carries each token's raw bytes, from which a client rebuilds the exact text.
 """
 
 from __future__ import annotations
@@ -28,7 +29,14 @@ class TokenTexts:
     def _text(self, token_id: int) -> str:
         if self.tokenizer is None:
             return f"<{token_id}>"
-        return self.tokenizer.decode([token_id], skip_special_tokens=False)
+        text = self.tokenizer.decode([token_id], skip_special_tokens=False)
+        if "\ufffd" in text:
+            raw = bytes(self.bytes(token_id))
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError:
+                return "bytes:" + "".join(f"\\x{b:02x}" for b in raw)
+        return text
 
     def _bytes(self, token_id: int) -> list[int]:
         return list(self._bytes_of(token_id) if self._bytes_of else self.text(token_id).encode("utf-8"))
