@@ -180,3 +180,29 @@ def test_rl_resume_after_sigkill_is_bit_for_bit(setup, tmp_path):
     last = f"checkpoints/step_{steps:07d}/model.safetensors"
     wa, wb = load_file(str(full / last)), load_file(str(killed / last))
     assert all((wa[k] == wb[k]).all() for k in wa)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_torchrun_ranks_generate_their_share_and_match_one_process(setup, tmp_path, parallel):
+    """Each rank samples its share of the prompts (FSDP gathers the sharded weights for it); rollouts are seeded
+    by their place in the whole batch, so two processes sample exactly what one does, and the losses agree to
+    summation order (fp32)."""
+    import sys
+
+    _, _, ckpt = setup
+    args = lambda out, *x: _rl_args(ckpt, out, "--steps", "3", "--reward", "random", "--lr", "3e-3",  # noqa: E731
+                                    "--prompts-per-step", "4", "--eval-every", "3", *x)
+    one, two = tmp_path / "one", tmp_path / parallel
+    r = run(nanoseek_cmd(*args(one)))
+    assert r.returncode == 0, r.stderr[-2000:]
+    r = run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m",
+             "nanoseek.cli", *args(two, "--parallel", parallel)])
+    assert r.returncode == 0, r.stderr[-3000:]
+    a, b = train_records(one), train_records(two)
+    assert [x["reward"] for x in a] == [x["reward"] for x in b]  # the very same completions and rewards
+    assert [x["completion_len"] for x in a] == [x["completion_len"] for x in b]
+    assert any(x["loss"] != 0 for x in a)
+    for x, y in zip(a, b):
+        assert y["loss"] == pytest.approx(x["loss"], rel=1e-4, abs=1e-6)
+        assert y["grad_norm"] == pytest.approx(x["grad_norm"], rel=1e-3)

@@ -156,6 +156,8 @@ class Rollout:
 
 
 class GRPOTask(Task):
+    progress_metrics = ("reward",)
+
     def __init__(self, cfg: GRPOConfig, tokenizer, train_problems: list, eval_problems: list, *,
                  device: torch.device, rank: int = 0, world_size: int = 1, reference: nn.Module | None = None,
                  rewards=None):
@@ -169,7 +171,7 @@ class GRPOTask(Task):
         self.rewards = rewards or Rewards(cfg.reward, seed=cfg.seed)
         self.n_seq = cfg.prompts_per_step // world_size * cfg.group_size  # completions per step on this rank
         cfg.grad_accum = math.ceil(self.n_seq / cfg.batch_size)  # micro-batches: every completion, each step
-        self.tokens_per_batch = cfg.batch_size * (cfg.max_new_tokens // 2)  # a guess for the bar; counted per batch
+        self.tokens_per_batch = None  # completions vary in length: each micro-batch counts its own
         self.reference = reference
         self.engine = None
         self.rollouts: list[Rollout] = []
@@ -222,13 +224,15 @@ class GRPOTask(Task):
         cfg = self.cfg
         problems = self._problems_for(generation)
         prompts = [self._prompt_ids(p) for p in problems]
+        G = cfg.group_size
+        first = self.rank * len(prompts)  # this rank's first prompt in the generation batch
+        # seeded by the prompt's place in the whole batch: any number of processes samples the same completions
         params = [SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
-                                 seed=hash((cfg.seed, generation, self.rank, i)) & (2**63 - 1),
+                                 seed=hash((cfg.seed, generation, first + i // G, i % G)) & (2**63 - 1),
                                  skip_special_tokens=False, logprobs=0)
-                  for i in range(len(prompts) * cfg.group_size)]
+                  for i in range(len(prompts) * G)]
         with D.full_weights(model):  # FSDP: the engine needs whole weights; DDP/one process: a no-op
             outs = self._engine(model).generate([p for p in prompts for _ in range(cfg.group_size)], params)
-        G = cfg.group_size
         scores = [self.rewards.scores(self.tok.decode(prompts[i // G]), o.text, problems[i // G])
                   for i, o in enumerate(outs)]
         total = torch.tensor([s["reward"] for s in scores], dtype=torch.float32).view(-1, G)

@@ -48,9 +48,11 @@ class Task(abc.ABC):
     the whole step normalizes its loss by the step's token count, which `begin_step` can learn.
     """
 
-    #: tokens one micro-batch trains on, on this rank (tokens/s, MFU, the progress bar); a task whose batches
-    #: vary reports each batch's count as `.tokens` of its loss output and gives an estimate here
-    tokens_per_batch: int
+    #: tokens one micro-batch trains on, on this rank (tokens/s, MFU, the progress bar); None for a task whose
+    #: batches vary: each reports its count as `.tokens` of its loss output (the bar then counts steps)
+    tokens_per_batch: int | None
+    #: step metrics (from begin_step or the losses) the progress bar shows besides the loss
+    progress_metrics: tuple[str, ...] = ()
 
     def begin_step(self, model: nn.Module, step: int) -> dict[str, float] | None:
         """Called once per optimizer step, before its micro-batches (step counts from 1): GRPO generates the
@@ -139,7 +141,7 @@ def train(model: nn.Module, task: Task, cfg: TrainConfig, run_dir: str | Path, *
     else:
         _seed_all(cfg.seed)
 
-    tokens_per_step = task.tokens_per_batch * cfg.grad_accum * info.world_size
+    tokens_per_step = task.tokens_per_batch * cfg.grad_accum * info.world_size if task.tokens_per_batch else None
     fpt = flops_per_token(model.config, cfg.seq_len).total
     peak, peak_src = (cfg.peak_flops * info.world_size, "--peak-flops") if cfg.peak_flops else (0.0, "")
     has_routers = bool(getattr(model, "n_routers", 0))
@@ -209,10 +211,11 @@ def train(model: nn.Module, task: Task, cfg: TrainConfig, run_dir: str | Path, *
                     log.write("train", step, loss=loss, lr=lr, grad_norm=gnorm, tokens=tokens_seen,
                               tokens_per_s=tok_s, mfu=mfu(tok_s, fpt, peak), step_time=dt, **rec, **step_metrics)
             if bar is not None:
-                bar.update(tokens_this_step)
+                bar.update(tokens_this_step if tokens_per_step else 1)
                 # the same names as log.jsonl's records: loss is the total (main + MTP + balance), main_loss the
                 # next-token loss, tokens_per_s the training steps' own rate (a moving average of the log's)
-                bar.set_postfix(step=step, loss=f"{loss:.4f}", main_loss=f"{main_loss:.4f}", lr=f"{lr:.2e}",
+                shown = {k: f"{step_metrics[k]:.4f}" for k in task.progress_metrics if k in step_metrics}
+                bar.set_postfix(step=step, loss=f"{loss:.4f}", main_loss=f"{main_loss:.4f}", **shown, lr=f"{lr:.2e}",
                                 tokens_per_s=f"{tok_s_ema:,.0f}", refresh=False)
 
             if (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps:
@@ -460,9 +463,12 @@ def _diverged_message(step: int, loss: float, gnorm: float, last_ckpt: Path | No
             "with a lower --lr")
 
 
-def _progress_bar(cfg: TrainConfig, start: int, tokens_per_step: int):
+def _progress_bar(cfg: TrainConfig, start: int, tokens_per_step: int | None):
     from tqdm.auto import tqdm
 
+    if not tokens_per_step:  # batches of varying length (RL): count steps
+        return tqdm(total=cfg.steps, initial=start, unit="step", desc="train", dynamic_ncols=True, smoothing=0.1,
+                    bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} steps [{elapsed}<{remaining}{postfix}]")
     # No tqdm rate: it would count evaluation and checkpoint time too and disagree with tokens_per_s. The
     # remaining-time estimate does include them, which is what a remaining time should do.
     return tqdm(total=cfg.steps * tokens_per_step, initial=start * tokens_per_step, unit="tok", unit_scale=True,
