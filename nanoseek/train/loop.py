@@ -206,7 +206,7 @@ def train(model: nn.Module, task: Task, cfg: TrainConfig, run_dir: str | Path, *
             main_loss = sums[1].item()
 
             if step % cfg.log_every == 0 or step == cfg.steps:
-                rec = _step_metrics(sums, counts, model, has_routers) if info.is_main else {}
+                rec = _step_metrics(sums, counts, model, has_routers, step) if info.is_main else {}
                 if log is not None:
                     log.write("train", step, loss=loss, lr=lr, grad_norm=gnorm, tokens=tokens_seen,
                               tokens_per_s=tok_s, mfu=mfu(tok_s, fpt, peak), step_time=dt, **rec, **step_metrics)
@@ -307,7 +307,10 @@ def _clip(model: nn.Module, max_norm: float) -> torch.Tensor:
     return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
 
 
-def _step_metrics(sums: torch.Tensor, counts: torch.Tensor | None, model: nn.Module, has_routers: bool
+LOAD_VALUES_PER_RECORD = 4096  # expert loads of bigger models go into every 100th record only
+
+
+def _step_metrics(sums: torch.Tensor, counts: torch.Tensor | None, model: nn.Module, has_routers: bool, step: int
                   ) -> dict[str, Any]:
     rec: dict[str, Any] = {"main_loss": sums[1].item()}
     if sums.numel() > 3:
@@ -318,6 +321,9 @@ def _step_metrics(sums: torch.Tensor, counts: torch.Tensor | None, model: nn.Mod
             c = counts.float()
             # max/mean tokens per expert, per MoE layer (MTP layers last): 1.0 is perfect balance
             rec["expert_imbalance"] = (c.max(dim=1).values / c.mean(dim=1).clamp_min(1e-9)).tolist()
+            if c.numel() <= LOAD_VALUES_PER_RECORD or step % 100 == 0:
+                # each expert's share of its layer's tokens (the report's load heatmaps)
+                rec["expert_load"] = [[round(x, 4) for x in row] for row in (c / c.sum(1, keepdim=True).clamp_min(1)).tolist()]
         biases = torch.stack([r.e_score_correction_bias for r in model.routers()])
         rec["router_bias_min"], rec["router_bias_max"] = biases.min().item(), biases.max().item()
     return rec
