@@ -1,1 +1,12 @@
-"""Evaluation: task accuracy (pass@k, maj@k) over sampled answers, and the tables that report it."""
+"""Evaluation: task accuracy (pass@k, maj@k) over sampled answers, validation bits per byte, and the tables
+that report them.
+
+    evaluate_tasks(engine, problems, samples=8, k=(1, 4, 8)) -> dict   sample through the engine, check, score
+    validation_bpb(model, data_dir, seq_len=512) -> dict               pretraining's bits per byte on DATA/val
+    results_markdown(results, bpb) -> str                              the report as markdown
+"""
+
+from nanoseek.eval.accuracy import completion_records, evaluate_tasks, results_markdown, sample_seed, score
+from nanoseek.eval.bpb import validation_bpb
+
+__all__ = ["evaluate_tasks", "validation_bpb", "results_markdown", "completion_records", "sample_seed", "score"]

@@ -1,0 +1,234 @@
+"""`nanoseek eval`: a checkpoint's validation bits per byte and its task accuracy (pass@k, maj@k)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from nanoseek.cli.common import UserError, add_device_args, nonneg_int, positive_int, resolve_device, resolve_dtype
+from nanoseek.errors import DataError
+
+
+def _ks(text: str) -> list[int]:
+    try:
+        ks = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"give k values such as 1,4,8, got {text!r}") from None
+    if not ks or min(ks) < 1:
+        raise argparse.ArgumentTypeError(f"k values must be positive integers, got {text!r}")
+    return ks
+
+
+def _out_file(path: str | None, flag: str) -> Path | None:
+    if path is None:
+        return None
+    p = Path(path)
+    if p.is_dir():
+        raise UserError(f"{flag} {p} is a directory; give a file name", param=flag)
+    if p.parent.exists() and not p.parent.is_dir():
+        raise UserError(f"{flag} {p}: {p.parent} is a file, not a directory", param=flag)
+    return p
+
+
+def load_problems(args) -> list:
+    """The problems of --problems FILE or of the built-in --task(s); when a split holds fewer distinct problems
+    than --n at a low difficulty, all it holds, with a note."""
+    from nanoseek.data import tasks
+
+    if args.problems:
+        try:
+            checker = json.loads(args.checker) if args.checker.lstrip().startswith("{") else args.checker
+            tasks.make_checker(checker)
+        except (ValueError, json.JSONDecodeError) as e:
+            raise UserError(f"--checker: {e}", param="--checker") from None
+        try:
+            problems = tasks.read_problems(args.problems, default_checker=checker)
+        except DataError as e:
+            raise UserError(f"--problems {e}", param="--problems") from None
+        return problems[:args.n] if args.n else problems
+    names = tasks.generated_tasks() if args.task == "all" else [t.strip() for t in args.task.split(",") if t.strip()]
+    for name in names:
+        if name not in tasks.TASKS or not tasks.TASKS[name].generated:
+            raise UserError(f"--task: unknown task {name!r}; use one of {', '.join(tasks.generated_tasks())} "
+                            "(comma-separated) or all, or --problems FILE for your own", param="--task")
+    if not names:
+        raise UserError("--task names no task", param="--task")
+    n = args.n or 200
+    out = []
+    for name in names:
+        try:
+            tasks.parse_difficulty(args.difficulty, name)
+        except DataError as e:
+            raise UserError(f"--difficulty: {e}", param="--difficulty") from None
+        try:
+            out += tasks.generate(name, args.split, n, args.difficulty, seed=args.seed)
+        except DataError as e:
+            if e.param != "n":
+                raise UserError(str(e)) from None
+            found = _all_distinct(name, args.split, n, args.difficulty, args.seed)
+            print(f"note: the {args.split} split holds only {len(found)} distinct {name} problems at difficulty "
+                  f"{args.difficulty} (low levels are small); evaluating all {len(found)}. Add harder levels "
+                  f"(--difficulty 1-3) for more", file=sys.stderr)
+            out += found
+    return out
+
+
+def _all_distinct(task: str, split: str, n: int, difficulty, seed: int) -> list:
+    """Every distinct problem generate() finds (fewer than n): the longest list it can make. A longer list
+    starts with a shorter one, so a bisection on the count finds it."""
+    from nanoseek.data import tasks
+
+    lo, hi = 0, n - 1  # lo: known to succeed (0 trivially), hi: the most that might
+    best: list = []
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        try:
+            best = tasks.generate(task, split, mid, difficulty, seed=seed)
+            lo = mid
+        except DataError:
+            hi = mid - 1
+    if len(best) != lo:
+        best = tasks.generate(task, split, lo, difficulty, seed=seed) if lo else []
+    return best
+
+
+def cmd_eval(args) -> None:
+    """Evaluate a checkpoint: validation bits per byte on token shards (--data, as pretraining computes it) and,
+    for a built-in task (--task) or your own problems (--problems), accuracy, pass@k (unbiased, from --samples
+    answers per problem) and majority-vote accuracy maj@k, generated in batches through the engine. Prints a
+    markdown table; --out writes the results as JSON, --completions every sample as JSONL (which `nanoseek tasks
+    check` reads back)."""
+    import torch
+
+    from nanoseek.engine import ContextLengthError, Engine, EngineError, load_tokenizer, resolve_checkpoint
+    from nanoseek.engine.loading import generation_eos_ids
+    from nanoseek.eval import completion_records, evaluate_tasks, results_markdown, validation_bpb
+    from nanoseek.eval.metrics import to_json
+    from nanoseek.io import atomic_write_text
+
+    if not (args.data or args.task or args.problems):
+        raise UserError("nothing to evaluate: give --data DIR (bits per byte), --task NAME or --problems FILE "
+                        "(task accuracy), or both")
+    if args.task and args.problems:
+        raise UserError("give --task or --problems, not both", param="--task")
+    if max(args.k) > args.samples:
+        raise UserError(f"--k {max(args.k)} needs at least that many --samples per problem (got --samples "
+                        f"{args.samples})", param="--k")
+    out_json, out_md = _out_file(args.out, "--out"), _out_file(args.markdown, "--markdown")
+    out_comp = _out_file(args.completions, "--completions")
+    if args.data and not Path(args.data).is_dir():
+        raise UserError(f"--data {args.data} is not a directory: give the output of `nanoseek data prepare`",
+                        param="--data")
+    problems = load_problems(args) if (args.task or args.problems) else []
+    try:
+        ckpt = resolve_checkpoint(args.checkpoint)
+    except EngineError as e:
+        raise UserError(f"--checkpoint {e}", param="--checkpoint") from None
+    device, dtype = resolve_device(args.device), resolve_dtype(args.dtype)
+    tok = load_tokenizer(ckpt)
+    if tok is None:
+        raise UserError(f"{ckpt} has no tokenizer.json: evaluation encodes prompts and counts bytes with the "
+                        "checkpoint's tokenizer; copy it there", param="--checkpoint")
+    from nanoseek.hf import load_model
+
+    # bits per byte as training computes it: fp32 weights, matmuls under autocast at --dtype
+    model = load_model(ckpt, dtype=torch.float32 if args.data else dtype, device=device)
+    report: dict = {"format_version": 1, "checkpoint": str(ckpt)}
+    bpb = None
+    if args.data:
+        from nanoseek.tokenizer import Tokenizer
+
+        if not isinstance(tok, Tokenizer):
+            raise UserError(f"{ckpt}'s tokenizer is not a nanoseek tokenizer; bits per byte needs one")
+        seq_len = args.seq_len or min(model.config.max_position_embeddings, 512)
+        bpb = validation_bpb(model, args.data, seq_len=seq_len, batch_size=args.eval_batch_size,
+                             max_batches=args.eval_batches, tokenizer=tok, dtype=dtype)
+        report["bpb"] = {"data": str(args.data), **bpb}
+        model.to(dtype)
+    if problems:
+        try:
+            engine = Engine(model, tok, eos_token_ids=generation_eos_ids(ckpt), max_batch=args.batch_size)
+        except EngineError as e:
+            raise UserError(f"--checkpoint {e}") from None
+        bar = None
+        if sys.stderr.isatty():
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(problems), unit="problem", desc="eval", file=sys.stderr)
+
+        def progress(done: int, total: int) -> None:
+            if bar is not None:
+                bar.update(done - bar.n)
+
+        try:
+            results = evaluate_tasks(engine, problems, samples=args.samples, k=args.k, temperature=args.temperature,
+                                     top_p=args.top_p, max_new_tokens=args.max_tokens, seed=args.seed,
+                                     keep_completions=out_comp is not None, progress=progress)
+        except ContextLengthError as e:
+            raise UserError(f"{e} (lower --max-tokens)", param="--max-tokens") from None
+        except EngineError as e:
+            raise UserError(str(e)) from None
+        finally:
+            if bar is not None:
+                bar.close()
+        records = completion_records(results)
+        results.pop("problems", None)
+        report["tasks"] = results
+        report["source"] = {"problems": args.problems} if args.problems else \
+            {"task": args.task, "split": args.split, "difficulty": args.difficulty, "seed": args.seed}
+    else:
+        results, records = None, []
+    text = results_markdown(results, bpb)
+    print(text, end="")
+    if out_md is not None:
+        atomic_write_text(out_md, text)
+        print(f"wrote {out_md}")
+    if out_json is not None:
+        atomic_write_text(out_json, to_json(report))
+        print(f"wrote {out_json}")
+    if out_comp is not None:
+        atomic_write_text(out_comp, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+        print(f"wrote {len(records):,} completions to {out_comp}")
+
+
+def register(sub) -> None:
+    p = sub.add_parser("eval", help="bits per byte and task accuracy (pass@k, maj@k) of a checkpoint",
+                       description=cmd_eval.__doc__)
+    p.add_argument("--checkpoint", required=True, metavar="DIR",
+                   help="a checkpoint directory, or a training run (its latest checkpoint)")
+    g = p.add_argument_group("bits per byte")
+    g.add_argument("--data", metavar="DIR", help="token shards from `nanoseek data prepare`: bits per byte on "
+                                                 "their validation split")
+    g.add_argument("--seq-len", type=positive_int, help="tokens per window (default: the model's context, at most "
+                                                        "512; use the training run's to compare with its log)")
+    g.add_argument("--eval-batch-size", type=positive_int, default=8, help="windows per batch (default 8)")
+    g.add_argument("--eval-batches", type=positive_int, default=20, help="batches read at most (default 20)")
+    g = p.add_argument_group("task accuracy")
+    g.add_argument("--task", help="built-in task(s), comma-separated, or all (`nanoseek tasks list`)")
+    g.add_argument("--problems", metavar="FILE", help="problems JSONL: generated, or your own "
+                                                      "{\"prompt\", \"answer\", [\"checker\"]} lines")
+    g.add_argument("--checker", default="exact",
+                   help="for your own problems without one: exact, numeric, choice, or JSON such as "
+                        "'{\"name\": \"numeric\", \"tolerance\": 0.01}' (default exact)")
+    g.add_argument("--split", default="test", choices=["train", "val", "test"], help="--task: split (default test)")
+    g.add_argument("--difficulty", default="1", help="--task: a level (2), a range (1-3) or a list (1,2,4) "
+                                                     "(default 1)")
+    g.add_argument("--n", type=positive_int, help="problems per task (default 200; with --problems: the first N)")
+    g.add_argument("--samples", type=positive_int, default=1, help="answers sampled per problem (default 1)")
+    g.add_argument("--k", type=_ks, default=[1], help="k values for pass@k and maj@k, e.g. 1,4,8 (each at most "
+                                                      "--samples; default 1)")
+    g.add_argument("--temperature", type=float, help="default 0 (greedy) for one sample, 1.0 for several")
+    g.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default 1: off)")
+    g.add_argument("--max-tokens", type=positive_int, default=256, help="new tokens per answer at most (default 256)")
+    g.add_argument("--seed", type=nonneg_int, default=0, help="problems (--task) and sampling seed (default 0)")
+    g.add_argument("--batch-size", type=positive_int, default=32, help="requests the engine runs at once "
+                                                                       "(default 32)")
+    g = p.add_argument_group("outputs")
+    g.add_argument("--out", "-o", metavar="FILE.json", help="write the results as JSON")
+    g.add_argument("--markdown", metavar="FILE.md", help="write the markdown table to a file too")
+    g.add_argument("--completions", metavar="FILE.jsonl", help="write every sample (prompt, completion, extracted "
+                                                               "answer, correct, format) as JSONL")
+    add_device_args(p, dtype_default="float32")
+    p.set_defaults(func=cmd_eval)
