@@ -351,3 +351,31 @@ def test_bad_inputs_exit_2_with_clear_messages(ckpt, sft_file, tmp_path, capsys)
     for f in ("config.json", "model.safetensors"):
         (no_tok / f).write_bytes((ckpt / f).read_bytes())
     assert "has no tokenizer.json" in err("--checkpoint", str(no_tok), "--data", str(sft_file), "--out", out)
+
+
+# ---- torchrun ---------------------------------------------------------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_torchrun_two_processes_match_one(ckpt, sft_file, tmp_path, parallel):
+    """2 ranks x 2 rows see the rows 1 process x 4 rows sees (each rank takes its slice of the global batch), and
+    every rank counts the whole step's assistant tokens: the same per-token losses and validation figures."""
+    import sys
+
+    def args(out, batch, *extra):
+        return ["sft", "--checkpoint", str(ckpt), "--data", str(sft_file), "--out", str(out), "--steps", "3",
+                "--batch-size", str(batch), "--seq-len", "96", "--dtype", "float32", "--eval-every", "3",
+                "--eval-batches", "3", "--peak-flops", "1e12", *extra]
+
+    single, multi = tmp_path / "single", tmp_path / parallel
+    r = run(nanoseek_cmd(*args(single, 4)))
+    assert r.returncode == 0, r.stderr[-3000:]
+    r = run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m",
+             "nanoseek.cli", *args(multi, 2, "--parallel", parallel)])
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.count("training log:") == 1
+    a, b = train_records(single), train_records(multi)
+    assert [x["target_tokens"] for x in a] == [x["target_tokens"] for x in b]
+    for x, y in zip(a, b, strict=True):
+        assert y["loss"] == pytest.approx(x["loss"], rel=1e-5) and y["grad_norm"] == pytest.approx(x["grad_norm"], rel=1e-4)
+    ea, eb = ([(e["val_loss"], e["val_accuracy"]) for e in read_log(d) if e["event"] == "eval"] for d in (single, multi))
+    assert len(eb) == 1 and eb[0] == pytest.approx(ea[0], rel=1e-5)
