@@ -5,7 +5,7 @@ Two checkpoints, each built once per test process:
   greedy); what most API tests run against.
 - `taught_checkpoint()`: the same shape trained for a few seconds to memorize two chats, so its greedy
   answers are known: "hi" gets reasoning, then markdown with a code block (REASONING, ANSWER), and "count"
-  gets " ab" repeated with no end of turn learned (a long answer to stop). Nothing is faked: it is a real
+  after that exchange gets " ab" repeated with no end of turn learned (a long answer to stop). Nothing is faked: it is a real
   model through the real engine; it has only learned what to say.
 """
 
@@ -56,15 +56,18 @@ def random_checkpoint() -> Path:
 @functools.cache
 def taught_checkpoint(steps: int = 150) -> Path:
     tok = Tokenizer.train(CORPUS, vocab_size=300)
-    chats = [
-        [{"role": "user", "content": "hi"}, {"role": "assistant", "reasoning": REASONING, "content": ANSWER}],
-        [{"role": "user", "content": "count"}, {"role": "assistant", "content": LOOP * 40}],
+    hi = [{"role": "user", "content": "hi"}]
+    chats = [  # the second is the page's second turn (it sends earlier answers back without their reasoning)
+        hi + [{"role": "assistant", "reasoning": REASONING, "content": ANSWER}],
+        hi + [{"role": "assistant", "content": ANSWER}, {"role": "user", "content": "count"},
+              {"role": "assistant", "content": LOOP * 40}],
     ]
     batch = []
     for i, chat in enumerate(chats):
         ids, mask = tok.render_chat(chat)
-        if i == 1:  # never see the end of the loop: the model learns to keep going
-            ids, mask = ids[:-1], mask[:-1]
+        if i == 1:  # learn only the last answer, and never its end: the model learns to keep going
+            last = len(ids) - 1 - ids[::-1].index(tok.assistant_id)
+            ids, mask = ids[:-1], [0] * (last + 1) + mask[last + 1:-1]
         x, y = torch.tensor([ids[:-1]]), torch.tensor([ids[1:]])
         batch.append((x, torch.where(torch.tensor([mask[1:]]).bool(), y, -100)))
     with torch.random.fork_rng():
