@@ -191,8 +191,6 @@ def _cfg(**kw) -> SFTConfig:
 def test_loss_is_a_per_token_mean_over_the_whole_step(tok, sft_file, tmp_path):
     """grad_accum 1 x 4 rows and 2 x 2 rows see the same rows per step (micro-batches of different token
     counts): same losses and the same update. The logged main loss is the per-token mean over the step."""
-    from nanoseek.hf import load_model
-
     ckpt_model = lambda: nanoseek.DeepSeekV3(preset("tiny", vocab_size=tok.vocab_size))
     runs = {}
     for name, kw in {"a": dict(batch_size=4), "b": dict(batch_size=2, grad_accum=2)}.items():
