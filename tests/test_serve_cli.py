@@ -1,0 +1,73 @@
+"""`nanoseek serve` as a user runs it: a separate process on 127.0.0.1, an API key, Ctrl-C to stop; and its
+refusals (a missing checkpoint) as one line and exit code 2."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+from nanoseek.cli import main
+from serve_helpers import random_checkpoint
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _get(url, headers=None, data=None):
+    req = urllib.request.Request(url, headers=headers or {}, data=data)
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def test_serve_refuses_a_missing_checkpoint(tmp_path, capsys):
+    assert main(["serve", "--checkpoint", str(tmp_path / "nothing")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("nanoseek serve: error: --checkpoint") and "config.json" in err
+
+
+def test_serve_runs_as_a_process_with_a_key_and_stops_on_ctrl_c():
+    port = _free_port()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "NANOSEEK_API_KEY": "sk-local"}
+    proc = subprocess.Popen([sys.executable, "-m", "nanoseek.cli", "serve", "--checkpoint", str(random_checkpoint()),
+                             "--port", str(port), "--threads", "1", "--log-level", "warning"],
+                            env=env, stderr=subprocess.PIPE, text=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        t0 = time.monotonic()
+        while True:
+            try:
+                if _get(base + "/health")[0] == 200:
+                    break
+            except OSError:
+                pass
+            assert proc.poll() is None, proc.stderr.read()
+            assert time.monotonic() - t0 < 90, "the server did not start"
+            time.sleep(0.1)
+        assert _get(base + "/v1/models")[0] == 401
+        status, body = _get(base + "/v1/models", {"Authorization": "Bearer sk-local"})
+        assert status == 200 and body["data"][0]["id"] == "tiny"  # the checkpoint directory's name
+        status, body = _get(base + "/v1/chat/completions", {"Authorization": "Bearer sk-local",
+                                                           "Content-Type": "application/json"},
+                            json.dumps({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}).encode())
+        assert status == 200 and body["usage"]["completion_tokens"] >= 1
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            rc = proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+    err = proc.stderr.read()
+    assert rc == 130, err  # shut down cleanly, then exit as an interrupted command does
+    assert f"http://127.0.0.1:{port}/" in err and "model 'tiny'" in err
