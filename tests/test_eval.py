@@ -213,3 +213,28 @@ def test_eval_errors_exit_2(ckpt, tmp_path, capsys):
     assert "exceeds" in err(*c, "--task", "sort", "--max-tokens", "600")
     assert "is a directory" in err(*c, "--task", "sort", "--out", str(tmp_path))
     assert "is not a directory" in err(*c, "--data", str(bad))
+
+
+def test_plain_style_asks_the_bare_prompt_and_reads_the_answer_line():
+    """A model after pretraining alone knows the tasks' plain text, not the chat template: its prompt is the
+    problem's line (after <|bos|>) and its answer the first "Answer:" line of the continuation."""
+    arith = tasks.generate("arithmetic", "test", 2, 1)
+    right, wrong = arith[0].answer, str(int(arith[1].answer) + 1)
+
+    class PlainEngine(StubEngine):
+        tokenizer = SimpleNamespace(bos_id=0, encode=lambda text: [ord(c) for c in text])
+
+        def encode_chat(self, messages):
+            raise AssertionError("plain style must not use the chat template")
+
+    prompts = [tuple([0] + [ord(c) for c in tasks.plain_prompt(p)]) for p in arith]
+    engine = PlainEngine({})
+    engine.by_seed = {(prompts[0], sample_seed(0, 0, 0)): (f"{right}\nAnswer: {right}\n", "stop"),
+                      (prompts[1], sample_seed(0, 1, 0)): (f"steps\nAnswer: {wrong}\nWhat is", "stop")}
+    real_generate = StubEngine.generate
+    engine.generate = lambda ps, params: real_generate(engine, [tuple(p) for p in ps], params)
+    res = evaluate_tasks(engine, arith, style="plain")
+    assert res["summary"]["accuracy"] == 0.5 and res["summary"]["format_rate"] == 1.0
+    assert engine.calls[0][1][0].stop == ["\nWhat ", "\n\n"]  # plain text goes on with the next problem
+    with pytest.raises(ValueError, match="style"):
+        evaluate_tasks(engine, arith, style="json")

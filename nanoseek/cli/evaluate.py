@@ -165,7 +165,7 @@ def cmd_eval(args) -> None:
         try:
             results = evaluate_tasks(engine, problems, samples=args.samples, k=args.k, temperature=args.temperature,
                                      top_p=args.top_p, max_new_tokens=args.max_tokens, seed=args.seed,
-                                     keep_completions=out_comp is not None, progress=progress)
+                                     keep_completions=out_comp is not None, style=args.style, progress=progress)
         except ContextLengthError as e:
             raise UserError(f"{e} (lower --max-tokens)", param="--max-tokens") from None
         except EngineError as e:
@@ -221,6 +221,9 @@ def register(sub) -> None:
                                                       "--samples; default 1)")
     g.add_argument("--temperature", type=float, help="default 0 (greedy) for one sample, 1.0 for several")
     g.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default 1: off)")
+    g.add_argument("--style", default="chat", choices=["chat", "plain"],
+                   help="chat: ask in the chat template (after SFT or RL; default); plain: the bare prompt line, "
+                        "answer read from the 'Answer:' line (the tasks' pretraining text)")
     g.add_argument("--max-tokens", type=positive_int, default=256, help="new tokens per answer at most (default 256)")
     g.add_argument("--seed", type=nonneg_int, default=0, help="problems (--task) and sampling seed (default 0)")
     g.add_argument("--batch-size", type=positive_int, default=32, help="requests the engine runs at once "

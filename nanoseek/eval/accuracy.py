@@ -24,8 +24,8 @@ import time
 from collections import defaultdict
 from typing import Any, Callable, Iterable, Sequence
 
-from nanoseek.data.rewards import extract_answer, is_well_formed
-from nanoseek.data.tasks import Problem, answer_key, chat_messages, check_answer
+from nanoseek.data.rewards import extract_answer, extract_plain_answer, is_well_formed
+from nanoseek.data.tasks import Problem, answer_key, chat_messages, check_answer, plain_prompt
 from nanoseek.eval.metrics import Sample, markdown_table, summarize
 
 FORMAT_VERSION = 1
@@ -37,24 +37,31 @@ def sample_seed(seed: int, problem: int, sample: int) -> int:
     return int.from_bytes(h, "little") >> 1
 
 
-def score(problem: Problem, completion: str) -> dict[str, Any]:
+STYLES = ("chat", "plain")
+
+
+def score(problem: Problem, completion: str, style: str = "chat") -> dict[str, Any]:
     """One completion (special tokens kept) checked against its problem: the extracted answer, whether it is
-    right, its vote key and whether it is well formed (<think>reasoning</think>answer)."""
-    answer = extract_answer(completion)
+    right, its vote key and whether it is well formed (chat: <think>reasoning</think>answer; plain: an
+    "Answer:" line)."""
+    answer = extract_answer(completion) if style == "chat" else extract_plain_answer(completion)
+    well_formed = is_well_formed(completion) if style == "chat" else answer is not None
     return {"answer": answer, "correct": check_answer(problem, answer), "key": answer_key(problem, answer),
-            "format": is_well_formed(completion)}
+            "format": well_formed}
 
 
 def evaluate_tasks(engine, problems: Sequence[Problem], *, samples: int = 1, k: Iterable[int] = (1,),
                    temperature: float | None = None, top_p: float = 1.0, max_new_tokens: int = 256, seed: int = 0,
-                   keep_completions: bool = False, chunk: int | None = None,
+                   keep_completions: bool = False, chunk: int | None = None, style: str = "chat",
                    progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     """Sample `samples` answers per problem with `engine` and score them.
 
     temperature: default 0 (greedy) for one sample, 1.0 for several. k: the k of pass@k and maj@k (each at most
     `samples`). chunk: problems per engine call (default: enough for 4 x the engine's batch). progress(done,
     total) is called after each chunk. The engine reads its model's live weights (generate refreshes them), so
-    a trainer may call this between optimizer steps.
+    a trainer may call this between optimizer steps. style: "chat" asks in the chat template (a model after
+    SFT or RL); "plain" gives the bare prompt line and reads the "Answer:" line of the continuation, the
+    format of the tasks' pretraining text (a model after pretraining alone).
 
     Returns {"summary": the row of all problems, "rows": one row per task (+ "all" when several), "by_difficulty":
     rows per task and level (where a task has several levels), "settings", "tokens": {"prompt", "generated"},
@@ -74,7 +81,13 @@ def evaluate_tasks(engine, problems: Sequence[Problem], *, samples: int = 1, k: 
         raise ValueError(f"every k must be in 1..samples ({samples}), got {ks}")
     if temperature is None:
         temperature = 0.0 if samples == 1 else 1.0
-    prompts = [engine.encode_chat(chat_messages(p, with_solution=False)) for p in problems]
+    if style not in STYLES:
+        raise ValueError(f"style must be one of {', '.join(STYLES)}, got {style!r}")
+    if style == "chat":
+        prompts = [engine.encode_chat(chat_messages(p, with_solution=False)) for p in problems]
+    else:  # a document starts with <|bos|>, as the pretraining shards do
+        bos = getattr(engine.tokenizer, "bos_id", None)
+        prompts = [([bos] if bos is not None else []) + engine.tokenizer.encode(plain_prompt(p)) for p in problems]
     if chunk is None:
         chunk = max(1, 4 * getattr(getattr(engine, "scheduler", None), "max_batch", 32) // samples)
     t0 = time.perf_counter()
@@ -83,14 +96,16 @@ def evaluate_tasks(engine, problems: Sequence[Problem], *, samples: int = 1, k: 
     for start in range(0, len(problems), chunk):
         idx = range(start, min(start + chunk, len(problems)))
         ids = [prompts[i] for i in idx for _ in range(samples)]
+        # plain text goes on with the next problem after the answer line: stop there
+        stop = ["\nWhat ", "\n\n"] if style == "plain" else []
         params = [SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                                 seed=sample_seed(seed, i, j), skip_special_tokens=False)
+                                 seed=sample_seed(seed, i, j), skip_special_tokens=False, stop=stop)
                   for i in idx for j in range(samples)]
         outs = engine.generate(ids, params)
         for n, i in enumerate(idx):
             rows = []
             for o in outs[n * samples:(n + 1) * samples]:
-                rows.append({"completion": o.text, **score(problems[i], o.text), "finish_reason": o.finish_reason,
+                rows.append({"completion": o.text, **score(problems[i], o.text, style), "finish_reason": o.finish_reason,
                              "tokens": len(o.token_ids)})
                 n_prompt += len(o.prompt_ids)
                 n_gen += len(o.token_ids)
@@ -122,7 +137,7 @@ def evaluate_tasks(engine, problems: Sequence[Problem], *, samples: int = 1, k: 
     out: dict[str, Any] = {
         "format_version": FORMAT_VERSION, "summary": summary, "rows": rows, "by_difficulty": by_difficulty,
         "settings": {"samples": samples, "k": ks, "temperature": temperature, "top_p": top_p,
-                     "max_new_tokens": max_new_tokens, "seed": seed},
+                     "max_new_tokens": max_new_tokens, "seed": seed, "style": style},
         "tokens": {"prompt": n_prompt, "generated": n_gen}, "seconds": seconds}
     if keep_completions:
         out["problems"] = [{"id": p.id, "task": p.task, "difficulty": p.difficulty, "prompt": p.prompt,
