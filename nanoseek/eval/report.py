@@ -1,0 +1,514 @@
+"""The report card of a run folder: RUN/report.md and its plots in RUN/plots/.
+
+    from nanoseek.eval.report import write_report
+    write_report("run")                     # -> Path("run/report.md"); measure=False skips loading the model
+
+It reads what the stages left (docs/post-training.md, "Report card"): RUN/speedrun.json (preset, stage times,
+machine), the training logs RUN/{pretrain,sft,rl}/log.jsonl with their checkpoints, and the task evaluations
+RUN/eval/{pretrain,sft,rl}.json. A training run directory of its own (`nanoseek pretrain --out RUN`: RUN/log.jsonl
+and RUN/checkpoints/) is reported as a one-stage run. Whatever is missing, its section says so and names the
+command that makes it; a file that is there but unreadable is a DataError naming it.
+
+The cost figures are nanoseek.cost's, counted as `nanoseek cost RUN_DIR` counts them: FLOPs per token from the
+final config with causal attention (the logs' MFU counts all T keys and is rescaled), the log's tokens and
+peak, and GPU-hours on each device of the hardware table at this run's MFU and at a typical large run's.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+from nanoseek.errors import UserError
+from nanoseek.eval.runfolder import STAGE_NAMES, TRAINING, Run, StageCost, load_run, machine_price, stage_costs
+
+PLOT_NAMES = ("loss.png", "grpo_reward.png", "grpo_length.png", "expert_load_pretrain.png", "expert_load_sft.png",
+              "expert_load_rl.png")
+ANSWERS = 6  # held-out problems shown at the end
+
+
+# ---- formatting ------------------------------------------------------------------------------------------
+def _si(x: float) -> str:
+    for suffix, scale in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(x) >= scale:
+            v = x / scale
+            return (f"{v:,.0f}" if v >= 99.95 else f"{v:.3g}") + suffix
+    return f"{x:.3g}"
+
+
+def _flop(x: float) -> str:
+    for suffix, scale in (("E", 1e18), ("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(x) >= scale:
+            return f"{x / scale:.3g} {suffix}FLOP"
+    return f"{x:.3g} FLOP"
+
+
+def _money(x: float) -> str:
+    return f"${x:,.2f}" if x >= 0.01 else "<$0.01" if x > 0 else "$0"
+
+
+def _dur(s: float) -> str:
+    return f"{s / 3600:.1f} h" if s >= 3600 else f"{s / 60:.1f} min" if s >= 60 else f"{s:.1f} s"
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}%" if x >= 0.001 or x == 0 else f"{100 * x:.2g}%"
+
+
+def _esc(text: Any) -> str:
+    """Text as literal markdown (table cells too): no emphasis, links, HTML or cell breaks."""
+    s = str(text).replace("\\", "\\\\").replace("\n", " ")
+    for ch in "`*_[]<>|#":
+        s = s.replace(ch, "\\" + ch)
+    return s
+
+
+def _backticks(text: str) -> int:
+    """The longest run of backticks in text."""
+    longest = run = 0
+    for ch in text:
+        run = run + 1 if ch == "`" else 0
+        longest = max(longest, run)
+    return longest
+
+
+def _code(text: Any) -> str:
+    """Inline code that survives backticks in the text."""
+    s = str(text).replace("\n", " ")
+    n = _backticks(s)
+    return f"`{s}`" if n == 0 else f"{'`' * (n + 1)} {s} {'`' * (n + 1)}"
+
+
+def _fence(text: str) -> str:
+    """A code fence longer than any backtick run in text, so the block holds it whole."""
+    return "`" * max(3, _backticks(text) + 1)
+
+
+def _table(header: list[str], rows: list[list[str]], align: str = "") -> list[str]:
+    """A markdown table; align: one letter per column, l or r (default: the first left, the others right)."""
+    align = align or "l" + "r" * (len(header) - 1)
+    rule = "|" + "|".join("---" if a == "l" else "---:" for a in align) + "|"
+    return ["| " + " | ".join(header) + " |", rule] + ["| " + " | ".join(r) + " |" for r in rows]
+
+
+def _missing(what: str, command: str) -> str:
+    return f"*Missing: {what}.* `{command}` makes it."
+
+
+def _section_cost(run: Run, rows: list[StageCost]) -> list[str]:
+    from nanoseek.cost import HARDWARE, TYPICAL_MFU, cpu_hardware, gpu_hours
+
+    out = ["## Time and cost", ""]
+    if not rows:
+        return out + [_missing("stage times and training logs", "nanoseek speedrun"), ""]
+    price, price_note = machine_price(run)
+    table, total_wall, total_cost = [], 0.0, 0.0
+    for r in rows:
+        cost = r.wall_s * r.processes / 3600 * price if r.wall_s is not None else None
+        total_wall += r.wall_s or 0.0
+        total_cost += cost or 0.0
+        table.append([STAGE_NAMES.get(r.stage, r.stage.replace("_", " ")), _dur(r.wall_s) if r.wall_s is not None
+                      else "—", f"{r.tokens:,}" if r.tokens else "—", _flop(r.flops) if r.flops else "—",
+                      _pct(r.step_mfu) if r.step_mfu is not None else "—",
+                      _pct(r.wall_mfu) if r.wall_mfu is not None else "—",
+                      _money(cost) if cost is not None else "—", _esc(r.note)])
+    trained = [r for r in rows if r.flops]
+    flops = sum(r.flops for r in trained)
+    tokens = sum(r.tokens or 0 for r in trained)
+    peak_time = sum(r.wall_s * r.peak for r in trained if r.wall_s and r.peak)
+    # the whole training's MFU while stepping: each stage's stepping time is its FLOPs / (MFU x peak)
+    busy = sum(r.flops / (r.step_mfu * r.peak) for r in trained if r.step_mfu and r.peak)
+    measured = flops / sum(r.flops / r.step_mfu for r in trained if r.step_mfu) if busy else 0.0
+    table.append(["**total**", f"**{_dur(total_wall)}**", f"**{tokens:,}** trained" if tokens else "—",
+                  f"**{_flop(flops)}**" if flops else "—", _pct(measured) if measured else "—",
+                  _pct(flops / peak_time) if peak_time else "—", f"**{_money(total_cost)}**", ""])
+    out += _table(["stage", "wall time", "tokens", "training FLOPs", "MFU stepping", "MFU wall", "cost", "note"], table,
+                  "lrrrrrrl")
+    peaks = sorted({f"{_flop(r.peak)}/s ({_esc(r.peak_source)})" for r in trained if r.peak})
+    out += ["", f"Cost: wall time x processes at {price_note}. Training FLOPs: tokens x FLOPs per token of the stage's "
+            "checkpoint config with causal attention (`nanoseek cost` counts them so; the logs' MFU counts all T keys and is "
+            "rescaled). RL counts its training passes over the sampled completions, not the sampling itself. "
+            "MFU stepping is the median over logged steps; MFU wall divides by the whole wall time, start-up, "
+            "evaluation and checkpoints included." + (f" Peak used: {', '.join(peaks)}." if peaks else ""), ""]
+    if not flops:
+        return out
+    # the same training on the hardware table, at this run's MFU and at a typical large run's
+    hw = dict(HARDWARE)
+    cpu = next((r for r in trained if "measured" in r.peak_source and r.peak), None)
+    if cpu is not None:
+        hw["cpu"] = cpu_hardware(cpu.peak / cpu.processes, f"this run's {cpu.peak_source}")
+    hours = {k: (gpu_hours(flops, measured, h.bf16) if measured else None, gpu_hours(flops, TYPICAL_MFU, h.bf16))
+             for k, h in hw.items()}
+    small = max(max(v for v in pair if v is not None) for pair in hours.values()) < 1
+    unit, scale = ("GPU-seconds", 3600) if small else ("GPU-hours", 1)
+
+    def fmt(h: float | None) -> str:
+        return "—" if h is None else f"{h * scale:,.3g}" if h * scale < 1000 else f"{h * scale:,.0f}"
+
+    out += [f"### The same {_flop(flops)} on other hardware", "",
+            f"At this run's MFU ({_pct(measured)}, stepping, weighted by time) and at a typical large run's "
+            f"({_pct(TYPICAL_MFU)}), on each device's dense bf16 peak, at the table's prices "
+            "(`nanoseek cost --list-hardware`):", ""]
+    out += _table(["hardware", "bf16 peak", f"{unit} at {_pct(measured)}", "$", f"{unit} at {_pct(TYPICAL_MFU)}", "$"],
+                  [[_esc(h.name), f"{_flop(h.bf16)}/s", fmt(hours[k][0]),
+                    _money(hours[k][0] * h.price) if hours[k][0] is not None else "—", fmt(hours[k][1]),
+                    _money(hours[k][1] * h.price)] for k, h in hw.items()])
+    if cpu is not None:
+        out += ["", "An MFU measured on a CPU does not carry over to a GPU, where a small model's matmuls leave most "
+                "of the chip idle; the typical column assumes a model large enough to fill it."]
+    return out + [""]
+
+
+# ---- the run, the machine and the model ------------------------------------------------------------------
+def _section_header(run: Run) -> list[str]:
+    sr = run.speedrun or {}
+    preset = sr.get("preset") or {}
+    name = preset.get("name") if isinstance(preset, dict) else None
+    written = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    what = (f"a lone {STAGE_NAMES[run.lone]} run" if run.lone else f"preset **{_esc(name)}**" if name
+            else "a run folder")
+    out = [f"# Report card: {_esc(run.root.resolve().name)}", "",
+           f"{what}" + (f", started {_esc(sr['started'])}" if sr.get("started") else "") + f"; written {written} "
+           "by `nanoseek report`.", ""]
+    if not run.speedrun and not run.lone:
+        out += ["*No speedrun.json* (`nanoseek speedrun` writes it with the preset, each stage's time and the "
+                "machine): times come from the training logs.", ""]
+    if isinstance(preset, dict) and len(preset) > 1:
+        body = json.dumps({k: v for k, v in preset.items() if k != "name"}, indent=2, default=str)
+        out += ["<details><summary>preset settings</summary>", "", f"{_fence(body)}json", body, _fence(body), "",
+                "</details>", ""]
+    return out
+
+
+def _section_machine(run: Run) -> list[str]:
+    out = ["## Machine", ""]
+    machine = (run.speedrun or {}).get("machine")
+    if machine:
+        labels = {"cpu": "CPU", "amx_bf16": "AMX bf16 matmuls", "threads": "threads", "device": "device", "gpu": "GPU"}
+        rows = [[labels.get(k, _esc(k)), _esc("yes" if v is True else "no" if v is False else "—" if v is None else v)]
+                for k, v in machine.items()]
+        out += _table(["", "value"], rows, "ll")
+    else:
+        out.append("Not recorded (speedrun.json's \"machine\", written by `nanoseek speedrun`).")
+    starts = {s: next((r for r in recs if r.get("event") == "start"), None) for s, recs in run.logs.items()}
+    lines = []
+    for s, r in starts.items():
+        if r:
+            cfg = r.get("config") if isinstance(r.get("config"), dict) else {}
+            lines.append(f"- {STAGE_NAMES[s]}: {r.get('world_size', 1)} process(es), {_esc(cfg.get('dtype', '?'))}, "
+                         f"peak {_flop(float(r['peak_flops']))}/s ({_esc(r.get('peak_source', '?'))})"
+                         if isinstance(r.get("peak_flops"), (int, float)) else
+                         f"- {STAGE_NAMES[s]}: {r.get('world_size', 1)} process(es), {_esc(cfg.get('dtype', '?'))}")
+    if lines:
+        out += ["", "The training logs:", ""] + lines
+    return out + [""]
+
+
+def _section_model(run: Run) -> list[str]:
+    from nanoseek.model import count_params
+
+    out = ["## Model", ""]
+    final = run.final
+    if final is None:
+        return out + [_missing("a checkpoint (the model's config and weights)",
+                               f"nanoseek pretrain --data {run.root}/tokens --out {run.root}/pretrain"), ""]
+    cfg, ckpt = run.configs[final], run.checkpoints[final]
+    pc = count_params(cfg)
+    out += [f"The final model: {_code(run.rel(ckpt))} (after {STAGE_NAMES[final]}).", ""]
+    rows = [["total", f"{pc.total:,}", _si(pc.total)], ["active per token", f"{pc.active:,}", _si(pc.active)],
+            ["embedding" + ("" if cfg.tie_word_embeddings else " (input + output head)"), f"{pc.embedding:,}",
+             _si(pc.embedding)],
+            ["non-embedding, active", f"{pc.active_non_embedding:,}", _si(pc.active_non_embedding)]]
+    if pc.mtp:
+        rows.append([f"MTP module{'s' if cfg.num_nextn_predict_layers > 1 else ''} (not in total)", f"{pc.mtp:,}",
+                     _si(pc.mtp)])
+    out += _table(["parameters", "count", ""], rows) + [""]
+    moe = cfg.num_moe_layers
+    dense = cfg.num_hidden_layers - moe
+    shape = [["vocabulary", f"{cfg.vocab_size:,}"], ["hidden size", str(cfg.hidden_size)],
+             ["layers", f"{cfg.num_hidden_layers} ({dense} dense, {moe} MoE)"
+              + (f" + {cfg.num_nextn_predict_layers} MTP" if cfg.num_nextn_predict_layers else "")],
+             ["attention (MLA)", f"{cfg.num_attention_heads} heads; q_lora_rank {cfg.q_lora_rank or 'none'}, "
+              f"kv_lora_rank {cfg.kv_lora_rank}, head dims {cfg.qk_nope_head_dim} + {cfg.qk_rope_head_dim} rope, "
+              f"v {cfg.v_head_dim}; cache {cfg.kv_lora_rank + cfg.qk_rope_head_dim} values per token and layer"]]
+    if moe:
+        shape.append(["experts", f"{cfg.n_routed_experts} routed (top-{cfg.num_experts_per_tok}) + "
+                      f"{cfg.n_shared_experts} shared, width {cfg.moe_intermediate_size}"])
+    if dense:
+        shape.append(["dense FFN width", str(cfg.intermediate_size)])
+    shape.append(["context", f"{cfg.max_position_embeddings:,} positions (rope theta {cfg.rope_theta:g})"])
+    return out + _table(["config", ""], shape, "ll") + [""]
+
+
+# ---- final metrics -------------------------------------------------------------------------------------
+def _last_eval(records: list[dict[str, Any]], key: str) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    evals = [r for r in records if r.get("event") == "eval" and isinstance(r.get(key), (int, float))]
+    return (evals[0], evals[-1]) if evals else (None, None)
+
+
+def _section_metrics(run: Run, decode: dict[str, Any] | None) -> list[str]:
+    out = ["## Final metrics", ""]
+    rows = []
+    if "pretrain" in run.logs:
+        _, e = _last_eval(run.logs["pretrain"], "val_bpb")
+        rows.append(["validation bits per byte, pretraining", f"**{e['val_bpb']:.4f}** (loss {e.get('val_loss', 0):.4f} "
+                     f"nats per token, step {e['step']:,})" if e else "no evaluation logged (`--eval-every`)"])
+    else:
+        rows.append(["validation bits per byte, pretraining", f"missing: `nanoseek pretrain --data {run.root}/tokens "
+                     f"--out {run.root}/pretrain`"])
+    if "sft" in run.logs:
+        _, e = _last_eval(run.logs["sft"], "val_loss")
+        rows.append(["SFT validation", f"loss {e['val_loss']:.4f} nats per assistant token, token accuracy "
+                     f"{_pct(e.get('val_accuracy', 0))} (step {e['step']:,})" if e else "no evaluation logged"])
+    if "rl" in run.logs:
+        first, last = _last_eval(run.logs["rl"], "val_accuracy")
+        rows.append(["RL validation accuracy (greedy)", f"{_pct(first['val_accuracy'])} (step {first['step']:,}) → "
+                     f"**{_pct(last['val_accuracy'])}** (step {last['step']:,})" if last else "no evaluation logged"])
+    out += _table(["metric", "value"], rows, "ll") + [""]
+    out += _accuracy_table(run)
+    out += _decode_lines(run, decode)
+    return out
+
+
+def _accuracy_table(run: Run) -> list[str]:
+    out = ["### Task accuracy after each stage", ""]
+    names = [s for s in TRAINING if s in run.evals] + [s for s in run.evals if s not in TRAINING]
+    want = [s for s in TRAINING if s in run.dirs] or list(TRAINING[:1])
+    if not names:
+        style = {"pretrain": "plain"}
+        return out + [_missing(f"task evaluations ({', '.join(f'eval/{s}.json' for s in want)})",
+                               f"nanoseek eval --checkpoint {run.root}/{want[-1]} --task all --style "
+                               f"{style.get(want[-1], 'chat')} --out {run.root}/eval/{want[-1]}.json --completions "
+                               f"{run.root}/eval/{want[-1]}.completions.jsonl"), ""]
+    tasks: list[str] = []
+    for s in names:
+        tasks += [r["task"] for r in run.evals[s]["rows"] if r["task"] != "all" and r["task"] not in tasks]
+    header = ["after", "prompt style"] + [_esc(t) for t in tasks] + (["all"] if len(tasks) > 1 else []) + \
+        ["well formed", "problems x samples"]
+    rows, overall = [], []
+    for s in names:
+        res = run.evals[s]
+        by_task = {r["task"]: r for r in res["rows"]}
+        summary = res.get("summary") if isinstance(res.get("summary"), dict) else by_task.get("all", res["rows"][0])
+        settings = res.get("settings") or {}
+        style = settings.get("style", "chat")
+        cells = [_pct(by_task[t]["accuracy"]) if t in by_task else "—" for t in tasks]
+        if len(tasks) > 1:
+            cells.append(f"**{_pct(summary['accuracy'])}**")
+        fmt = summary.get("format_rate")
+        rows.append([STAGE_NAMES.get(s, _esc(s)), _esc(style) + (" (prompt line, `Answer:` line)" if style == "plain"
+                                                                 else " (template, `<think>`)"), *cells,
+                     _pct(fmt) if isinstance(fmt, (int, float)) else "—",
+                     f"{summary.get('problems', '?')} x {settings.get('samples', summary.get('samples', '?'))}"])
+        overall.append(f"{STAGE_NAMES.get(s, s)} {_pct(summary['accuracy'])}")
+    out += _table(header, rows)
+    s0 = run.evals[names[0]].get("settings") or {}
+    out += ["", "Accuracy: the share of sampled answers that are right (pass@1), on held-out problems"
+            + (f"; temperature {s0.get('temperature', 0):g}, at most {s0.get('max_new_tokens', '?')} new tokens"
+               if s0 else "") + ". A model after pretraining alone is asked in the plain style of its pretraining text; "
+            "after SFT and RL in the chat template, answering after `</think>`. Files: "
+            + ", ".join(_code(run.rel(run.eval_files[s])) for s in names) + ".", ""]
+    if len(overall) > 1:
+        out += ["All tasks: " + " → ".join(overall) + ".", ""]
+    missing = [s for s in TRAINING if s in run.dirs and s not in run.evals]
+    for s in missing:
+        style = "plain" if s == "pretrain" else "chat"
+        out += [_missing(f"eval/{s}.json (accuracy after {STAGE_NAMES[s]})",
+                         f"nanoseek eval --checkpoint {run.root}/{s} --task all --style {style} --out "
+                         f"{run.root}/eval/{s}.json --completions {run.root}/eval/{s}.completions.jsonl"), ""]
+    return out
+
+
+# ---- decoding the final model ----------------------------------------------------------------------------
+def _decode_prompts(run: Run, n: int = 4) -> list[str]:
+    """Held-out prompts: the evaluated problems' (the last evaluation's first), else the built-in tasks' test
+    split."""
+    for s in reversed(list(run.answers)):
+        prompts = list(dict.fromkeys(a["prompt"] for a in run.answers[s][0]))
+        if prompts:
+            return prompts[:n]
+    from nanoseek.data import tasks
+
+    return [p.prompt for p in tasks.generate("arithmetic", "test", n, "1-3")]
+
+
+def _decode_lines(run: Run, decode: dict[str, Any] | None) -> list[str]:
+    out = ["### Decoding the final model", ""]
+    if run.final is None:
+        return out + ["No checkpoint to decode with.", ""]
+    if decode is None:
+        return out + [f"Not measured (`--no-measure`): `nanoseek report {run.root}` loads the final checkpoint and "
+                      "measures its decode speed and MTP acceptance rate.", ""]
+    if "error" in decode:
+        return out + [f"Could not measure: {_esc(decode['error'])}", ""]
+    rows = []
+    for key, label in (("speculative", "with MTP speculation (1 draft token)"), ("plain", "one token per step")):
+        d = decode.get(key)
+        if d:
+            acc = d["acceptance_rate"]
+            rows.append([label, f"**{d['tokens_per_s']:,.1f}**", _pct(acc) if acc is not None else "—",
+                         f"{d['tokens']:,} over {d['prompts']} prompt(s)"])
+    out += _table(["decoding", "tokens/s", "MTP acceptance rate", "generated"], rows)
+    note = (f"Measured while writing this report on {decode['device']} ({decode['dtype']}): greedy, one request at a "
+            f"time, at most {decode['max_new_tokens']} new tokens per held-out prompt, after a warm-up; tokens/s over "
+            "the decode steps (prefill apart).")
+    if "same" in decode:
+        note += (f" The acceptance rate is the share of drafted tokens the model kept; greedy output with and without "
+                 f"speculation agreed on {decode['same']} of {decode['compared']} prompt(s).")
+    else:
+        note += " The model has no MTP module (num_nextn_predict_layers = 0): no speculation, no acceptance rate."
+    return out + ["", note, ""]
+
+
+# ---- plots ---------------------------------------------------------------------------------------------
+def _layer_names(cfg) -> list[str] | None:
+    if cfg is None:
+        return None
+    return [f"layer {i} (MoE)" for i in range(cfg.num_hidden_layers) if cfg.is_moe_layer(i)] + \
+        [f"MTP module {d + 1}" for d in range(cfg.num_nextn_predict_layers)]
+
+
+def make_plots(run: Run) -> tuple[dict[str, str], list[str]]:
+    """Draw every plot the logs allow into RUN/plots/; ({file name: caption}, [what is missing, with the
+    command that makes it]). Plots of an earlier report that cannot be drawn now are removed."""
+    from nanoseek.eval import plots
+    from nanoseek.io import atomic_write_bytes
+
+    made: dict[str, str] = {}
+    missing: list[str] = []
+    d = run.root / "plots"
+
+    def put(name: str, png: bytes | None, caption: str, why: str) -> None:
+        if png is None:
+            missing.append(why)
+            return
+        atomic_write_bytes(d / name, png)
+        made[name] = caption
+
+    R = run.root
+    put("loss.png", plots.loss_curves({s: run.logs[s] for s in ("pretrain", "sft") if s in run.logs}),
+        "Loss curves: training (next-token) and validation loss of pretraining and SFT.",
+        f"loss curves: no pretraining or SFT steps logged (`nanoseek pretrain --data {R}/tokens --out {R}/pretrain`)")
+    rl = run.logs.get("rl")
+    rl_hint = f"`nanoseek rl --checkpoint {R}/sft --out {R}/rl --task arithmetic`"
+    put("grpo_reward.png", plots.grpo_rewards(rl) if rl else None,
+        "GRPO: mean reward, its parts and the greedy validation accuracy per step.",
+        f"GRPO reward and accuracy: no RL steps logged ({rl_hint})")
+    start = next((r for r in rl or [] if r.get("event") == "start"), {})
+    limit = (start.get("config") or {}).get("max_new_tokens") if isinstance(start.get("config"), dict) else None
+    put("grpo_length.png", plots.grpo_lengths(rl, limit if isinstance(limit, int) else None) if rl else None,
+        "GRPO: completion length per step (mean and longest) and the share cut off by the limit.",
+        f"GRPO completion length: no RL steps logged ({rl_hint})")
+    for s in TRAINING:
+        if s not in run.logs:
+            continue
+        png = plots.expert_load(run.logs[s], _layer_names(run.configs.get(s)),
+                                f"Expert load over {STAGE_NAMES[s]}: each expert's share of its layer's tokens")
+        put(f"expert_load_{s}.png", png, f"Expert load per MoE layer over {STAGE_NAMES[s]} (experts x steps).",
+            f"expert load over {STAGE_NAMES[s]}: its log has no expert_load (a dense model, or an older log)")
+    if "pretrain" not in run.logs:
+        missing.append(f"expert load over pretraining: no pretraining log (`nanoseek pretrain --data {R}/tokens "
+                       f"--out {R}/pretrain`)")
+    for name in PLOT_NAMES:
+        if name not in made and (d / name).is_file():
+            (d / name).unlink()
+    return made, missing
+
+
+def _section_plots(made: dict[str, str], missing: list[str]) -> list[str]:
+    out = ["## Plots", ""]
+    for name, caption in made.items():
+        out += [f"![{caption}](plots/{name})", "", f"*{caption}*", ""]
+    out += [f"*Missing: {m}.*" for m in missing]
+    return out + ([""] if missing else [])
+
+
+# ---- the final model's answers -------------------------------------------------------------------------
+def _pick(samples: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
+    """Up to n samples, taking the tasks in turn so each task shows."""
+    by_task: dict[str, list[dict[str, Any]]] = {}
+    for s in samples:
+        by_task.setdefault(str(s.get("task", "")), []).append(s)
+    out, i = [], 0
+    while len(out) < n and any(i < len(v) for v in by_task.values()):
+        out += [v[i] for v in by_task.values() if i < len(v)][: n - len(out)]
+        i += 1
+    return out
+
+
+def _section_answers(run: Run) -> list[str]:
+    from nanoseek.data.rewards import split_completion
+
+    out = ["## The final model's answers", ""]
+    stage = next((s for s in ("rl", *reversed([x for x in run.answers if x != "rl"])) if s in run.answers), None)
+    if stage is None:
+        s = run.final or "rl"
+        style = "plain" if s == "pretrain" else "chat"
+        return out + [_missing("the final model's sampled answers (eval/rl.json with \"problems\", or "
+                               "eval/NAME.completions.jsonl)",
+                               f"nanoseek eval --checkpoint {run.root}/{s} --task all --style {style} --out "
+                               f"{run.root}/eval/{s}.json --completions {run.root}/eval/{s}.completions.jsonl"), ""]
+    samples, source = run.answers[stage]
+    style = ((run.evals.get(stage) or {}).get("settings") or {}).get("style", "chat")
+    picked = _pick(samples, ANSWERS)
+    right = sum(bool(s.get("correct")) for s in samples)
+    out += [f"After {STAGE_NAMES.get(stage, stage)}, on held-out problems ({_code(run.rel(source))}: {right} of "
+            f"{len(samples)} right; {len(picked)} shown).", ""]
+    for i, s in enumerate(picked, 1):
+        text = s["completion"]
+        if style == "plain":
+            reasoning, answer = text.strip(), s.get("answer")
+        else:
+            reasoning, answer_part = split_completion(text)
+            answer = s.get("answer") if s.get("answer") is not None else (answer_part or "").strip() or None
+        mark = "✅ right" if s.get("correct") else "❌ wrong"
+        level = f", level {s['difficulty']}" if s.get("difficulty") is not None else ""
+        out += [f"### {i}. {_esc(s.get('task', 'problem'))}{level}: {mark}", "", f"**Problem:** {_esc(s['prompt'])}", ""]
+        if reasoning and reasoning.strip():
+            body = reasoning.strip()
+            lines = body.splitlines()
+            if len(lines) > 40 or len(body) > 3000:
+                body = "\n".join(lines[:40])[:3000] + f"\n… ({len(reasoning.strip()) - min(len(body), 3000):,} more characters)"
+            label = "the continuation" if style == "plain" else "reasoning (&lt;think&gt;)"
+            out += [f"<details><summary>{label}: {len(lines)} line(s)</summary>", "", _fence(body), body,
+                    _fence(body), "", "</details>", ""]
+        elif style != "plain":
+            out += ["*(no reasoning: the answer came without a `<think>` block)*", ""]
+        if s.get("finish_reason") == "length":
+            out += ["*(cut off at the token limit)*", ""]
+        shown = _code(answer) if answer is not None else "*(none: thinking never finished, or no answer line)*"
+        out += [f"**Answer:** {shown}, {mark}; reference {_code(s.get('reference', '?'))}", ""]
+    return out
+
+
+# ---- the report ----------------------------------------------------------------------------------------
+def write_report(run_dir: str | Path, *, measure: bool = True,
+                 announce: Callable[[str], None] | None = None) -> Path:
+    """Write RUN/report.md and RUN/plots/*.png from what the run folder holds; returns report.md's path.
+
+    measure: load the final checkpoint and time greedy decoding with and without MTP speculation (about 20 s on
+    a CPU at most); False leaves the model unloaded. announce: called with a line before slow steps."""
+    from nanoseek.io import atomic_write_text
+
+    say = announce or (lambda _: None)
+    run = load_run(run_dir)
+    costs = stage_costs(run)
+    decode = None
+    if measure and run.final is not None:
+        say(f"measuring decode speed of {run.rel(run.checkpoints[run.final])} ...")
+        try:
+            from nanoseek.eval.decode import measure_decode
+
+            decode = measure_decode(run.checkpoints[run.final], _decode_prompts(run),
+                                    chat=run.final != "pretrain")
+        except UserError as e:
+            decode = {"error": str(e)}
+    say("drawing plots ...")
+    made, missing = make_plots(run)
+    parts = [_section_header(run), _section_model(run), _section_machine(run), _section_cost(run, costs),
+             _section_metrics(run, decode), _section_plots(made, missing), _section_answers(run)]
+    path = run.root / "report.md"
+    atomic_write_text(path, "\n".join(line for part in parts for line in part).rstrip() + "\n")
+    return path
