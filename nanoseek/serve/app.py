@@ -11,6 +11,7 @@ server) and at most `max_body_bytes` (413 otherwise), and one request may ask fo
 
 from __future__ import annotations
 
+import dataclasses
 import hmac
 import time
 from contextlib import asynccontextmanager
@@ -93,7 +94,7 @@ class ServerState:
         for j in range(n):
             p = params
             if params.seed is not None:
-                p = SamplingParams(**{**params.__dict__, "seed": (params.seed + j) % 2**64})
+                p = dataclasses.replace(params, seed=(params.seed + j) % 2**64)
             out.append(self.engine.make_request(prompt_ids, p, request_id=f"{rid}-{start + j}"))
         return out
 
