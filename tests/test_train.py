@@ -112,29 +112,46 @@ def test_grad_accumulation_matches_one_big_batch(data, tmp_path):
 
 @pytest.mark.slow
 def test_compiled_training_matches_eager(data, tmp_path):
-    """--compile runs the same math through torch.compile: same losses within fp32 kernel-fusion noise, and its
-    checkpoints carry the plain parameter names (they load as ordinary models and resume without --compile).
-    Tolerance 1e-4 relative on loss and grad norm (inductor reorders fp32 sums; measured ~1e-6)."""
-    common = ["pretrain", "--data", str(data), *SHORT, "--steps", "3", "--batch-size", "2", "--dtype", "float32",
-              "--eval-every", "3", "--checkpoint-every", "3"]
-    assert cli([*common, "--out", str(tmp_path / "eager")]) == 0
+    """--compile runs the same math through torch.compile: the same loss and grad norm within fp32 kernel-fusion
+    noise (1e-4 relative; inductor reorders fp32 sums, measured ~1e-6), the same update, the same evaluation,
+    and checkpoints with the plain parameter names (they load as ordinary models and resume without --compile).
+
+    Sized for cost: inductor's time goes into g++, one call per generated kernel, and the MoE layer's graph breaks
+    (data-dependent expert counts) multiply the graphs. One MoE layer (router, bias, routed and shared experts:
+    the part with the breaks), one step (a second would recompile every graph for dynamic shapes), and scalar
+    C++ kernels (vectorized ones compile ~2x slower and are inductor's own concern) keep what --compile wires
+    up (Dynamo, AOT autograd, the optimizer on the compiled module, eval, checkpoints) at a fraction of the
+    cost: 160 s -> 43 s measured on the same shared 2-core machine."""
+    import torch._inductor.config as inductor_config
     from torch._dynamo.utils import counters
 
+    common = ["pretrain", "--data", str(data), "--preset", "tiny", "--model", "num_hidden_layers=1", "--model",
+              "first_k_dense_replace=0", "--model", "num_nextn_predict_layers=0", "--seq-len", "32", "--batch-size",
+              "2", "--eval-batches", "1", "--steps", "1", "--dtype", "float32"]
+    assert cli([*common, "--out", str(tmp_path / "eager")]) == 0
     counters.clear()
-    assert cli([*common, "--out", str(tmp_path / "compiled"), "--compile"]) == 0
+    with inductor_config.patch({"cpp.vec_isa_ok": False}):
+        assert cli([*common, "--out", str(tmp_path / "compiled"), "--compile"]) == 0
     assert counters["stats"]["unique_graphs"] > 0  # the flag really compiled the model
-    a, b = train_records(tmp_path / "eager"), train_records(tmp_path / "compiled")
-    assert [r["step"] for r in b] == [1, 2, 3]
-    for ra, rb in zip(a, b, strict=True):
-        assert rb["loss"] == pytest.approx(ra["loss"], rel=1e-4)
-        assert rb["grad_norm"] == pytest.approx(ra["grad_norm"], rel=1e-4)
+    (a,), (b,) = train_records(tmp_path / "eager"), train_records(tmp_path / "compiled")
+    assert b["loss"] == pytest.approx(a["loss"], rel=1e-4)
+    assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-4)
+    assert b["expert_imbalance"] == a["expert_imbalance"]  # the same routing
+    ea, eb = ([r for r in read_log(tmp_path / run) if r["event"] == "eval"][0] for run in ("eager", "compiled"))
+    assert eb["val_loss"] == pytest.approx(ea["val_loss"], rel=1e-4)
     assert read_log(tmp_path / "compiled")[0]["config"]["compile"] is True
-    ckpt = tmp_path / "compiled" / "checkpoints" / "step_0000003"
-    assert not any("_orig_mod" in k for k in load_file(str(ckpt / "model.safetensors")))
+    wa = load_file(str(tmp_path / "eager" / "checkpoints" / "step_0000001" / "model.safetensors"))
+    ckpt = tmp_path / "compiled" / "checkpoints" / "step_0000001"
+    wb = load_file(str(ckpt / "model.safetensors"))
+    assert wb.keys() == wa.keys() and not any("_orig_mod" in k for k in wb)
+    # the same update: Adam's first step is ~lr x sign(g), so an element whose gradient is ~0 may flip by up to
+    # 2 lr under reordered sums; all but a few in a thousand agree to 1e-6
+    diffs = torch.cat([(wa[k] - wb[k]).abs().flatten() for k in wa])
+    assert diffs.max() <= 2 * 3e-3 + 1e-6 and (diffs > 1e-6).float().mean() < 1e-3
     nanoseek.load_model(ckpt)
-    assert cli(["pretrain", "--data", str(data), "--out", str(tmp_path / "compiled"), "--resume", "--steps", "4",
+    assert cli(["pretrain", "--data", str(data), "--out", str(tmp_path / "compiled"), "--resume", "--steps", "2",
                 "--no-compile"]) == 0
-    assert [r["step"] for r in train_records(tmp_path / "compiled")] == [1, 2, 3, 4]
+    assert [r["step"] for r in train_records(tmp_path / "compiled")] == [1, 2]
 
 
 def test_divergence_stops_with_clear_message_and_keeps_last_checkpoint(data, tmp_path, capsys):
