@@ -96,7 +96,7 @@ def test_manifest_records_a_sha256_per_shard_and_info_verifies_it(data, tmp_path
     _fails(capsys, ["data", "info", str(bad)], f"shard {shard} is corrupt", "SHA-256", "nanoseek data prepare")
 
 
-def test_token_ids_past_the_vocabulary_are_refused_before_training(data, tmp_path, capsys):
+def test_token_ids_past_the_vocabulary_are_refused_before_training(data, tmp_path, capsys, monkeypatch):
     bad = _copy(data, tmp_path / "bad")
     m = json.loads((bad / "manifest.json").read_text())
     shard = bad / m["splits"]["train"]["shards"][0]["file"]
@@ -108,6 +108,15 @@ def test_token_ids_past_the_vocabulary_are_refused_before_training(data, tmp_pat
     _fails(capsys, ["pretrain", "--data", str(bad), "--out", str(tmp_path / "run"), "--preset", "tiny", "--steps", "1",
                     "--seq-len", "16", "--batch-size", "2"], "id 65535", "is corrupt")
     assert not (tmp_path / "run" / "checkpoints").exists()
+    # a split too big to scan at open is checked window by window as batches read it
+    from nanoseek.data import shards
+
+    monkeypatch.setattr(shards, "SCAN_BYTES", 0)
+    for sh in m["splits"]["train"]["shards"]:
+        np.full(sh["tokens"], 65535, dtype=np.uint16).tofile(bad / sh["file"])
+    _fails(capsys, ["pretrain", "--data", str(bad), "--out", str(tmp_path / "run2"), "--preset", "tiny", "--steps",
+                    "1", "--seq-len", "16", "--batch-size", "2"], "has id 65535", "is corrupt")
+    assert not (tmp_path / "run2" / "checkpoints").exists()
 
 
 def test_version_1_manifests_are_read_with_a_note(data, tmp_path, capsys):

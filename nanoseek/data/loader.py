@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from nanoseek.errors import DataError
-from nanoseek.data.shards import check_tokenizer, open_split, read_manifest
+from nanoseek.data.shards import check_ids, check_tokenizer, open_split, read_manifest
 
 STATE_VERSION = 1
 
@@ -47,6 +47,7 @@ class PackedLoader:
             check_tokenizer(self.manifest, tokenizer, self.data_dir)
         data = open_split(self.data_dir, split, self.manifest)
         self._arrays = data.arrays  # read-only memmaps: batches read only the windows they need
+        self._data = data  # shard paths; a split too big to scan at open is checked as windows are read
         self._starts = np.cumsum([0] + [len(a) for a in self._arrays])  # token offset of each shard
         self.n_tokens, self.n_documents = data.tokens, data.documents
         self.n_windows = max(self.n_tokens - 1, 0) // seq_len
@@ -145,6 +146,8 @@ class PackedLoader:
             a = self._arrays[s]
             off = start + done - int(self._starts[s])
             n = min(len(out) - done, len(a) - off)
+            if not self._data.scanned:
+                check_ids(a[off:off + n], self._data.vocab_size, self._data.paths[s], off)
             out[done:done + n] = a[off:off + n]
             done += n
             s += 1

@@ -13,7 +13,8 @@ Nothing else is in a shard (no header), so `numpy.memmap` reads it directly and 
 Checks. Every field of the manifest is checked against `nanoseek.schema.MANIFEST_FIELDS` on reading. Opening
 a split checks each shard's size against the manifest and that its largest token id is below the vocabulary
 (one max over the memmap: ~10 ms for a 100M-token uint16 shard in the page cache, else the time to read its
-200 MB), so a corrupt shard fails with a message instead of an IndexError from the embedding.
+200 MB; splits past SCAN_BYTES are checked window by window as they are read instead), so a corrupt shard
+fails with a message instead of an IndexError from the embedding.
 `nanoseek data info` also verifies the SHA-256 of every shard (~0.2 s per 200 MB shard here).
 
 Versions. 2 adds the per-shard `sha256`. Version 1 manifests (no checksums) are still read: their shards are
@@ -183,6 +184,12 @@ def check_tokenizer(manifest: dict, tokenizer, where, source=None) -> None:
             f"({Path(where) / 'tokenizer'}) or re-run `nanoseek data prepare` with this one")
 
 
+# Splits up to this size have every token id checked when opened (one max over the memmap: ~10 ms per 200 MB
+# shard in the page cache, the disk's read time otherwise); bigger ones (where every rank re-reading them at start
+# would take minutes) are checked window by window as batches read them (`check_ids`).
+SCAN_BYTES = 4 << 30
+
+
 @dataclass
 class SplitData:
     """One split opened read-only: its shards as memmaps, checked against the manifest."""
@@ -190,17 +197,34 @@ class SplitData:
     arrays: list[np.memmap]
     tokens: int
     documents: int
+    paths: list[Path]
+    vocab_size: int
+    scanned: bool  # every token id was checked at open; else callers check what they read (check_ids)
 
 
-def open_split(data_dir: str | os.PathLike, split: str, manifest: dict | None = None) -> SplitData:
-    """Memmap a split's shards, checking each one's size and that every token id is below the vocabulary."""
+def check_ids(ids: np.ndarray, vocab_size: int, path: Path, offset: int = 0) -> None:
+    """Raise DataError naming the shard and position when an id in `ids` (read at `offset` of the shard at
+    `path`) is not below the vocabulary: a corrupt shard, caught before the embedding's IndexError."""
+    if len(ids) and int(ids.max()) >= vocab_size:
+        at = int(np.argmax(ids >= vocab_size))
+        raise DataError(f"shard {path} is corrupt: token {offset + at:,} has id {int(ids[at])}, the vocabulary has "
+                        f"{vocab_size:,} ids; run `nanoseek data info {path.parent.parent}` to verify the checksums, "
+                        "and re-run `nanoseek data prepare`")
+
+
+def open_split(data_dir: str | os.PathLike, split: str, manifest: dict | None = None,
+               scan: bool | None = None) -> SplitData:
+    """Memmap a split's shards, checking each one's size and (scan; default: splits up to SCAN_BYTES) that every
+    token id is below the vocabulary."""
     root = Path(data_dir)
     m = manifest if manifest is not None else read_manifest(root)
     if split not in m["splits"]:
         raise DataError(f"{root} has no split {split!r} (splits: {', '.join(m['splits'])})")
     dtype = np.dtype(m["dtype"]).newbyteorder("<")
     info = m["splits"][split]
-    arrays = []
+    if scan is None:
+        scan = info["tokens"] * dtype.itemsize <= SCAN_BYTES
+    arrays, paths = [], []
     for s in info["shards"]:
         path = root / s["file"]
         if not path.is_file():
@@ -211,11 +235,8 @@ def open_split(data_dir: str | os.PathLike, split: str, manifest: dict | None = 
                             f"{dtype.name} tokens ({want} bytes); re-run `nanoseek data prepare`")
         if s["tokens"]:
             arr = np.memmap(path, dtype=dtype, mode="r")
-            top = int(arr.max())  # one pass at open; batches then index the memmap freely
-            if top >= m["vocab_size"]:
-                at = int(np.argmax(arr >= m["vocab_size"]))
-                raise DataError(f"shard {path} is corrupt: token {at:,} has id {int(arr[at])} (largest {top}), the "
-                                f"vocabulary has {m['vocab_size']:,} ids; run `nanoseek data info {root}` to verify "
-                                "the checksums, and re-run `nanoseek data prepare`")
+            if scan:
+                check_ids(arr, m["vocab_size"], path)
             arrays.append(arr)
-    return SplitData(arrays, int(info["tokens"]), int(info["documents"]))
+            paths.append(path)
+    return SplitData(arrays, int(info["tokens"]), int(info["documents"]), paths, m["vocab_size"], scan)
