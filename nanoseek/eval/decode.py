@@ -21,18 +21,21 @@ DECODE_TOKENS = 48  # new tokens per prompt
 DECODE_BUDGET_S = 16.0  # wall-clock budget of both runs together (prompts stop being added past it)
 
 
-def measure_decode(checkpoint: str | Path, prompts: list[str], *, chat: bool = True,
-                   max_new_tokens: int = DECODE_TOKENS, budget_s: float = DECODE_BUDGET_S) -> dict[str, Any]:
+def measure_decode(checkpoint: str | Path, prompts: list[str], *, chat: bool = True, max_new_tokens: int | None = None,
+                   budget_s: float | None = None) -> dict[str, Any]:
     """Greedy decode speed of a checkpoint on these prompts, one request at a time (what a chat user sees):
     with MTP speculation (1 draft token) when the model has an MTP module, and without. Returns {"device",
     "dtype", "speculative": {...} (with an MTP module), "plain": {...}, "same": prompts whose tokens agree}; each
-    run {"prompts", "tokens", "tokens_per_s", "acceptance_rate"}. Stops adding prompts past `budget_s`."""
+    run {"prompts", "tokens", "tokens_per_s", "acceptance_rate"}. Stops adding prompts past `budget_s`.
+    max_new_tokens and budget_s default to DECODE_TOKENS and DECODE_BUDGET_S."""
     import torch
 
     from nanoseek.engine import Engine, SamplingParams, load_tokenizer
     from nanoseek.engine.loading import generation_eos_ids
     from nanoseek.hf import load_model
 
+    max_new_tokens = DECODE_TOKENS if max_new_tokens is None else max_new_tokens
+    budget_s = DECODE_BUDGET_S if budget_s is None else budget_s
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     model = load_model(checkpoint, dtype=dtype, device=device)

@@ -17,6 +17,7 @@ import math
 from typing import Any, Sequence
 
 DPI = 110
+MAX_LAYERS = 12  # expert-load heat maps per figure
 _BLUE, _ORANGE, _GREEN, _RED, _PURPLE, _GREY = "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#7f7f7f"
 
 
@@ -60,11 +61,11 @@ def _line(ax, xs, ys, label: str, color: str, *, smooth: bool = True, **kw) -> N
                 markersize=3, **kw)
 
 
-def _step_axis(ax, label: str = "optimizer step") -> None:
+def _step_axis(ax, label: str = "optimizer step", nbins: int | str = "auto") -> None:
     """Steps are whole numbers: no 2.5 ticks on a short run."""
     from matplotlib.ticker import MaxNLocator
 
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.xaxis.set_major_locator(MaxNLocator(nbins=nbins, integer=True))
     ax.set_xlabel(label)
 
 
@@ -126,7 +127,7 @@ def grpo_rewards(records: Sequence[dict]) -> bytes | None:
     xs, ys = _series(records, "reward")
     if not xs:
         return None
-    fig = _figure(9, 4.6)
+    fig = _figure(11, 4.6)
     ax = fig.subplots()
     _line(ax, xs, ys, "reward (weighted sum)", _BLUE)
     sx, sd = _series(records, "reward_std")
@@ -151,7 +152,7 @@ def grpo_rewards(records: Sequence[dict]) -> bytes | None:
     ax.set_ylabel("mean per completion (accuracy: fraction right)")
     ax.set_title("GRPO: reward and accuracy")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return _png(fig)
 
 
@@ -161,7 +162,7 @@ def grpo_lengths(records: Sequence[dict], max_new_tokens: int | None = None) -> 
     xs, ys = _series(records, "completion_len")
     if not xs:
         return None
-    fig = _figure(9, 4.6)
+    fig = _figure(11, 4.6)
     ax = fig.subplots()
     _line(ax, xs, ys, "mean completion", _BLUE)
     mx, my = _series(records, "completion_len_max")
@@ -184,7 +185,8 @@ def grpo_lengths(records: Sequence[dict], max_new_tokens: int | None = None) -> 
         handles, labels = handles + h2, labels + l2
     ax.set_title("GRPO: completion length")
     ax.grid(alpha=0.3)
-    ax.legend(handles, labels, fontsize=8, loc="best")
+    # outside the axes, right of the second axis's label
+    fig.legend(handles, labels, fontsize=8, loc="outside right upper")
     return _png(fig)
 
 
@@ -211,6 +213,10 @@ def expert_load(records: Sequence[dict], layer_names: Sequence[str] | None, titl
     keep = [i for i in range(n_layers) if np.nan_to_num(data[i]).any()]
     if not keep or n_exp < 2:
         return None
+    if len(keep) > MAX_LAYERS:  # a deep model: evenly spaced layers, the first and the last among them
+        shown = [keep[round(k * (len(keep) - 1) / (MAX_LAYERS - 1))] for k in range(MAX_LAYERS)]
+        title += f" ({MAX_LAYERS} of {len(keep)} layers)"
+        keep = shown
     names = list(layer_names or [])
     names += [f"MoE layer {i + 1}" for i in range(len(names), n_layers)]
     steps = np.array([s for s, _ in rows])
@@ -224,19 +230,19 @@ def expert_load(records: Sequence[dict], layer_names: Sequence[str] | None, titl
     norm = TwoSlopeNorm(vmin=0.0, vcenter=balanced, vmax=vmax)
     ncols = min(3, len(keep))
     nrows = math.ceil(len(keep) / ncols)
-    fig = _figure(4.2 * ncols + 1.2, 2.6 * nrows + 0.9)
+    fig = _figure(4.2 * ncols + 1.2, 3.0 * nrows + 1.0)
     axes = fig.subplots(nrows, ncols, squeeze=False)
     mesh = None
     for k, i in enumerate(keep):
         ax = axes[k // ncols][k % ncols]
         mesh = ax.pcolormesh(edges, np.arange(n_exp + 1) - 0.5, data[i].T, cmap="RdBu_r", norm=norm)
         ax.set_title(names[i], fontsize=10)
-        _step_axis(ax)
+        _step_axis(ax, nbins=5)
         ax.set_ylabel("expert")
         ax.set_yticks(range(n_exp) if n_exp <= 16 else range(0, n_exp, max(1, n_exp // 8)))
     for k in range(len(keep), nrows * ncols):
         axes[k // ncols][k % ncols].set_axis_off()
     cb = fig.colorbar(mesh, ax=axes, shrink=0.9)
-    cb.set_label(f"share of the layer's routed tokens\n(white = balanced, 1/{n_exp} = {balanced:.3f})")
+    cb.set_label(f"share of the layer's routed tokens\n(white = balanced, 1/{n_exp} = {balanced:.3g})")
     fig.suptitle(title)
     return _png(fig)

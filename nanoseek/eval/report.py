@@ -127,9 +127,10 @@ def _section_cost(run: Run, rows: list[StageCost]) -> list[str]:
     out += _table(["stage", "wall time", "tokens", "training FLOPs", "MFU stepping", "MFU wall", "cost", "note"], table,
                   "lrrrrrrl")
     peaks = sorted({f"{_flop(r.peak)}/s ({_esc(r.peak_source)})" for r in trained if r.peak})
-    out += ["", f"Cost: wall time x processes at {price_note}. Training FLOPs: tokens x FLOPs per token of the stage's "
-            "checkpoint config with causal attention (`nanoseek cost` counts them so; the logs' MFU counts all T keys and is "
-            "rescaled). RL counts its training passes over the sampled completions, not the sampling itself. "
+    out += ["", f"Cost: wall time x processes at {price_note}. Training FLOPs: tokens x FLOPs per token of the "
+            "stage's checkpoint config with causal attention (`nanoseek cost` counts them so; the logs' MFU counts all "
+            "T keys and is rescaled). RL counts its training passes over the sampled completions, not the sampling "
+            "itself. "
             "MFU stepping is the median over logged steps; MFU wall divides by the whole wall time, start-up, "
             "evaluation and checkpoints included." + (f" Peak used: {', '.join(peaks)}." if peaks else ""), ""]
     if not flops:
@@ -187,7 +188,8 @@ def _section_machine(run: Run) -> list[str]:
     machine = (run.speedrun or {}).get("machine")
     if machine:
         labels = {"cpu": "CPU", "amx_bf16": "AMX bf16 matmuls", "threads": "threads", "device": "device", "gpu": "GPU"}
-        rows = [[labels.get(k, _esc(k)), _esc("yes" if v is True else "no" if v is False else "—" if v is None else v)]
+        shown = {True: "yes", False: "no", None: "—"}
+        rows = [[labels.get(k, _esc(k)), _esc(shown[v] if v is None or isinstance(v, bool) else v)]
                 for k, v in machine.items()]
         out += _table(["", "value"], rows, "ll")
     else:
@@ -253,8 +255,9 @@ def _section_metrics(run: Run, decode: dict[str, Any] | None) -> list[str]:
     rows = []
     if "pretrain" in run.logs:
         _, e = _last_eval(run.logs["pretrain"], "val_bpb")
-        rows.append(["validation bits per byte, pretraining", f"**{e['val_bpb']:.4f}** (loss {e.get('val_loss', 0):.4f} "
-                     f"nats per token, step {e['step']:,})" if e else "no evaluation logged (`--eval-every`)"])
+        rows.append(["validation bits per byte, pretraining",
+                     f"**{e['val_bpb']:.4f}** (loss {e.get('val_loss', 0):.4f} nats per token, step {e['step']:,})"
+                     if e else "no evaluation logged (`--eval-every`)"])
     else:
         rows.append(["validation bits per byte, pretraining", f"missing: `nanoseek pretrain --data {run.root}/tokens "
                      f"--out {run.root}/pretrain`"])
@@ -307,8 +310,8 @@ def _accuracy_table(run: Run) -> list[str]:
     s0 = run.evals[names[0]].get("settings") or {}
     out += ["", "Accuracy: the share of sampled answers that are right (pass@1), on held-out problems"
             + (f"; temperature {s0.get('temperature', 0):g}, at most {s0.get('max_new_tokens', '?')} new tokens"
-               if s0 else "") + ". A model after pretraining alone is asked in the plain style of its pretraining text; "
-            "after SFT and RL in the chat template, answering after `</think>`. Files: "
+               if s0 else "") + ". A model after pretraining alone is asked in the plain style of its pretraining "
+            "text; after SFT and RL in the chat template, answering after `</think>`. Files: "
             + ", ".join(_code(run.rel(run.eval_files[s])) for s in names) + ".", ""]
     if len(overall) > 1:
         out += ["All tasks: " + " → ".join(overall) + ".", ""]
@@ -465,14 +468,16 @@ def _section_answers(run: Run) -> list[str]:
             answer = s.get("answer") if s.get("answer") is not None else (answer_part or "").strip() or None
         mark = "✅ right" if s.get("correct") else "❌ wrong"
         level = f", level {s['difficulty']}" if s.get("difficulty") is not None else ""
-        out += [f"### {i}. {_esc(s.get('task', 'problem'))}{level}: {mark}", "", f"**Problem:** {_esc(s['prompt'])}", ""]
+        out += [f"### {i}. {_esc(s.get('task', 'problem'))}{level}: {mark}", "",
+                f"**Problem:** {_esc(s['prompt'])}", ""]
         if reasoning and reasoning.strip():
-            body = reasoning.strip()
-            lines = body.splitlines()
-            if len(lines) > 40 or len(body) > 3000:
-                body = "\n".join(lines[:40])[:3000] + f"\n… ({len(reasoning.strip()) - min(len(body), 3000):,} more characters)"
+            full = reasoning.strip()
+            n = len(full.splitlines())
+            body = "\n".join(full.splitlines()[:40])[:3000]
+            if len(body) < len(full):  # a runaway completion: its start is enough
+                body += f"\n… ({len(full) - len(body):,} more characters)"
             label = "the continuation" if style == "plain" else "reasoning (&lt;think&gt;)"
-            out += [f"<details><summary>{label}: {len(lines)} line(s)</summary>", "", _fence(body), body,
+            out += [f"<details><summary>{label}: {n} line{'s' * (n != 1)}</summary>", "", _fence(body), body,
                     _fence(body), "", "</details>", ""]
         elif style != "plain":
             out += ["*(no reasoning: the answer came without a `<think>` block)*", ""]

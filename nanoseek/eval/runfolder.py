@@ -46,8 +46,9 @@ def read_run_log(path: Path) -> list[dict[str, Any]]:
     except (OSError, UnicodeDecodeError) as e:
         raise DataError(f"{path}: cannot read the training log ({e})") from None
     lines = [(n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
-    if len(records) < len(lines) - 1 or not all(isinstance(r, dict) and isinstance(r.get("event"), str)
-                                                 for r in records) or (len(records) == len(lines) - 1 and _parses(lines[-1][1])):
+    well_formed = all(isinstance(r, dict) and isinstance(r.get("event"), str) for r in records)
+    dropped = len(lines) - len(records)  # lines read_log could not parse
+    if not well_formed or dropped > 1 or (dropped == 1 and _parses(lines[-1][1])):
         for i, (n, line) in enumerate(lines):
             try:
                 rec = json.loads(line)
@@ -243,7 +244,8 @@ def machine_price(run: Run) -> tuple[float, str]:
 
     machine = (run.speedrun or {}).get("machine") or {}
     names = [str(machine.get("gpu") or "")] if machine.get("device") == "cuda" else []
-    names += [str(r.get("peak_source", "")) for recs in run.logs.values() for r in recs[:1] if r.get("event") == "start"]
+    names += [str(r.get("peak_source", "")) for recs in run.logs.values() for r in recs[:1]
+              if r.get("event") == "start"]
     matches = sorted(((m, hw) for hw in HARDWARE.values() for m in hw.match), key=lambda x: -len(x[0]))
     for name in names:
         for m, hw in matches:

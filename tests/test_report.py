@@ -1,0 +1,312 @@
+"""The report card: `nanoseek report RUN` on a small run folder made by the real commands (tasks, tokenizer, data,
+pretrain, sft, rl, eval), on parts of it and on a lone training run; every plot a real PNG; synthetic logs and
+evaluation files for what a tiny run does not show (long runs, sparse expert loads, reasoning with markdown in
+it); and every unreadable file an exit code 2 naming it."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import struct
+from pathlib import Path
+
+import pytest
+
+from nanoseek.cli import main as cli
+from nanoseek.config import ModelConfig
+from nanoseek.eval import decode, plots
+from nanoseek.eval.report import write_report
+from nanoseek.model import count_params
+from nanoseek.train.log import read_log
+
+PLOTS = ("loss.png", "grpo_reward.png", "grpo_length.png", "expert_load_pretrain.png", "expert_load_sft.png",
+         "expert_load_rl.png")
+SECTIONS = ("# Report card", "## Model", "## Machine", "## Time and cost", "## Final metrics",
+            "### Task accuracy after each stage", "### Decoding the final model", "## Plots",
+            "## The final model's answers")
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> Path:
+    """A whole pipeline in miniature, through the command line, in a few seconds."""
+    R = tmp_path_factory.mktemp("report") / "run"
+    (R / "data").mkdir(parents=True)
+
+    def ok(*args: str) -> None:
+        assert cli(list(args)) == 0, args
+
+    ok("tasks", "generate", "--task", "arithmetic,sort", "--n", "300", "--difficulty", "1-2", "--format", "text",
+       "--group", "4", "--allow-repeats", "--out", str(R / "data/corpus.txt"))
+    ok("tokenizer", "train", "--input", str(R / "data/corpus.txt"), "--vocab-size", "400", "--output",
+       str(R / "tokenizer"))
+    ok("data", "prepare", "--input", str(R / "data/corpus.txt"), "--tokenizer", str(R / "tokenizer"), "--output",
+       str(R / "tokens"), "--val-docs", "8", "--text-unit", "paragraph")
+    ok("pretrain", "--data", str(R / "tokens"), "--out", str(R / "pretrain"), "--preset", "tiny", "--steps", "6",
+       "--seq-len", "64", "--batch-size", "4", "--eval-every", "3", "--eval-batches", "1", "--warmup-steps", "1",
+       "--peak-flops", "1e11")
+    ok("tasks", "generate", "--task", "arithmetic,sort", "--n", "60", "--difficulty", "1-2", "--format", "sft",
+       "--out", str(R / "data/sft.jsonl"))
+    ok("sft", "--checkpoint", str(R / "pretrain"), "--data", str(R / "data/sft.jsonl"), "--out", str(R / "sft"),
+       "--steps", "4", "--seq-len", "256", "--batch-size", "4", "--eval-every", "2", "--eval-batches", "1",
+       "--peak-flops", "1e11")
+    ok("rl", "--checkpoint", str(R / "sft"), "--out", str(R / "rl"), "--task", "arithmetic", "--difficulty", "1",
+       "--steps", "3", "--prompts-per-step", "2", "--group-size", "4", "--max-new-tokens", "16", "--batch-size", "8",
+       "--dtype", "float32", "--eval-problems", "4", "--eval-every", "3", "--peak-flops", "1e11")
+    for stage, style in (("pretrain", "plain"), ("sft", "chat"), ("rl", "chat")):
+        ok("eval", "--checkpoint", str(R / stage), "--task", "arithmetic,sort", "--n", "3", "--max-tokens", "24",
+           "--style", style, "--out", str(R / "eval" / f"{stage}.json"),
+           "--completions", str(R / "eval" / f"{stage}.completions.jsonl"))
+    return R
+
+
+def _copy(run: Path, dest: Path, parts=None) -> Path:
+    """The run folder (or some of its parts) copied, so a test can change it."""
+    if parts is None:
+        shutil.copytree(run, dest, ignore=shutil.ignore_patterns("report.md", "plots"))
+    else:
+        dest.mkdir()
+        for p in parts:
+            shutil.copytree(run / p, dest / p)
+    return dest
+
+
+def _report(capsys, *args: str) -> tuple[int, str, str]:
+    capsys.readouterr()
+    rc = cli(["report", *args])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def _png_size(path: Path) -> tuple[int, int]:
+    """(width, height) of a PNG, after checking that the whole file decodes."""
+    from PIL import Image
+
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR", path
+    with Image.open(path) as im:
+        im.load()  # decodes every row: a truncated file fails here
+    return struct.unpack(">II", data[16:24])
+
+
+def _linked_plots(md: str) -> list[str]:
+    return re.findall(r"!\[[^\]]*\]\(plots/([^)]+)\)", md)
+
+
+# ---- on real command output ---------------------------------------------------------------------------------
+def test_report_of_a_whole_run(run, capsys, monkeypatch):
+    monkeypatch.setattr(decode, "DECODE_TOKENS", 16)  # the tiny model's answers are short anyway
+    rc, out, err = _report(capsys, str(run))
+    assert rc == 0, err
+    assert f"wrote {run / 'report.md'} and 6 plot(s)" in out
+    md = (run / "report.md").read_text()
+    pos = [md.index(s) for s in SECTIONS]
+    assert pos == sorted(pos), "sections out of order"
+    assert "Missing" not in md and "Traceback" not in md
+
+    # the model: counts of the final (RL) checkpoint's config
+    ckpt = run / "rl" / "checkpoints" / (run / "rl" / "checkpoints" / "latest").read_text().strip()
+    pc = count_params(ModelConfig.load(ckpt))
+    assert f"`rl/checkpoints/{ckpt.name}`" in md
+    for label, n in (("total", pc.total), ("active per token", pc.active), ("embedding (input + output head)",
+                                                                             pc.embedding)):
+        assert f"| {label} | {n:,} |" in md
+
+    # time and cost: each training stage's tokens as its log has them, and a total row
+    for stage, name in (("pretrain", "pretraining"), ("sft", "SFT"), ("rl", "RL (GRPO)")):
+        tokens = [r for r in read_log(run / stage) if r["event"] == "train"][-1]["tokens"]
+        assert re.search(rf"^\| {re.escape(name)} \| [\d.]+ s \| {tokens:,} \| [\d.]+ [MG]FLOP \| [\d.]+% \|", md, re.M)
+    assert "| **total** |" in md and "### The same" in md and "| NVIDIA H100 SXM |" in md
+
+    # final metrics: bits per byte from the log, accuracy per stage with its style, decoding measured
+    last = [r for r in read_log(run / "pretrain") if r["event"] == "eval"][-1]
+    assert f"**{last['val_bpb']:.4f}**" in md
+    rows = {m.group(1): m.group(2)
+            for m in re.finditer(r"^\| (pretraining|SFT|RL \(GRPO\)) \| (plain|chat) ", md, re.M)}
+    assert rows == {"pretraining": "plain", "SFT": "chat", "RL (GRPO)": "chat"}
+    assert re.search(r"\| with MTP speculation \(1 draft token\) \| \*\*[\d,.]+\*\* \| [\d.]+% \|", md)
+    assert re.search(r"\| one token per step \| \*\*[\d,.]+\*\* \| — \|", md)
+    assert "agreed on 4 of 4 prompt(s)" in md  # greedy speculation changes nothing
+
+    # plots: every one linked, there, a real PNG of a readable size
+    assert sorted(_linked_plots(md)) == sorted(PLOTS)
+    for name in PLOTS:
+        w, h = _png_size(run / "plots" / name)
+        assert w >= 800 and h >= 350, (name, w, h)
+        assert 10_000 < (run / "plots" / name).stat().st_size < 2_000_000, name
+
+    # the answers: from the RL evaluation's completions, each marked and with its reference
+    answers = md[md.index("## The final model's answers"):]
+    assert "`eval/rl.completions.jsonl`" in answers
+    samples = [json.loads(x) for x in (run / "eval" / "rl.completions.jsonl").read_text().splitlines()]
+    heads = re.findall(r"^### \d\. (arithmetic|sort), level \d: (✅ right|❌ wrong)$", answers, re.M)
+    assert len(heads) == 6 and {t for t, _ in heads} == {"arithmetic", "sort"}
+    for s in samples:
+        assert f"**Problem:** {s['prompt']}" in answers
+        assert f"reference `{s['reference']}`" in answers
+
+
+def test_speedrun_json_gives_times_machine_and_preset(run, tmp_path, capsys):
+    R = _copy(run, tmp_path / "run")
+    stages = {s: {"done": True, "seconds": sec} for s, sec in (
+        ("tasks", 1.5), ("tokenizer", 2.0), ("tokens", 3.0), ("pretrain", 61.0), ("eval_pretrain", 4.0), ("sft", 30.0),
+        ("eval_sft", 5.0), ("rl", 90.0), ("eval_rl", 6.0))}
+    stages["report"] = {"done": False}
+    (R / "speedrun.json").write_text(json.dumps({
+        "format_version": 1, "preset": {"name": "smoke", "pretrain_steps": 6}, "stages": stages,
+        "started": "2026-01-02T03:04:05", "machine": {"cpu": "Test CPU 9000", "amx_bf16": True, "threads": 2,
+                                                       "device": "cpu", "gpu": None}}))
+    rc, _, err = _report(capsys, str(R), "--no-measure")
+    assert rc == 0, err
+    md = (R / "report.md").read_text()
+    assert "preset **smoke**, started 2026-01-02T03:04:05" in md and '"pretrain_steps": 6' in md
+    assert "| CPU | Test CPU 9000 |" in md and "| AMX bf16 matmuls | yes |" in md and "| GPU | — |" in md
+    assert re.search(r"^\| pretraining \| 1\.0 min \|", md, re.M)
+    assert re.search(r"^\| RL \(GRPO\) \| 1\.5 min \|", md, re.M)
+    assert re.search(r"^\| tasks \| 1\.5 s \|", md, re.M) and "| **total** | **3.4 min** |" in md  # 202.5 s
+    assert re.search(r"^\| report \| — \| .* \| not finished \|$", md, re.M)
+    assert "Not measured (`--no-measure`)" in md
+
+
+def test_a_pretraining_only_folder_says_what_is_missing(run, tmp_path, capsys):
+    R = _copy(run, tmp_path / "run", ["tokenizer", "tokens", "pretrain"])
+    rc, _, err = _report(capsys, str(R), "--no-measure")
+    assert rc == 0, err
+    md = (R / "report.md").read_text()
+    assert "`pretrain/checkpoints/step_0000006` (after pretraining)" in md
+    assert f"`nanoseek eval --checkpoint {R}/pretrain --task all --style plain --out {R}/eval/pretrain.json" in md
+    assert f"no RL steps logged (`nanoseek rl --checkpoint {R}/sft --out {R}/rl" in md
+    assert "*Missing: the final model's sampled answers" in md
+    assert sorted(_linked_plots(md)) == ["expert_load_pretrain.png", "loss.png"]
+    assert sorted(p.name for p in (R / "plots").iterdir()) == ["expert_load_pretrain.png", "loss.png"]
+    assert "SFT validation" not in md and "| pretraining |" in md
+
+
+def test_a_lone_training_run_directory(run, tmp_path, capsys):
+    R = tmp_path / "sft"
+    shutil.copytree(run / "sft", R)
+    assert write_report(R, measure=False) == R / "report.md"  # the Python API
+    md = (R / "report.md").read_text()
+    assert "a lone SFT run" in md and "| SFT validation |" in md and "| SFT |" in md
+    assert (R / "plots" / "loss.png").is_file() and (R / "plots" / "expert_load_sft.png").is_file()
+
+
+def test_a_cut_last_log_line_is_skipped(run, tmp_path, capsys):
+    R = _copy(run, tmp_path / "run", ["rl"])
+    with open(R / "rl" / "log.jsonl", "a") as f:
+        f.write('{"event": "train", "step": 4, "loss"')  # a process killed mid-line
+    rc, _, err = _report(capsys, str(R), "--no-measure")
+    assert rc == 0, err
+
+
+def test_unreadable_files_exit_2_naming_them(run, tmp_path, capsys):
+    def fails(path: Path, *want: str) -> None:
+        rc, _, err = _report(capsys, str(path), "--no-measure")
+        assert rc == 2 and "Traceback" not in err, err
+        for w in want:
+            assert w in err, (w, err)
+
+    fails(tmp_path / "nope", "is not a directory")
+    (tmp_path / "empty").mkdir()
+    fails(tmp_path / "empty", "holds nothing to report")
+
+    R = _copy(run, tmp_path / "log", ["pretrain"])
+    log = R / "pretrain" / "log.jsonl"
+    lines = log.read_text().splitlines()
+    log.write_text("\n".join(lines[:2] + ['{"event": "train", "step"'] + lines[2:]) + "\n")
+    fails(R, f"{log}:3: not a JSON log record")
+    log.write_text("\n".join(lines[:2] + ["[1, 2]"] + lines[2:]) + "\n")
+    fails(R, f"{log}:3: not a nanoseek log record")
+
+    R = _copy(run, tmp_path / "eval", ["pretrain", "eval"])
+    (R / "eval" / "sft.json").write_text('{"tasks": {"rows": ')
+    fails(R, f"{R / 'eval' / 'sft.json'}: not valid JSON")
+    (R / "eval" / "sft.json").write_text('{"tasks": {"rows": [{"accuracy": "high"}]}}')
+    fails(R, f"{R / 'eval' / 'sft.json'}: no readable task rows")
+    (R / "eval" / "sft.json").unlink()
+    with open(R / "eval" / "rl.completions.jsonl", "a") as f:
+        f.write("not json\n")
+    fails(R, f"{R / 'eval' / 'rl.completions.jsonl'}:")
+
+    R = _copy(run, tmp_path / "sr", ["pretrain"])
+    (R / "speedrun.json").write_text("[]")
+    fails(R, f"{R / 'speedrun.json'}: expected a JSON object")
+    (R / "speedrun.json").write_text('{"format_version": 1, "stages": []}')
+    fails(R, 'speedrun.json: "stages" must be an object')
+
+
+# ---- synthetic logs and results -------------------------------------------------------------------------------
+def _long_log(steps: int, every: int = 1) -> list[dict]:
+    """A pretraining-like log: noisy falling loss, a non-finite value, expert loads logged every `every` steps
+    with an MTP layer whose loads are all zero (a stage that does not run it)."""
+    import math
+    import random
+
+    rng = random.Random(0)
+    recs = [{"event": "start", "step": 0, "time": 0.0, "config": {"seq_len": 64}}]
+    for s in range(1, steps + 1):
+        r = {"event": "train", "step": s, "time": float(s), "loss": 6 * math.exp(-s / 200) + rng.random() * 0.3,
+             "main_loss": 5 * math.exp(-s / 200) + 1 + rng.random() * 0.3,
+             "mtp_losses": [5.5 * math.exp(-s / 200) + 1.2]}
+        if s % every == 0:
+            load = [rng.random() for _ in range(16)]
+            r["expert_load"] = [[x / sum(load) for x in load]] * 3 + [[0.0] * 16]
+        recs.append(r)
+    recs[5]["main_loss"] = "nan"
+    recs += [{"event": "eval", "step": s, "time": float(s), "val_loss": 5 * math.exp(-s / 200) + 1.1, "val_bpb": 0.9}
+             for s in range(100, steps + 1, 100)]
+    return recs
+
+
+def test_plots_of_long_runs_and_sparse_expert_loads():
+    import io
+
+    from PIL import Image
+
+    recs = _long_log(2000, every=100)
+    grpo = [{"event": "train", "step": s, "reward": s / 300, "reward_std": 0.2, "reward_accuracy": s / 330,
+             "reward_format": 0.9, "completion_len": 40 + s, "completion_len_max": 128, "truncated": 0.1}
+            for s in range(1, 301)] + [{"event": "eval", "step": 100, "val_accuracy": 0.4}]
+    pngs = {"loss": plots.loss_curves({"pretrain": recs, "sft": recs[:300]}),
+            "reward": plots.grpo_rewards(grpo), "length": plots.grpo_lengths(grpo, 128),
+            "load": plots.expert_load(recs, ["layer 1 (MoE)", "layer 2 (MoE)", "layer 3 (MoE)", "MTP module 1"], "t")}
+    for name, png in pngs.items():
+        assert png is not None, name
+        with Image.open(io.BytesIO(png)) as im:
+            im.load()
+            assert im.size[0] >= 800, name
+    assert plots.expert_load(recs, None, "t") is not None
+    # nothing to draw: None, never an exception
+    assert plots.loss_curves({"pretrain": [{"event": "start", "step": 0}]}) is None
+    assert plots.grpo_rewards([]) is None and plots.grpo_lengths([], None) is None
+    assert plots.expert_load([{"event": "train", "step": 1, "expert_load": [[0.0, 0.0]]}], None, "t") is None
+
+
+def test_results_with_problems_render_reasoning_safely(run, tmp_path, capsys):
+    """evaluate_tasks' own results (as the speedrun saves them, with keep_completions): the reasoning folds into a
+    details block, markdown in a prompt stays literal, backticks in an answer stay code."""
+    R = _copy(run, tmp_path / "run", ["pretrain"])
+    rows = [{"task": "arithmetic", "problems": 2, "samples": 1, "accuracy": 0.5, "format_rate": 1.0}]
+    problems = [
+        {"id": "a", "task": "arithmetic", "difficulty": 2, "prompt": "What is 3 * 4 * 5?", "reference": "60",
+         "samples": [{"completion": "<think>3*4=12\n12*5=60\n```</think>60<|end|>", "answer": "60", "correct": True,
+                      "format": True, "finish_reason": "stop", "tokens": 12}]},
+        {"id": "b", "task": "arithmetic", "difficulty": 2, "prompt": "What is <b>7</b> + 1?", "reference": "8",
+         "samples": [{"completion": "<think>7+1=9</think>`9`", "answer": "`9`", "correct": False, "format": True,
+                      "finish_reason": "stop", "tokens": 9}]}]
+    (R / "eval").mkdir()
+    (R / "eval" / "rl.json").write_text(json.dumps({
+        "format_version": 1, "summary": rows[0], "rows": rows, "by_difficulty": [], "problems": problems,
+        "settings": {"samples": 1, "k": [1], "temperature": 0.0, "max_new_tokens": 64, "style": "chat"},
+        "tokens": {"prompt": 20, "generated": 21}, "seconds": 0.5}))
+    rc, _, err = _report(capsys, str(R), "--no-measure")
+    assert rc == 0, err
+    md = (R / "report.md").read_text()
+    answers = md[md.index("## The final model's answers"):]
+    assert "After RL (GRPO), on held-out problems (`eval/rl.json`: 1 of 2 right; 2 shown)" in answers
+    assert "**Problem:** What is 3 \\* 4 \\* 5?" in answers and "What is \\<b\\>7\\</b\\> + 1?" in answers
+    block = "<details><summary>reasoning (&lt;think&gt;): 3 lines</summary>\n\n````\n3*4=12\n12*5=60\n```\n````"
+    assert block in answers  # a fence longer than the ``` inside
+    assert "**Answer:** `60`, ✅ right; reference `60`" in answers
+    assert "**Answer:** `` `9` ``, ❌ wrong; reference `8`" in answers
+    assert re.search(r"^\| RL \(GRPO\) \| chat .* \| 50\.0% \|", md, re.M)
