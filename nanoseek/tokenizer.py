@@ -120,7 +120,8 @@ def fingerprint_of(directory: str | os.PathLike) -> str | None:
     try:
         return fingerprint_json(file.read_text(encoding="utf-8"))
     except (ValueError, TypeError, KeyError, AttributeError) as e:
-        raise TokenizerError(f"cannot read tokenizer {file}: {e}; copy a valid tokenizer.json into {directory}") from None
+        raise TokenizerError(f"cannot read tokenizer {file}: {e}; copy a valid tokenizer.json into "
+                             f"{directory}") from None
 
 
 class Tokenizer:

@@ -63,9 +63,9 @@ def test_a_model_and_data_of_different_tokenizers_are_refused(data, other, run_a
     fa, fb = Tokenizer.load(data / "tokenizer").fingerprint(), Tokenizer.load(other / "tokenizer").fingerprint()
     assert fa != fb and Tokenizer.load(other / "tokenizer").vocab_size == 512
     # --init-from: the checkpoint's own tokenizer files against the data's
-    err = _fails(capsys, ["pretrain", "--data", str(other), "--out", str(tmp_path / "x"), "--init-from", str(ckpt),
-                          *TINY, "--steps", "1"], "tokenizer mismatch", fa, fb, str(ckpt / "tokenizer.json"),
-                 str(other / "tokenizer"))
+    _fails(capsys, ["pretrain", "--data", str(other), "--out", str(tmp_path / "x"), "--init-from", str(ckpt),
+                    *TINY, "--steps", "1"], "tokenizer mismatch", fa, fb, str(ckpt / "tokenizer.json"),
+           str(other / "tokenizer"))
     assert not (tmp_path / "x" / "checkpoints").exists()
     # --resume: the run's latest checkpoint against the data given now
     _fails(capsys, ["pretrain", "--data", str(other), "--out", str(run_a), "--resume", "--steps", "3"],
@@ -157,7 +157,8 @@ def test_divergence_names_what_is_known_and_the_checkpoint_to_resume_from(data, 
                  "training diverged at step 6", "step_0000005 (untouched)",
                  "the step right after it, the first on its weights, is the one that diverged (its largest |weight| is",
                  "diverges again, whatever the --lr",
-                 f"Resume from an earlier checkpoint, {sound}", f"write 'step_0000004' into {run / 'checkpoints' / 'latest'}")
+                 f"Resume from an earlier checkpoint, {sound}",
+                 f"write 'step_0000004' into {run / 'checkpoints' / 'latest'}")
     assert re.search(r"largest \|weight\| is \d[\d.]*e\+0[5-9]", err)  # ~lr-sized weights, not ~0.1
     # following the advice works
     (run / "checkpoints" / "latest").write_text("step_0000004\n")

@@ -138,12 +138,14 @@ def read_manifest(data_dir: str | os.PathLike) -> dict:
     for name, split in m["splits"].items():
         for key in ("tokens", "documents"):
             total = sum(sh[key] for sh in split["shards"])
-            need(split[key] == total, f"splits.{name}.{key}", f"({split[key]}) is not the sum over its shards ({total})")
+            need(split[key] == total, f"splits.{name}.{key}",
+                 f"({split[key]}) is not the sum over its shards ({total})")
         for i, sh in enumerate(split["shards"]):
             need(m["version"] < 2 or "sha256" in sh, f"splits.{name}.shards[{i}].sha256", "is missing")
     for key in ("tokens", "documents"):
         total = sum(split[key] for split in m["splits"].values())
-        need(m[f"total_{key}"] == total, f"total_{key}", f"({m[f'total_{key}']}) is not the sum over the splits ({total})")
+        need(m[f"total_{key}"] == total, f"total_{key}",
+             f"({m[f'total_{key}']}) is not the sum over the splits ({total})")
     return m
 
 

@@ -479,4 +479,5 @@ def _progress_bar(cfg: TrainConfig, start: int, tokens_per_step: int | None):
     # remaining-time estimate does include them, which is what a remaining time should do.
     return tqdm(total=cfg.steps * tokens_per_step, initial=start * tokens_per_step, unit="tok", unit_scale=True,
                 desc="train", dynamic_ncols=True, smoothing=0.1,
-                bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} tokens [{elapsed}<{remaining}{postfix}]")
+                bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} tokens "
+                           "[{elapsed}<{remaining}{postfix}]")
