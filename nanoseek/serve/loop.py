@@ -123,16 +123,27 @@ class EngineLoop:
                 self._fail_all(f"the engine failed while generating ({type(e).__name__}: {e})")
                 continue
             now = time.perf_counter()
+            # one wake-up per event loop per step, not one per Delta: at 64 running requests that is 64x fewer
+            # self-pipe writes and callbacks on the event loop
+            batches: dict = {}
             for d in deltas:
-                self._deliver(d, now)
+                w = self._record(d, now)
+                if w is not None:
+                    batches.setdefault(w.loop, []).append((w.queue, d))
+            for loop, items in batches.items():
+                try:
+                    loop.call_soon_threadsafe(_put_all, items)
+                except RuntimeError:  # that event loop is closed: nobody is waiting any more
+                    pass
 
-    def _deliver(self, d: Delta, now: float) -> None:
+    def _record(self, d: Delta, now: float) -> _Watch | None:
+        """Metrics for one Delta; returns the watch it goes to (None if its request is not ours)."""
         with self._lock:
             w = self._watch.get(d.index)
             if w is not None and d.finish_reason is not None:
                 del self._watch[d.index]
         if w is None:
-            return
+            return None
         m = self.metrics
         n = len(d.token_ids)
         if n:
@@ -149,7 +160,7 @@ class EngineLoop:
         if d.finish_reason is not None:
             m.finished.inc(d.finish_reason)
             m.e2e.observe(now - w.arrival)
-        _put(w, d)
+        return w
 
     def _fail_all(self, message: str) -> None:
         with self._lock:
@@ -163,6 +174,11 @@ class EngineLoop:
             log.exception("engine step failed again while aborting the failed requests")
         for w in {id(w): w for w in watch.values()}.values():
             _put(w, EngineFailure(message))
+
+
+def _put_all(items) -> None:
+    for queue, d in items:
+        queue.put_nowait(d)
 
 
 def _put(w: _Watch, item) -> None:
