@@ -102,7 +102,7 @@ def _section_cost(run: Run, rows: list[StageCost]) -> list[str]:
 
     out = ["## Time and cost", ""]
     if not rows:
-        return out + [_missing("stage times and training logs", "nanoseek speedrun"), ""]
+        return out + [_missing("stage times and training logs", f"nanoseek speedrun {run.root}"), ""]
     price, price_note = machine_price(run)
     table, total_wall, total_cost = [], 0.0, 0.0
     for r in rows:
@@ -168,8 +168,8 @@ def _section_header(run: Run) -> list[str]:
     preset = sr.get("preset") or {}
     name = preset.get("name") if isinstance(preset, dict) else None
     written = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    what = (f"a lone {STAGE_NAMES[run.lone]} run" if run.lone else f"preset **{_esc(name)}**" if name
-            else "a run folder")
+    what = (f"A lone {STAGE_NAMES[run.lone]} run" if run.lone else f"Preset **{_esc(name)}**" if name
+            else "A run folder")
     out = [f"# Report card: {_esc(run.root.resolve().name)}", "",
            f"{what}" + (f", started {_esc(sr['started'])}" if sr.get("started") else "") + f"; written {written} "
            "by `nanoseek report`.", ""]
@@ -258,17 +258,24 @@ def _section_metrics(run: Run, decode: dict[str, Any] | None) -> list[str]:
         rows.append(["validation bits per byte, pretraining",
                      f"**{e['val_bpb']:.4f}** (loss {e.get('val_loss', 0):.4f} nats per token, step {e['step']:,})"
                      if e else "no evaluation logged (`--eval-every`)"])
-    else:
+    elif not run.lone:
         rows.append(["validation bits per byte, pretraining", f"missing: `nanoseek pretrain --data {run.root}/tokens "
                      f"--out {run.root}/pretrain`"])
+    R = run.root
     if "sft" in run.logs:
         _, e = _last_eval(run.logs["sft"], "val_loss")
         rows.append(["SFT validation", f"loss {e['val_loss']:.4f} nats per assistant token, token accuracy "
                      f"{_pct(e.get('val_accuracy', 0))} (step {e['step']:,})" if e else "no evaluation logged"])
+    elif not run.lone:
+        rows.append(["SFT validation", f"missing: `nanoseek sft --checkpoint {R}/pretrain --data {R}/data/sft.jsonl "
+                     f"--out {R}/sft`"])
     if "rl" in run.logs:
         first, last = _last_eval(run.logs["rl"], "val_accuracy")
         rows.append(["RL validation accuracy (greedy)", f"{_pct(first['val_accuracy'])} (step {first['step']:,}) → "
                      f"**{_pct(last['val_accuracy'])}** (step {last['step']:,})" if last else "no evaluation logged"])
+    elif not run.lone:
+        rows.append(["RL validation accuracy (greedy)", f"missing: `nanoseek rl --checkpoint {R}/sft --out {R}/rl "
+                     "--task arithmetic`"])
     out += _table(["metric", "value"], rows, "ll") + [""]
     out += _accuracy_table(run)
     out += _decode_lines(run, decode)
@@ -391,8 +398,9 @@ def make_plots(run: Run) -> tuple[dict[str, str], list[str]]:
         made[name] = caption
 
     R = run.root
-    put("loss.png", plots.loss_curves({s: run.logs[s] for s in ("pretrain", "sft") if s in run.logs}),
-        "Loss curves: training (next-token) and validation loss of pretraining and SFT.",
+    losses = {s: run.logs[s] for s in ("pretrain", "sft") if s in run.logs}
+    put("loss.png", plots.loss_curves(losses), "Loss curves: training (next-token) and validation loss of "
+        + " and ".join(STAGE_NAMES[s] for s in losses) + ".",
         f"loss curves: no pretraining or SFT steps logged (`nanoseek pretrain --data {R}/tokens --out {R}/pretrain`)")
     rl = run.logs.get("rl")
     rl_hint = f"`nanoseek rl --checkpoint {R}/sft --out {R}/rl --task arithmetic`"

@@ -259,6 +259,7 @@ def stage_costs(run: Run) -> list[StageCost]:
     from nanoseek.cost import flops_per_token, summarize_run
 
     present = set(((run.speedrun or {}).get("stages") or {})) | set(run.logs) | {f"eval_{s}" for s in run.evals}
+    present.discard("report")  # the report being written: its time is not known yet
     order = [s for s in STAGES if s in present] + sorted(present - set(STAGES))
     rows = []
     for stage in order:
