@@ -190,14 +190,30 @@ def test_a_lone_training_run_directory(run, tmp_path, capsys):
     md = (R / "report.md").read_text()
     assert "A lone SFT run" in md and "bits per byte" not in md and "| SFT validation |" in md and "| SFT |" in md
     assert (R / "plots" / "loss.png").is_file() and (R / "plots" / "expert_load_sft.png").is_file()
+    assert "GRPO" not in md and "RL validation" not in md  # a lone run is not missing the other stages
 
 
-def test_a_cut_last_log_line_is_skipped(run, tmp_path, capsys):
+def test_measure_decode_of_a_pretrained_model_in_the_plain_style(run):
+    ckpt = run / "pretrain" / "checkpoints" / "step_0000006"
+    d = decode.measure_decode(ckpt, ["What is 1 + 2?", "What is 3 + 4?"], chat=False, max_new_tokens=8)
+    assert d["device"] in ("cpu", "cuda") and d["max_new_tokens"] == 8
+    spec, plain = d["speculative"], d["plain"]
+    assert spec["prompts"] == plain["prompts"] == 2 and 0 < plain["tokens"] <= 16 and plain["acceptance_rate"] is None
+    assert 0 <= spec["acceptance_rate"] <= 1 and spec["tokens_per_s"] > 0 and d["compared"] == 2
+
+
+def test_a_cut_last_log_line_and_a_run_that_just_started(run, tmp_path, capsys):
     R = _copy(run, tmp_path / "run", ["rl"])
     with open(R / "rl" / "log.jsonl", "a") as f:
         f.write('{"event": "train", "step": 4, "loss"')  # a process killed mid-line
+    (R / "pretrain").mkdir()
+    start = (run / "pretrain" / "log.jsonl").read_text().splitlines()[0]
+    (R / "pretrain" / "log.jsonl").write_text(start + "\n")  # no step yet
     rc, _, err = _report(capsys, str(R), "--no-measure")
     assert rc == 0, err
+    md = (R / "report.md").read_text()
+    assert re.search(r"^\| pretraining \|( — \|){6} no training step logged yet \|$", md, re.M)
+    assert "no evaluation logged" in md and (R / "plots" / "grpo_reward.png").is_file()
 
 
 def test_unreadable_files_exit_2_naming_them(run, tmp_path, capsys):
@@ -218,6 +234,8 @@ def test_unreadable_files_exit_2_naming_them(run, tmp_path, capsys):
     fails(R, f"{log}:3: not a JSON log record")
     log.write_text("\n".join(lines[:2] + ["[1, 2]"] + lines[2:]) + "\n")
     fails(R, f"{log}:3: not a nanoseek log record")
+    log.write_text("\n".join(lines + ['{"event": "train", "step": 7, "tokens": "many"}']) + "\n")
+    fails(R, f"{log}: a record has a malformed value")
 
     R = _copy(run, tmp_path / "eval", ["pretrain", "eval"])
     (R / "eval" / "sft.json").write_text('{"tasks": {"rows": ')
@@ -296,6 +314,7 @@ def test_results_with_problems_render_reasoning_safely(run, tmp_path, capsys):
          "samples": [{"completion": "<think>7+1=9</think>`9`", "answer": "`9`", "correct": False, "format": True,
                       "finish_reason": "stop", "tokens": 9}]}]
     (R / "eval").mkdir()
+    (R / "eval" / "pretrain.json").write_text(json.dumps({"format_version": 1, "bpb": {"val_bpb": 1.25}}))
     (R / "eval" / "rl.json").write_text(json.dumps({
         "format_version": 1, "summary": rows[0], "rows": rows, "by_difficulty": [], "problems": problems,
         "settings": {"samples": 1, "k": [1], "temperature": 0.0, "max_new_tokens": 64, "style": "chat"},
@@ -311,3 +330,4 @@ def test_results_with_problems_render_reasoning_safely(run, tmp_path, capsys):
     assert "**Answer:** `60`, ✅ right; reference `60`" in answers
     assert "**Answer:** `` `9` ``, ❌ wrong; reference `8`" in answers
     assert re.search(r"^\| RL \(GRPO\) \| chat .* \| 50\.0% \|", md, re.M)
+    assert "| bits per byte after pretraining (eval/pretrain.json) | 1.2500 |" in md  # `nanoseek eval --data`

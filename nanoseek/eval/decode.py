@@ -52,7 +52,8 @@ def measure_decode(checkpoint: str | Path, prompts: list[str], *, chat: bool = T
     for k in ([spec, 0] if spec else [0]):
         eng = Engine(model, tok, speculative=k, eos_token_ids=eos, max_batch=1,
                      max_len=min(model.config.max_position_embeddings, 1024))
-        ids = [eng.encode_chat([{"role": "user", "content": p}]) if chat else [tok.bos_id, *tok.encode(p + "\n")]
+        bos = [tok.bos_id] if getattr(tok, "bos_id", None) is not None else []  # plain text starts a document
+        ids = [eng.encode_chat([{"role": "user", "content": p}]) if chat else [*bos, *tok.encode(p + "\n")]
                for p in prompts]
         ids = [x[-(eng.max_len - max_new_tokens):] for x in ids]  # a long prompt keeps its end
         params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0, skip_special_tokens=False)

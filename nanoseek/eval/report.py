@@ -9,8 +9,8 @@ RUN/eval/{pretrain,sft,rl}.json. A training run directory of its own (`nanoseek 
 and RUN/checkpoints/) is reported as a one-stage run. Whatever is missing, its section says so and names the
 command that makes it; a file that is there but unreadable is a DataError naming it.
 
-The cost figures are nanoseek.cost's, counted as `nanoseek cost RUN_DIR` counts them: FLOPs per token from the
-final config with causal attention (the logs' MFU counts all T keys and is rescaled), the log's tokens and
+The cost figures are nanoseek.cost's, counted as `nanoseek cost RUN_DIR` counts them: FLOPs per token from each
+stage's checkpoint config with causal attention (the logs' MFU counts all T keys and is rescaled), the log's tokens and
 peak, and GPU-hours on each device of the hardware table at this run's MFU and at a typical large run's.
 """
 
@@ -91,6 +91,20 @@ def _table(header: list[str], rows: list[list[str]], align: str = "") -> list[st
     align = align or "l" + "r" * (len(header) - 1)
     rule = "|" + "|".join("---" if a == "l" else "---:" for a in align) + "|"
     return ["| " + " | ".join(header) + " |", rule] + ["| " + " | ".join(r) + " |" for r in rows]
+
+
+def _num(v: Any, spec: str) -> str:
+    """A logged number formatted, or "?" for anything else (a log writes inf/nan as strings)."""
+    return format(v, spec) if isinstance(v, (int, float)) and not isinstance(v, bool) else "?"
+
+
+def _rate(v: Any) -> str:
+    return _pct(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else "?"
+
+
+def _stage_dir(run: Run, stage: str) -> Path:
+    """Where a stage's training run is (or would be)."""
+    return run.dirs.get(stage, run.root / stage)
 
 
 def _missing(what: str, command: str) -> str:
@@ -252,30 +266,35 @@ def _last_eval(records: list[dict[str, Any]], key: str) -> tuple[dict[str, Any] 
 
 def _section_metrics(run: Run, decode: dict[str, Any] | None) -> list[str]:
     out = ["## Final metrics", ""]
-    rows = []
+    rows, R = [], run.root
     if "pretrain" in run.logs:
         _, e = _last_eval(run.logs["pretrain"], "val_bpb")
         rows.append(["validation bits per byte, pretraining",
-                     f"**{e['val_bpb']:.4f}** (loss {e.get('val_loss', 0):.4f} nats per token, step {e['step']:,})"
-                     if e else "no evaluation logged (`--eval-every`)"])
+                     f"**{_num(e['val_bpb'], '.4f')}** (loss {_num(e.get('val_loss'), '.4f')} nats per token, step "
+                     f"{_num(e.get('step'), ',')})" if e else "no evaluation logged (`--eval-every`)"])
     elif not run.lone:
-        rows.append(["validation bits per byte, pretraining", f"missing: `nanoseek pretrain --data {run.root}/tokens "
-                     f"--out {run.root}/pretrain`"])
-    R = run.root
+        rows.append(["validation bits per byte, pretraining", f"missing: `nanoseek pretrain --data {R}/tokens "
+                     f"--out {R}/pretrain`"])
     if "sft" in run.logs:
         _, e = _last_eval(run.logs["sft"], "val_loss")
-        rows.append(["SFT validation", f"loss {e['val_loss']:.4f} nats per assistant token, token accuracy "
-                     f"{_pct(e.get('val_accuracy', 0))} (step {e['step']:,})" if e else "no evaluation logged"])
+        rows.append(["SFT validation", f"loss {_num(e['val_loss'], '.4f')} nats per assistant token, token accuracy "
+                     f"{_num(e.get('val_accuracy'), '.1%')} (step {_num(e.get('step'), ',')})" if e
+                     else "no evaluation logged"])
     elif not run.lone:
         rows.append(["SFT validation", f"missing: `nanoseek sft --checkpoint {R}/pretrain --data {R}/data/sft.jsonl "
                      f"--out {R}/sft`"])
     if "rl" in run.logs:
         first, last = _last_eval(run.logs["rl"], "val_accuracy")
-        rows.append(["RL validation accuracy (greedy)", f"{_pct(first['val_accuracy'])} (step {first['step']:,}) → "
-                     f"**{_pct(last['val_accuracy'])}** (step {last['step']:,})" if last else "no evaluation logged"])
+        rows.append(["RL validation accuracy (greedy)", f"{_num(first['val_accuracy'], '.1%')} (step "
+                     f"{_num(first.get('step'), ',')}) → **{_num(last['val_accuracy'], '.1%')}** (step "
+                     f"{_num(last.get('step'), ',')})" if last else "no evaluation logged"])
     elif not run.lone:
         rows.append(["RL validation accuracy (greedy)", f"missing: `nanoseek rl --checkpoint {R}/sft --out {R}/rl "
                      "--task arithmetic`"])
+    for name, bpb in run.eval_bpb.items():  # `nanoseek eval --data` results saved beside the accuracy
+        if isinstance(bpb.get("val_bpb"), (int, float)):
+            rows.append([f"bits per byte after {STAGE_NAMES.get(name, _esc(name))} (eval/{_esc(name)}.json)",
+                         f"{bpb['val_bpb']:.4f}"])
     out += _table(["metric", "value"], rows, "ll") + [""]
     out += _accuracy_table(run)
     out += _decode_lines(run, decode)
@@ -289,7 +308,7 @@ def _accuracy_table(run: Run) -> list[str]:
     if not names:
         style = {"pretrain": "plain"}
         return out + [_missing(f"task evaluations ({', '.join(f'eval/{s}.json' for s in want)})",
-                               f"nanoseek eval --checkpoint {run.root}/{want[-1]} --task all --style "
+                               f"nanoseek eval --checkpoint {_stage_dir(run, want[-1])} --task all --style "
                                f"{style.get(want[-1], 'chat')} --out {run.root}/eval/{want[-1]}.json --completions "
                                f"{run.root}/eval/{want[-1]}.completions.jsonl"), ""]
     tasks: list[str] = []
@@ -304,19 +323,20 @@ def _accuracy_table(run: Run) -> list[str]:
         summary = res.get("summary") if isinstance(res.get("summary"), dict) else by_task.get("all", res["rows"][0])
         settings = res.get("settings") or {}
         style = settings.get("style", "chat")
-        cells = [_pct(by_task[t]["accuracy"]) if t in by_task else "—" for t in tasks]
+        cells = [_rate(by_task[t]["accuracy"]) if t in by_task else "—" for t in tasks]
         if len(tasks) > 1:
-            cells.append(f"**{_pct(summary['accuracy'])}**")
+            cells.append(f"**{_rate(summary.get('accuracy'))}**")
         fmt = summary.get("format_rate")
         rows.append([STAGE_NAMES.get(s, _esc(s)), _esc(style) + (" (prompt line, `Answer:` line)" if style == "plain"
                                                                  else " (template, `<think>`)"), *cells,
-                     _pct(fmt) if isinstance(fmt, (int, float)) else "—",
+                     _rate(fmt),
                      f"{summary.get('problems', '?')} x {settings.get('samples', summary.get('samples', '?'))}"])
-        overall.append(f"{STAGE_NAMES.get(s, s)} {_pct(summary['accuracy'])}")
+        overall.append(f"{STAGE_NAMES.get(s, s)} {_rate(summary.get('accuracy'))}")
     out += _table(header, rows)
     s0 = run.evals[names[0]].get("settings") or {}
     out += ["", "Accuracy: the share of sampled answers that are right (pass@1), on held-out problems"
-            + (f"; temperature {s0.get('temperature', 0):g}, at most {s0.get('max_new_tokens', '?')} new tokens"
+            + (f"; temperature {_num(s0.get('temperature'), 'g')}, at most {_num(s0.get('max_new_tokens'), ',')} "
+               "new tokens"
                if s0 else "") + ". A model after pretraining alone is asked in the plain style of its pretraining "
             "text; after SFT and RL in the chat template, answering after `</think>`. Files: "
             + ", ".join(_code(run.rel(run.eval_files[s])) for s in names) + ".", ""]
@@ -326,7 +346,7 @@ def _accuracy_table(run: Run) -> list[str]:
     for s in missing:
         style = "plain" if s == "pretrain" else "chat"
         out += [_missing(f"eval/{s}.json (accuracy after {STAGE_NAMES[s]})",
-                         f"nanoseek eval --checkpoint {run.root}/{s} --task all --style {style} --out "
+                         f"nanoseek eval --checkpoint {_stage_dir(run, s)} --task all --style {style} --out "
                          f"{run.root}/eval/{s}.json --completions {run.root}/eval/{s}.completions.jsonl"), ""]
     return out
 
@@ -390,9 +410,11 @@ def make_plots(run: Run) -> tuple[dict[str, str], list[str]]:
     missing: list[str] = []
     d = run.root / "plots"
 
-    def put(name: str, png: bytes | None, caption: str, why: str) -> None:
+    def put(name: str, png: bytes | None, caption: str, why: str, stages: tuple[str, ...]) -> None:
+        """stages: those whose logs the plot draws (a lone run misses no other stage's plot)."""
         if png is None:
-            missing.append(why)
+            if not run.lone or run.lone in stages:
+                missing.append(why)
             return
         atomic_write_bytes(d / name, png)
         made[name] = caption
@@ -401,25 +423,26 @@ def make_plots(run: Run) -> tuple[dict[str, str], list[str]]:
     losses = {s: run.logs[s] for s in ("pretrain", "sft") if s in run.logs}
     put("loss.png", plots.loss_curves(losses), "Loss curves: training (next-token) and validation loss of "
         + " and ".join(STAGE_NAMES[s] for s in losses) + ".",
-        f"loss curves: no pretraining or SFT steps logged (`nanoseek pretrain --data {R}/tokens --out {R}/pretrain`)")
+        f"loss curves: no pretraining or SFT steps logged (`nanoseek pretrain --data {R}/tokens --out {R}/pretrain`)",
+        ("pretrain", "sft"))
     rl = run.logs.get("rl")
     rl_hint = f"`nanoseek rl --checkpoint {R}/sft --out {R}/rl --task arithmetic`"
     put("grpo_reward.png", plots.grpo_rewards(rl) if rl else None,
         "GRPO: mean reward, its parts and the greedy validation accuracy per step.",
-        f"GRPO reward and accuracy: no RL steps logged ({rl_hint})")
+        f"GRPO reward and accuracy: no RL steps logged ({rl_hint})", ("rl",))
     start = next((r for r in rl or [] if r.get("event") == "start"), {})
     limit = (start.get("config") or {}).get("max_new_tokens") if isinstance(start.get("config"), dict) else None
     put("grpo_length.png", plots.grpo_lengths(rl, limit if isinstance(limit, int) else None) if rl else None,
         "GRPO: completion length per step (mean and longest) and the share cut off by the limit.",
-        f"GRPO completion length: no RL steps logged ({rl_hint})")
+        f"GRPO completion length: no RL steps logged ({rl_hint})", ("rl",))
     for s in TRAINING:
         if s not in run.logs:
             continue
         png = plots.expert_load(run.logs[s], _layer_names(run.configs.get(s)),
                                 f"Expert load over {STAGE_NAMES[s]}: each expert's share of its layer's tokens")
         put(f"expert_load_{s}.png", png, f"Expert load per MoE layer over {STAGE_NAMES[s]} (experts x steps).",
-            f"expert load over {STAGE_NAMES[s]}: its log has no expert_load (a dense model, or an older log)")
-    if "pretrain" not in run.logs:
+            f"expert load over {STAGE_NAMES[s]}: its log has no expert_load (a dense model, or an older log)", (s,))
+    if "pretrain" not in run.logs and not run.lone:
         missing.append(f"expert load over pretraining: no pretraining log (`nanoseek pretrain --data {R}/tokens "
                        f"--out {R}/pretrain`)")
     for name in PLOT_NAMES:
@@ -459,7 +482,7 @@ def _section_answers(run: Run) -> list[str]:
         style = "plain" if s == "pretrain" else "chat"
         return out + [_missing("the final model's sampled answers (eval/rl.json with \"problems\", or "
                                "eval/NAME.completions.jsonl)",
-                               f"nanoseek eval --checkpoint {run.root}/{s} --task all --style {style} --out "
+                               f"nanoseek eval --checkpoint {_stage_dir(run, s)} --task all --style {style} --out "
                                f"{run.root}/eval/{s}.json --completions {run.root}/eval/{s}.completions.jsonl"), ""]
     samples, source = run.answers[stage]
     style = ((run.evals.get(stage) or {}).get("settings") or {}).get("style", "chat")
@@ -516,8 +539,8 @@ def write_report(run_dir: str | Path, *, measure: bool = True,
 
             decode = measure_decode(run.checkpoints[run.final], _decode_prompts(run),
                                     chat=run.final != "pretrain")
-        except UserError as e:
-            decode = {"error": str(e)}
+        except (UserError, RuntimeError, OSError) as e:  # a measurement, not the report: say why, go on
+            decode = {"error": f"{type(e).__name__}: {e}" if not isinstance(e, UserError) else str(e)}
     say("drawing plots ...")
     made, missing = make_plots(run)
     parts = [_section_header(run), _section_model(run), _section_machine(run), _section_cost(run, costs),

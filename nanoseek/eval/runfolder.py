@@ -23,6 +23,7 @@ TRAINING = ("pretrain", "sft", "rl")
 STAGES = ("tasks", "tokenizer", "tokens", "pretrain", "eval_pretrain", "sft", "eval_sft", "rl", "eval_rl", "report")
 STAGE_NAMES = {"pretrain": "pretraining", "sft": "SFT", "rl": "RL (GRPO)"}
 
+
 def read_json(path: Path) -> Any:
     """A JSON file's content; DataError naming the file when it is not readable JSON."""
     try:
@@ -267,16 +268,18 @@ def stage_costs(run: Run) -> list[StageCost]:
         done = not isinstance(st, dict) or st.get("done", True) is not False
         row = StageCost(stage, run.stage_seconds(stage), note="" if done else "not finished")
         if stage in run.logs:
-            try:
-                s = summarize_run(run.logs[stage])
-            except ValueError as e:
-                row.note = f"{row.note}; {e}" if row.note else str(e)
+            log, events = run.dirs[stage] / "log.jsonl", {r["event"] for r in run.logs[stage]}
+            if not events & {"start", "resume"} or "train" not in events:  # just started, or cut short
+                row.note = "; ".join(x for x in (row.note, "no training step logged yet") if x)
                 rows.append(row)
                 continue
-            except (TypeError, KeyError, AttributeError) as e:
-                raise DataError(f"{run.dirs[stage] / 'log.jsonl'}: a record has a malformed value ({e})") from None
-            cfg = run.configs.get(stage)
-            fpt = flops_per_token(cfg, int(s.seq_len), causal=True).total if cfg and s.seq_len else s.flops_per_token
+            try:
+                s = summarize_run(run.logs[stage])
+                cfg = run.configs.get(stage)
+                fpt = (flops_per_token(cfg, int(s.seq_len), causal=True).total if cfg and s.seq_len
+                       else s.flops_per_token)
+            except (ValueError, TypeError, KeyError, AttributeError) as e:
+                raise DataError(f"{log}: a record has a malformed value ({e})") from None
             scale = fpt / s.flops_per_token if s.flops_per_token else 1.0
             row.wall_s = row.wall_s if row.wall_s is not None else s.wall_s
             row.tokens, row.flops, row.step_mfu = s.tokens, s.tokens * fpt, s.step_mfu * scale
