@@ -126,7 +126,7 @@ def test_report_of_a_whole_run(run, capsys, monkeypatch):
     assert rows == {"pretraining": "plain", "SFT": "chat", "RL (GRPO)": "chat"}
     assert re.search(r"\| with MTP speculation \(1 draft token\) \| \*\*[\d,.]+\*\* \| [\d.]+% \|", md)
     assert re.search(r"\| one token per step \| \*\*[\d,.]+\*\* \| — \|", md)
-    assert "agreed on 4 of 4 prompt(s)" in md  # greedy speculation changes nothing
+    assert re.search(r"agreed on (\d) of \1 prompt\(s\)", md)  # greedy speculation changes nothing
 
     # plots: every one linked, there, a real PNG of a readable size
     assert sorted(_linked_plots(md)) == sorted(PLOTS)
@@ -299,6 +299,8 @@ def test_plots_of_long_runs_and_sparse_expert_loads():
     assert plots.loss_curves({"pretrain": [{"event": "start", "step": 0}]}) is None
     assert plots.grpo_rewards([]) is None and plots.grpo_lengths([], None) is None
     assert plots.expert_load([{"event": "train", "step": 1, "expert_load": [[0.0, 0.0]]}], None, "t") is None
+    ragged = [{"event": "train", "step": 1, "expert_load": [[0.5, 0.5], None]}]
+    assert plots.expert_load(ragged, None, "t") is not None
 
 
 def test_results_with_problems_render_reasoning_safely(run, tmp_path, capsys):

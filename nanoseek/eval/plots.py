@@ -209,7 +209,8 @@ def expert_load(records: Sequence[dict], layer_names: Sequence[str] | None, titl
     data = np.full((n_layers, len(rows), n_exp), np.nan)
     for j, (_, load) in enumerate(rows):
         for i, x in enumerate(load):
-            data[i, j] = [num(v) for v in x]
+            if isinstance(x, list):
+                data[i, j] = [num(v) for v in x]
     keep = [i for i in range(n_layers) if np.nan_to_num(data[i]).any()]
     if not keep or n_exp < 2:
         return None
