@@ -16,7 +16,7 @@ EXIT_USAGE = 2
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from nanoseek.cli import chat, cost, data, evaluate, generate, model, report, rl, serve, sft, tasks, train
+    from nanoseek.cli import chat, cost, data, evaluate, generate, model, report, rl, serve, sft, speedrun, tasks, train
 
     parser = argparse.ArgumentParser(
         prog="nanoseek",
@@ -24,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"nanoseek {nanoseek.__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for stage in (model, data, tasks, train, sft, rl, evaluate, generate, chat, serve, cost, report):
+    for stage in (speedrun, model, data, tasks, train, sft, rl, evaluate, generate, chat, serve, cost, report):
         stage.register(sub)
     return parser
 
