@@ -47,6 +47,7 @@ async def create(state, body: ChatCompletionRequest, request: Request) -> Respon
     body.check()
     state.check_model(body.model)
     messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in body.messages]
+    rid = new_id("chatcmpl")
 
     def prepare():
         ids = state.engine.encode_chat(messages)
@@ -55,7 +56,6 @@ async def create(state, body: ChatCompletionRequest, request: Request) -> Respon
                                  skip_special_tokens=False)
         return ids, state.make_requests(rid, ids, params, body.n)
 
-    rid = new_id("chatcmpl")
     ids, reqs = await asyncio.to_thread(prepare)
     gen = Generation(state.loop, reqs, arrival)
     gen.start()
