@@ -299,3 +299,19 @@ def test_content_parts_and_developer_role(client):
     assert a.choices[0].message.content == b.choices[0].message.content
     assert a.usage.prompt_tokens == b.usage.prompt_tokens
     assert json.loads(a.model_dump_json())["choices"][0]["message"]["role"] == "assistant"
+
+
+def test_completions_stream_with_echo_logprobs_and_usage_equals_the_plain_answer(server, client):
+    kw = dict(model="tiny", prompt="The quick brown", max_tokens=5, temperature=0, logprobs=1, echo=True,
+              extra_body={"ignore_eos": True})
+    plain = client.completions.create(**kw).choices[0]
+    chunks = list(client.completions.create(**kw, stream=True, stream_options={"include_usage": True}))
+    body = [c for c in chunks if c.choices]
+    assert "".join(c.choices[0].text for c in body) == plain.text
+    tokens = [t for c in body if c.choices[0].logprobs for t in c.choices[0].logprobs.tokens]
+    assert tokens == plain.logprobs.tokens
+    assert body[-1].choices[0].finish_reason == "length" and chunks[-1].choices == []
+    assert chunks[-1].usage.completion_tokens == 5
+    status, raw, _ = post(server, "/v1/completions", {"prompt": "Hi", "max_tokens": 0, "echo": True, "stream": True})
+    events = sse_events(raw)
+    assert events[-1] == "[DONE]" and "".join(e["choices"][0]["text"] for e in events[:-1]) == "Hi"
