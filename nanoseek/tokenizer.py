@@ -37,8 +37,15 @@ ROLES = ("system", "user", "assistant")
 # GPT-4's (cl100k) pre-tokenization split, which DeepSeek-V3's tokenizer also follows: contractions, letter
 # runs with one leading non-letter, digit groups of at most 3, punctuation runs, newlines, spaces. Splitting
 # before BPE keeps merges from crossing word boundaries; the digit cap keeps numbers compositional.
-SPLIT_PATTERN = (r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]++[\r\n]*"""
-                 r"""|\s*[\r\n]|\s+(?!\S)|\s+""")
+def split_pattern(max_digits: int = 3) -> str:
+    """The pre-tokenization regex, with digit groups of at most max_digits. 1 gives every digit its own token:
+    a small model then reads and writes numbers digit by digit, which column arithmetic needs (with groups
+    it must learn which digits each of a thousand number tokens holds)."""
+    return (r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,%d}| ?[^\s\p{L}\p{N}]++[\r\n]*"""
+            r"""|\s*[\r\n]|\s+(?!\S)|\s+""") % max_digits
+
+
+SPLIT_PATTERN = split_pattern(3)
 MIN_VOCAB = len(SPECIAL_TOKENS) + 256  # every byte must stay encodable
 # The BPE trainer reserves memory for the whole vocabulary up front (~70 bytes an entry: --vocab-size 1e9 asked
 # for 70 GB and aborted the process). The largest vocabularies in use are ~256K (DeepSeek-V3 129K, Kimi-K2
@@ -148,9 +155,10 @@ class Tokenizer:
 
     # ---- construction ---------------------------------------------------------------------------------
     @classmethod
-    def train(cls, texts: Iterable[str], vocab_size: int, *, min_frequency: int = 2,
+    def train(cls, texts: Iterable[str], vocab_size: int, *, min_frequency: int = 2, max_digits: int = 3,
               show_progress: bool = False) -> "Tokenizer":
-        """Train byte-level BPE on `texts`; the result may be smaller than `vocab_size` on a small corpus."""
+        """Train byte-level BPE on `texts`; the result may be smaller than `vocab_size` on a small corpus.
+        max_digits: the longest run of digits one token may hold (see split_pattern)."""
         from tokenizers import Regex, decoders, models, pre_tokenizers, trainers
         from tokenizers import Tokenizer as HFTokenizer
 
@@ -160,7 +168,7 @@ class Tokenizer:
         vocab_size = trainable_vocab(vocab_size)
         tok = HFTokenizer(models.BPE())
         tok.pre_tokenizer = pre_tokenizers.Sequence([
-            pre_tokenizers.Split(Regex(SPLIT_PATTERN), behavior="isolated"),
+            pre_tokenizers.Split(Regex(split_pattern(max_digits)), behavior="isolated"),
             pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
         ])
         tok.decoder = decoders.ByteLevel()

@@ -220,3 +220,17 @@ def test_load_errors_are_clear(tmp_path):
         Tokenizer.load(tmp_path)
     assert isinstance(TokenizerError("x"), UserError)
     assert os.listdir(tmp_path) == ["tokenizer.json"]
+
+
+def test_max_digits_one_gives_each_digit_its_own_token(tmp_path):
+    """`tokenizer train --max-digits 1`: numbers are read and written digit by digit (column arithmetic for
+    small models); the default keeps GPT-4's groups of up to 3 digits, which BPE merges."""
+    corpus = tmp_path / "nums.txt"
+    corpus.write_text("What is 123 + 456? 123+456=579\n" * 200)
+    for digits, out in (("1", tmp_path / "one"), ("3", tmp_path / "three")):
+        assert cli.main(["tokenizer", "train", "--input", str(corpus), "--vocab-size", "300", "--max-digits", digits,
+                         "--output", str(out)]) == 0
+    one, three = Tokenizer.load(tmp_path / "one"), Tokenizer.load(tmp_path / "three")
+    assert [one.decode([i]) for i in one.encode("579")] == ["5", "7", "9"]
+    assert [three.decode([i]) for i in three.encode("579")] == ["579"]
+    assert one.fingerprint() != three.fingerprint()

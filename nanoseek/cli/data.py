@@ -69,7 +69,7 @@ def cmd_tokenizer_train(args) -> None:
                 yield doc
         print(f"read {corpus.docs_read:,} documents; computing BPE merges ...", file=sys.stderr)
 
-    tok = Tokenizer.train(texts(), vocab, min_frequency=args.min_frequency)
+    tok = Tokenizer.train(texts(), vocab, min_frequency=args.min_frequency, max_digits=args.max_digits)
     tok.save(out)
     _report_bad_files(corpus, args.on_bad_file, corpus.bad_docs)
     note = "" if tok.vocab_size == args.vocab_size else \
@@ -140,6 +140,9 @@ def register(sub) -> None:
     t.add_argument("--output", "-o", required=True, metavar="DIR", help="directory to write the tokenizer files to")
     t.add_argument("--min-frequency", type=positive_int, default=2,
                    help="merge only pairs seen at least this often (default 2)")
+    t.add_argument("--max-digits", type=int, choices=[1, 2, 3], default=3,
+                   help="longest digit run one token may hold (default 3, as GPT-4 and DeepSeek-V3; 1: a token per "
+                        "digit, which helps small models with arithmetic)")
     t.set_defaults(func=cmd_tokenizer_train)
 
     p = sub.add_parser("data", help="tokenize corpora into token shards; inspect them",

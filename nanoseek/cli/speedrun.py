@@ -45,6 +45,7 @@ class Preset:
     difficulty: str = "1-3"
     corpus_problems: int = 6000  # per task, plain text for pretraining
     vocab_size: int = 2048
+    max_digits: int = 1  # digits per token at most: 1 lets a small model do column arithmetic digit by digit
     pretrain: dict[str, Any] = field(default_factory=dict)  # `nanoseek pretrain` flags
     sft_problems: int = 1000  # per task
     sft: dict[str, Any] = field(default_factory=dict)  # `nanoseek sft` flags
@@ -58,8 +59,8 @@ class Preset:
 PRESETS: dict[str, Preset] = {
     "cpu": Preset(
         "the default: cpu-small (4 layers, 16 experts) on the built-in tasks, about 20 minutes on 2 CPU cores",
-        model="cpu-small",
-        pretrain=dict(steps=500, batch_size=8, seq_len=256, lr=3e-3, eval_every=100, checkpoint_every=100),
+        model="cpu-small", tasks="arithmetic,digit_sum,sort,word_problem,units", corpus_problems=8000,
+        pretrain=dict(steps=900, batch_size=8, seq_len=256, lr=3e-3, eval_every=150, checkpoint_every=150),
         sft=dict(steps=150, batch_size=8, seq_len=256, lr=1e-3, eval_every=50, checkpoint_every=50),
         rl=dict(task="arithmetic", difficulty="1-3", steps=60, prompts_per_step=8, group_size=8, max_new_tokens=96,
                 lr=5e-5, batch_size=32, eval_every=20, checkpoint_every=20, eval_problems=64),
@@ -79,7 +80,7 @@ PRESETS: dict[str, Preset] = {
     "gpu": Preset(
         "gpu-0.5b (DeepSeek's 512 + 64 latent, servable by vLLM/SGLang MLA kernels) on one GPU; bring a "
         "corpus with --data for pretraining worth the name",
-        model="gpu-0.5b", corpus_problems=200_000, vocab_size=32768, difficulty="1-5",
+        model="gpu-0.5b", corpus_problems=200_000, vocab_size=32768, max_digits=3, difficulty="1-5",
         pretrain=dict(steps=20_000, batch_size=32, seq_len=2048, lr=3e-3, eval_every=1000, checkpoint_every=1000),
         sft_problems=20_000, sft=dict(steps=2000, batch_size=32, seq_len=1024, lr=3e-4),
         rl=dict(task="countdown", difficulty="2-4", steps=500, prompts_per_step=64, group_size=16,
@@ -89,7 +90,7 @@ PRESETS: dict[str, Preset] = {
                      eval_rl=5, report=1)),
     "gpu-8": Preset(
         "gpu-3b (DeepSeek's latent shape) on 8 GPUs under torchrun (FSDP2); bring a corpus with --data",
-        model="gpu-3b", corpus_problems=400_000, vocab_size=32768, difficulty="1-6", gpus=8,
+        model="gpu-3b", corpus_problems=400_000, vocab_size=32768, max_digits=3, difficulty="1-6", gpus=8,
         pretrain=dict(steps=40_000, batch_size=16, seq_len=4096, lr=2e-3, parallel="fsdp", eval_every=2000,
                       checkpoint_every=2000),
         sft_problems=50_000, sft=dict(steps=3000, batch_size=16, seq_len=2048, lr=2e-4, parallel="fsdp"),
@@ -216,7 +217,8 @@ def cmd_speedrun(args: argparse.Namespace) -> None:
             elif stage == "tokenizer":
                 inputs = [str(paths["corpus"])] + (data or [])
                 run_command(stage, ["tokenizer", "train", "--input", *inputs, "--vocab-size",
-                                    str(preset.vocab_size), "--output", str(paths["tok"]), "--text-unit", "paragraph"])
+                                    str(preset.vocab_size), "--max-digits", str(preset.max_digits), "--output",
+                                    str(paths["tok"]), "--text-unit", "paragraph"])
             elif stage == "tokens":
                 run_command(stage, ["data", "prepare", "--input", *(data or [str(paths["corpus"])]), "--tokenizer",
                                     str(paths["tok"]), "--output", str(paths["tokens"]), "--text-unit", "paragraph"])
