@@ -49,7 +49,8 @@ class Preset:
     pretrain: dict[str, Any] = field(default_factory=dict)  # `nanoseek pretrain` flags
     sft_problems: int = 1000  # per task
     sft: dict[str, Any] = field(default_factory=dict)  # `nanoseek sft` flags
-    rl: dict[str, Any] = field(default_factory=dict)  # `nanoseek rl` flags (task, difficulty, ...)
+    rl_problems: int = 200  # per task: GRPO's training prompts (the same tasks and levels, train split)
+    rl: dict[str, Any] = field(default_factory=dict)  # `nanoseek rl` flags
     eval_problems: int = 50  # per task, test split
     eval_max_tokens: int = 160
     gpus: int = 0  # > 1: training stages under torchrun
@@ -60,20 +61,21 @@ PRESETS: dict[str, Preset] = {
     "cpu": Preset(
         "the default: cpu-small (4 layers, 16 experts) on the built-in tasks, about 20 minutes on 2 CPU cores",
         model="cpu-small", tasks="arithmetic,digit_sum,sort,word_problem,units", corpus_problems=8000,
-        pretrain=dict(steps=900, batch_size=8, seq_len=256, lr=3e-3, eval_every=150, checkpoint_every=150),
-        sft=dict(steps=150, batch_size=8, seq_len=256, lr=1e-3, eval_every=50, checkpoint_every=50),
-        rl=dict(task="arithmetic", difficulty="1-3", steps=60, prompts_per_step=8, group_size=8, max_new_tokens=96,
-                lr=5e-5, batch_size=32, eval_every=20, checkpoint_every=20, eval_problems=64),
-        minutes=dict(tasks=0.2, tokenizer=0.2, tokens=0.1, pretrain=8, eval_pretrain=0.5, sft=3, eval_sft=0.5,
-                     rl=6, eval_rl=0.5, report=0.3)),
+        pretrain=dict(steps=1100, batch_size=8, seq_len=256, lr=3e-3, eval_every=220, checkpoint_every=220),
+        sft=dict(steps=200, batch_size=8, seq_len=256, lr=1e-3, eval_every=100, checkpoint_every=100),
+        rl_problems=400,
+        rl=dict(steps=90, prompts_per_step=8, group_size=8, max_new_tokens=96, temperature=0.7, loss_type="dr_grpo",
+                lr=5e-5, batch_size=32, eval_every=30, checkpoint_every=30, eval_problems=60),
+        minutes=dict(tasks=0.2, tokenizer=0.2, tokens=0.1, pretrain=9.5, eval_pretrain=0.3, sft=1.9, eval_sft=0.2,
+                     rl=3, eval_rl=0.2, report=0.3)),
     "smoke": Preset(
         "a tiny model and a few steps of each stage: checks the pipeline end to end in a minute or two",
         model="tiny", model_overrides=dict(max_position_embeddings=256), tasks="arithmetic,sort", difficulty="1",
         corpus_problems=80, vocab_size=400,
         pretrain=dict(steps=8, batch_size=4, seq_len=64, eval_every=4, checkpoint_every=4, eval_batches=2),
         sft_problems=60, sft=dict(steps=6, batch_size=4, seq_len=128, eval_every=3, checkpoint_every=3),
-        rl=dict(task="arithmetic", difficulty="1", steps=4, prompts_per_step=2, group_size=4, max_new_tokens=12,
-                batch_size=8, eval_every=2, checkpoint_every=2, eval_problems=4),
+        rl_problems=8, rl=dict(steps=4, prompts_per_step=2, group_size=4, max_new_tokens=12, batch_size=8,
+                               eval_every=2, checkpoint_every=2, eval_problems=4),
         eval_problems=6, eval_max_tokens=16,
         minutes=dict(tasks=0.05, tokenizer=0.05, tokens=0.05, pretrain=0.2, eval_pretrain=0.05, sft=0.2,
                      eval_sft=0.05, rl=0.3, eval_rl=0.05, report=0.1)),
@@ -83,8 +85,8 @@ PRESETS: dict[str, Preset] = {
         model="gpu-0.5b", corpus_problems=200_000, vocab_size=32768, max_digits=3, difficulty="1-5",
         pretrain=dict(steps=20_000, batch_size=32, seq_len=2048, lr=3e-3, eval_every=1000, checkpoint_every=1000),
         sft_problems=20_000, sft=dict(steps=2000, batch_size=32, seq_len=1024, lr=3e-4),
-        rl=dict(task="countdown", difficulty="2-4", steps=500, prompts_per_step=64, group_size=16,
-                max_new_tokens=512, lr=1e-6, batch_size=64, eval_problems=256),
+        rl_problems=20_000, rl=dict(steps=500, prompts_per_step=64, group_size=16, max_new_tokens=512, lr=1e-6,
+                                    batch_size=64, eval_problems=256),
         eval_problems=200, eval_max_tokens=512,
         minutes=dict(tasks=3, tokenizer=3, tokens=3, pretrain=600, eval_pretrain=5, sft=60, eval_sft=5, rl=240,
                      eval_rl=5, report=1)),
@@ -94,8 +96,8 @@ PRESETS: dict[str, Preset] = {
         pretrain=dict(steps=40_000, batch_size=16, seq_len=4096, lr=2e-3, parallel="fsdp", eval_every=2000,
                       checkpoint_every=2000),
         sft_problems=50_000, sft=dict(steps=3000, batch_size=16, seq_len=2048, lr=2e-4, parallel="fsdp"),
-        rl=dict(task="countdown", difficulty="3-5", steps=1000, prompts_per_step=128, group_size=16,
-                max_new_tokens=1024, lr=1e-6, batch_size=32, parallel="fsdp", eval_problems=512),
+        rl_problems=40_000, rl=dict(steps=1000, prompts_per_step=128, group_size=16, max_new_tokens=1024, lr=1e-6,
+                                    batch_size=32, parallel="fsdp", eval_problems=512),
         eval_problems=500, eval_max_tokens=1024,
         minutes=dict(tasks=5, tokenizer=5, tokens=5, pretrain=1440, eval_pretrain=10, sft=90, eval_sft=10, rl=480,
                      eval_rl=10, report=2)),
@@ -205,6 +207,7 @@ def cmd_speedrun(args: argparse.Namespace) -> None:
                             f"same speedrun command again to continue from this stage")
 
     paths = {"corpus": run / "data" / "corpus.txt", "sft": run / "data" / "sft.jsonl",
+             "rl": run / "data" / "rl.jsonl", "val": run / "data" / "val.jsonl",
              "test": run / "data" / "test.jsonl", "tok": run / "tokenizer", "tokens": run / "tokens"}
     for stage in STAGES:
         if state.done(stage) and stage != "report":
@@ -268,17 +271,23 @@ def _write_tasks(preset: Preset, paths: dict[str, Path]) -> None:
     from nanoseek.data import tasks
 
     names = tasks.generated_tasks() if preset.tasks == "all" else preset.tasks.split(",")
-    corpus, sft, test = [], [], []
+    corpus, sft, rl, val, test = [], [], [], [], []
+    n_val = -(-preset.rl.get("eval_problems", 64) // len(names))
     for name in names:
         levels = _levels(name, preset.difficulty)
         corpus += tasks.generate(name, "train", preset.corpus_problems, levels, seed=0, unique=False)
         sft += tasks.generate(name, "train", preset.sft_problems, levels, seed=1, unique=False)
+        rl += tasks.generate(name, "train", preset.rl_problems, levels, seed=2, unique=False)
+        val += _as_many_as_exist(name, "val", n_val, levels)
         test += _as_many_as_exist(name, "test", preset.eval_problems, levels)
     tasks.write_text(corpus, paths["corpus"], style="plain", group=8)
     tasks.write_sft(sft, paths["sft"])
+    tasks.write_problems(rl, paths["rl"])
+    tasks.write_problems(val, paths["val"])
     tasks.write_problems(test, paths["test"])
-    print(f"wrote {len(corpus):,} pretraining problems, {len(sft):,} SFT conversations and {len(test):,} test "
-          f"problems ({', '.join(names)}, difficulty {preset.difficulty})")
+    print(f"wrote {len(corpus):,} pretraining problems, {len(sft):,} SFT conversations, {len(rl):,} RL prompts, "
+          f"{len(val):,} validation and {len(test):,} test problems ({', '.join(names)}, difficulty "
+          f"{preset.difficulty}; the splits never share a problem)")
 
 
 def _levels(task: str, difficulty: str) -> str:
@@ -315,7 +324,8 @@ def _train_stage(stage: str, preset: Preset, run: Path, paths: dict[str, Path], 
     elif stage == "sft":
         argv += ["--checkpoint", str(run / "pretrain"), "--data", str(paths["sft"])]
     else:
-        argv += ["--checkpoint", str(run / "sft")]
+        argv += ["--checkpoint", str(run / "sft"), "--problems", str(paths["rl"]), "--eval-problems-file",
+                 str(paths["val"])]
     if latest_checkpoint(out) is not None:
         argv.append("--resume")
         if stage == "pretrain":  # a resumed run keeps its model

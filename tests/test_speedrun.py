@@ -1,0 +1,108 @@
+"""`nanoseek speedrun --preset smoke` end to end: every artefact exists and loads (tokenizer, each stage's
+checkpoint, report.md with its plots, a chat answer from the final model through the engine), a rerun does no
+stage twice, an interrupted run continues from the stage it stopped in, and bad input exits 2."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+
+import pytest
+
+from nanoseek.cli import main as cli
+from nanoseek.cli.speedrun import STAGES
+
+from train_helpers import nanoseek_cmd, run, subprocess_env
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    out = tmp_path_factory.mktemp("speedrun") / "run"
+    r = run(nanoseek_cmd("speedrun", str(out), "--preset", "smoke"), timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return out, r.stdout
+
+
+def test_every_artefact_exists_and_loads(smoke):
+    from nanoseek.engine import Engine, SamplingParams
+    from nanoseek.tokenizer import Tokenizer
+
+    out, stdout = smoke
+    state = json.loads((out / "speedrun.json").read_text())
+    assert [s for s in STAGES if state["stages"][s]["done"]] == list(STAGES)
+    assert all(state["stages"][s]["seconds"] >= 0 for s in STAGES)
+    assert state["machine"]["cpu"] and "preset" in state
+    Tokenizer.load(out / "tokenizer")
+    assert (out / "tokens" / "manifest.json").is_file()
+    for stage in ("pretrain", "sft", "rl"):
+        assert (out / stage / "checkpoints" / "latest").is_file()
+        results = json.loads((out / "eval" / f"{stage}.json").read_text())
+        assert results["settings"]["style"] == ("plain" if stage == "pretrain" else "chat")
+        assert len(results["problems"]) == results["summary"]["problems"] > 0
+    report = (out / "report.md").read_text()
+    for section in ("## Model", "## Time and cost", "## Final metrics", "## Plots"):
+        assert section in report
+    plots = sorted(p.name for p in (out / "plots").glob("*.png"))
+    assert {"loss.png", "grpo_reward.png", "grpo_length.png"} <= set(plots)
+    assert all(f"plots/{name}" in report for name in plots)
+    assert f"nanoseek chat --checkpoint {out / 'rl'}" in stdout
+    engine = Engine.load(out / "rl")  # the final model answers in the chat template
+    ids = engine.encode_chat([{"role": "user", "content": "What is 2 + 3?"}])
+    answer = engine.generate(ids, SamplingParams(max_new_tokens=8, temperature=0))
+    assert answer.finish_reason in ("stop", "length") and answer.token_ids
+
+
+def test_a_rerun_does_no_stage_twice(smoke):
+    out, _ = smoke
+    before = json.loads((out / "speedrun.json").read_text())["stages"]
+    mtimes = {s: (out / s / "log.jsonl").stat().st_mtime for s in ("pretrain", "sft", "rl")}
+    r = run(nanoseek_cmd("speedrun", str(out), "--preset", "smoke"), timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    after = json.loads((out / "speedrun.json").read_text())["stages"]
+    assert "stage 10/10 report" in r.stdout and "stage 4/10" not in r.stdout  # only the report is redone
+    assert {s: after[s]["seconds"] for s in STAGES if s != "report"} == \
+        {s: before[s]["seconds"] for s in STAGES if s != "report"}
+    assert mtimes == {s: (out / s / "log.jsonl").stat().st_mtime for s in ("pretrain", "sft", "rl")}
+
+
+def test_an_interrupted_run_continues_where_it_stopped(tmp_path):
+    out = tmp_path / "run"
+    cmd = nanoseek_cmd("speedrun", str(out), "--preset", "smoke")
+    proc = subprocess.Popen(cmd, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    try:  # kill it once SFT has written a checkpoint
+        while time.monotonic() < deadline and proc.poll() is None:
+            if list((out / "sft" / "checkpoints").glob("step_*")):
+                proc.send_signal(signal.SIGKILL)
+                break
+            time.sleep(0.02)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    state = json.loads((out / "speedrun.json").read_text())["stages"]
+    assert state["pretrain"]["done"] and not state.get("rl", {}).get("done")
+    sft_was_done = state.get("sft", {}).get("done", False)
+    r = run(cmd, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "stage 4/10 pretrain" not in r.stdout  # finished stages are skipped
+    if not sft_was_done:  # killed inside SFT: it continues from its checkpoint instead of starting over
+        assert "stage 6/10 sft" in r.stdout and "resumed from step_" in r.stdout
+    state = json.loads((out / "speedrun.json").read_text())["stages"]
+    assert all(state[s]["done"] for s in STAGES)
+
+
+def test_bad_input_exits_2(tmp_path, capsys):
+    assert cli(["speedrun", str(tmp_path / "a"), "--preset", "smoke", "--data", str(tmp_path / "missing")]) == 2
+    assert "--data" in capsys.readouterr().err
+    (tmp_path / "file").write_text("x")
+    assert cli(["speedrun", str(tmp_path / "file"), "--preset", "smoke"]) == 2
+    assert "is a file" in capsys.readouterr().err
+    # a run continued with another preset is refused (its stages were made by the first one)
+    out = tmp_path / "b"
+    out.mkdir()
+    (out / "speedrun.json").write_text(json.dumps({"preset": {"name": "cpu", "data": None}, "stages": {}}))
+    assert cli(["speedrun", str(out), "--preset", "smoke"]) == 2
+    assert "preset 'cpu'" in capsys.readouterr().err
