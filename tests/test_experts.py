@@ -62,6 +62,14 @@ def test_grouped_gradients_equal_the_reference_including_idle_experts():
     assert g_out[2][1].abs().sum() == 0 and g_out[3][4].abs().sum() == 0  # idle experts get zero gradient
 
 
+@pytest.mark.parametrize("grouped_mm", [True, False])
+def test_grouped_matmuls_as_grouped_gemms_or_a_loop_give_the_same_gradients(monkeypatch, grouped_mm):
+    """`grouped` multiplies the experts' blocks with F.grouped_mm where it runs (every CPU dtype, CUDA bf16)
+    and with a loop of matmuls elsewhere: both equal the reference, in values and gradients."""
+    monkeypatch.setattr(X, "use_grouped_mm", lambda *a: grouped_mm)
+    test_grouped_gradients_equal_the_reference_including_idle_experts()
+
+
 def test_grouped_gradients_under_bf16_autocast_follow_the_reference():
     x, w, idx, gu, dn = _case(13)
     gu, dn = gu.requires_grad_(), dn.requires_grad_()
@@ -101,3 +109,20 @@ def test_cuda_generation_takes_grouped_mm_and_equals_the_reference():
         got = X.experts(x, w, idx, gu, dn, packed=packed)
         assert X.choose(x, idx, gu[:, :-4], packed) == "sorted"  # widths grouped_mm cannot take: fall back
     torch.testing.assert_close(got, X.experts(x, w, idx, gu, dn, impl="reference"), atol=3e-2, rtol=0)
+
+
+@pytest.mark.cuda
+def test_cuda_training_grouped_gemms_follow_the_reference_under_bf16_autocast():
+    """On CUDA in bf16 the training implementation's forward, input and weight gradients are grouped GEMMs."""
+    x, w, idx, gu, dn = (t.cuda() for t in _case(13))
+    assert X.use_grouped_mm(x.device, torch.bfloat16, gu.shape)
+    x, gu, dn = (t.clone().requires_grad_() for t in (x, gu, dn))
+    gy = torch.randn(13, D, device="cuda")
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        ref = X.experts(x, w, idx, gu, dn, impl="reference")
+        g_ref = torch.autograd.grad(ref, (x, gu, dn), gy)
+        out = X.experts(x, w, idx, gu, dn)
+        g_out = torch.autograd.grad(out, (x, gu, dn), gy)
+    torch.testing.assert_close(out, ref, atol=3e-2, rtol=0)
+    for a, b in zip(g_out, g_ref):
+        torch.testing.assert_close(a.float(), b.float(), atol=6e-2, rtol=0)
