@@ -260,3 +260,54 @@ def test_chunked_head_loss_matches_plain_cross_entropy_and_its_gradients():
         out = model(ids, targets=ids, return_logits=True)
         assert torch.allclose(out.main_loss, F.cross_entropy(out.logits.flatten(0, 1), ids.flatten()), atol=1e-5)
         assert model(ids, targets=ids).logits is None
+
+
+def test_bf16_head_loss_equals_cross_entropy_over_the_bf16_logits_even_when_a_target_underflows():
+    """Under bf16 the loss takes lse from the softmax's largest probability (no fp32 copy of the logits):
+    within bf16 rounding of the fp32 cross-entropy over the same bf16 logits (what transformers computes), and
+    finite when the target's probability underflows to 0."""
+    from nanoseek.model.loss import linear_cross_entropy
+
+    torch.manual_seed(0)
+    h = torch.randn(64, 32, requires_grad=True)
+    w = torch.randn(300, 32, requires_grad=True)
+    t = torch.randint(0, 300, (64,))
+    with torch.no_grad():
+        w[t[0]] = -40 * h[0] / h[0].norm()  # row 0: the target's logit is ~200 below the others
+    logits = (h.bfloat16() @ w.bfloat16().t()).float()
+    ref = F.cross_entropy(logits, t)
+    gh, gw = torch.autograd.grad(ref, (h, w))
+    got = linear_cross_entropy(h, w, t, torch.bfloat16)
+    gh2, gw2 = torch.autograd.grad(got, (h, w))
+    assert torch.isfinite(got) and abs(got.item() - ref.item()) < 4e-3 * ref.item()
+    torch.testing.assert_close(gh2, gh, atol=2e-3, rtol=2e-2)
+    torch.testing.assert_close(gw2, gw, atol=2e-3, rtol=2e-2)
+
+
+@pytest.mark.parametrize("case", ["causal", "mask", "cache"])
+def test_matmul_attention_equals_the_fused_kernel(case):
+    """The CPU attention path (two matmuls around a softmax) computes what scaled_dot_product_attention does,
+    values and gradients, for training (causal), a given bool mask (padding) and new tokens over a longer
+    cached context; in bf16 within bf16 rounding."""
+    from nanoseek.model.mla import matmul_attention, use_matmul_attention
+
+    torch.manual_seed(0)
+    B, H, S, T, D, Dv = 2, 3, 5, 5 if case != "cache" else 9, 12, 8
+    q, k, v = torch.randn(B, H, S, D), torch.randn(B, H, T, D), torch.randn(B, H, T, Dv)
+    mask = None
+    if case != "causal":
+        mask = torch.arange(T) <= (torch.arange(S) + T - S)[:, None]  # query i sees keys up to its position
+        mask = mask.expand(B, 1, S, T).clone()
+        mask[1, :, :, 0] = False  # and row 1 never sees its first key (left padding)
+    causal = case == "causal"
+    for dtype, atol in ((torch.float32, 1e-5), (torch.bfloat16, 3e-2)):
+        qq, kk, vv = (x.to(dtype).requires_grad_() for x in (q, k, v))
+        ref = F.scaled_dot_product_attention(qq, kk, vv, attn_mask=mask, is_causal=causal, scale=0.3)
+        g_ref = torch.autograd.grad(ref.float().square().sum(), (qq, kk, vv))
+        got = matmul_attention(qq, kk, vv, mask, causal, 0.3)
+        g_got = torch.autograd.grad(got.float().square().sum(), (qq, kk, vv))
+        torch.testing.assert_close(got.float(), ref.float(), atol=atol, rtol=0)
+        for a, b in zip(g_got, g_ref):
+            torch.testing.assert_close(a.float(), b.float(), atol=atol * 4, rtol=0.05 if dtype != torch.float32 else 0)
+    assert use_matmul_attention(q, k, 0.0) and not use_matmul_attention(q, k, 0.1)
+    assert not use_matmul_attention(torch.empty(1, 16, 4096, 1, device="meta"), torch.empty(1, 16, 4096, 1), 0.0)

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nanoseek.config import ModelConfig
-from nanoseek.model.layers import RMSNorm
+from nanoseek.model.layers import RMSNorm, compute_dtype
 from nanoseek.model.rope import apply_rope, softmax_scale
 
 
@@ -98,11 +98,54 @@ class MLA(nn.Module):
             [self.nope_dim, self.v_dim], dim=-1)
         k = torch.cat((k_nope, k_rope.unsqueeze(2).expand(B, T, H, self.rope_dim)), dim=-1).transpose(1, 2)
         v = v.transpose(1, 2)
+        dropout = self.dropout if training else 0.0
+        if use_matmul_attention(q, k, dropout):
+            return matmul_attention(q, k, v, attn_mask, is_causal, self.scale)
         # PyTorch's fused CPU attention kernel needs equal q/k and v head sizes; padding v with zeros and
         # slicing the output is exact and ~2x faster than the fallback (docs/performance.md §5.2).
         pad = self.qk_dim - self.v_dim if self.v_dim < self.qk_dim else 0
         if pad:
             v = F.pad(v, (0, pad))
-        o = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal,
-                                           dropout_p=self.dropout if training else 0.0, scale=self.scale)
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal, dropout_p=dropout,
+                                           scale=self.scale)
         return o[..., : self.v_dim] if pad else o
+
+
+# On a CPU, PyTorch's fused attention kernel runs far below the matmul peak at MLA's head sizes (d_qk 48 in
+# cpu-small): two batched matmuls around one softmax take half its time forward + backward in bf16 and a
+# little less in fp32 (docs/performance.md §5.2), as long as the [B, H, S, T] scores are small enough to hold.
+# GPUs, long contexts and attention dropout take the fused kernel.
+MATMUL_ATTENTION_MAX_SCORES = 1 << 24
+
+
+def use_matmul_attention(q: torch.Tensor, k: torch.Tensor, dropout: float) -> bool:
+    B, H, S, _ = q.shape
+    return q.device.type == "cpu" and dropout == 0.0 and B * H * S * k.shape[-2] <= MATMUL_ATTENTION_MAX_SCORES
+
+
+def matmul_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None,
+                     is_causal: bool, scale: float) -> torch.Tensor:
+    """softmax(q k^T * scale, masked) v, as scaled_dot_product_attention computes it (is_causal: query i sees
+    keys 0..i; attn_mask bool, True = may attend). Scores and probabilities are in the matmul dtype (bf16 under
+    autocast, as transformers' eager attention has them); the softmax does its arithmetic in fp32."""
+    dtype = compute_dtype(q)
+    with torch.autocast(q.device.type, enabled=False):
+        q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
+        S, T = q.shape[-2], k.shape[-2]
+        if is_causal:
+            attn_mask = torch.ones(S, T, dtype=torch.bool, device=q.device).tril()
+        # the mask as an additive bias ([.., S, T], H times smaller than the scores), added in place: no pass
+        # over the scores in the backward
+        sees = everyone_sees = True
+        if attn_mask is not None:
+            # A query that may attend to nothing (padding) gets zeros, as the fused kernel gives, not NaN: its
+            # row is left unmasked and its output zeroed.
+            sees = attn_mask.any(dim=-1, keepdim=True)
+            everyone_sees = bool(sees.all())
+            blocked = attn_mask.logical_not() if everyone_sees else attn_mask.logical_not() & sees
+            bias = torch.zeros(blocked.shape, dtype=dtype, device=q.device).masked_fill_(blocked, float("-inf"))
+        scores = torch.matmul(q * scale, k.transpose(-2, -1))
+        if attn_mask is not None:
+            scores.add_(bias)
+        out = torch.matmul(torch.softmax(scores, dim=-1), v)
+        return out if everyone_sees else out.masked_fill(sees.logical_not(), 0.0)
