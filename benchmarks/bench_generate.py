@@ -103,9 +103,14 @@ class Runner:
         else:
             from nanoseek.engine import Engine
 
-            # prefix caching off: every call must pay its own prefill (the rounds repeat the same prompts)
+            # prefix caching off: every call must pay its own prefill (the rounds repeat the same prompts).
+            # Step budgets that fit the whole batch: all prompts are prefilled in one step before decoding, as
+            # HF's generate does. (A server keeps the default budget of 512 tokens a step, so that a long
+            # prompt never stalls running decodes; then the first requests decode while the last prefill, and
+            # t(N) - t(1) would count those mixed steps as decode time.)
             self.engine = Engine.load(ckpt, dtype=torch.bfloat16 if "bf16" in impl else torch.float32,
-                                      compile=impl.endswith("-compile"), prefix_caching=False)
+                                      compile=impl.endswith("-compile"), prefix_caching=False,
+                                      step_tokens=1 << 20, prefill_tokens=1 << 20)
 
     def generate(self, ids: torch.Tensor, n: int) -> float:
         t0 = time.perf_counter()
