@@ -76,14 +76,14 @@ def reference(x, weights, indices, gate_up, down, **_) -> torch.Tensor:
 
 # ---- training: grouped rows with a hand-written backward ---------------------------------------------------
 def grouped(x, weights, indices, gate_up, down, *, counts, **_) -> torch.Tensor:
-    """Token copies sorted by expert once, each expert's block padded to EXPERT_ROWS_MULTIPLE rows; one matmul
-    per expert that has rows (experts without tokens cost nothing)."""
+    """Token copies sorted by expert once, each expert's block padded to EXPERT_ROWS_MULTIPLE rows, all blocks
+    multiplied by one grouped GEMM (or one matmul per expert that has rows; idle experts cost nothing)."""
     N, K = indices.shape
     expert_of = indices.view(-1)
     order = expert_of.argsort(stable=True)  # token copies grouped by expert
     row_token, row_weight, padded = _padded_rows(order, expert_of[order], weights.view(-1)[order], counts, K)
     dtype = compute_dtype(x)
-    groups = _Groups(padded, x.device, dtype, gate_up.shape)
+    groups = _Groups(padded, x.device)
     with torch.autocast(x.device.type, enabled=False):
         return _RoutedSwiGLU.apply(x, row_token, row_weight, gate_up, down, groups, dtype)
 
@@ -105,7 +105,7 @@ def _padded_rows(order: torch.Tensor, expert_sorted: torch.Tensor, weight_sorted
 
 class _RoutedSwiGLU(torch.autograd.Function):
     """out [N, d] fp32 = sum over rows r of row_weight[r] * FFN_{expert of r}(x[row_token[r]]), rows grouped by
-    expert (sizes), forward and backward written out.
+    expert (groups), forward and backward written out.
 
     Autograd over the same steps pays for a gather whose backward is a serial accumulating index_put, an fp32
     copy of every weighted row and its backward, and, with a per-expert loop of F.linear, a cat of the outputs,
@@ -139,7 +139,7 @@ class _RoutedSwiGLU(torch.autograd.Function):
         I = w2c.shape[-1]
         grad_rows = grad_out.index_select(0, row_token)  # fp32, as the output was summed
         grad_weight = (grad_rows * ys).sum(-1) if ys is not None else None  # d out / d w_r = FFN(x_r)
-        g = torch.mul(grad_rows, row_weight.unsqueeze(-1), out=torch.empty_like(xs))  # rounded once, to bf16
+        g = torch.mul(grad_rows, row_weight.unsqueeze(-1), out=torch.empty_like(xs))  # rounded once, to the compute dtype
         grad_act = _block_mm(g, w2c, groups, transpose=False)
         grad_w2 = _block_weight_grads(g, act, groups, w2c)
         gate, up = h13[:, :I], h13[:, I:]
@@ -163,8 +163,8 @@ class _Groups:
     expert's weight gradient at once. On CPUs it runs in every float dtype (use_grouped_mm says where it is
     used)."""
 
-    def __init__(self, padded: torch.Tensor, device: torch.device, dtype: torch.dtype, w_shape: torch.Size):
-        self.grouped_mm = use_grouped_mm(device, dtype, w_shape)
+    def __init__(self, padded: torch.Tensor, device: torch.device):
+        self.grouped_mm = use_grouped_mm(device)
         self.offs = padded.cumsum(0).to(torch.int32) if self.grouped_mm else None
         self.sizes = None if self.grouped_mm else padded.tolist()
 
@@ -177,7 +177,7 @@ class _Groups:
                 start += n
 
 
-def use_grouped_mm(device: torch.device, dtype: torch.dtype, w_shape: torch.Size) -> bool:
+def use_grouped_mm(device: torch.device) -> bool:
     """Whether the training implementation's matmuls run as grouped GEMMs (else a loop over experts).
 
     CPUs only, for now: CUDA's grouped_mm takes bf16 with 16-byte aligned widths and its use for the weight
