@@ -18,10 +18,16 @@ def _config(app, log_level: str) -> uvicorn.Config:
 
 
 def serve(app, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info") -> None:
-    """Serve until interrupted (Ctrl-C, SIGTERM)."""
+    """Serve until interrupted (Ctrl-C, SIGTERM), shut down gracefully, then raise KeyboardInterrupt so that the
+    command exits as an interrupted one does (130)."""
     cfg = _config(app, log_level)
     cfg.host, cfg.port = host, port
-    uvicorn.Server(cfg).run()
+    server = uvicorn.Server(cfg)
+    server.run()
+    # uvicorn re-raises the signal it caught once it has shut down, but inside asyncio's runner that signal
+    # only cancels the serving task, which may finish first: the process then exited 0 now and then.
+    if server.should_exit:
+        raise KeyboardInterrupt
 
 
 class ServerThread:
