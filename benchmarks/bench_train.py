@@ -53,6 +53,11 @@ dense 5,349 tok/s, 768 steps, final 4.712 (1.660); at equal training time (72 / 
 1 thread): 62 vs 42 ms. Matmuls 41 vs 34 ms: 96 per-expert GEMMs of ~256 rows run below the rate of 6 big
 ones. Glue 20 vs 4 ms: casting 16 experts' fp32 master weights to bf16 and their gradients back (5x the
 dense weights), the token gather and weighted scatter and their backward, routing. At 2 threads 44 vs 26 ms.
+Rerun 2026-11-30 00:04 after the CPU attention, loss and routed-expert changes (docs/performance.md §7.1;
+`--minutes 4`, same otherwise; AMD EPYC Zen 4, no AMX): MoE without MTP 4,825 tok/s, 508 steps, final 4.977
+(1.754 bits/byte); dense 6,158 tok/s, 688 steps, final 4.770 (1.681); at equal training time (58 / 116 / 174
+/ 232 s) 6.055 / 5.611 / 5.294 / 4.987 against 5.774 / 5.296 / 5.060 / 4.770. Dense still wins; one MoE
+layer is now 1.55-1.58x the dense MLP at 2 threads (benchmarks/bench_moe.py).
 """
 
 from __future__ import annotations
