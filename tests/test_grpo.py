@@ -121,6 +121,20 @@ def test_a_short_seeded_run_raises_the_reward(setup, tmp_path):
     assert last > first + 0.1, rewards  # a clear trend, not an exact number
 
 
+def test_the_rollout_engine_fits_every_prompt_of_a_long_problems_file(setup):
+    """The engine's max_len covers the longest prompt anywhere in the problems, not only among the first few
+    hundred (a mixed file's later tasks had longer prompts and stopped a run)."""
+    tok, problems, ckpt = setup
+    model = nanoseek.load_model(ckpt, dtype=torch.float32)
+    short = generate("arithmetic", "train", 300, [1, 2, 3])
+    longer = generate("word_problem", "train", 3, 3)
+    cfg = GRPOConfig(steps=1, dtype="float32", eval_every=0, checkpoint_every=0, eval_problems=1, max_new_tokens=6)
+    task = GRPOTask(cfg, tok, short + longer, short[:1], device=torch.device("cpu"), rewards=StartsWithDigit())
+    need = max(len(task._prompt_ids(p)) for p in longer) + cfg.max_new_tokens
+    assert need > max(len(task._prompt_ids(p)) for p in short[:256]) + cfg.max_new_tokens
+    assert task._engine(model).max_len >= need
+
+
 # ---- the command ------------------------------------------------------------------------------------------------
 def _rl_args(ckpt, out, *extra):
     return ["rl", "--checkpoint", str(ckpt), "--out", str(out), "--task", "arithmetic", "--difficulty", "1",

@@ -192,7 +192,9 @@ class GRPOTask(Task):
             from nanoseek.engine import Engine
             from nanoseek.engine.cache import LatentPool
 
-            longest = max(len(self._prompt_ids(p)) for p in self.train_problems[:256] + self.eval_problems[:64])
+            # every prompt a step may draw must fit (a sample of the first few missed a task's longer prompts
+            # further down a mixed problems file)
+            longest = max(len(self._prompt_ids(p)) for p in self.train_problems + self.eval_problems)
             max_len = min(model.config.max_position_embeddings, longest + 8 + self.cfg.max_new_tokens)
             rows = max(self.n_seq, len(self.eval_problems))
             budget = LatentPool.row_bytes(model.config, max_len, torch.float32) * (rows + 8)
