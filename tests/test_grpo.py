@@ -106,12 +106,31 @@ def _run_api(setup, tmp_path, steps, **kw):
     return [r for r in read_log(tmp_path / "run") if r["event"] == "train"]
 
 
-def test_engine_logprobs_of_sampled_tokens_equal_the_trainers(setup, tmp_path):
-    recs = _run_api(setup, tmp_path, 2, lr=1e-2, prompts_per_step=2, group_size=4, max_new_tokens=6)
-    # step 2's rollouts come after an optimizer step: the engine follows the updated weights
-    assert all(r["logprob_mismatch_max"] < 1e-4 for r in recs)
+@pytest.mark.parametrize("updates", [1, 2])
+def test_engine_logprobs_of_sampled_tokens_equal_the_trainers(setup, tmp_path, updates):
+    """updates 1: the loss measures the mismatch on its own forward at every step; 2: pi_old is scored right
+    after sampling, at each generation step. Either way a generation after optimizer steps follows them."""
+    recs = _run_api(setup, tmp_path, 2 * updates, lr=1e-2, prompts_per_step=2, group_size=4, max_new_tokens=6,
+                    updates_per_generation=updates)
+    measured = [r for r in recs if "logprob_mismatch_max" in r]
+    assert [r["step"] for r in measured] == list(range(1, 2 * updates + 1, updates))
+    assert all(r["logprob_mismatch_max"] < 1e-4 for r in measured)
     assert {"reward", "reward_std", "zero_variance_groups", "completion_len", "completion_len_max", "truncated",
             "clip_fraction", "entropy", "reward_digit", "reward_accuracy"} <= recs[0].keys()
+
+
+def test_one_update_per_generation_takes_pi_old_from_its_own_forward(setup, tmp_path, monkeypatch):
+    """Skipping the separate pi_old forward (pi_old = pi when each generation gets one update, as TRL does)
+    trains exactly as scoring pi_old first does."""
+    kw = dict(lr=1e-2, prompts_per_step=2, group_size=4, max_new_tokens=6)
+    fast = _run_api(setup, tmp_path / "fast", 3, **kw)
+    score = GRPOTask._score_old_policy
+    monkeypatch.setattr(GRPOTask, "_score_old_policy", lambda self, model, policy=True: score(self, model, True))
+    scored = _run_api(setup, tmp_path / "scored", 3, **kw)
+    for a, b in zip(fast, scored):
+        assert a["reward"] == b["reward"]  # the same rollouts: the weights agree step after step
+        assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-5)
+        assert a["clip_fraction"] == b["clip_fraction"] == 0.0
 
 
 def test_a_short_seeded_run_raises_the_reward(setup, tmp_path):

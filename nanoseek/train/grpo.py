@@ -241,7 +241,9 @@ class GRPOTask(Task):
         adv = group_advantages(total, scale=cfg.loss_type != "dr_grpo").view(-1)
         self.rollouts = [Rollout(prompts[i // G] + o.token_ids, len(prompts[i // G]), float(adv[i]),
                                  engine_logp=[t.logprob for t in o.logprobs]) for i, o in enumerate(outs)]
-        self._score_old_policy(model)
+        # With one update per generation the policy being trained is the one that sampled: pi_old = pi, so the
+        # loss takes pi_old from its own forward (detached) instead of a second forward over every rollout.
+        self._score_old_policy(model, policy=cfg.updates_per_generation > 1)
         # the step's normalizer, over all ranks
         n_tokens = sum(len(r.ids) - r.prompt_len for r in self.rollouts)
         n = D.all_reduce_sum(torch.tensor([len(self.rollouts), n_tokens], dtype=torch.float64, device=self.device))
@@ -256,14 +258,17 @@ class GRPOTask(Task):
             from nanoseek.data.rewards import accuracy_reward
 
             m["reward_accuracy"] = sum(accuracy_reward("", o.text, problems[i // G]) for i, o in enumerate(outs)) / len(outs)
-        if cfg.temperature == 1.0:  # the engine reports raw log-probabilities: comparable at temperature 1
+        if cfg.temperature == 1.0 and cfg.updates_per_generation > 1:  # else the loss measures it
             diffs = [abs(a - b) for r in self.rollouts for a, b in zip(r.engine_logp, r.old_logp.tolist())]
             m["logprob_mismatch"] = sum(diffs) / max(len(diffs), 1)
             m["logprob_mismatch_max"] = max(diffs, default=0.0)
         return m
 
-    def _score_old_policy(self, model: nn.Module) -> None:
-        """Log-probabilities of every sampled token under the current weights (pi_old) and the reference."""
+    def _score_old_policy(self, model: nn.Module, policy: bool = True) -> None:
+        """Log-probabilities of every sampled token under the current weights (pi_old; only with policy) and
+        under the reference (with a KL term)."""
+        if not policy and self.reference is None:
+            return
         was_training = model.training
         model.eval()
         try:
@@ -271,12 +276,13 @@ class GRPOTask(Task):
                 chunk = self.rollouts[i:i + self.cfg.batch_size]
                 x, y, mask = self._tensors(chunk)
                 with _autocast(self.device, self.cfg.dtype):
-                    lp = model(x, targets=y, logprobs=True, temperature=self.cfg.temperature).token_logprobs
+                    lp = (model(x, targets=y, logprobs=True, temperature=self.cfg.temperature).token_logprobs
+                          if policy else None)
                     ref = (self.reference(x, targets=y, logprobs=True, temperature=self.cfg.temperature).token_logprobs
                            if self.reference is not None else None)
                 for b, r in enumerate(chunk):
                     sel = mask[b]
-                    r.old_logp = lp[b][sel].float()
+                    r.old_logp = lp[b][sel].float() if lp is not None else None
                     r.ref_logp = ref[b][sel].float() if ref is not None else None
         finally:
             model.train(was_training)
@@ -301,14 +307,24 @@ class GRPOTask(Task):
         x, y, mask = self._tensors(chunk)
         out = model(x, targets=y, logprobs=True, temperature=cfg.temperature, aux_loss_alpha=cfg.aux_loss_alpha)
         lp = out.token_logprobs
-        old = torch.zeros_like(lp)
         adv = torch.tensor([r.advantage for r in chunk], device=lp.device)[:, None].expand_as(lp)
-        for b, r in enumerate(chunk):
-            old[b][mask[b]] = r.old_logp.to(lp.device)
-        per_token, clipped = surrogate(lp, old, adv, cfg.clip_eps, cfg.eps_high)
         metrics = {}
         fmask = mask.float()
         n_tok = fmask.sum().clamp(min=1)
+        if chunk[0].old_logp is None:  # one update per generation: pi_old is this very policy
+            old = lp.detach()
+            if cfg.temperature == 1.0:  # the engine reports raw log-probabilities: comparable at temperature 1
+                engine = torch.zeros_like(old)
+                for b, r in enumerate(chunk):
+                    engine[b][mask[b]] = torch.tensor(r.engine_logp, dtype=old.dtype, device=old.device)
+                diff = (old - engine).abs() * fmask
+                metrics["logprob_mismatch"] = diff.sum() / n_tok
+                metrics["logprob_mismatch_max"] = diff.max()
+        else:
+            old = torch.zeros_like(lp)
+            for b, r in enumerate(chunk):
+                old[b][mask[b]] = r.old_logp.to(lp.device)
+        per_token, clipped = surrogate(lp, old, adv, cfg.clip_eps, cfg.eps_high)
         if cfg.beta > 0:
             ref = torch.zeros_like(lp)
             for b, r in enumerate(chunk):
