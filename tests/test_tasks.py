@@ -422,13 +422,16 @@ def test_cli_check_warns_when_special_tokens_were_dropped(tmp_path, capsys):
     (["tasks", "check", "--problems", "P", "--completions", "BADLINE"], r"--completions .*c.jsonl:2: not valid JSON"),
     (["tasks", "check", "--problems", "P", "--completions", "OTHER"], "its prompt is not in --problems"),
     (["tasks", "check", "--problems", "P", "--completions", "NOTEXT"], 'no completion: expected "completion"'),
+    (["tasks", "check", "--problems", "LATIN1", "--completions", "X"], r"--problems .*l1.jsonl: cannot read it .*utf-8"),
 ])
 def test_cli_bad_inputs_exit_2_with_one_clear_line(tmp_path, capsys, argv, match):
     ps = tasks.generate("sort", "test", 2, 1, seed=0)
     tasks.write_problems(ps, tmp_path / "p.jsonl")
     c = tmp_path / "c.jsonl"
     subs = {"X": str(tmp_path / "x.jsonl"), "P": str(tmp_path / "p.jsonl"), "MISSING": str(tmp_path / "MISSING"),
-            "BADLINE": str(c), "OTHER": str(c), "NOTEXT": str(c)}
+            "BADLINE": str(c), "OTHER": str(c), "NOTEXT": str(c), "LATIN1": str(tmp_path / "l1.jsonl")}
+    if "LATIN1" in argv:  # not UTF-8: a clear error, not a traceback
+        (tmp_path / "l1.jsonl").write_bytes('{"prompt": "caf\u00e9", "answer": "1"}\n'.encode("latin-1"))
     if "BADLINE" in argv:
         c.write_text(json.dumps({"prompt": ps[0].prompt, "text": "x"}) + "\n{oops\n")
     if "OTHER" in argv:

@@ -54,3 +54,37 @@ def nonneg_int(s: str) -> int:
     if v < 0:
         raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {s}")
     return v
+
+
+def read_problems_arg(path: str, checker_spec: str) -> list:
+    """The problems of a --problems FILE, with --checker (a name, or a JSON object) as the default checker;
+    bad input of either becomes a UserError naming its flag."""
+    import json
+
+    from nanoseek.data import tasks
+    from nanoseek.errors import DataError
+
+    try:
+        checker = json.loads(checker_spec) if checker_spec.lstrip().startswith("{") else checker_spec
+        tasks.make_checker(checker)
+    except (ValueError, json.JSONDecodeError) as e:
+        raise UserError(f"--checker: {e}", param="--checker") from None
+    try:
+        return tasks.read_problems(path, default_checker=checker)
+    except DataError as e:
+        raise UserError(f"--problems {e}", param="--problems") from None
+
+
+def task_names(text: str, other: str = "") -> list[str]:
+    """The built-in generated tasks a --task value names ("all", or comma-separated); other: what else the
+    command takes instead, for the error message."""
+    from nanoseek.data import tasks
+
+    names = tasks.generated_tasks() if text == "all" else [t.strip() for t in text.split(",") if t.strip()]
+    for name in names:
+        if name not in tasks.TASKS or not tasks.TASKS[name].generated:
+            raise UserError(f"--task: unknown task {name!r}; use one of {', '.join(tasks.generated_tasks())} "
+                            f"(comma-separated) or all{other}", param="--task")
+    if not names:
+        raise UserError("--task names no task", param="--task")
+    return names

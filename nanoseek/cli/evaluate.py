@@ -7,7 +7,8 @@ import json
 import sys
 from pathlib import Path
 
-from nanoseek.cli.common import UserError, add_device_args, nonneg_int, positive_int, resolve_device, resolve_dtype
+from nanoseek.cli.common import (UserError, add_device_args, nonneg_int, positive_int, read_problems_arg,
+                                 resolve_device, resolve_dtype, task_names)
 from nanoseek.errors import DataError
 
 
@@ -38,23 +39,9 @@ def load_problems(args) -> list:
     from nanoseek.data import tasks
 
     if args.problems:
-        try:
-            checker = json.loads(args.checker) if args.checker.lstrip().startswith("{") else args.checker
-            tasks.make_checker(checker)
-        except (ValueError, json.JSONDecodeError) as e:
-            raise UserError(f"--checker: {e}", param="--checker") from None
-        try:
-            problems = tasks.read_problems(args.problems, default_checker=checker)
-        except DataError as e:
-            raise UserError(f"--problems {e}", param="--problems") from None
+        problems = read_problems_arg(args.problems, args.checker)
         return problems[:args.n] if args.n else problems
-    names = tasks.generated_tasks() if args.task == "all" else [t.strip() for t in args.task.split(",") if t.strip()]
-    for name in names:
-        if name not in tasks.TASKS or not tasks.TASKS[name].generated:
-            raise UserError(f"--task: unknown task {name!r}; use one of {', '.join(tasks.generated_tasks())} "
-                            "(comma-separated) or all, or --problems FILE for your own", param="--task")
-    if not names:
-        raise UserError("--task names no task", param="--task")
+    names = task_names(args.task, ", or --problems FILE for your own")
     n = args.n or 200
     out = []
     for name in names:

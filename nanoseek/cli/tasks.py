@@ -8,7 +8,7 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-from nanoseek.cli.common import UserError, nonneg_int, positive_int
+from nanoseek.cli.common import UserError, nonneg_int, positive_int, read_problems_arg, task_names
 from nanoseek.errors import DataError
 
 FORMATS = ("problems", "sft", "text")
@@ -19,18 +19,6 @@ def _flag_error(e: DataError, flags: dict[str, str]) -> UserError:
     param = flags.get(e.param or "", e.param)
     return UserError(f"{param}: {e}" if param and param.startswith("-") else str(e), param=param)
 
-
-def _task_names(text: str) -> list[str]:
-    from nanoseek.data import tasks
-
-    names = tasks.generated_tasks() if text == "all" else [t.strip() for t in text.split(",") if t.strip()]
-    for name in names:
-        if name not in tasks.TASKS or not tasks.TASKS[name].generated:
-            raise UserError(f"--task: unknown task {name!r}; use one of {', '.join(tasks.generated_tasks())} "
-                            "(comma-separated) or all", param="--task")
-    if not names:
-        raise UserError("--task names no task", param="--task")
-    return names
 
 
 def cmd_list(args) -> None:
@@ -53,7 +41,7 @@ def cmd_show(args) -> None:
     from nanoseek.data import tasks
 
     flags = {"difficulty": "--difficulty", "n": "--n", "split": "--split"}
-    for name in _task_names(args.task):
+    for name in task_names(args.task):
         try:
             problems = tasks.generate(name, args.split, args.n, args.difficulty, seed=args.seed, unique=False)
         except DataError as e:
@@ -73,7 +61,7 @@ def cmd_generate(args) -> None:
     if out.is_dir():
         raise UserError(f"--out {out} is a directory; give a file name", param="--out")
     problems = []
-    for name in _task_names(args.task):
+    for name in task_names(args.task):
         try:
             problems += tasks.generate(name, args.split, args.n, args.difficulty, seed=args.seed,
                                        unique=not args.allow_repeats)
@@ -112,15 +100,7 @@ def cmd_check(args) -> None:
     from nanoseek.data import rewards, tasks
     from nanoseek.eval import metrics
 
-    try:
-        checker = json.loads(args.checker) if args.checker.lstrip().startswith("{") else args.checker
-        tasks.make_checker(checker)
-    except (ValueError, json.JSONDecodeError) as e:
-        raise UserError(f"--checker: {e}", param="--checker") from None
-    try:
-        problems = tasks.read_problems(args.problems, default_checker=checker)
-    except DataError as e:
-        raise UserError(f"--problems {e}", param="--problems") from None
+    problems = read_problems_arg(args.problems, args.checker)
     try:
         scorer = rewards.Rewards(args.reward, seed=args.seed)
     except DataError as e:

@@ -73,20 +73,13 @@ def _parses(line: str) -> bool:
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """A JSONL file of objects (nanoseek.data.tasks.read_jsonl, which names the file and line of bad JSON)."""
+    from nanoseek.data.tasks import read_jsonl
+
     out = []
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"{path}: cannot read it ({e})") from None
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}:{n}: not valid JSON ({e.msg})") from None
+    for where, rec in read_jsonl(path):
         if not isinstance(rec, dict):
-            raise DataError(f"{path}:{n}: expected a JSON object per line")
+            raise DataError(f"{where}: expected a JSON object per line")
         out.append(rec)
     return out
 
