@@ -131,21 +131,23 @@ def matmul_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mas
     dtype = compute_dtype(q)
     with torch.autocast(q.device.type, enabled=False):
         q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
-        S, T = q.shape[-2], k.shape[-2]
-        if is_causal:
-            attn_mask = torch.ones(S, T, dtype=torch.bool, device=q.device).tril()
         # the mask as an additive bias ([.., S, T], H times smaller than the scores), added in place: no pass
         # over the scores in the backward
-        sees = everyone_sees = True
-        if attn_mask is not None:
+        bias, blind = None, None  # blind: the queries that may attend to nothing, if any
+        if is_causal:  # query i sees keys 0..i: every query sees something
+            S, T = q.shape[-2], k.shape[-2]
+            bias = torch.full((S, T), float("-inf"), dtype=dtype, device=q.device).triu_(1)
+        elif attn_mask is not None:
             # A query that may attend to nothing (padding) gets zeros, as the fused kernel gives, not NaN: its
             # row is left unmasked and its output zeroed.
             sees = attn_mask.any(dim=-1, keepdim=True)
-            everyone_sees = bool(sees.all())
-            blocked = attn_mask.logical_not() if everyone_sees else attn_mask.logical_not() & sees
+            blocked = attn_mask.logical_not()
+            if not bool(sees.all()):
+                blind = sees.logical_not()
+                blocked &= sees
             bias = torch.zeros(blocked.shape, dtype=dtype, device=q.device).masked_fill_(blocked, float("-inf"))
         scores = torch.matmul(q * scale, k.transpose(-2, -1))
-        if attn_mask is not None:
+        if bias is not None:
             scores.add_(bias)
         out = torch.matmul(torch.softmax(scores, dim=-1), v)
-        return out if everyone_sees else out.masked_fill(sees.logical_not(), 0.0)
+        return out if blind is None else out.masked_fill(blind, 0.0)
