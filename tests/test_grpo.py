@@ -34,6 +34,9 @@ def test_group_advantages_by_hand():
     torch.testing.assert_close(a[0], torch.tensor([0.5, -0.5, -0.5, 0.5]) / std)
     assert torch.equal(a[1], torch.zeros(4))  # no variance, no signal
     torch.testing.assert_close(group_advantages(r, scale=False)[0], torch.tensor([0.5, -0.5, -0.5, 0.5]))
+    # a group of equal rewards gets exact zeros, also where its float mean is rounded (eight times 0.1)
+    for scale in (True, False):
+        assert torch.equal(group_advantages(torch.full((1, 8), 0.1), scale=scale), torch.zeros(1, 8))
 
 
 def test_kl_k3_by_hand():
@@ -131,6 +134,21 @@ def test_one_update_per_generation_takes_pi_old_from_its_own_forward(setup, tmp_
         assert a["reward"] == b["reward"]  # the same rollouts: the weights agree step after step
         assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-5)
         assert a["clip_fraction"] == b["clip_fraction"] == 0.0
+
+
+def test_completions_with_zero_advantage_are_not_trained_and_change_nothing(setup, tmp_path, monkeypatch):
+    """Training only the completions with a nonzero advantage gives the gradients of training on all of them
+    (and the same rollouts after each step), in fewer rows."""
+    kw = dict(lr=1e-2, prompts_per_step=4, group_size=4, max_new_tokens=6, batch_size=4, bias_update_gamma=0.0)
+    lean = _run_api(setup, tmp_path / "lean", 3, **kw)
+    assert all(0 < r["trained_fraction"] < 1 for r in lean)  # some groups were all right or all wrong
+    assert sum(r["tokens"] for r in lean) < sum(r["completion_len"] * 16 for r in lean)
+    monkeypatch.setattr(GRPOTask, "_to_train", lambda self: list(self.rollouts))
+    full = _run_api(setup, tmp_path / "full", 3, **kw)
+    for a, b in zip(lean, full):
+        assert a["reward"] == b["reward"]
+        assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-5)
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5, abs=1e-9)
 
 
 def test_a_short_seeded_run_raises_the_reward(setup, tmp_path):

@@ -111,10 +111,11 @@ def group_advantages(rewards: torch.Tensor, scale: bool = True, eps: float = 1e-
     standard deviation (+ eps) when scale (GRPO) or not (Dr. GRPO). A group whose rewards are all equal gets
     zeros: it carries no signal about which completion was better."""
     centered = rewards - rewards.mean(dim=1, keepdim=True)
-    if not scale:
-        return centered
-    std = rewards.std(dim=1, keepdim=True, unbiased=True)
-    return torch.where(std > 0, centered / (std + eps), torch.zeros_like(centered))
+    # exact zeros for a group of equal rewards: its mean is rounded (eight times 0.1 averages to 0.1 - 7e-9)
+    same = (rewards == rewards[:, :1]).all(dim=1, keepdim=True)
+    if scale:
+        centered = centered / (rewards.std(dim=1, keepdim=True, unbiased=True) + eps)
+    return torch.where(same, torch.zeros_like(centered), centered)
 
 
 def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
@@ -174,7 +175,8 @@ class GRPOTask(Task):
         self.tokens_per_batch = None  # completions vary in length: each micro-batch counts its own
         self.reference = reference
         self.engine = None
-        self.rollouts: list[Rollout] = []
+        self.rollouts: list[Rollout] = []  # this generation's completions
+        self.trained: list[Rollout] = []  # the ones the optimizer steps train on (see _generate)
         self.micro: list[list[Rollout]] = []
         self.norm = 1.0
 
@@ -184,7 +186,7 @@ class GRPOTask(Task):
         metrics = None
         if (step - 1) % cfg.updates_per_generation == 0:
             metrics = self._generate(model, (step - 1) // cfg.updates_per_generation)
-        self.micro = [self.rollouts[i:i + cfg.batch_size] for i in range(0, len(self.rollouts), cfg.batch_size)]
+        self.micro = spread(self.trained, cfg.grad_accum)
         return metrics
 
     def _engine(self, model: nn.Module):
@@ -241,6 +243,7 @@ class GRPOTask(Task):
         adv = group_advantages(total, scale=cfg.loss_type != "dr_grpo").view(-1)
         self.rollouts = [Rollout(prompts[i // G] + o.token_ids, len(prompts[i // G]), float(adv[i]),
                                  engine_logp=[t.logprob for t in o.logprobs]) for i, o in enumerate(outs)]
+        self.trained = self._to_train()
         # With one update per generation the policy being trained is the one that sampled: pi_old = pi, so the
         # loss takes pi_old from its own forward (detached) instead of a second forward over every rollout.
         self._score_old_policy(model, policy=cfg.updates_per_generation > 1)
@@ -258,11 +261,24 @@ class GRPOTask(Task):
             from nanoseek.data.rewards import accuracy_reward
 
             m["reward_accuracy"] = sum(accuracy_reward("", o.text, problems[i // G]) for i, o in enumerate(outs)) / len(outs)
+        m["trained_fraction"] = len(self.trained) / len(self.rollouts)
         if cfg.temperature == 1.0 and cfg.updates_per_generation > 1:  # else the loss measures it
-            diffs = [abs(a - b) for r in self.rollouts for a, b in zip(r.engine_logp, r.old_logp.tolist())]
+            diffs = [abs(a - b) for r in self.trained for a, b in zip(r.engine_logp, r.old_logp.tolist())]
             m["logprob_mismatch"] = sum(diffs) / max(len(diffs), 1)
             m["logprob_mismatch_max"] = max(diffs, default=0.0)
         return m
+
+    def _to_train(self) -> list[Rollout]:
+        """The rollouts the optimizer steps see. Without a KL term or a balance loss, a completion with advantage
+        0 adds exactly 0 to the loss and to its gradient (the step's normalizer still counts it), so only the
+        others are trained: the groups whose completions all scored the same (often half of them) would cost a
+        forward and a backward for nothing. Enough stay that no micro-batch is empty, so every rank runs the
+        same micro-batches. (The router's load statistics then count the trained tokens only.)"""
+        cfg = self.cfg
+        if cfg.beta > 0 or cfg.aux_loss_alpha > 0:
+            return list(self.rollouts)
+        keep = [r for r in self.rollouts if r.advantage != 0.0]
+        return keep + [r for r in self.rollouts if r.advantage == 0.0][:max(0, cfg.grad_accum - len(keep))]
 
     def _score_old_policy(self, model: nn.Module, policy: bool = True) -> None:
         """Log-probabilities of every sampled token under the current weights (pi_old; only with policy) and
@@ -272,8 +288,8 @@ class GRPOTask(Task):
         was_training = model.training
         model.eval()
         try:
-            for i in range(0, len(self.rollouts), self.cfg.batch_size):
-                chunk = self.rollouts[i:i + self.cfg.batch_size]
+            for i in range(0, len(self.trained), self.cfg.batch_size):
+                chunk = self.trained[i:i + self.cfg.batch_size]
                 x, y, mask = self._tensors(chunk)
                 with _autocast(self.device, self.cfg.dtype):
                     lp = (model(x, targets=y, logprobs=True, temperature=self.cfg.temperature).token_logprobs
@@ -364,6 +380,13 @@ class GRPOTask(Task):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         pass
+
+
+def spread(items: list, parts: int) -> list[list]:
+    """items in `parts` consecutive chunks whose sizes differ by at most one (none empty when len >= parts)."""
+    q, r = divmod(len(items), parts)
+    bounds = [i * q + min(i, r) for i in range(parts + 1)]
+    return [items[bounds[i]:bounds[i + 1]] for i in range(parts)]
 
 
 def frozen_copy(model: nn.Module) -> nn.Module:
