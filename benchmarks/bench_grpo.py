@@ -14,16 +14,18 @@ threads each.
     python benchmarks/bench_grpo.py --checkpoint runs/speedrun/sft --problems runs/speedrun/data/rl.jsonl
 
 Figures, 2026-11-30, AMD EPYC (Zen 4, no AMX), 2 threads, trl 1.16.0, transformers 5.24.0, torch 2.13.0; the
-speedrun's SFT checkpoint (`cpu-small`) and its rl.jsonl, 8 steps of 8 prompts x 8 completions:
+speedrun's SFT checkpoint (`cpu-small`) and its rl.jsonl, 6 steps of 8 prompts x 8 completions, medians:
 
     dtype      nanoseek s/step   TRL s/step   TRL / nanoseek
-    float32    2.30              5.48         2.4x
-    bfloat16   1.82              4.69         2.6x
+    float32    1.22              5.79         4.7x
+    bfloat16   1.48              5.40         3.7x
 
-Mean rewards per step track each other (the same prompts; e.g. fp32 0.49 / 0.57 / 0.21 / 0.33 for nanoseek,
-0.51 / 0.52 / 0.16 / 0.35 for TRL), so in the same wall-clock time nanoseek takes about 2.5x the steps.
-Before nanoseek stopped scoring pi_old in a second forward when each generation gets one update, it took
-2.38-2.83 s per fp32 step.
+Mean rewards per step track each other (the same prompts; fp32 0.49 / 0.57 / 0.23 / 0.30 / 0.52 / 0.41 for
+nanoseek, 0.51 / 0.52 / 0.16 / 0.35 / 0.65 / 0.48 for TRL), so in the same wall-clock time nanoseek takes
+about 4x the steps. Earlier figures on this machine: 2.30 / 1.82 s against TRL's 5.48 / 4.69 (2.4x / 2.6x)
+before nanoseek stopped training completions with advantage 0 (exactly zero gradient: about half of them
+here), and 2.38-2.83 s per fp32 step before it stopped scoring pi_old in a second forward when each
+generation gets one update.
 """
 
 from __future__ import annotations

@@ -59,7 +59,7 @@ class Preset:
 
 PRESETS: dict[str, Preset] = {
     "cpu": Preset(
-        "the default: cpu-small (4 layers, 16 experts) on the built-in tasks, 13-16 minutes on 2 CPU cores",
+        "the default: cpu-small (4 layers, 16 experts) on the built-in tasks, 12-15 minutes on 2 CPU cores",
         model="cpu-small", tasks="arithmetic,digit_sum,sort,word_problem,units", corpus_problems=8000,
         pretrain=dict(steps=1100, batch_size=8, seq_len=256, lr=3e-3, eval_every=220, checkpoint_every=220),
         sft=dict(steps=200, batch_size=8, seq_len=256, lr=1e-3, eval_every=100, checkpoint_every=100),
@@ -67,7 +67,7 @@ PRESETS: dict[str, Preset] = {
         rl=dict(steps=90, prompts_per_step=8, group_size=8, max_new_tokens=96, temperature=0.7, loss_type="dr_grpo",
                 lr=5e-5, batch_size=32, eval_every=30, checkpoint_every=30, eval_problems=60),
         minutes=dict(tasks=0.1, tokenizer=0.1, tokens=0.1, pretrain=8.5, eval_pretrain=0.3, sft=1.5, eval_sft=0.2,
-                     rl=3, eval_rl=0.2, report=0.3)),
+                     rl=2.1, eval_rl=0.2, report=0.3)),
     "smoke": Preset(
         "a tiny model and a few steps of each stage: checks the pipeline end to end in a minute or two",
         model="tiny", model_overrides=dict(max_position_embeddings=256), tasks="arithmetic,sort", difficulty="1",
