@@ -59,7 +59,7 @@ class Preset:
 
 PRESETS: dict[str, Preset] = {
     "cpu": Preset(
-        "the default: cpu-small (4 layers, 16 experts) on the built-in tasks, 12-15 minutes on 2 CPU cores",
+        "the default: cpu-small (4 layers, 16 experts) on the built-in tasks, 11-15 minutes on 2 CPU cores",
         model="cpu-small", tasks="arithmetic,digit_sum,sort,word_problem,units", corpus_problems=8000,
         pretrain=dict(steps=1100, batch_size=8, seq_len=256, lr=3e-3, eval_every=220, checkpoint_every=220),
         sft=dict(steps=200, batch_size=8, seq_len=256, lr=1e-3, eval_every=100, checkpoint_every=100),
