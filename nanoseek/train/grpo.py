@@ -176,7 +176,7 @@ class GRPOTask(Task):
         self.reference = reference
         self.engine = None
         self.rollouts: list[Rollout] = []  # this generation's completions
-        self.trained: list[Rollout] = []  # the ones the optimizer steps train on (see _generate)
+        self.trained: list[Rollout] = []  # the ones the optimizer steps train on (see _to_train)
         self.micro: list[list[Rollout]] = []
         self.norm = 1.0
 
@@ -281,8 +281,8 @@ class GRPOTask(Task):
         return keep + [r for r in self.rollouts if r.advantage == 0.0][:max(0, cfg.grad_accum - len(keep))]
 
     def _score_old_policy(self, model: nn.Module, policy: bool = True) -> None:
-        """Log-probabilities of every sampled token under the current weights (pi_old; only with policy) and
-        under the reference (with a KL term)."""
+        """Log-probabilities of the trained completions' tokens under the current weights (pi_old; only with
+        policy) and under the reference (with a KL term, which trains every completion)."""
         if not policy and self.reference is None:
             return
         was_training = model.training
