@@ -20,7 +20,6 @@ def _flag_error(e: DataError, flags: dict[str, str]) -> UserError:
     return UserError(f"{param}: {e}" if param and param.startswith("-") else str(e), param=param)
 
 
-
 def cmd_list(args) -> None:
     """List the built-in tasks with their difficulty levels and an example prompt."""
     from nanoseek.data import tasks
