@@ -284,6 +284,26 @@ def test_bf16_head_loss_equals_cross_entropy_over_the_bf16_logits_even_when_a_ta
     torch.testing.assert_close(gw2, gw, atol=2e-3, rtol=2e-2)
 
 
+def test_target_logprob_read_from_the_softmax_equals_log_softmax_on_both_paths():
+    """The head loss reads log p(target) from its softmax. On a CPU (host check) and on the accelerators' path
+    (lse from the row's max) it equals log_softmax over the same logits, in fp32 and within bf16 rounding,
+    also for a row whose target probability underflows (~200 nats below the best)."""
+    from nanoseek.model.loss import _target_logprob
+
+    torch.manual_seed(0)
+    logits = torch.randn(6, 50) * 3
+    t = torch.randint(0, 50, (6, 1))
+    logits[0, t[0, 0]] = logits[0].max() - 200
+    for dtype, atol in ((torch.float32, 1e-5), (torch.bfloat16, 3e-3)):
+        lg = logits.to(dtype)
+        ref = torch.log_softmax(lg.float(), dim=-1).gather(1, t)
+        probs = torch.softmax(lg, dim=-1)
+        for on_host in (True, False):
+            got = _target_logprob(lg, probs, t, check_on_host=on_host)
+            assert got.dtype == torch.float32 and torch.isfinite(got).all()
+            torch.testing.assert_close(got, ref, atol=atol, rtol=0)
+
+
 @pytest.mark.parametrize("blocks", [2, 3, 7])
 def test_causal_attention_in_query_blocks_equals_the_whole_square(monkeypatch, blocks):
     """Causal self-attention split into query blocks, each against the keys up to its last query, gives what
