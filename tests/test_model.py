@@ -284,6 +284,31 @@ def test_bf16_head_loss_equals_cross_entropy_over_the_bf16_logits_even_when_a_ta
     torch.testing.assert_close(gw2, gw, atol=2e-3, rtol=2e-2)
 
 
+@pytest.mark.parametrize("x_dtype,w_dtype", [(torch.float32, torch.float32), (torch.bfloat16, torch.float32),
+                                              (torch.bfloat16, torch.bfloat16)])
+def test_rmsnorm_backward_written_out_equals_autograd_through_the_definition(x_dtype, w_dtype):
+    """RMSNorm's training path (_RMSNorm, hand-written backward) gives the values and gradients of autograd
+    through its definition, rms_norm(x in fp32).to(x.dtype) * weight."""
+    from nanoseek.model.layers import RMSNorm
+
+    torch.manual_seed(0)
+    norm = RMSNorm(48).to(w_dtype)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+    x = (torch.randn(3, 5, 48) * 3).to(x_dtype).requires_grad_()
+    g = torch.randn(3, 5, 48)
+    got = norm(x)
+    got_grads = torch.autograd.grad(got, (x, norm.weight), g.to(got.dtype))
+    ref = F.rms_norm(x.float(), (48,), eps=norm.eps).to(x.dtype) * norm.weight
+    ref_grads = torch.autograd.grad(ref, (x, norm.weight), g.to(ref.dtype))
+    assert got.dtype == ref.dtype
+    torch.testing.assert_close(got, ref, atol=0, rtol=0)
+    tol = dict(atol=1e-5, rtol=1e-5) if x_dtype == torch.float32 else dict(atol=2e-2, rtol=2e-2)
+    for a, b in zip(got_grads, ref_grads):
+        assert a.dtype == b.dtype
+        torch.testing.assert_close(a, b, **tol)
+
+
 def test_target_logprob_read_from_the_softmax_equals_log_softmax_on_both_paths():
     """The head loss reads log p(target) from its softmax. On a CPU (host check) and on the accelerators' path
     (lse from the row's max) it equals log_softmax over the same logits, in fp32 and within bf16 rounding,

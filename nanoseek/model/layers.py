@@ -16,10 +16,40 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Normalize in fp32 (as HF and DeepSeek do), cast back, then scale.
+        if torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad):
+            return _RMSNorm.apply(x, self.weight, self.eps)  # the same, with a cheaper backward
         return F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).to(x.dtype) * self.weight
 
     def extra_repr(self) -> str:
         return f"{self.weight.shape[0]}, eps={self.eps}"
+
+
+class _RMSNorm(torch.autograd.Function):
+    """rms_norm(x in fp32).to(x.dtype) * weight, forward and backward written out.
+
+    On CPUs PyTorch fuses rms_norm's forward but not its backward: autograd through it ran ten elementwise
+    passes over [tokens, d] (2.0 ms forward + backward at 2048 x 256, 2 threads), where the gradient needs
+    five (1.2-1.35 ms): with y = x * rstd, dx = rstd * (dy - y * mean(dy * y)) and dy = g * weight. Nine
+    norms of width 256 run in every cpu-small training step."""
+
+    @staticmethod
+    def forward(ctx, x, weight, eps):
+        y, rstd = torch.ops.aten._fused_rms_norm(x.float(), [x.shape[-1]], None, eps)
+        ctx.save_for_backward(x, rstd, weight)
+        return y.to(x.dtype) * weight
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, rstd, weight = ctx.saved_tensors
+        y = x.float() * rstd
+        grad_weight = None
+        if ctx.needs_input_grad[1]:
+            grad_weight = (grad * y.to(x.dtype)).reshape(-1, grad.shape[-1]).sum(0, dtype=torch.float32)
+            grad_weight = grad_weight.to(weight.dtype)
+        dy = (grad * weight).float()
+        dot = (dy * y).mean(-1, keepdim=True)
+        grad_x = dy.sub_(y.mul_(dot)).mul_(rstd)
+        return grad_x.to(x.dtype), grad_weight, None
 
 
 class MLP(nn.Module):
