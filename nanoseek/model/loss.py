@@ -35,7 +35,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
             # an fp32 log-softmax of bf16 logits, which first writes an fp32 copy), and log p(target) read
             # from it (_target_logprob).
             g = torch.softmax(logits, dim=-1)
-            logp_t = _target_logprob(logits, g, safe_t)
+            logp_t = _target_logprob(logits, g, safe_t, counted=valid)
             del logits
             total -= (logp_t.squeeze(1) * valid).sum()
             if not (needs_h or needs_w):
@@ -67,8 +67,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
 
 
 def _target_logprob(logits: torch.Tensor, probs: torch.Tensor, target: torch.Tensor,
-                    check_on_host: bool | None = None) -> torch.Tensor:
+                    check_on_host: bool | None = None, counted: torch.Tensor | None = None) -> torch.Tensor:
     """log p(target) [rows, 1] in fp32, from the softmax probs of logits [rows, V] (target [rows, 1]).
+    counted [rows] bool: the rows whose value is used (the others, ignored targets, skip the fallback below).
 
     log probs[target] is exact up to the rounding of probs (8 significant bits in bf16: |error| <= 2^-9 nats,
     below the rounding of the bf16 logits themselves), without another pass over the logits — a max over a
@@ -87,6 +88,8 @@ def _target_logprob(logits: torch.Tensor, probs: torch.Tensor, target: torch.Ten
     p_t = probs.gather(1, target).float()
     logp = p_t.log()
     low = (p_t < torch.finfo(torch.float32).tiny).squeeze(1)
+    if counted is not None:
+        low &= counted
     if bool(low.any()):
         rows = low.nonzero().squeeze(1)
         row_logits = logits[rows].float()
