@@ -282,6 +282,16 @@ def test_bf16_head_loss_equals_cross_entropy_over_the_bf16_logits_even_when_a_ta
     assert torch.isfinite(got) and abs(got.item() - ref.item()) < 4e-3 * ref.item()
     torch.testing.assert_close(gh2, gh, atol=2e-3, rtol=2e-2)
     torch.testing.assert_close(gw2, gw, atol=2e-3, rtol=2e-2)
+    # an ignored position reads target 0; its probability underflowing must not reach the loss (no -inf * 0)
+    t_ign = t.clone()
+    t_ign[0] = IGNORE_INDEX
+    with torch.no_grad():
+        w[0] = -40 * h[0] / h[0].norm()
+    logits = (h.bfloat16() @ w.bfloat16().t()).float()
+    ref = F.cross_entropy(logits, t_ign, ignore_index=IGNORE_INDEX)
+    got = linear_cross_entropy(h, w, t_ign, torch.bfloat16)
+    assert torch.isfinite(got) and abs(got.item() - ref.item()) < 4e-3 * ref.item()
+    assert all(torch.isfinite(g).all() for g in torch.autograd.grad(got, (h, w)))
 
 
 @pytest.mark.parametrize("x_dtype,w_dtype", [(torch.float32, torch.float32), (torch.bfloat16, torch.float32),

@@ -37,7 +37,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
             g = torch.softmax(logits, dim=-1)
             logp_t = _target_logprob(logits, g, safe_t, counted=valid)
             del logits
-            total -= (logp_t.squeeze(1) * valid).sum()
+            total -= logp_t.squeeze(1).masked_fill(~valid, 0.0).sum()  # not * valid: an ignored row's may be -inf
             if not (needs_h or needs_w):
                 continue
             # d loss / d logits = (softmax - onehot) * valid / n_valid: the softmax in place, the target column
