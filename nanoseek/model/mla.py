@@ -134,8 +134,8 @@ def matmul_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mas
         # the mask as an additive bias ([.., S, T], H times smaller than the scores), added in place: no pass
         # over the scores in the backward
         bias, blind = None, None  # blind: the queries that may attend to nothing, if any
-        S, T = q.shape[-2], k.shape[-2]
         if is_causal:  # query i sees keys 0..i: every query sees something
+            S, T = q.shape[-2], k.shape[-2]
             bias = torch.full((S, T), float("-inf"), dtype=dtype, device=q.device).triu_(1)
             if S == T and S >= CAUSAL_BLOCKS:
                 return _causal_blocks(q * scale, k, v, bias)
