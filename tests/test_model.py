@@ -317,6 +317,15 @@ def test_rmsnorm_backward_written_out_equals_autograd_through_the_definition(x_d
     for a, b in zip(got_grads, ref_grads):
         assert a.dtype == b.dtype
         torch.testing.assert_close(a, b, **tol)
+    if x_dtype == torch.float32:
+        # a row whose mean square overflows fp32: zeros forward, and a NaN gradient rather than a silent zero,
+        # so that the training loop's divergence check stops at that step
+        big = torch.ones(2, 48)
+        big[0] = 1e30
+        big.requires_grad_()
+        out = norm(big)
+        (gx,) = torch.autograd.grad(out.sum(), big)
+        assert (out[0] == 0).all() and torch.isnan(gx[0]).all() and torch.isfinite(gx[1]).all()
 
 
 def test_target_logprob_read_from_the_softmax_equals_log_softmax_on_both_paths():

@@ -48,7 +48,11 @@ class _RMSNorm(torch.autograd.Function):
             grad_weight = grad_weight.to(weight.dtype)
         dy = (grad * weight).float()
         dot = (dy * y).mean(-1, keepdim=True)
-        grad_x = dy.sub_(y.mul_(dot)).mul_(rstd)
+        # A row whose mean square overflowed fp32 (rstd 0: the forward gave zeros) has no usable gradient: NaN,
+        # not a silent zero, so that training stops at the step where the weights blew up (as it did when
+        # autograd ran through rms_norm: its gradients turned NaN at that step too).
+        scale = rstd.masked_fill(rstd == 0, float("nan"))
+        grad_x = dy.sub_(y.mul_(dot)).mul_(scale)
         return grad_x.to(x.dtype), grad_weight, None
 
 
