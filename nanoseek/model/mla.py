@@ -158,8 +158,8 @@ def matmul_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mas
 # Causal self-attention in query blocks: block j (queries a..b) needs only keys 0..b, so the masked upper
 # triangle is neither multiplied, nor added to, nor soft-maxed, forward or backward. Two blocks do 3/4 of the
 # full square's work: one layer's attention, forward + backward at 8 x 8 heads x 256 tokens, 2 threads, took
-# 21 instead of 25 ms in fp32 and 15.1 instead of 15.7 in bf16; four and eight blocks were slower in bf16 (the
-# smaller bf16 matmuls lose more than the skipped work saves) (docs/performance.md §5.2).
+# ~10-15% less time in fp32 and about the same in bf16; four and eight blocks were slower in bf16 (the smaller
+# bf16 matmuls lose more than the skipped work saves) (docs/performance.md §5.2).
 CAUSAL_BLOCKS = 2
 
 
