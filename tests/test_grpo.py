@@ -5,9 +5,9 @@ logs what it should, refuses bad input, and resumes after SIGKILL bit for bit.""
 from __future__ import annotations
 
 import math
+import shutil
 import signal
 import subprocess
-import time
 
 import pytest
 import torch
@@ -23,7 +23,7 @@ from nanoseek.train.log import read_log
 from nanoseek.train.loop import train
 from nanoseek.train.pretrain import write_tokenizer_files
 
-from train_helpers import nanoseek_cmd, run, subprocess_env, train_records
+from train_helpers import dying_in_checkpoint, nanoseek_cmd, run, train_records
 
 
 # ---- the math -------------------------------------------------------------------------------------------------
@@ -197,40 +197,73 @@ def test_rl_command_logs_rewards_and_refuses_bad_input(setup, tmp_path, capsys):
         assert msg in err and "Traceback" not in err, (bad, err)
 
 
-def test_rl_resume_after_sigkill_is_bit_for_bit(setup, tmp_path):
-    _, _, ckpt = setup
+@pytest.fixture(scope="module")
+def mtp_ckpt(setup, tmp_path_factory):
+    """The same start with one MTP module: GRPO gives it no gradients, so its optimizer keeps no state for it."""
+    tok, _, _ = setup
+    torch.manual_seed(0)
+    model = nanoseek.DeepSeekV3(preset("tiny", vocab_size=tok.vocab_size))
+    assert len(model.mtp) == 1
+    ckpt = tmp_path_factory.mktemp("rl_mtp") / "start"
+    nanoseek.save_model(model, ckpt)
+    write_tokenizer_files(tok, ckpt)
+    return ckpt
+
+
+def test_rl_resume_after_sigkill_during_a_checkpoint_write_is_bit_for_bit(mtp_ckpt, tmp_path):
+    """Killed while writing its second checkpoint (the files in the temporary folder, not yet in place), the run
+    resumes from the first and ends exactly where the uninterrupted one does: logs, weights, optimizer state."""
     steps = 12
-    args = lambda out, *x: nanoseek_cmd(*_rl_args(ckpt, out, "--steps", str(steps), "--checkpoint-every", "4",
+    args = lambda out, *x: nanoseek_cmd(*_rl_args(mtp_ckpt, out, "--steps", str(steps), "--checkpoint-every", "4",
                                                   "--eval-every", "6", "--lr", "1e-3", *x))  # noqa: E731
     full, killed = tmp_path / "full", tmp_path / "killed"
     r = run(args(full))
     assert r.returncode == 0, r.stderr[-2000:]
-    proc = subprocess.Popen(args(killed), env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            recs = read_log(killed) if (killed / "log.jsonl").exists() else []
-            ck = [x["step"] for x in recs if x["event"] == "checkpoint"]
-            if ck and any(x["event"] == "train" and x["step"] > ck[0] + 1 for x in recs):
-                proc.send_signal(signal.SIGKILL)
-                break
-            assert proc.poll() is None, "the run finished before it could be killed"
-            time.sleep(0.01)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert train_records(killed)[-1]["step"] < steps
+    r = subprocess.run(args(killed), env=dying_in_checkpoint(tmp_path, 8), capture_output=True, text=True,
+                       timeout=240)
+    assert r.returncode == -signal.SIGKILL, r.stderr[-2000:]
+    assert list((killed / "checkpoints").glob(".step_0000008.*.tmp"))  # it died inside the write
+    assert (killed / "checkpoints" / "latest").read_text().strip() == "step_0000004"
+    assert train_records(killed)[-1]["step"] == 8
     r = run(args(killed, "--resume"))
     assert r.returncode == 0, r.stderr[-2000:]
+    assert "resumed from step_0000004" in r.stdout
     a, b = train_records(full), train_records(killed)
     assert [x["step"] for x in b] == list(range(1, steps + 1))
     for key in ("loss", "grad_norm", "reward", "completion_len", "clip_fraction", "entropy"):
         assert [x[key] for x in b] == [x[key] for x in a], key
-    last = f"checkpoints/step_{steps:07d}/model.safetensors"
-    wa, wb = load_file(str(full / last)), load_file(str(killed / last))
-    assert all((wa[k] == wb[k]).all() for k in wa)
+    evals = lambda recs: [(x["step"], x["val_accuracy"]) for x in recs if x["event"] == "eval"]  # noqa: E731
+    assert evals(read_log(killed)) == evals(read_log(full))
+    last = full / f"checkpoints/step_{steps:07d}", killed / f"checkpoints/step_{steps:07d}"
+    for name in ("model.safetensors", "train_state/optimizer.safetensors"):
+        wa, wb = load_file(str(last[0] / name)), load_file(str(last[1] / name))
+        assert wa.keys() == wb.keys() and all((wa[k] == wb[k]).all() for k in wa), name
+    assert not any(k.startswith("mtp.") for k in load_file(str(last[0] / "train_state/optimizer.safetensors")))
+
+
+def test_a_copied_rl_run_resumes_and_other_problems_are_refused(mtp_ckpt, tmp_path, capsys):
+    """The resume compares the problems themselves, not the path of their file: a run folder copied elsewhere
+    (its problems file with it) continues; a file with other problems is refused."""
+    from nanoseek.data.tasks import write_problems
+
+    def rl(run_dir, problems, *extra):
+        return cli(_rl_args(mtp_ckpt, run_dir / "rl", "--problems", str(problems), "--checkpoint-every", "2",
+                            "--eval-every", "2", *extra))
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    write_problems(generate("arithmetic", "train", 16, 1), a / "rl.jsonl")
+    assert rl(a, a / "rl.jsonl", "--steps", "2") == 0
+    shutil.copytree(a, b)
+    shutil.rmtree(a)
+    capsys.readouterr()
+    assert rl(b, b / "rl.jsonl", "--steps", "4", "--resume") == 0
+    assert "resumed from step_0000002" in capsys.readouterr().out
+    assert [x["step"] for x in train_records(b / "rl")] == [1, 2, 3, 4]
+    write_problems(generate("arithmetic", "train", 16, 1, seed=7), b / "other.jsonl")
+    assert rl(b, b / "other.jsonl", "--steps", "6", "--resume") == 2
+    err = capsys.readouterr().err
+    assert "other problems" in err and "Traceback" not in err
 
 
 @pytest.mark.slow

@@ -50,3 +50,31 @@ def nanoseek_cmd(*args: str) -> list[str]:
 
 def run(cmd: list[str], timeout: float = 240) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, env=subprocess_env(), capture_output=True, text=True, timeout=timeout)
+
+
+def dying_in_checkpoint(root: Path, step: int) -> dict[str, str]:
+    """subprocess_env() for a nanoseek process that SIGKILLs itself while it writes checkpoint `step`: its files
+    are in the temporary folder, not yet renamed into place (a sitecustomize.py in `root` wraps the atomic
+    write; Python runs it at start-up)."""
+    hook = root / f"die-in-step-{step}"
+    hook.mkdir(parents=True, exist_ok=True)
+    (hook / "sitecustomize.py").write_text(f'''\
+import contextlib, os, signal
+import nanoseek.train.checkpoint as checkpoint
+
+_atomic_dir = checkpoint.atomic_dir
+
+
+@contextlib.contextmanager
+def atomic_dir(path):
+    with _atomic_dir(path) as tmp:
+        yield tmp
+        if os.path.basename(path) == "step_{step:07d}":
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+checkpoint.atomic_dir = atomic_dir
+''')
+    env = subprocess_env()
+    env["PYTHONPATH"] = str(hook) + os.pathsep + env["PYTHONPATH"]
+    return env

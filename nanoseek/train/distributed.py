@@ -181,7 +181,17 @@ def full_optimizer_state(model: nn.Module, optimizers: list[torch.optim.Optimize
 
 
 def load_optimizer_state(model: nn.Module, optimizers: list[torch.optim.Optimizer], osd: dict[str, Any]) -> None:
-    """Load a full name-keyed optimizer state (every rank passes the same dict; FSDP keeps its shard)."""
+    """Load a full name-keyed optimizer state (every rank passes the same dict; FSDP keeps its shard).
+
+    A parameter that never had a gradient in the saved run has no state in it (GRPO never trains the MTP
+    module): it gets none here either, as if this optimizer had never stepped it, so the resumed run holds
+    exactly the state the uninterrupted one did."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
-    set_optimizer_state_dict(model, optimizers, osd, options=StateDictOptions(full_state_dict=True))
+    params = dict(model.named_parameters())
+    stateless = [p for name, p in params.items() if p.requires_grad and name not in osd["state"]]
+    set_optimizer_state_dict(model, optimizers, osd,
+                             options=StateDictOptions(full_state_dict=True, strict=not stateless))
+    for opt in optimizers:  # the loader filled them with a zero-gradient step's state: drop it
+        for p in stateless:
+            opt.state.pop(p, None)

@@ -23,6 +23,8 @@ generation boundary) regenerates exactly what the uninterrupted run did.
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import math
 import random
 from dataclasses import dataclass
@@ -31,12 +33,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from nanoseek.errors import DataError
 from nanoseek.train import distributed as D
 from nanoseek.train.config import TrainConfig, _f
 from nanoseek.train.schedule import SCHEDULES
 from nanoseek.train.loop import Task
 
 LOSS_TYPES = ("grpo", "dr_grpo", "dapo")
+STATE_VERSION = 1  # of the task state a checkpoint keeps
 
 
 @dataclass
@@ -72,7 +76,8 @@ class GRPOConfig(TrainConfig):
     beta: float = _f(0.0, "KL penalty to the frozen starting model (k3); 0 keeps no reference model")
     eval_problems: int = _f(64, "validation problems scored (greedy) at each evaluation")
 
-    FIXED_ON_RESUME = ("optimizer", "seed", "task", "problems", "difficulty", "prompts_per_step", "group_size",
+    # --problems may name another path (a copied run folder): the task state compares the problems themselves
+    FIXED_ON_RESUME = ("optimizer", "seed", "task", "difficulty", "prompts_per_step", "group_size",
                        "updates_per_generation")
 
     def validate(self) -> "GRPOConfig":
@@ -376,10 +381,26 @@ class GRPOTask(Task):
         return {"val_accuracy": n[0].item() / max(n[1].item(), 1.0)}
 
     def state_dict(self) -> dict[str, Any]:
-        return {}  # the prompts and seeds of every generation follow from the step: nothing else to keep
+        # the prompts and seeds of every generation follow from the step and the training problems: keep which
+        # problems they were (by content, so a copied run folder with its problems file elsewhere resumes)
+        return {"version": STATE_VERSION, "problems": problems_digest(self.train_problems),
+                "n_problems": len(self.train_problems), "source": self.cfg.problems or self.cfg.task}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        pass
+        saved = state.get("problems")  # None: written before nanoseek kept it
+        if saved is not None and saved != problems_digest(self.train_problems):
+            raise DataError(f"the run was trained on other problems ({state.get('n_problems')} from "
+                            f"{state.get('source')}; these are {len(self.train_problems)} from "
+                            f"{self.cfg.problems or self.cfg.task}): resuming would not continue the same prompts; "
+                            "pass the same --problems or start a new --out")
+
+
+def problems_digest(problems: list) -> str:
+    """A short hash of the problems' content, in order (what a saved generation step refers to)."""
+    h = hashlib.sha256()
+    for p in problems:
+        h.update(json.dumps(p.to_dict(), sort_keys=True, ensure_ascii=False).encode("utf-8") + b"\n")
+    return h.hexdigest()[:16]
 
 
 def spread(items: list, parts: int) -> list[list]:
