@@ -87,6 +87,65 @@ def test_split_follows_the_problem_not_its_phrasing():
         assert p.key == f"{p.meta['start']} " + "".join(map(str, p.meta["events"][0]))
 
 
+# ---- wordings ---------------------------------------------------------------------------------------------
+WORDED = [name for name in GENERATED if tasks.get_task(name).frames]
+
+
+def test_the_speedrun_tasks_have_dozens_of_wordings_some_held_out():
+    assert set(WORDED) >= {"arithmetic", "digit_sum", "sort", "units", "word_problem"}
+    for name in WORDED:
+        frames = tasks.get_task(name).frames
+        held = [f for f in frames if f.held_out]
+        assert len(frames) - len(held) >= 24 and len(held) >= 7, name
+        texts = [f.text for f in frames]
+        assert len(set(texts)) == len(texts), name
+        # a held-out frame stays held out after the surface changes too (lower case, no final punctuation)
+        train_forms = {f.text.lower().rstrip("?.!") for f in frames if not f.held_out}
+        assert not any(f.text.lower().rstrip("?.!") in train_forms for f in held), name
+
+
+@pytest.mark.parametrize("name", WORDED)
+def test_wordings_change_the_question_never_the_problem(name):
+    canonical = tasks.generate(name, "test", 60, "1-3", seed=3)
+    trained = tasks.generate(name, "test", 60, "1-3", seed=3, wording="train")
+    held = tasks.generate(name, "test", 60, "1-3", seed=3, wording="heldout")
+    frames = tasks.get_task(name).frames
+    for c, t, h in zip(canonical, trained, held):
+        # the same problem (so the same split, answer and worked solution), asked another way
+        assert c.key == t.key == h.key and c.answer == t.answer == h.answer
+        assert tasks.worked_solution(c) == tasks.worked_solution(t) == tasks.worked_solution(h)
+        assert "wording" not in c.meta
+        assert not frames[t.meta["wording"]].held_out and frames[h.meta["wording"]].held_out
+        assert tasks.check_answer(h, h.answer) and tasks.problem_from_record(tasks.problem_record(h)) == h
+    assert len({p.prompt for p in trained}) == 60 and len({p.meta["wording"] for p in trained}) > 10
+
+
+@pytest.mark.parametrize("name", WORDED)
+def test_every_frame_is_asked_somewhere_in_the_speedrun_levels(name):
+    """A frame with a tag (e.g. "Subtract {b} from {a}.", two-term differences only) must fit some problem
+    at levels 1-3, or its wording would never be trained or tested."""
+    used = set()
+    for wording in ("train", "heldout"):
+        used |= {p.meta["wording"] for p in tasks.generate(name, "train", 3000, "1-3", seed=0, unique=False,
+                                                             wording=wording)}
+    assert used == set(range(len(tasks.get_task(name).frames)))
+
+
+def test_worded_numbers_are_the_problems_numbers():
+    """Whatever the wording, the operands appear in the prompt as digits (the model reads them from there)."""
+    for p in tasks.generate("arithmetic", "train", 300, "1-3", seed=1, wording="heldout"):
+        assert all(str(t) in p.prompt for t in p.meta["terms"]), p.prompt
+    for p in tasks.generate("sort", "train", 300, "1-3", seed=1, wording="train"):
+        assert all(str(v) in p.prompt for v in p.meta["values"]), p.prompt
+    for p in tasks.generate("units", "train", 300, "1-3", seed=1, wording="heldout"):
+        assert p.meta["key"].split(" ")[0] in p.prompt, p.prompt  # the amount given (the key starts with it)
+
+
+def test_unknown_wording_is_refused():
+    with pytest.raises(DataError, match="unknown wording 'fancy'"):
+        tasks.generate("sort", "train", 3, 1, wording="fancy")
+
+
 def test_generation_is_deterministic_and_prefix_stable():
     a = tasks.generate("countdown", "train", 30, "1-3", seed=5)
     assert a == tasks.generate("countdown", "train", 30, "1-3", seed=5)
@@ -160,12 +219,21 @@ def test_other_worked_solutions():
     assert tasks.worked_solution(p).reasoning == "4+8=12\n12+2=14\n14+1=15"
     p = tasks.Problem("sort", "", "42, 19, 7", {"values": [42, 7, 19], "descending": True})
     assert tasks.worked_solution(p).reasoning == "42 is the largest, left 7, 19\n19 is the largest, left 7\n7 is the last"
+    # units: multiplying and dividing by a factor goes through its one-digit factors (column work each) and its
+    # power of ten, so no step is a multi-digit product or quotient written at once
     p = tasks.Problem("units", "", "7200", {"steps": [2, 3], "amount": 2, "extra": 0, "reverse": False})
-    assert tasks.worked_solution(p).reasoning == "1 hour = 60 minutes\n2*60=120\n1 minute = 60 seconds\n120*60=7200"
+    assert tasks.worked_solution(p).reasoning == (
+        "1 hour = 60 minutes\n2*60=2*6*10\n2*6=12\n12*10=120\n1 minute = 60 seconds\n120*60=120*6*10\n"
+        "0*6=0, write 0\n2*6=12, write 2, carry 1\n1*6+1=7, write 7\n120*6=720\n720*10=7200")
     p = tasks.Problem("units", "", "3", {"steps": [2], "amount": 3, "extra": 0, "reverse": True})
-    assert tasks.worked_solution(p).reasoning == "60 minutes = 1 hour\n180/60=3"
+    assert tasks.worked_solution(p).reasoning == "60 minutes = 1 hour\n180/60=180/10/6\n180/10=18\n18/6=3"
+    p = tasks.Problem("units", "", "57", {"steps": [1], "amount": 57, "extra": 0, "reverse": True})
+    assert tasks.worked_solution(p).reasoning == (  # short division: 1368 / 8, then / 3
+        "24 hours = 1 day\n1368/24=1368/8/3\n13/8=1 r 5\n56/8=7\n8/8=1\n1368/8=171\n17/3=5 r 2\n21/3=7\n171/3=57")
+    # word problems work each event in columns, as the arithmetic task does
     p = tasks.Problem("word_problem", "", "29", {"start": 12, "events": [["+", 5], ["box", 3, 4]]})
-    assert tasks.worked_solution(p).reasoning == "12+5=17\n3*4=12\n17+12=29"
+    assert tasks.worked_solution(p).reasoning == ("2+5=7, write 7\nwrite 1\n12+5=17\n3*4=12\n7+2=9, write 9\n"
+                                                   "1+1=2, write 2\n17+12=29")
 
 
 # ---- checkers -----------------------------------------------------------------------------------------------
@@ -390,7 +458,7 @@ def test_cli_check_scores_completions(tmp_path, capsys):
                      str(tmp_path / "c.jsonl"), "--k", "1,2,3", "--json", str(tmp_path / "r.json"),
                      "-o", str(tmp_path / "scored.jsonl")]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("| task | problems | samples | accuracy | pass@1 | maj@1 |")
+    assert out.startswith("| task | problems | samples | accuracy | accuracy_se | pass@1 | maj@1 |")
     row = json.loads((tmp_path / "r.json").read_text())["rows"][0]
     assert row["problems"] == 3 and row["samples"] == 3
     assert row["accuracy"] == pytest.approx(2 / 3) and row["pass@2"] == 1.0 and row["maj@3"] == 1.0

@@ -42,7 +42,8 @@ def cmd_show(args) -> None:
     flags = {"difficulty": "--difficulty", "n": "--n", "split": "--split"}
     for name in task_names(args.task):
         try:
-            problems = tasks.generate(name, args.split, args.n, args.difficulty, seed=args.seed, unique=False)
+            problems = tasks.generate(name, args.split, args.n, args.difficulty, seed=args.seed, unique=False,
+                                      wording=args.wording)
         except DataError as e:
             raise _flag_error(e, flags) from None
         for p in problems:
@@ -63,7 +64,7 @@ def cmd_generate(args) -> None:
     for name in task_names(args.task):
         try:
             problems += tasks.generate(name, args.split, args.n, args.difficulty, seed=args.seed,
-                                       unique=not args.allow_repeats)
+                                       unique=not args.allow_repeats, wording=args.wording)
         except DataError as e:
             raise _flag_error(e, flags) from None
     try:
@@ -183,6 +184,9 @@ def register(sub) -> None:
         t.add_argument("--difficulty", default="1", help="a level (2), a range (1-3) or a list (1,2,4): each "
                        "problem draws one of them (default 1)")
         t.add_argument("--seed", type=nonneg_int, default=0, help="same seed, same problems (default 0)")
+        t.add_argument("--wording", default="canonical", choices=["canonical", "train", "heldout"],
+                       help="how problems are asked: canonical (each task's one original template), train (dozens "
+                            "of wordings) or heldout (wordings kept out of train, to test on); default canonical")
         t.add_argument("--style", default="plain", choices=["plain", "chat"],
                        help="text style: plain (prompt, steps, 'Answer: X') or chat (the chat rendering as text)")
 

@@ -18,6 +18,7 @@ import random
 
 from nanoseek.data.tasks.checkers import format_number, parse_number
 from nanoseek.data.tasks.problem import Problem, Solution, Task
+from nanoseek.data.tasks.wordings import held_out, train
 
 # difficulty -> (digits per operand, number of terms, operators, digits of the second factor of a product)
 ARITHMETIC_LEVELS = {
@@ -99,6 +100,72 @@ def work_mul(a: int, b: int) -> list[str]:
     return lines + [f"{a}*{b}={a * b}"]
 
 
+def work_div(n: int, d: int) -> list[str]:
+    """Short division of n by a one-digit d (exact), one line per quotient digit: the leading digits until they
+    reach d, then each remainder joined by the next digit.
+
+        552/6:  55/6=9 r 1,  12/6=2,  552/6=92
+    """
+    if n < 10:
+        return [f"{n}/{d}={n // d}"]
+    lines, current, started = [], 0, False
+    for c in str(n):
+        current = current * 10 + int(c)
+        if current < d and not started:
+            continue
+        started = True
+        q, r = divmod(current, d)
+        lines.append(f"{current}/{d}={q}" + (f" r {r}" if r else ""))
+        current = r
+    whole = f"{n}/{d}={n // d}"
+    return lines if lines == [whole] else lines + [whole]
+
+
+def one_digit_factors(f: int) -> tuple[list[int], int]:
+    """f as one-digit factors (largest first) times a power of ten: 60 -> ([6], 10), 24 -> ([8, 3], 1)."""
+    ten = 1
+    while f % 10 == 0:
+        f, ten = f // 10, ten * 10
+    factors = []
+    while f > 1:
+        d = next(d for d in range(9, 1, -1) if f % d == 0)
+        factors.append(d)
+        f //= d
+    return factors, ten
+
+
+def work_scale(a: int, f: int) -> list[str]:
+    """a * f for a unit factor f, by its one-digit factors (column work each) and then its power of ten."""
+    factors, ten = one_digit_factors(f)
+    if a < 10 and f < 10:
+        return [f"{a}*{f}={a * f}"]
+    plan = [f"{a}*{f}=" + "*".join(map(str, [a, *factors] + ([ten] if ten > 1 else [])))] \
+        if len(factors) + (ten > 1) > 1 else []
+    lines, value = plan, a
+    for d in factors:
+        lines += work_mul(value, d) if value >= 10 else [f"{value}*{d}={value * d}"]
+        value *= d
+    if ten > 1:
+        lines.append(f"{value}*{ten}={value * ten}")
+    return lines
+
+
+def work_unscale(n: int, f: int) -> list[str]:
+    """n / f (exact) for a unit factor f: drop the power of ten's zeros, then short division by each one-digit
+    factor."""
+    factors, ten = one_digit_factors(f)
+    plan = [f"{n}/{f}=" + "/".join(map(str, [n] + ([ten] if ten > 1 else []) + factors))] \
+        if len(factors) + (ten > 1) > 1 else []
+    lines, value = plan, n
+    if ten > 1:
+        lines.append(f"{value}/{ten}={value // ten}")
+        value //= ten
+    for d in factors:
+        lines += work_div(value, d)
+        value //= d
+    return lines
+
+
 def apply(a: int, op: str, b: int) -> int:
     return a + b if op == "+" else a - b if op == "-" else a * b
 
@@ -124,6 +191,41 @@ def evaluation_steps(terms: list[int], ops: list[str]) -> list[tuple[int, str, i
     return steps
 
 
+# How an operator is written: as a symbol (spaced or not), or in words.
+_SYMBOLS = {"+": ("+",), "-": ("-",), "*": ("*", "x", "×")}
+_WORDS = {"+": ("plus",), "-": ("minus",), "*": ("times", "multiplied by")}
+
+ARITHMETIC_FRAMES = (
+    train("What is {expr}?", "What's {expr}?", "Compute {expr}.", "{expr} = ?", "{expr} =", "{expr}",
+          "Find {expr}.", "Work out {expr}.", "Evaluate {expr}.", "Solve {expr}.", "{expr}?",
+          "What do you get from {expr}?", "Tell me what {expr} is.", "Find the value of {expr}.",
+          "Give me the result of {expr}.", "What is the value of {expr}?", "Please compute {expr}.",
+          "Work this out: {expr}", "Quick math: {expr}", "Result of {expr}?", "{expr} is what?",
+          "Can you do {expr}?", "What is the answer to {expr}?", "Figure out {expr}.")
+    + train("Add {a} and {b}.", "What is the sum of {a} and {b}?", "What do {a} and {b} add up to?",
+            "If you add {b} to {a}, what do you get?", when="+2")
+    + train("Subtract {b} from {a}.", "What is {a} take away {b}?", "What is the difference between {a} and {b}?",
+            "Take {b} from {a}.", when="-2")
+    + train("Multiply {a} by {b}.", "What is the product of {a} and {b}?", "What is {a} multiplied by {b}?",
+            "{a} times {b}?", when="*2")
+    + held_out("Calculate {expr}.", "how much is {expr}", "Can you work out {expr} for me?", "What does {expr} equal?",
+               "I need the answer to {expr}.", "Determine {expr}.", "{expr} equals?")
+    + held_out("Add up {a} and {b}.", when="+2")
+    + held_out("Take {b} away from {a}.", when="-2")
+    + held_out("How much is {a} times {b}?", when="*2"))
+
+
+def render_expression(terms: list[int], ops: list[str], rng: random.Random) -> str:
+    """47 + 38, 47+38 or 47 plus 38 (x and × for * too)."""
+    style = rng.randrange(3)
+    table = _WORDS if style == 2 else _SYMBOLS
+    sep = "" if style == 1 else " "
+    parts = [str(terms[0])]
+    for op, t in zip(ops, terms[1:]):
+        parts += [rng.choice(table[op]), str(t)]
+    return sep.join(parts)
+
+
 class Arithmetic(Task):
     name = "arithmetic"
     summary = "multi-digit +, -, * with schoolbook column work"
@@ -131,6 +233,12 @@ class Arithmetic(Task):
         f"{t} terms of {d} digit{'s' if d > 1 else ''}, {' '.join(ops)}" + (f" (products by {m}-digit factors)"
                                                                             if "*" in ops else "")
         for d, t, ops, m in ARITHMETIC_LEVELS.values())
+    frames = ARITHMETIC_FRAMES
+
+    def wording_fields(self, problem: Problem, rng: random.Random, wording: str) -> tuple[dict, set[str]]:
+        terms, ops = problem.meta["terms"], problem.meta["ops"]
+        fields = {"expr": render_expression(terms, ops, rng), "a": terms[0], "b": terms[-1]}
+        return fields, {f"{ops[0]}2"} if len(ops) == 1 else set()
 
     def sample(self, rng: random.Random, difficulty: int) -> Problem:
         digits, n_terms, opset, mul_digits = ARITHMETIC_LEVELS[difficulty]
@@ -167,10 +275,30 @@ class Arithmetic(Task):
         return Solution("\n".join(lines), problem.answer)
 
 
+DIGIT_SUM_FRAMES = (
+    train("What is the sum of the digits of {n}?", "Sum the digits of {n}.", "What is the digit sum of {n}?",
+          "Find the sum of the digits in {n}.", "digit sum of {n}", "What do the digits of {n} add up to?",
+          "Add the digits of {n} together.", "Compute the digit sum of {n}.", "{n}: what is the sum of its digits?",
+          "Sum of digits of {n}?", "Tell me the sum of the digits of {n}.", "What is the total of the digits of {n}?",
+          "Find the digit sum: {n}", "Add all the digits of {n}.", "The digits of {n} sum to what?",
+          "What's the digit sum of {n}?", "Work out the sum of the digits of {n}.", "Give the sum of the digits of {n}.",
+          "How much do the digits of {n} add up to?", "Take {n} and add its digits.", "sum the digits: {n}",
+          "What number do you get by adding the digits of {n}?", "Digit sum of {n} = ?", "Please add the digits of {n}.",
+          "Calculate the digit sum of {n}.")
+    + held_out("Add up the digits of {n}.", "If you add all the digits of {n}, what do you get?",
+               "What's the total of the digits in {n}?", "how much is the sum of the digits of {n}",
+               "Can you sum up the digits of {n} for me?", "I need the digit sum of {n}.",
+               "Find what the digits of {n} add up to."))
+
+
 class DigitSum(Task):
     name = "digit_sum"
     summary = "the sum of the digits of a number"
     levels = tuple(f"a number with {d} digits" for d in range(2, 10))
+    frames = DIGIT_SUM_FRAMES
+
+    def wording_fields(self, problem: Problem, rng: random.Random, wording: str) -> tuple[dict, set[str]]:
+        return {"n": problem.meta["number"]}, set()
 
     def sample(self, rng: random.Random, difficulty: int) -> Problem:
         n = rng.randint(10 ** difficulty, 10 ** (difficulty + 1) - 1)

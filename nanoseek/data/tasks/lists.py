@@ -11,6 +11,7 @@ import random
 import re
 
 from nanoseek.data.tasks.problem import Problem, Solution, Task
+from nanoseek.data.tasks.wordings import held_out, join_list, train
 
 # difficulty -> (list length, largest value, whether descending order is asked too)
 SORT_LEVELS = {1: (3, 9, False), 2: (4, 99, False), 3: (5, 99, True), 4: (6, 999, True), 5: (8, 999, True)}
@@ -29,11 +30,39 @@ def parse_list(text: str) -> list[int] | None:
     return [int(x) for x in items]
 
 
+# How the direction is said: as an adverbial ({dir}) or as the order's name ({order}).
+_DIRECTIONS = {False: ("from smallest to largest", "from lowest to highest", "in ascending order",
+                       "in increasing order", "smallest first", "from least to greatest"),
+               True: ("from largest to smallest", "from highest to lowest", "in descending order",
+                      "in decreasing order", "largest first", "from greatest to least")}
+_ORDERS = {False: ("ascending order", "increasing order"), True: ("descending order", "decreasing order")}
+
+SORT_FRAMES = (
+    train("Sort {dir}: {list}.", "Sort these numbers {dir}: {list}", "Sort {list} {dir}.", "Put {list} in order, {dir}.",
+          "Order these numbers {dir}: {list}.", "{list}: sort them {dir}.", "Please sort {list} {dir}.",
+          "Sort the list {list} {dir}.", "Rearrange {list} {dir}.", "Can you sort {list} {dir}?", "Write {list} {dir}.",
+          "Sort: {list} ({dir})", "Order {list} {dir}.", "Put these in order {dir}: {list}",
+          "Sort the numbers {list} {dir}.", "List these numbers {dir}: {list}.", "Give {list} sorted {dir}.",
+          "I have {list}. Sort them {dir}.", "sort {list} {dir}", "What is {list} sorted {dir}?",
+          "Put {list} in {order}.", "Sort in {order}: {list}.", "Write these numbers in {order}: {list}")
+    + train("Sort these numbers: {list}", "Sort {list}.", "Put {list} in order.", "Sort the list: {list}", when="asc")
+    + held_out("Arrange {list} {dir}.", "Can you rank these {dir}: {list}?", "How would {list} look sorted {dir}?",
+               "Reorder {list} {dir}, please.", "I need {list} ordered {dir}.", "Line up {list} {dir}.",
+               "Arrange these in {order}: {list}"))
+
+
 class Sort(Task):
     name = "sort"
     summary = "sort a list of numbers (ascending, or descending from level 3)"
     levels = tuple(f"{n} numbers up to {m}" + (", either order" if both else ", smallest first")
                    for n, m, both in SORT_LEVELS.values())
+    frames = SORT_FRAMES
+
+    def wording_fields(self, problem: Problem, rng: random.Random, wording: str) -> tuple[dict, set[str]]:
+        desc = problem.meta["descending"]
+        fields = {"list": join_list(problem.meta["values"], rng), "dir": rng.choice(_DIRECTIONS[desc]),
+                  "order": rng.choice(_ORDERS[desc])}
+        return fields, set() if desc else {"asc"}
 
     def sample(self, rng: random.Random, difficulty: int) -> Problem:
         n, largest, both = SORT_LEVELS[difficulty]

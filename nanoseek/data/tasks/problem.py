@@ -10,10 +10,13 @@ apples and Ana's coins over the same numbers; 47 + 385 and 385 + 47) never sit i
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import random
 from dataclasses import dataclass, field
 from typing import Any
+
+from nanoseek.data.tasks.wordings import Frame, rephrase
 
 SPLITS = ("train", "val", "test")
 # Out of 1000 hash buckets: test 10%, validation 10%, train 80%.
@@ -82,6 +85,7 @@ class Task:
     summary: str = ""
     levels: tuple[str, ...] = ()
     generated: bool = True  # False for tasks read from files (nothing to sample)
+    frames: tuple[Frame, ...] = ()  # the wordings a problem can be asked in (nanoseek.data.tasks.wordings)
 
     @property
     def max_difficulty(self) -> int:
@@ -104,6 +108,20 @@ class Task:
         their value). None when the answer is unreadable."""
         text = " ".join(answer.split())
         return text or None
+
+    def wording_fields(self, problem: Problem, rng: random.Random, wording: str) -> tuple[dict[str, Any], set[str]]:
+        """The fields `frames` format for this problem in a wording set (with random surface forms), and its
+        tags (which frames fit it)."""
+        raise NotImplementedError
+
+    def phrase(self, problem: Problem, wording: str, rng: random.Random) -> Problem:
+        """The problem asked in a frame of the wording set ("canonical": as sampled). meta["wording"] records
+        the frame; the canonical key, answer and worked solution stay as they are."""
+        if wording == "canonical" or not self.frames:
+            return problem
+        fields, tags = self.wording_fields(problem, rng, wording)
+        prompt, i = rephrase(self.frames, fields, tags, wording, rng)
+        return dataclasses.replace(problem, prompt=prompt, meta={**problem.meta, "wording": i})
 
     def make(self, prompt: str, answer: Any, key: str, difficulty: int, **meta: Any) -> Problem:
         return Problem(self.name, prompt, str(answer), {"key": key, "difficulty": difficulty, **meta})

@@ -13,6 +13,7 @@ from nanoseek.data.tasks.lists import Sort
 from nanoseek.data.tasks.problem import SPLITS, Problem, Solution, Task, split_of
 from nanoseek.data.tasks.units import Units
 from nanoseek.data.tasks.word import WordProblem
+from nanoseek.data.tasks.wordings import WORDING_SETS
 from nanoseek.errors import DataError
 
 TASKS: Mapping[str, Task] = MappingProxyType({t.name: t for t in (
@@ -62,13 +63,15 @@ def parse_difficulty(text: str | int | Sequence[int], task: str | Task | None = 
 
 
 def generate(task: str | Task, split: str, n: int, difficulty: int | str | Sequence[int] = 1, *, seed: int = 0,
-             unique: bool = True) -> list[Problem]:
+             unique: bool = True, wording: str = "canonical") -> list[Problem]:
     """`n` problems of `task` from `split` ("train", "val" or "test"), the same list for the same arguments.
 
     Problems are drawn until n of them fall into `split` (decided by their canonical key alone, so splits
     never overlap). unique: no canonical key twice; DataError when the split holds fewer than n problems at
     this difficulty (then ask for fewer, mix in harder levels, or pass unique=False to allow repeats).
-    A longer list for the same arguments starts with the shorter one.
+    A longer list for the same arguments starts with the shorter one. wording: "canonical" (the task's one
+    original template), "train" (one of dozens of wordings) or "heldout" (wordings kept out of training data);
+    the same problems in each (nanoseek.data.tasks.wordings).
     """
     t = get_task(task)
     if not t.generated:
@@ -78,8 +81,12 @@ def generate(task: str | Task, split: str, n: int, difficulty: int | str | Seque
         raise DataError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}", param="split")
     if n < 1:
         raise DataError(f"the number of problems must be at least 1, got {n}", param="n")
+    if wording not in WORDING_SETS:
+        raise DataError(f"unknown wording {wording!r}; use one of {', '.join(WORDING_SETS)}", param="wording")
     levels = parse_difficulty(difficulty, t)
     rng = random.Random(f"nanoseek-tasks|{t.name}|{split}|{seed}")
+    # its own stream: the problems drawn do not depend on the wording
+    wording_rng = random.Random(f"nanoseek-wording|{t.name}|{split}|{seed}|{wording}")
     out: list[Problem] = []
     seen: set[str] = set()
     misses = 0
@@ -95,7 +102,7 @@ def generate(task: str | Task, split: str, n: int, difficulty: int | str | Seque
             continue
         misses = 0
         seen.add(p.key)
-        out.append(p)
+        out.append(t.phrase(p, wording, wording_rng))
     return out
 
 

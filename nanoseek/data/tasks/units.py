@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import random
 
+from nanoseek.data.tasks.arithmetic import work, work_scale, work_unscale
 from nanoseek.data.tasks.checkers import format_number, parse_number
 from nanoseek.data.tasks.problem import Problem, Solution, Task, plural
+from nanoseek.data.tasks.wordings import held_out, train
 
 # (big unit, its plural, small unit, its plural, small units per big unit)
 UNITS = (
@@ -40,11 +42,40 @@ UNITS_LEVELS = (
     "two steps either way, amounts up to 99",
 )
 
+# {have}: the amount given ("4 hours", "3 hours and 25 minutes"); {want}: the unit asked for, plural.
+UNITS_FRAMES = (
+    train("How many {want} are in {have}?", "Convert {have} to {want}.", "Convert {have} into {want}.",
+          "{have} is how many {want}?", "{have} = ? {want}", "How many {want} is {have}?", "Express {have} in {want}.",
+          "What is {have} in {want}?", "{have} in {want}?", "Change {have} into {want}.", "Write {have} in {want}.",
+          "Give {have} in {want}.", "{have} to {want}", "How many {want} are there in {have}?",
+          "What is {have} expressed in {want}?", "Find the number of {want} in {have}.",
+          "Please convert {have} to {want}.", "{have}: how many {want}?", "If you have {have}, how many {want} is that?",
+          "Turn {have} into {want}.", "What's {have} in {want}?", "{have} equals how many {want}?",
+          "Tell me how many {want} are in {have}.", "How many {want} do you get from {have}?")
+    + held_out("What do you get if you convert {have} to {want}?", "I have {have}. How many {want} is that?",
+               "Could you change {have} to {want}?", "how much is {have} in {want}", "{have} makes how many {want}?",
+               "Work out how many {want} there are in {have}.", "Put {have} into {want}."))
+
 
 class Units(Task):
     name = "units"
     summary = "convert between units with whole numbers"
     levels = UNITS_LEVELS
+    frames = UNITS_FRAMES
+
+    def wording_fields(self, problem: Problem, rng: random.Random, wording: str) -> tuple[dict, set[str]]:
+        m = problem.meta
+        factor = 1
+        for s in m["steps"]:
+            factor *= UNITS[s][4]
+        first, last = UNITS[m["steps"][0]], UNITS[m["steps"][-1]]
+        if m["reverse"]:
+            have, want = plural(m["amount"] * factor, last[2], last[3]), first[1]
+        else:
+            have = plural(m["amount"], first[0], first[1]) + (
+                f" and {plural(m['extra'], last[2], last[3])}" if m["extra"] else "")
+            want = last[3]
+        return {"have": have, "want": want}, set()
 
     def sample(self, rng: random.Random, difficulty: int) -> Problem:
         if difficulty in (1, 2, 4):
@@ -84,15 +115,15 @@ class Units(Task):
                 value *= UNITS[s][4]
             for s in reversed(m["steps"]):
                 big, _, _, smalls, f = UNITS[s]
-                lines += [f"{f} {smalls} = 1 {big}", f"{value}/{f}={value // f}"]
+                lines += [f"{f} {smalls} = 1 {big}", *work_unscale(value, f)]
                 value //= f
         else:
             value = m["amount"]
             for s in m["steps"]:
                 big, _, _, smalls, f = UNITS[s]
-                lines += [f"1 {big} = {f} {smalls}", f"{value}*{f}={value * f}"]
+                lines += [f"1 {big} = {f} {smalls}", *work_scale(value, f)]
                 value *= f
             if m["extra"]:
-                lines.append(f"{value}+{m['extra']}={value + m['extra']}")
+                lines += work(value, "+", m["extra"])
                 value += m["extra"]
         return Solution("\n".join(lines), str(value))

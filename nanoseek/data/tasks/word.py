@@ -11,14 +11,47 @@ from __future__ import annotations
 
 import random
 
+from nanoseek.data.tasks.arithmetic import work
 from nanoseek.data.tasks.checkers import format_number, parse_number
 from nanoseek.data.tasks.problem import Problem, Solution, Task
+from nanoseek.data.tasks.wordings import held_out, train
 
 NAMES = ("Mia", "Tom", "Ana", "Ben", "Lea", "Sam", "Eva", "Max", "Zoe", "Leo", "Ada", "Kai")
 ITEMS = ("apples", "marbles", "stickers", "coins", "books", "cards", "pencils", "shells", "stamps", "cookies")
 GAIN = ("buys {k} more", "finds {k} more", "gets {k} more from a friend")
 LOSS = ("gives away {k}", "loses {k}", "sells {k}")
 BOXES = "gets {k} boxes with {m} {items} in each"
+# Rephrased stories draw each sentence from these pools; "heldout" wording adds the held-out entries.
+NAMES_HELD_OUT = ("Noah", "Lily", "Omar", "Ivy", "Ravi", "Nora")
+ITEMS_HELD_OUT = ("buttons", "beads", "rocks", "toy cars")
+STARTS = ("{name} has {n} {items}.", "{name} starts with {n} {items}.", "{name} owns {n} {items}.",
+          "{name} has a box of {n} {items}.")
+STARTS_HELD_OUT = ("At first, {name} has {n} {items}.", "{name} begins the day with {n} {items}.")
+GAINS = GAIN + ("is given {k} more", "wins {k} more", "picks up {k} more")
+GAINS_HELD_OUT = ("receives {k} more", "collects {k} more")
+LOSSES = LOSS + ("gives {k} to a friend", "uses {k}", "drops {k}")
+LOSSES_HELD_OUT = ("throws away {k}", "trades away {k}")
+BOXES_ALL = (BOXES, "buys {k} packs of {m} {items}", "finds {k} bags with {m} {items} each")
+BOXES_HELD_OUT = ("receives {k} boxes of {m} {items}",)
+THEN = ("{name} {event}.", "Then {name} {event}.", "Later, {name} {event}.", "Next, {name} {event}.")
+# the frames are the question; the story before it is {story}
+WORD_FRAMES = (
+    train("{story} How many {items} does {name} have now?", "{story} How many {items} does {name} have?",
+          "{story} How many {items} does {name} end up with?", "{story} How many {items} now?",
+          "{story} What is the number of {items} {name} has now?", "{story} Count {name}'s {items} now.",
+          "{story} How many {items} are there now?", "{story} How many {items} does {name} have at the end?",
+          "{story} Now how many {items} does {name} have?", "{story} Find how many {items} {name} has now.",
+          "{story} What is {name}'s count of {items} now?", "{story} Tell me how many {items} {name} has.",
+          "{story} How many {items} does {name} have after all that?", "{story} So, how many {items}?",
+          "{story} How many {items} does {name} hold now?", "{story} How many {items} in total now?",
+          "{story} Work out how many {items} {name} has now.", "{story} What number of {items} does {name} have?",
+          "{story} How many {items} does {name} own now?", "{story} {name} counts the {items}. How many are there?",
+          "How many {items} does {name} have at the end? {story}", "Question: {story} How many {items} now?",
+          "{story} How many {items} does {name} keep?", "{story} What is the total number of {items} now?")
+    + held_out("{story} How many {items} does {name} have in the end?",
+               "{story} What's the total number of {items} {name} has now?", "{story} So how many {items} are there now?",
+               "{story} how many {items} does {name} have left", "{story} Can you tell how many {items} {name} has now?",
+               "Read this: {story} How many {items} are there?", "{story} What's {name}'s total?"))
 # difficulty -> (events, largest start, largest change, whether "k boxes of m" events occur)
 WORD_LEVELS = {1: (1, 20, 9, False), 2: (2, 20, 9, False), 3: (2, 50, 20, True), 4: (3, 50, 20, True),
                5: (4, 99, 30, True)}
@@ -29,6 +62,23 @@ class WordProblem(Task):
     summary = "a count changed by a short story of events (+, -, boxes of k)"
     levels = tuple(f"{e} event{'s' if e > 1 else ''}, start up to {s}, changes up to {c}" +
                    (", boxes (k*m)" if boxes else "") for e, s, c, boxes in WORD_LEVELS.values())
+    frames = WORD_FRAMES
+
+    def wording_fields(self, problem: Problem, rng: random.Random, wording: str) -> tuple[dict, set[str]]:
+        m = problem.meta
+        # held-out questions tell their stories with held-out names, things and verbs too (and the others)
+        pool = (lambda a, b: a + b) if wording == "heldout" else (lambda a, b: a)
+        name = rng.choice(pool(NAMES, NAMES_HELD_OUT))
+        items = rng.choice(pool(ITEMS, ITEMS_HELD_OUT))
+        sentences = [rng.choice(pool(STARTS, STARTS_HELD_OUT)).format(name=name, n=m["start"], items=items)]
+        for e in m["events"]:
+            if e[0] == "box":
+                event = rng.choice(pool(BOXES_ALL, BOXES_HELD_OUT)).format(k=e[1], m=e[2], items=items)
+            else:
+                event = rng.choice(pool(GAINS, GAINS_HELD_OUT) if e[0] == "+" else pool(LOSSES, LOSSES_HELD_OUT))
+                event = event.format(k=e[1])
+            sentences.append(rng.choice(THEN).format(name=name, event=event))
+        return {"story": " ".join(sentences), "name": name, "items": items}, set()
 
     def sample(self, rng: random.Random, difficulty: int) -> Problem:
         n_events, max_start, max_change, boxes = WORD_LEVELS[difficulty]
@@ -67,15 +117,12 @@ class WordProblem(Task):
 
     def solve(self, problem: Problem) -> Solution:
         count, lines = problem.meta["start"], []
-        for e in problem.meta["events"]:
+        for e in problem.meta["events"]:  # each step worked in columns, as the arithmetic task works it
             if e[0] == "box":
                 k, m = e[1], e[2]
-                lines += [f"{k}*{m}={k * m}", f"{count}+{k * m}={count + k * m}"]
+                lines += work(k, "*", m) + work(count, "+", k * m)
                 count += k * m
-            elif e[0] == "+":
-                lines.append(f"{count}+{e[1]}={count + e[1]}")
-                count += e[1]
             else:
-                lines.append(f"{count}-{e[1]}={count - e[1]}")
-                count -= e[1]
+                lines += work(count, e[0], e[1])
+                count = count + e[1] if e[0] == "+" else count - e[1]
         return Solution("\n".join(lines), str(count))
