@@ -83,7 +83,8 @@ def test_evaluate_tasks_hand_computed():
     assert one["rows"] == res["rows"]
     assert len(engine.calls) == 1 and len(engine.calls[0][0]) == 8  # 4 x max_batch requests per call by default
     md = results_markdown(res)
-    assert "| task | problems | samples | accuracy | pass@1 | maj@1 | pass@2 |" in md and "| all | 2 | 4 | 37.5% |" in md
+    assert "| task | problems | samples | accuracy | accuracy_se | pass@1 | maj@1 | pass@2 |" in md
+    assert "| all | 2 | 4 | 37.5% | 12.5% |" in md
 
 
 def test_evaluate_tasks_checks_its_arguments():
@@ -235,6 +236,7 @@ def test_plain_style_asks_the_bare_prompt_and_reads_the_answer_line():
     engine.generate = lambda ps, params: real_generate(engine, [tuple(p) for p in ps], params)
     res = evaluate_tasks(engine, arith, style="plain")
     assert res["summary"]["accuracy"] == 0.5 and res["summary"]["format_rate"] == 1.0
-    assert engine.calls[0][1][0].stop == ["\nWhat ", "\n\n"]  # plain text goes on with the next problem
+    # one problem per pretraining document: the next document's <|bos|> (or a blank line) ends the answer
+    assert engine.calls[0][1][0].stop == ["\n\n"] and engine.calls[0][1][0].stop_token_ids == [0]
     with pytest.raises(ValueError, match="style"):
         evaluate_tasks(engine, arith, style="json")

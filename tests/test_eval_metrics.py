@@ -70,9 +70,17 @@ def test_problem_metrics_and_summary():
     assert problem_metrics(a, (1, 2, 4, 8)) == pytest.approx(
         {"accuracy": 0.5, "pass@1": 0.5, "maj@1": 1.0, "pass@2": 5 / 6, "maj@2": 1.0, "pass@4": 1.0, "maj@4": 1.0})
     got = summarize([a, b, c], ks=(4, 1, 2))
-    assert list(got) == ["problems", "samples", "accuracy", "pass@1", "maj@1", "pass@2", "maj@2", "pass@4", "maj@4"]
+    assert list(got) == ["problems", "samples", "accuracy", "accuracy_se", "pass@1", "maj@1", "pass@2", "maj@2",
+                         "pass@4", "maj@4"]
     assert got["problems"] == 3 and got["samples"] == 4
     assert got["accuracy"] == pytest.approx((0.5 + 0 + 0.75) / 3) == got["pass@1"]
+    # standard error of the mean over problems: sample standard deviation of per-problem accuracy / sqrt(3)
+    mean = (0.5 + 0 + 0.75) / 3
+    sd = (((0.5 - mean) ** 2 + mean ** 2 + (0.75 - mean) ** 2) / 2) ** 0.5
+    assert got["accuracy_se"] == pytest.approx(sd / 3 ** 0.5)
+    # greedy answers (one sample, right or wrong): the binomial sqrt(p (1 - p) / n), up to n / (n - 1)
+    flat = summarize([[Sample(i < 300)] for i in range(1000)])
+    assert flat["accuracy_se"] == pytest.approx((0.3 * 0.7 / 999) ** 0.5)
     assert got["pass@2"] == pytest.approx((5 / 6 + 0 + 1) / 3)
     assert got["pass@4"] == pytest.approx(2 / 3)
     assert got["maj@1"] == pytest.approx(2 / 3) and got["maj@4"] == pytest.approx(2 / 3)

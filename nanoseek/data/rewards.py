@@ -22,7 +22,7 @@ import hashlib
 import re
 from typing import Any, Callable, Mapping
 
-from nanoseek.data.tasks import Problem, check_answer, problem_from_record
+from nanoseek.data.tasks import Problem, answer_key, check_answer, problem_from_record
 from nanoseek.errors import DataError
 
 THINK, THINK_END = "<think>", "</think>"
@@ -83,6 +83,16 @@ def extract_plain_answer(text: str) -> str | None:
         if line.startswith("Answer:"):
             return line[len("Answer:"):].strip() or None
     return None
+
+
+def score(problem: Problem, completion: str, style: str = "chat") -> dict[str, Any]:
+    """One completion (special tokens kept) checked against its problem: the extracted answer, whether it is
+    right, its vote key and whether it is well formed (chat: <think>reasoning</think>answer; plain: an
+    "Answer:" line)."""
+    answer = extract_answer(completion) if style == "chat" else extract_plain_answer(completion)
+    well_formed = is_well_formed(completion) if style == "chat" else answer is not None
+    return {"answer": answer, "correct": check_answer(problem, answer), "key": answer_key(problem, answer),
+            "format": well_formed}
 
 
 def as_problem(reference: Any) -> Problem:

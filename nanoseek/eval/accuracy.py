@@ -24,8 +24,8 @@ import time
 from collections import defaultdict
 from typing import Any, Callable, Iterable, Sequence
 
-from nanoseek.data.rewards import extract_answer, extract_plain_answer, is_well_formed
-from nanoseek.data.tasks import Problem, answer_key, chat_messages, check_answer, plain_prompt
+from nanoseek.data.rewards import score
+from nanoseek.data.tasks import PROMPT_STYLES, Problem, chat_messages, prompt_ids
 from nanoseek.eval.metrics import Sample, markdown_table, summarize
 
 FORMAT_VERSION = 1
@@ -37,17 +37,7 @@ def sample_seed(seed: int, problem: int, sample: int) -> int:
     return int.from_bytes(h, "little") >> 1
 
 
-STYLES = ("chat", "plain")
-
-
-def score(problem: Problem, completion: str, style: str = "chat") -> dict[str, Any]:
-    """One completion (special tokens kept) checked against its problem: the extracted answer, whether it is
-    right, its vote key and whether it is well formed (chat: <think>reasoning</think>answer; plain: an
-    "Answer:" line)."""
-    answer = extract_answer(completion) if style == "chat" else extract_plain_answer(completion)
-    well_formed = is_well_formed(completion) if style == "chat" else answer is not None
-    return {"answer": answer, "correct": check_answer(problem, answer), "key": answer_key(problem, answer),
-            "format": well_formed}
+STYLES = PROMPT_STYLES
 
 
 def evaluate_tasks(engine, problems: Sequence[Problem], *, samples: int = 1, k: Iterable[int] = (1,),
@@ -85,9 +75,10 @@ def evaluate_tasks(engine, problems: Sequence[Problem], *, samples: int = 1, k: 
         raise ValueError(f"style must be one of {', '.join(STYLES)}, got {style!r}")
     if style == "chat":
         prompts = [engine.encode_chat(chat_messages(p, with_solution=False)) for p in problems]
+        bos = None
     else:  # a document starts with <|bos|>, as the pretraining shards do
+        prompts = [prompt_ids(p, engine.tokenizer, style) for p in problems]
         bos = getattr(engine.tokenizer, "bos_id", None)
-        prompts = [([bos] if bos is not None else []) + engine.tokenizer.encode(plain_prompt(p)) for p in problems]
     if chunk is None:
         chunk = max(1, 4 * getattr(getattr(engine, "scheduler", None), "max_batch", 32) // samples)
     t0 = time.perf_counter()
@@ -96,10 +87,13 @@ def evaluate_tasks(engine, problems: Sequence[Problem], *, samples: int = 1, k: 
     for start in range(0, len(problems), chunk):
         idx = range(start, min(start + chunk, len(problems)))
         ids = [prompts[i] for i in idx for _ in range(samples)]
-        # plain text goes on with the next problem after the answer line: stop there
-        stop = ["\nWhat ", "\n\n"] if style == "plain" else []
+        # plain text: one problem per document, so the next document's <|bos|> ends the answer (and a blank
+        # line, where documents hold several problems)
+        stop = ["\n\n"] if style == "plain" else []
+        stop_ids = [bos] if style == "plain" and bos is not None else []
         params = [SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                                 seed=sample_seed(seed, i, j), skip_special_tokens=False, stop=stop)
+                                 seed=sample_seed(seed, i, j), skip_special_tokens=False, stop=stop,
+                                 stop_token_ids=stop_ids)
                   for i in idx for j in range(samples)]
         outs = engine.generate(ids, params)
         for n, i in enumerate(idx):

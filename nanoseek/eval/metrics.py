@@ -9,7 +9,9 @@ pass@k   the chance that at least one of k samples is right, estimated without b
 maj@k    majority vote over the first k samples' keys (samples without an answer do not vote); a tie goes
          to the answer that appeared first. Right when the winning answer is right.
 accuracy the fraction of samples that are right (the mean of pass@1 estimates).
-Each is averaged over problems, every problem weighing the same.
+Each is averaged over problems, every problem weighing the same. accuracy_se is the standard error of that
+mean over problems (sample standard deviation / sqrt(problems)): what separates a real change from noise
+(about 1.4 points at 30% on 1,000 problems, 2.9 on 250).
 """
 
 from __future__ import annotations
@@ -89,13 +91,18 @@ def summarize(samples_per_problem: Sequence[Sequence[Sample]], ks: Iterable[int]
         raise ValueError("no problems to summarize")
     ks = sorted(set(ks))
     n_min = min(len(s) for s in samples_per_problem)
-    out = aggregate([problem_metrics(s, [k for k in ks if k <= n_min]) for s in samples_per_problem])
-    return {"problems": out.pop("problems"), "samples": n_min, **out}
+    per_problem = [problem_metrics(s, [k for k in ks if k <= n_min]) for s in samples_per_problem]
+    out = aggregate(per_problem)
+    n = out.pop("problems")
+    acc = [m["accuracy"] for m in per_problem]
+    var = sum((a - out["accuracy"]) ** 2 for a in acc) / (n - 1) if n > 1 else 0.0
+    return {"problems": n, "samples": n_min, "accuracy": out.pop("accuracy"), "accuracy_se": math.sqrt(var / n),
+            **out}
 
 
 # ---- tables ----------------------------------------------------------------------------------------------
 def _is_rate(column: str) -> bool:
-    return column == "accuracy" or column.startswith(("pass@", "maj@")) or column.endswith(("_rate", "accuracy"))
+    return column.startswith(("accuracy", "pass@", "maj@")) or column.endswith(("_rate", "accuracy"))
 
 
 def format_value(column: str, value: Any) -> str:

@@ -142,6 +142,20 @@ def plain_prompt(problem: Problem) -> str:
     return f"{problem.prompt}\n"
 
 
+PROMPT_STYLES = ("chat", "plain")
+
+
+def prompt_ids(problem: Problem, tokenizer: Any, style: str = "chat") -> list[int]:
+    """The token ids that ask `problem`: "chat", the chat template's user turn and the assistant's opening (a
+    model after SFT or RL); "plain", <|bos|> and the prompt line, as a pretraining document starts."""
+    if style == "chat":
+        return tokenizer.render_chat(chat_messages(problem, with_solution=False), add_generation_prompt=True)[0]
+    if style == "plain":
+        bos = getattr(tokenizer, "bos_id", None)
+        return ([bos] if bos is not None else []) + tokenizer.encode(plain_prompt(problem))
+    raise DataError(f"prompt style must be one of {', '.join(PROMPT_STYLES)}, got {style!r}", param="style")
+
+
 def write_text(problems: Iterable[Problem], path: str | os.PathLike, style: str = "plain", group: int = 1) -> int:
     """Pretraining documents, `group` problems each; returns the number of documents."""
     if group < 1:
