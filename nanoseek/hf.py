@@ -242,6 +242,9 @@ def _read_tensors(files: list[Path], cfg: ModelConfig, dtype: torch.dtype | None
                     if scale_name not in keys:
                         raise CheckpointError(f"{name} is FP8 but {scale_name} is missing from {f.name}")
                     t = dequantize_fp8(t, handle.get_tensor(scale_name), block, dtype or torch.bfloat16)
+                if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                    raise CheckpointError(f"{f}: tensor {name} holds NaN or inf values: whatever wrote it had "
+                                          "diverged; load an earlier checkpoint")
                 yield name, t
 
 

@@ -164,3 +164,44 @@ def test_divergence_names_what_is_known_and_the_checkpoint_to_resume_from(data, 
     (run / "checkpoints" / "latest").write_text("step_0000004\n")
     assert cli([*common, "--resume", "--steps", "6", "--lr", "3e-3"]) == 0
     assert [r["step"] for r in train_records(run)] == [1, 2, 3, 4, 5, 6]
+
+
+# ---- issue 22.4: non-finite settings, weights and checkpoints ----------------------------------------------------
+@pytest.mark.parametrize("flag", ["--lr=inf", "--lr=nan", "--adam-eps=0", "--adam-eps=-1e-8", "--weight-decay=inf",
+                                  "--grad-clip=nan", "--mtp-weight=-inf", "--peak-flops=inf", "--min-lr-ratio=nan"])
+def test_settings_that_are_not_finite_numbers_are_refused(data, tmp_path, capsys, flag):
+    _fails(capsys, ["pretrain", "--data", str(data), "--out", str(tmp_path / "r"), *TINY, "--steps", "1", flag],
+           flag.split("=")[0])
+    assert not (tmp_path / "r" / "checkpoints").exists()
+
+
+def test_an_update_that_blows_up_the_weights_writes_no_checkpoint(data, tmp_path, capsys):
+    """Step 3's loss and gradient norm are finite (its weights are step 2's), but its update overflows float32
+    (--lr 1e40): the run stops as diverged instead of writing NaN weights, and the last checkpoint stays."""
+    run = tmp_path / "run"
+    common = ["pretrain", "--data", str(data), "--out", str(run), *TINY, "--dtype", "float32"]
+    assert cli([*common, "--steps", "2", "--checkpoint-every", "1"]) == 0
+    err = _fails(capsys, [*common, "--resume", "--steps", "3", "--lr", "1e40"], "training diverged at step 3",
+                 "NaN or inf in the weights", f"{run / 'checkpoints' / 'step_0000002'}, is untouched")
+    assert err.strip().splitlines()[-1].startswith("nanoseek pretrain: error: training diverged at step 3")
+    assert (run / "checkpoints" / "latest").read_text().strip() == "step_0000002"
+    assert not (run / "checkpoints" / "step_0000003").exists()
+    assert read_log(run)[-1]["event"] == "diverged" and read_log(run)[-1]["step"] == 3
+    assert train_records(run)[-1]["step"] == 3 and train_records(run)[-1]["loss"] < 100
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_a_checkpoint_holding_non_finite_weights_is_refused_naming_the_tensor(data, run_a, tmp_path, capsys, bad):
+    from safetensors.torch import load_file, save_file
+
+    run = tmp_path / "run"
+    shutil.copytree(run_a, run)
+    ckpt = run / "checkpoints" / "step_0000002"
+    weights = load_file(str(ckpt / "model.safetensors"))
+    name = "model.layers.1.self_attn.o_proj.weight"
+    weights[name][3, 5] = bad
+    save_file(weights, str(ckpt / "model.safetensors"), metadata={"format": "pt"})
+    for argv in (["pretrain", "--data", str(data), "--out", str(run), "--resume", "--steps", "3"],
+                 ["pretrain", "--data", str(data), "--out", str(tmp_path / "b"), *TINY[2:], "--init-from", str(ckpt)],
+                 ["generate", "--checkpoint", str(run), "--prompt", "x", "--max-tokens", "1"]):
+        _fails(capsys, argv, f"tensor {name} holds NaN or inf values")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -68,6 +69,10 @@ class TrainConfig:
             if not cond:
                 raise ValueError(f"--{flag.replace('_', '-')} {msg}")
 
+        for f in dataclasses.fields(self):  # inf and nan pass every range check below, and train to NaN weights
+            v = getattr(self, f.name)
+            if isinstance(v, float):
+                need(math.isfinite(v), f.name, f"must be a finite number, got {v}")
         for name in ("steps", "batch_size", "grad_accum", "eval_batches", "log_every", "keep_last"):
             need(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
         need(self.seq_len >= 2, "seq_len", f"must be >= 2, got {self.seq_len}")
@@ -79,6 +84,8 @@ class TrainConfig:
                  f"({self.warmup_steps}) must not exceed --steps ({self.steps}); leave it out for the default, which "
                  "scales with --steps")
         need(self.lr > 0, "lr", f"must be positive, got {self.lr}")
+        need(self.adam_eps > 0, "adam_eps", f"must be positive (it keeps a zero gradient's update from being 0/0), "
+             f"got {self.adam_eps}")
         need(0 <= self.decay_frac <= 1, "decay_frac", f"must be in [0, 1], got {self.decay_frac}")
         need(0 <= self.min_lr_ratio <= 1, "min_lr_ratio", f"must be in [0, 1], got {self.min_lr_ratio}")
         for name in ("weight_decay", "grad_clip", "mtp_weight", "bias_update_gamma", "aux_loss_alpha", "peak_flops"):

@@ -4,7 +4,8 @@ One optimizer step:
     grad_accum x (batch <- task, forward under autocast, loss / grad_accum backward; gradients all-reduced
     on the last micro-batch only) -> clip the global grad norm -> stop on a non-finite loss or norm
     (before the update, so the last checkpoint stays the last good state) -> optimizer step -> router
-    bias update from the step's expert counts (all micro-batches, all ranks) -> log / eval / checkpoint.
+    bias update from the step's expert counts (all micro-batches, all ranks) -> log / eval / checkpoint
+    (only of finite weights: an update that blew up stops the run there too).
 
 Precision: weights, gradients and optimizer state are fp32 (the master copy); matmuls run in bf16 under
 autocast; the model keeps its router and losses in fp32 itself.
@@ -33,7 +34,12 @@ from nanoseek.train.schedule import lr_at
 
 
 class TrainingDiverged(RuntimeError):
-    """Loss or gradient norm became NaN/inf; the message names the step and the checkpoint to resume from."""
+    """Loss, gradient norm or weights became NaN/inf; the message names the step and the checkpoint to resume
+    from."""
+
+    def __init__(self, message: str, step: int):
+        super().__init__(message)
+        self.step = step
 
 
 class Task(abc.ABC):
@@ -187,7 +193,7 @@ def train(model: nn.Module, task: Task, cfg: TrainConfig, run_dir: str | Path, *
             loss, gnorm = sums[0].item(), grad_norm.item()
             if not (math.isfinite(loss) and math.isfinite(gnorm)):
                 raise TrainingDiverged(_diverged_message(step, loss, gnorm, last_ckpt, run_dir,
-                                                         _max_abs_weight(model)))
+                                                         _max_abs_weight(model)), step)
             for opt in optimizers:
                 opt.step()
             # fused AdamW writes the weights without bumping their version counters: bump them, so that code
@@ -225,6 +231,10 @@ def train(model: nn.Module, task: Task, cfg: TrainConfig, run_dir: str | Path, *
                     if bar is not None:
                         bar.write(f"step {step}: " + "  ".join(f"{k} {v:.4f}" for k, v in result.eval.items()))
             if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == cfg.steps:
+                # the loss and norm were finite before the update, but the update itself may not have been
+                bad = _non_finite(model)
+                if D.all_reduce_sum(torch.tensor(float(len(bad)), device=device)).item():
+                    raise TrainingDiverged(_non_finite_message(step, loss, gnorm, bad, last_ckpt), step)
                 last_ckpt = _checkpoint(run_dir, step, model, optimizers, task, cfg, info, write_extra,
                                         tokens=tokens_seen, metrics={"loss": loss, "grad_norm": gnorm})
                 result.checkpoint = last_ckpt
@@ -234,7 +244,7 @@ def train(model: nn.Module, task: Task, cfg: TrainConfig, run_dir: str | Path, *
             log.write("end", result.step, **{f"final_{k}": v for k, v in result.eval.items()})
     except TrainingDiverged as e:
         if log is not None:
-            log.write("diverged", result.step + 1, message=str(e))
+            log.write("diverged", e.step, message=str(e))
         raise
     finally:
         if bar is not None:
@@ -397,6 +407,26 @@ def _max_abs_weight(model: nn.Module) -> float | None:
     if any(hasattr(p, "device_mesh") for p in params):
         return None
     return max(p.detach().abs().max().item() for p in params)
+
+
+def _non_finite(model: nn.Module) -> list[str]:
+    """The parameters and floating-point buffers holding NaN or inf (of this rank's shards, under FSDP)."""
+    bad = []
+    for name, t in [*model.named_parameters(), *model.named_buffers()]:
+        t = t.to_local() if hasattr(t, "to_local") else t
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            bad.append(name)
+    return bad
+
+
+def _non_finite_message(step: int, loss: float, gnorm: float, bad: list[str], last_ckpt: Path | None) -> str:
+    where = f"{len(bad)} tensor(s), first {bad[0]}" if bad else "on another process's shards"
+    head = (f"training diverged at step {step}: its update left NaN or inf in the weights ({where}), though its loss "
+            f"({loss:.4g}) and gradient norm ({gnorm:.4g}) were finite: the step itself blew up (--lr too high for "
+            "these weights). No checkpoint was written with them")
+    if last_ckpt is None:
+        return f"{head}, and none was written before: restart with a lower --lr"
+    return f"{head}; the last checkpoint, {last_ckpt}, is untouched: resume from it with --resume and a lower --lr"
 
 
 def _diverged_message(step: int, loss: float, gnorm: float, last_ckpt: Path | None, run_dir: Path,
