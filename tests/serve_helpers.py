@@ -18,6 +18,8 @@ import http.client
 import json
 import shutil
 import tempfile
+import threading
+import time
 from pathlib import Path
 
 import torch
@@ -133,11 +135,39 @@ def sse_events(raw: str) -> list:
 
 def wait_idle(engine: Engine, timeout: float = 10.0) -> bool:
     """True once the engine has no request left (the engine thread steps it; we only watch)."""
-    import time
-
     t0 = time.monotonic()
     while time.monotonic() - t0 < timeout:
         if not engine.has_work and engine.scheduler.num_running == 0:
             return True
         time.sleep(0.01)
     return False
+
+
+@contextlib.contextmanager
+def held(engine: Engine):
+    """Hold the engine thread before its next step until the block ends (yields an Event set once it waits
+    there): requests sent meanwhile wait together, and one step admits them all."""
+    gate, inside = threading.Event(), threading.Event()
+    step = engine.step
+
+    def held_step():
+        inside.set()
+        gate.wait(30)
+        return step()
+
+    engine.step = held_step
+    try:
+        yield inside
+    finally:
+        engine.step = step
+        gate.set()
+
+
+def wait_waiting(engine: Engine, n: int, timeout: float = 30.0) -> bool:
+    """True once n requests wait in the engine (queued, not yet admitted)."""
+    t0 = time.monotonic()
+    while engine.scheduler.num_waiting < n:
+        if time.monotonic() - t0 > timeout:
+            return False
+        time.sleep(0.01)
+    return True

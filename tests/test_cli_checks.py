@@ -111,6 +111,24 @@ def test_generate_bad_input(ckpt, tmp_path, capsys, monkeypatch):
         assert rc == 2 and "line 2: messages[0] must be an object with a \"role\" and a \"content\" string" in err
 
 
+def test_generate_samples_underflowing_values_greedily_and_refuses_non_finite_ones(ckpt, capsys):
+    """temperature / top_p / repetition_penalty of 1e-300 (5e-324) overflow float32 in the sampler (issue 22.2):
+    they answer (tiny temperatures and top_p greedily); inf and nan exit 2 naming the setting."""
+    base = ["generate", "--checkpoint", str(ckpt), "--max-tokens", "4", "--prompt", "The quick", "--seed", "1"]
+    rc, greedy, err = _run(capsys, [*base, "--temperature", "0"])
+    assert rc == 0, err
+    for flags in (["--temperature", "1e-300"], ["--temperature", "5e-324"], ["--temperature", "1", "--top-p", "1e-300"],
+                  ["--temperature", "1", "--top-p", "5e-324"], ["--temperature", "0.7", "--repetition-penalty", "1e-300"]):
+        rc, out, err = _run(capsys, [*base, *flags])
+        assert rc == 0, (flags, err)
+        if "--repetition-penalty" not in flags:
+            assert json.loads(out)["token_ids"] == json.loads(greedy)["token_ids"], flags
+    for flag, value in (("--temperature", "inf"), ("--temperature", "nan"), ("--top-p", "nan"), ("--min-p", "nan"),
+                        ("--repetition-penalty", "inf"), ("--presence-penalty", "inf"), ("--frequency-penalty", "nan")):
+        rc, _, err = _run(capsys, [*base, flag, value])
+        assert rc == 2 and flag[2:].replace("-", "_") in err and "finite" in err, (flag, value, err)
+
+
 # ---- chat: a bad value is refused, an error in an answer never ends the session (8.11, 8.12) -------------------
 def test_chat_refuses_bad_values_and_survives_errors(ckpt, capsys, monkeypatch):
     from nanoseek.cli import chat

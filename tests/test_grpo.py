@@ -191,7 +191,12 @@ def test_rl_command_logs_rewards_and_refuses_bad_input(setup, tmp_path, capsys):
     capsys.readouterr()
     for bad, msg in ((["--group-size", "1"], "--group-size"), (["--task", "nope"], "unknown task"),
                      (["--steps", "3", "--updates-per-generation", "2"], "multiple of --updates-per-generation"),
-                     (["--reward", "accuracy=x"], "weight must be a number"), (["--temperature", "0"], "--temperature")):
+                     (["--reward", "accuracy=x"], "weight must be a number"), (["--temperature", "0"], "--temperature"),
+                     # values that overflow float32 or divide 0 by 0 (issue 22.2, 22.4)
+                     (["--temperature", "1e-300"], "--temperature must be at least 1e-05"),
+                     (["--temperature", "inf"], "--temperature must be a finite number"),
+                     (["--lr", "inf"], "--lr must be a finite number"), (["--beta", "nan"], "--beta"),
+                     (["--adam-eps", "0"], "--adam-eps must be positive"), (["--clip-eps-high", "inf"], "finite")):
         assert cli(_rl_args(ckpt, tmp_path / "bad", *bad)) == 2
         err = capsys.readouterr().err
         assert msg in err and "Traceback" not in err, (bad, err)

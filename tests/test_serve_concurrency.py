@@ -12,7 +12,7 @@ import openai
 import pytest
 
 from nanoseek.engine import Engine
-from serve_helpers import post, random_checkpoint, running, wait_idle
+from serve_helpers import held, post, random_checkpoint, running, sse_events, wait_idle, wait_waiting
 
 
 @pytest.fixture(scope="module")
@@ -99,23 +99,11 @@ def test_a_non_streaming_client_that_disconnects_frees_its_row(engine, server):
 
 def test_a_client_that_leaves_while_its_request_waits_is_dropped(engine, server):
     """The engine thread is held before a step, so the request sits in the waiting queue when its client goes."""
-    gate, inside = threading.Event(), threading.Event()
-    step = engine.step
-
-    def held():
-        inside.set()
-        gate.wait(30)
-        return step()
-
-    engine.step = held
-    try:
+    with held(engine) as inside:
         sock = _open_stream(server, {**LONG, "stream": True})
         assert inside.wait(10)
         sock.close()
         time.sleep(0.3)  # the server notices the disconnect and asks for the abort
-    finally:
-        engine.step = step
-        gate.set()
     assert wait_idle(engine)
     assert engine.scheduler.counters.finished + engine.scheduler.counters.aborted == engine.scheduler.counters.requests
 
@@ -174,3 +162,105 @@ def test_concurrent_non_streaming_requests_and_prefix_sharing(engine, server):
     assert all(r[0] == 200 for r in results)
     assert results[0][1]["choices"][0]["message"] == first["choices"][0]["message"]
     assert sum(r[1]["usage"]["prompt_tokens_details"]["cached_tokens"] for r in results) > 0
+
+
+# ---- one bad request fails only itself ----------------------------------------------------------------------
+def _together(server, engine, bodies: list[dict]) -> list[tuple]:
+    """POST the bodies to /v1/chat/completions so that one engine step admits them all (one batch); returns
+    (status, JSON or SSE text) of each."""
+    results = [None] * len(bodies)
+
+    def one(i):
+        results[i] = post(server, "/v1/chat/completions", bodies[i], timeout=120)[:2]
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(bodies))]
+    with held(engine) as inside:
+        threads[0].start()
+        assert inside.wait(30)
+        for t in threads[1:]:
+            t.start()
+        assert wait_waiting(engine, len(bodies))
+    for t in threads:
+        t.join(120)
+    return results
+
+
+def _stream_ok(status, raw) -> list[str]:
+    """A stream that ended well: its finish reasons (no error event)."""
+    events = sse_events(raw)
+    assert status == 200 and events[-1] == "[DONE]", raw[-300:]
+    assert not any("error" in e for e in events[:-1]), raw[-300:]
+    return [c["finish_reason"] for e in events[:-1] for c in e["choices"] if c["finish_reason"]]
+
+
+BASE = {"model": "tiny", "messages": [{"role": "user", "content": "Another line"}], "max_tokens": 6, "seed": 3}
+# each overflows float32 where it divides or truncates (logits / 1e-300 = inf; 1e-300 rounds to 0)
+UNDERFLOW = [{"temperature": 1e-300}, {"temperature": 5e-324}, {"top_p": 1e-300}, {"top_p": 5e-324},
+             {"repetition_penalty": 1e-300}, {"temperature": 0.5, "repetition_penalty": 5e-324},
+             {"temperature": 1e-300, "top_p": 1e-300, "repetition_penalty": 1e-300}]
+
+
+def test_sampling_values_that_underflow_sample_greedily_beside_other_requests(engine, server):
+    """Tiny temperatures (and top_p) sample greedily, a tiny repetition penalty still gives a distribution, and
+    a stream in the same batch is untouched."""
+    greedy = post(server, "/v1/chat/completions", {**BASE, "temperature": 0})[1]["choices"][0]["message"]
+    results = _together(server, engine, [{**LONG, "max_tokens": 40, "stream": True}]
+                        + [{**BASE, **kw} for kw in UNDERFLOW])
+    assert _stream_ok(*results[0]) == ["length"]
+    for (status, body), kw in zip(results[1:], UNDERFLOW):
+        assert status == 200, (kw, body)
+        if "repetition_penalty" not in kw:
+            assert body["choices"][0]["message"] == greedy, kw
+    assert wait_idle(engine)
+
+
+@pytest.mark.parametrize("speculative", [0, 2])
+def test_a_request_whose_sampling_fails_fails_alone(monkeypatch, speculative):
+    """A request whose sampler raises mid-answer (plain decoding, or a speculative round) gets a 500 (a stream:
+    an error event), and the requests in its batch go on; its cache row is freed."""
+    from nanoseek.engine.sampling import Sampler
+
+    probs = Sampler.probs
+
+    def failing(self, logits):
+        self.calls = getattr(self, "calls", 0) + 1
+        if self.params.seed == 666 and self.calls > 2:  # after its first tokens: while decoding
+            raise RuntimeError("simulated sampling failure")
+        return probs(self, logits)
+
+    monkeypatch.setattr(Sampler, "probs", failing)
+    engine = Engine.load(random_checkpoint(), speculative=speculative)
+    bad, ok = {**BASE, "temperature": 0.8, "seed": 666}, {**BASE, "temperature": 0.8, "seed": 1}
+    with running(engine) as server:
+        results = _together(server, engine, [{**LONG, "max_tokens": 30, "stream": True}, bad, ok,
+                                             {**bad, "stream": True}])
+        assert _stream_ok(*results[0]) == ["length"]
+        status, body = results[1]
+        assert status == 500 and "simulated sampling failure" in body["error"]["message"], body
+        assert body["error"]["type"] == "server_error"
+        assert results[2][0] == 200 and results[2][1]["usage"]["completion_tokens"] >= 1, results[2]
+        events = sse_events(results[3][1])
+        assert "simulated sampling failure" in events[-2]["error"]["message"] and events[-1] == "[DONE]"
+        assert wait_idle(engine) and engine.slots.n_decoding == 0
+        assert engine.scheduler.counters.failed == 2
+
+
+def test_a_failed_forward_fails_the_requests_in_it_not_those_waiting():
+    """max_batch 1: the first request decodes while the second waits; a decode step that raises fails the
+    first (500) and the second then runs (200)."""
+    engine = Engine.load(random_checkpoint(), max_batch=1)
+    decode, calls = engine.runner.decode, []
+
+    def failing(requests):
+        calls.append(len(requests))
+        if len(calls) == 1:
+            raise RuntimeError("simulated device failure")
+        return decode(requests)
+
+    engine.runner.decode = failing
+    with running(engine) as server:
+        first, second = _together(server, engine, [BASE, {**BASE, "seed": 4}])
+        assert first[0] == 500 and "simulated device failure" in first[1]["error"]["message"], first
+        assert second[0] == 200 and second[1]["usage"]["completion_tokens"] >= 1, second
+        assert wait_idle(engine)
+        assert post(server, "/v1/chat/completions", BASE)[0] == 200

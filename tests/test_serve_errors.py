@@ -3,13 +3,12 @@ official client turns into its typed exception, `param` spelled as the client se
 malformed, crashes the server or leaves a request behind in the engine."""
 
 import threading
-import time
 
 import openai
 import pytest
 
 from nanoseek.engine import Engine
-from serve_helpers import post, random_checkpoint, request, running, wait_idle
+from serve_helpers import held, post, random_checkpoint, request, running, wait_idle, wait_waiting
 
 MSGS = [{"role": "user", "content": "The quick brown fox"}]
 
@@ -179,34 +178,21 @@ def test_wrong_method_route_and_content_type(server):
 
 def test_a_full_queue_is_503_and_recovers(engine, server, client):
     """max_waiting 4: with the engine thread held before its next step, a fifth waiting request is refused."""
-    gate, inside = threading.Event(), threading.Event()
-    step = engine.step
-
-    def held_step():
-        inside.set()
-        gate.wait(30)
-        return step()
-
-    engine.step = held_step
     results = []
-    try:
-        def one():
-            results.append(post(server, "/v1/chat/completions", {"messages": MSGS, "max_tokens": 2})[0])
 
-        threads = [threading.Thread(target=one) for _ in range(4)]
+    def one():
+        results.append(post(server, "/v1/chat/completions", {"messages": MSGS, "max_tokens": 2})[0])
+
+    threads = [threading.Thread(target=one) for _ in range(4)]
+    with held(engine) as inside:
         threads[0].start()
         assert inside.wait(30)  # the engine thread is now held, request 1 still waiting
         for t in threads[1:]:
             t.start()
-        t0 = time.monotonic()
-        while engine.scheduler.num_waiting < 4 and time.monotonic() - t0 < 30:
-            time.sleep(0.01)
+        assert wait_waiting(engine, 4)
         with pytest.raises(openai.InternalServerError) as e:  # 503: the client's 5xx class
             client.chat.completions.create(model="tiny", messages=MSGS, max_tokens=2)
         assert e.value.status_code == 503 and _error(e)["code"] == "queue_full"
-    finally:
-        engine.step = step
-        gate.set()
     for t in threads:
         t.join(60)
     assert results == [200] * 4

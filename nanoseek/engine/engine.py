@@ -68,6 +68,10 @@ class RunStats:
         return self.accepted / self.drafted if self.drafted else None
 
 
+class GenerationFailed(RuntimeError):
+    """A request of a generate/stream call failed inside the engine (not an input error: the log has why)."""
+
+
 class Engine:
     def __init__(self, model, tokenizer=None, *, compile: bool = False, speculative: int = 0,
                  draft_vocab: int | None = None, eos_token_ids: Sequence[int] | None = None, max_batch: int = 32,
@@ -271,6 +275,8 @@ class Engine:
                 for d in self.scheduler.step():
                     if d.index in index:
                         d.index = index[d.index]
+                        if d.finish_reason == "error":  # never a silently short answer
+                            raise GenerationFailed(f"prompt {d.index}: generation failed ({d.error})")
                         if d.finish_reason is not None:
                             live -= 1
                         yield d
@@ -298,4 +304,5 @@ def _is_single(prompts) -> bool:
     return isinstance(prompts, (list, tuple)) and len(prompts) > 0 and isinstance(prompts[0], int)
 
 
-__all__ = ["Engine", "Delta", "Completion", "RunStats", "SamplingParams", "load_tokenizer", "resolve_checkpoint"]
+__all__ = ["Engine", "GenerationFailed", "Delta", "Completion", "RunStats", "SamplingParams", "load_tokenizer",
+           "resolve_checkpoint"]

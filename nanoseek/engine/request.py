@@ -1,8 +1,8 @@
 """One request's state in the engine: its sampler, its UTF-8-safe detokenizer, its output, and where it is.
 
 A request moves waiting -> prefill (its prompt enters the cache, in chunks) -> decode (one token, or one
-speculative round, per step) -> finished (stop token or string, max_new_tokens, or aborted). Each step that
-produces tokens for it yields one `Delta`; `Completion` is the whole answer.
+speculative round, per step) -> finished (stop token or string, max_new_tokens, aborted, or failed). Each step
+that produces tokens for it yields one `Delta`; `Completion` is the whole answer.
 """
 
 from __future__ import annotations
@@ -25,10 +25,11 @@ class Delta:
     index: int  # the request's index in its generate/stream call, or its id for add_request
     text: str
     token_ids: list[int]
-    finish_reason: str | None = None  # "stop" (stop token or string), "length" (max_new_tokens), "abort"
+    finish_reason: str | None = None  # "stop" (stop token or string), "length" (max_new_tokens), "abort", "error"
     stop_reason: str | int | None = None  # the stop string or token id that ended it
     logprobs: list[TokenLogprob] | None = None  # for token_ids, when SamplingParams.logprobs is set
     prompt_logprobs: list[TokenLogprob | None] | None = None  # first increment only, when asked for
+    error: str | None = None  # finish_reason "error": what failed (this request's step raised)
 
 
 @dataclass
@@ -44,6 +45,7 @@ class Completion:
     drafted: int = 0  # speculative drafts proposed / accepted for this request
     accepted: int = 0
     cached_tokens: int = 0  # prompt tokens reused from the prefix cache instead of computed
+    error: str | None = None  # finish_reason "error": what failed
 
     @property
     def acceptance_rate(self) -> float | None:
@@ -125,3 +127,10 @@ class Request:
         self.finish = self.out.finish_reason = "abort"
         self.finish_time = time.perf_counter()
         return Delta(self.id, "", [], "abort")
+
+    def fail(self, error: BaseException) -> Delta:
+        """End the request because its step raised (its sampling, its text, or the batch it was in)."""
+        self.finish = self.out.finish_reason = "error"
+        self.out.error = f"{type(error).__name__}: {error}"
+        self.finish_time = time.perf_counter()
+        return Delta(self.id, "", [], "error", error=self.out.error)

@@ -8,12 +8,18 @@ model's raw distribution (log-softmax of the unprocessed logits), which is what 
 
 from __future__ import annotations
 
+import math
 import secrets
 from dataclasses import dataclass, field
 
 import torch
 
 from nanoseek.errors import SamplingError
+
+# Temperatures below this sample greedily (vLLM's threshold): the distribution is one-hot to float precision
+# anyway, and logits / 1e-300 would overflow float32 into inf and NaN probabilities.
+GREEDY_BELOW = 1e-5
+_FLOAT_FIELDS = ("temperature", "top_p", "min_p", "presence_penalty", "frequency_penalty", "repetition_penalty")
 
 
 @dataclass
@@ -36,7 +42,7 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0.0 or self.top_k == 1
+        return self.temperature < GREEDY_BELOW or self.top_k == 1
 
     @property
     def penalized(self) -> bool:
@@ -50,6 +56,10 @@ class SamplingParams:
         need(isinstance(self.max_new_tokens, int) and not isinstance(self.max_new_tokens, bool),
              f"max_new_tokens must be an integer, got {self.max_new_tokens!r}")
         need(self.max_new_tokens >= 1, f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
+        for name in _FLOAT_FIELDS:
+            v = getattr(self, name)
+            need(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v),
+                 f"{name} must be a finite number, got {v!r}")
         need(self.temperature >= 0.0, f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
         need(isinstance(self.top_k, int) and self.top_k >= 0,
              f"top_k must be an integer >= 0 (0 = off), got {self.top_k}")
@@ -111,7 +121,7 @@ class Sampler:
             logits[..., self.seen] = torch.where(hit > 0, hit / r, hit * r)
         if self.counts is not None:
             logits -= p.frequency_penalty * self.counts + p.presence_penalty * (self.counts > 0).float()
-        return logits
+        return _finite(logits)
 
     def probs(self, logits: torch.Tensor) -> torch.Tensor:
         """The distribution tokens are drawn from: penalties, temperature and truncation applied.
@@ -120,7 +130,7 @@ class Sampler:
         p = self.params
         if p.greedy:
             return torch.zeros_like(logits).scatter_(-1, logits.argmax(-1, keepdim=True), 1.0)
-        return truncate(torch.softmax(logits / p.temperature, dim=-1), p.top_k, p.top_p, p.min_p)
+        return truncate(torch.softmax(_finite(logits / p.temperature), dim=-1), p.top_k, p.top_p, p.min_p)
 
     def sample(self, logits: torch.Tensor) -> int:
         """Next token from one logit row [V]."""
@@ -137,6 +147,13 @@ class Sampler:
         return float(torch.rand((), generator=self.generator, device=self.generator.device))
 
 
+def _finite(logits: torch.Tensor) -> torch.Tensor:
+    """Logits overflowed to +-inf (a tiny repetition penalty divides by it) held at float32's largest values:
+    softmax then keeps the tokens that overflowed upwards (evenly) instead of returning NaN."""
+    big = torch.finfo(logits.dtype).max
+    return logits.clamp(-big, big)
+
+
 def truncate(probs: torch.Tensor, top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0) -> torch.Tensor:
     """Zero the tokens top-k / top-p / min-p remove and renormalize. probs [..., V]."""
     if top_k and top_k < probs.shape[-1]:
@@ -147,6 +164,7 @@ def truncate(probs: torch.Tensor, top_k: int = 0, top_p: float = 1.0, min_p: flo
         sorted_p, order = probs.sort(dim=-1, descending=True)
         # keep the smallest prefix whose mass reaches top_p (the token that crosses it stays)
         drop = (sorted_p.cumsum(-1) - sorted_p) >= top_p
+        drop[..., 0] = False  # the most likely token always stays (a top_p of 1e-300 is 0 in float32)
         probs = probs.scatter(-1, order, sorted_p.masked_fill(drop, 0.0))
         probs = probs / probs.sum(-1, keepdim=True)
     if min_p > 0.0:

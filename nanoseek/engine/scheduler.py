@@ -12,10 +12,15 @@ Each `step()`:
 5. releases the rows of finished and aborted requests at once (kept as cached prefixes).
 
 The waiting queue is bounded: `add_request` raises QueueFullError (HTTP 503) when it is full.
+
+Failures stay with the requests they touch: a request whose own work raises (its sampler, its detokenizer)
+ends alone with finish_reason "error", and a forward that raises ends the requests of its batch that way; the
+others, and the requests still waiting, go on. Failed requests' rows are freed, not kept as prefixes.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import deque
 from dataclasses import dataclass, field
@@ -27,6 +32,8 @@ from nanoseek.engine.request import Delta, Request
 from nanoseek.engine.runner import ModelRunner
 from nanoseek.engine.speculative import MTPSpeculator, draft_budget
 from nanoseek.errors import EngineError, QueueFullError
+
+log = logging.getLogger("nanoseek.engine")
 
 
 @dataclass
@@ -47,6 +54,7 @@ class Counters:
     requests: int = 0
     finished: int = 0
     aborted: int = 0
+    failed: int = 0  # ended by an error in their own step
     prompt_tokens: int = 0  # of admitted requests
     prompt_tokens_computed: int = 0  # prefilled (the rest came from the prefix cache)
     prompt_tokens_cached: int = 0
@@ -124,18 +132,28 @@ class Scheduler:
         running = [s.owner for s in self.slots.decoding()]
         if not running:
             return []
-        if self.spec is not None and max(draft_budget(r, self.spec.k) for r in running) > 0:
-            new, logits = self.spec.round(running)
-        else:
-            lg = self.runner.decode(running)
-            new = [[t] for t in _choose(running, lg)]
-            logits = [lg[i:i + 1] for i in range(len(running))]
-        out = []
+        try:
+            if self.spec is not None and max(draft_budget(r, self.spec.k) for r in running) > 0:
+                new, logits = self.spec.round(running)  # a row whose sampling raised holds the exception
+            else:
+                lg = self.runner.decode(running)
+                new = [t if isinstance(t, Exception) else [t] for t in _choose(running, lg)]
+                logits = [lg[i:i + 1] for i in range(len(running))]
+        except Exception as e:  # the batch's forward: it fails the requests in it, not the others
+            return self._fail_all(running, e, rec)
+        out, failed = [], []
         for r, toks, lg in zip(running, new, logits):
-            out.append(r.emit(toks, lg))
-            rec.decoded.append(r.id)
+            try:
+                if isinstance(toks, Exception):
+                    raise toks
+                out.append(r.emit(toks, lg))
+                rec.decoded.append(r.id)
+            except Exception as e:
+                failed.append((r, e))
+        for r, e in failed:  # rows are released (moved) only once every row's tokens are taken
+            out.append(self._fail(r, e, rec))
         for r in running:
-            if r.finish is not None:
+            if r.finish is not None and r.finish != "error":
                 self._finish(r, rec)
         return out
 
@@ -165,23 +183,35 @@ class Scheduler:
             width = max(width, n)
         if not chunks:
             return []
-        last = self.runner.prefill(chunks, draft=self.spec)
+        try:
+            last = self.runner.prefill(chunks, draft=self.spec)
+        except Exception as e:
+            return self._fail_all([r for r, _, _ in chunks], e, rec)
         out = []
         done = [(r, h) for (r, start, end), h in zip(chunks, last) if h is not None]
         for r, start, end in chunks:
             rec.prefilled[r.id] = end - start
             self.counters.prompt_tokens_computed += end - start
         if done:
-            logits = self.runner.logits(torch.stack([h for _, h in done]))
+            try:
+                logits = self.runner.logits(torch.stack([h for _, h in done]))
+            except Exception as e:
+                return self._fail_all([r for r, _ in done], e, rec)
             firsts = _choose([r for r, _ in done], logits)
             for i, ((r, h), t) in enumerate(zip(done, firsts)):
-                self.prefilling.remove(r)
-                self.slots.index_prefix(r.slot)
-                self.slots.start_decoding(r.slot)
-                if self.spec is not None:
-                    self.spec.start(r, h, t)
-                out.append(r.emit([t], logits[i:i + 1]))
-                rec.started.append(r.id)
+                try:
+                    if isinstance(t, Exception):
+                        raise t
+                    self.prefilling.remove(r)
+                    self.slots.index_prefix(r.slot)
+                    self.slots.start_decoding(r.slot)
+                    if self.spec is not None:
+                        self.spec.start(r, h, t)
+                    out.append(r.emit([t], logits[i:i + 1]))
+                    rec.started.append(r.id)
+                except Exception as e:
+                    out.append(self._fail(r, e, rec))
+                    continue
                 if r.finish is not None:
                     self._finish(r, rec)
         return out
@@ -193,6 +223,23 @@ class Scheduler:
         self.counters.finished += 1
         self.counters.generated_tokens += len(r.tokens)
         rec.finished.append(r.id)
+
+    def _fail(self, r: Request, error: Exception, rec: StepRecord) -> Delta:
+        """End request r because its step raised; its row is freed (its cache may hold half a step)."""
+        log.error("request %r failed: %s: %s", r.id, type(error).__name__, error, exc_info=error)
+        if r in self.prefilling:
+            self.prefilling.remove(r)
+        if r.slot is not None:
+            self.slots.release(r.slot, keep=False)
+            r.slot = None
+        del self.requests[r.id]
+        self.counters.failed += 1
+        self.counters.generated_tokens += len(r.tokens)
+        rec.finished.append(r.id)
+        return r.fail(error)
+
+    def _fail_all(self, reqs: list[Request], error: Exception, rec: StepRecord) -> list[Delta]:
+        return [self._fail(r, error, rec) for r in reqs]
 
     def _abort(self, rid, rec: StepRecord) -> Delta:
         r = self.requests[rid]
@@ -210,7 +257,14 @@ class Scheduler:
         return r.abort()
 
 
-def _choose(reqs: list[Request], logits) -> list[int]:
+def _choose(reqs: list[Request], logits) -> list[int | Exception]:
+    """Each request's next token, or the exception its sampling raised (that request alone fails)."""
     if all(r.params.greedy and not r.params.penalized for r in reqs):
         return logits.argmax(-1).tolist()
-    return [r.sampler.sample(logits[i]) for i, r in enumerate(reqs)]
+    out: list[int | Exception] = []
+    for i, r in enumerate(reqs):
+        try:
+            out.append(r.sampler.sample(logits[i]))
+        except Exception as e:
+            out.append(e)
+    return out

@@ -115,7 +115,7 @@ class MTPSpeculator:
     def round(self, rows: list) -> tuple[list[list[int]], list[torch.Tensor]]:
         """One round for the decoding requests (cache rows 0..n-1): MTP catch-up and k drafts per row, one
         verifying forward, acceptance per row. Returns each row's new tokens and the main model's logits
-        for them.
+        for them (for a row whose sampling raised: the exception, and None).
 
         Request state (nanoseek.engine.request.Request): `slot.length` tokens are in the main cache, `pending`
         is the last token, not yet fed. Draft position i pairs the main hidden h_i with token i + 1; positions
@@ -152,6 +152,7 @@ class MTPSpeculator:
         argmax_only = all(s.params.greedy and not s.params.penalized for s in rows)
         drafts: list[list[int]] = [[] for _ in rows]
         qs: list[list[torch.Tensor]] = [[] for _ in rows]
+        failed: dict[int, Exception] = {}  # rows whose sampling raised: they end, the others go on
         snaps = [s.sampler.snapshot() if s.params.penalized else None for s in rows]
         for j in range(kr):
             dl = fast.draft_logits(g, self.draft_vocab).float()
@@ -162,11 +163,16 @@ class MTPSpeculator:
                 if dl.shape[-1] < runner.config.vocab_size:  # ids outside the draft vocabulary: probability 0
                     dl = torch.cat((dl, dl.new_full((n, runner.config.vocab_size - dl.shape[-1]), float("-inf"))), -1)
                 for i, s in enumerate(rows):
-                    q = s.sampler.probs(dl[i])
-                    d = s.sampler.draw(q)
+                    q, d = None, 0  # a failed row keeps drafting token 0, which nothing reads
+                    if i not in failed:
+                        try:
+                            q = s.sampler.probs(dl[i])
+                            d = s.sampler.draw(q)
+                            s.sampler.observe(d)
+                        except Exception as e:
+                            failed[i] = e
                     drafts[i].append(d)
                     qs[i].append(q)
-                    s.sampler.observe(d)
             if j + 1 < kr:  # the next draft: MTP at the following position, on its own output (docs/architecture.md §5.4)
                 p = torch.tensor([[s.slot.length + j] for s in rows], device=dev)
                 ids = torch.tensor([[d[-1]] for d in drafts], device=dev)
@@ -205,7 +211,14 @@ class MTPSpeculator:
                     a += 1
                 toks = drafts[i][:a] + [target[i][a]]
             else:
-                toks = verify(s.sampler, logits[i, :b + 1], drafts[i][:b], qs[i][:b])
+                try:
+                    if i in failed:
+                        raise failed[i]
+                    toks = verify(s.sampler, logits[i, :b + 1], drafts[i][:b], qs[i][:b])
+                except Exception as e:  # the scheduler ends this request alone
+                    new.append(e)
+                    per_token.append(None)
+                    continue
             a = len(toks) - 1
             s.out.drafted += b
             s.out.accepted += a

@@ -5,9 +5,10 @@ Deltas on an asyncio.Queue; this thread steps the engine while it has work, hand
 with `call_soon_threadsafe`, and sleeps on an Event when there is none. A handler whose client goes away
 calls `abort`: the engine drops the request and frees its cache row at the next step.
 
-If a step raises (a bug, or the device ran out of memory), every request in flight gets an `EngineFailure`
-in its queue (its client gets a 500-style error instead of hanging), and the engine's requests are aborted
-so the next requests start on a clean slate.
+A request whose own step fails (its sampling, or a forward of the batch it was in) ends in the engine with
+finish_reason "error": its client alone gets a 500-style error, the other requests go on. If a whole step
+raises (a bug in the scheduler itself), every request in flight gets an `EngineFailure` in its queue (a 500
+instead of hanging), and the engine's requests are aborted so the next requests start on a clean slate.
 """
 
 from __future__ import annotations

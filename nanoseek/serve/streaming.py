@@ -68,6 +68,9 @@ class Generation:
             if isinstance(item, EngineFailure):
                 self.open.clear()
                 raise EngineFailed(item.message)
+            if item.finish_reason == "error":  # this request's step failed: a 500 for it (close aborts the rest)
+                self.open.discard(item.index)
+                raise EngineFailed(f"the engine failed while generating ({item.error})")
             if item.finish_reason is not None:
                 self.open.discard(item.index)
             yield self.choice[item.index], item

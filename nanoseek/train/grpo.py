@@ -33,6 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from nanoseek.engine.sampling import GREEDY_BELOW
 from nanoseek.errors import DataError
 from nanoseek.train import distributed as D
 from nanoseek.train.config import TrainConfig, _f
@@ -90,7 +91,9 @@ class GRPOConfig(TrainConfig):
         for name in ("prompts_per_step", "group_size", "updates_per_generation", "max_new_tokens", "eval_problems"):
             need(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
         need(self.group_size >= 2, "group_size", f"must be >= 2 (advantages compare a group), got {self.group_size}")
-        need(self.temperature > 0, "temperature", f"must be > 0 (rollouts are sampled), got {self.temperature}")
+        need(self.temperature >= GREEDY_BELOW, "temperature",
+             f"must be at least {GREEDY_BELOW:g}: rollouts are sampled, and below that sampling is greedy (a group of "
+             f"identical completions), got {self.temperature}")
         need(0 < self.top_p <= 1, "top_p", f"must be in (0, 1], got {self.top_p}")
         need(0 < self.clip_eps < 1, "clip_eps", f"must be in (0, 1), got {self.clip_eps}")
         need(self.clip_eps_high is None or self.clip_eps_high > 0, "clip_eps_high",
