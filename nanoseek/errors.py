@@ -63,6 +63,12 @@ class ContextLengthError(EngineError):
     code = "context_length_exceeded"
 
 
+class RunInUseError(UserError):
+    """A run folder that another nanoseek process is writing to (one writer per folder); names that process."""
+
+    http_status = 409
+
+
 class QueueFullError(EngineError):
     """The engine's waiting queue is full; the client should retry later."""
 
@@ -72,4 +78,4 @@ class QueueFullError(EngineError):
 
 
 __all__ = ["UserError", "ConfigError", "CheckpointError", "DataError", "TokenizerError", "SamplingError",
-           "EngineError", "ContextLengthError", "QueueFullError"]
+           "EngineError", "ContextLengthError", "QueueFullError", "RunInUseError"]

@@ -5,6 +5,9 @@ files 0600); before they are renamed into place they get the permissions an ordi
 have given them under the user's umask, so a checkpoint or data folder can be shared or served like any
 other file.
 
+`run_lock` gives a run folder one writer: an exclusive `flock` on its `.nanoseek.lock`, which the kernel
+releases when the process ends, however it ends (SIGKILL included).
+
 A process killed inside `atomic_dir` leaves its hidden `.NAME.*.tmp` sibling behind. The writer holds an
 exclusive `flock` on that folder while it works (the kernel drops it when the process dies), so the next
 `atomic_dir` for the same path removes the siblings nobody holds: never a folder another process is writing.
@@ -150,3 +153,47 @@ def clean_stale(path: str | os.PathLike) -> list[Path]:
             shutil.rmtree(p, ignore_errors=True)
             removed.append(p)
     return removed
+
+
+LOCK_NAME = ".nanoseek.lock"
+
+
+@contextlib.contextmanager
+def run_lock(path: str | os.PathLike, name: str = "") -> Iterator[None]:
+    """Hold an exclusive lock on the run folder `path` (created if missing) for the duration; a second writer
+    gets RunInUseError naming the process that holds it. `name`: how the user named the folder (a flag), for
+    the message. A folder this call created and nothing else wrote to is removed again."""
+    from nanoseek.errors import RunInUseError, UserError
+
+    path = Path(path)
+    if fcntl is None:
+        yield
+        return
+    created = not path.exists()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path / LOCK_NAME, os.O_RDWR | os.O_CREAT, default_mode())
+    except OSError as e:
+        raise UserError(f"{name or path}: cannot create the run folder {path} ({e.strerror})") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pid = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+            raise RunInUseError(f"{(name + ' ') if name else ''}{path} is in use by another nanoseek process"
+                                f"{f' (pid {pid})' if pid.isdigit() else ''} writing to it; wait for it to end (or "
+                                f"stop it), or choose another folder", param=name or None) from None
+        except OSError:  # a file system without flock: work unlocked, as before locks existed
+            pass
+        else:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        try:
+            yield
+        finally:
+            if created and sorted(p.name for p in path.iterdir()) == [LOCK_NAME]:  # nothing was written
+                with contextlib.suppress(OSError):
+                    os.unlink(path / LOCK_NAME)  # while still locked: no one else holds this file
+                    path.rmdir()
+    finally:
+        os.close(fd)

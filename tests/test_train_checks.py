@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -15,7 +17,7 @@ from nanoseek.cli import main as cli
 from nanoseek.tokenizer import Tokenizer
 from nanoseek.train.log import read_log
 
-from train_helpers import REPO, build_data, train_records
+from train_helpers import REPO, build_data, nanoseek_cmd, subprocess_env, train_records
 
 TINY = ["--preset", "tiny", "--seq-len", "32", "--batch-size", "2", "--eval-batches", "1", "--eval-every", "0"]
 
@@ -205,3 +207,43 @@ def test_a_checkpoint_holding_non_finite_weights_is_refused_naming_the_tensor(da
                  ["pretrain", "--data", str(data), "--out", str(tmp_path / "b"), *TINY[2:], "--init-from", str(ckpt)],
                  ["generate", "--checkpoint", str(run), "--prompt", "x", "--max-tokens", "1"]):
         _fails(capsys, argv, f"tensor {name} holds NaN or inf values")
+
+
+# ---- issue 22.3: one writer per run folder -------------------------------------------------------------------------
+def test_a_run_folder_takes_one_writer_at_a_time(data, tmp_path, capsys):
+    """While one process trains into a folder, every command that would write there is refused at once, naming
+    that process; the lock goes with the process, also when it is SIGKILLed."""
+    run = tmp_path / "run"
+    first = subprocess.Popen(nanoseek_cmd("pretrain", "--data", str(data), "--out", str(run), *TINY, "--steps",
+                                          "100000", "--checkpoint-every", "0"),
+                             env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not ((run / "log.jsonl").exists() and train_records(run)):
+            assert first.poll() is None and time.monotonic() < deadline, "the first run did not start"
+            time.sleep(0.05)
+        for argv in (["pretrain", "--data", str(data), "--out", str(run), *TINY, "--steps", "2"],
+                     ["pretrain", "--data", str(data), "--out", str(run), "--resume"],
+                     ["sft", "--checkpoint", str(run), "--data", str(tmp_path / "chats.jsonl"), "--out", str(run)],
+                     ["rl", "--checkpoint", str(run), "--task", "arithmetic", "--out", str(run)],
+                     ["speedrun", str(run), "--preset", "smoke"]):
+            _fails(capsys, argv, f"{run} is in use by another nanoseek process (pid {first.pid})")
+        assert first.poll() is None  # the first run goes on
+    finally:
+        first.kill()
+        first.wait()
+    assert cli(["pretrain", "--data", str(data), "--out", str(run), *TINY, "--steps", "2"]) == 0
+
+
+def test_two_runs_started_together_into_one_folder_one_is_refused(data, tmp_path):
+    run = tmp_path / "run"
+    cmd = nanoseek_cmd("pretrain", "--data", str(data), "--out", str(run), *TINY, "--steps", "6")
+    procs = [subprocess.Popen(cmd, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    results = sorted((p.wait(timeout=240), p.stderr.read()) for p in procs)
+    for p in procs:
+        p.stdout.close()
+        p.stderr.close()
+    assert [rc for rc, _ in results] == [0, 2], results
+    assert "in use by another nanoseek process" in results[1][1] or "already holds a training run" in results[1][1]
+    assert [r["step"] for r in train_records(run)] == list(range(1, 7))  # one run's log, whole

@@ -13,6 +13,9 @@ import nanoseek
 from nanoseek.errors import UserError
 
 EXIT_USAGE = 2
+# commands that write a run folder, and the argument naming it: one process at a time may write each folder
+RUN_FOLDERS = {"pretrain": ("out", "--out"), "sft": ("out", "--out"), "rl": ("out", "--out"),
+               "speedrun": ("run", "RUN")}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,7 +42,8 @@ def main(argv: list[str] | None = None) -> int:
 
     tune_allocator()
     try:
-        args.func(args)
+        with _run_lock(args):
+            args.func(args)
     except (UserError, FileNotFoundError) as e:
         print(f"nanoseek {args.command}: error: {e}", file=sys.stderr)
         return EXIT_USAGE
@@ -47,3 +51,19 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     return 0
+
+
+def _run_lock(args: argparse.Namespace):
+    """The lock on the run folder the command writes (none for other commands, for a path that is a file, which
+    the command itself refuses, and for the other processes of a torchrun job: rank 0 holds it for them)."""
+    import contextlib
+    import os
+    from pathlib import Path
+
+    from nanoseek.io import run_lock
+
+    attr, flag = RUN_FOLDERS.get(args.command, (None, None))
+    path = getattr(args, attr, None) if attr else None
+    if path is None or Path(path).is_file() or os.environ.get("RANK", "0") != "0":
+        return contextlib.nullcontext()
+    return run_lock(path, flag)
