@@ -6,8 +6,9 @@ line (or take a default); the built-in tasks use `parse_number` for their numeri
 Specs are JSON values: a name ("numeric") or an object with options ({"name": "numeric", "tolerance": 0.01}).
   exact    whitespace runs collapsed and ends stripped; "ignore_case": true compares case-insensitively
   numeric  numbers compared by value: 1,234.5 = 1234.50, 3/4 = 0.75, -2 = -2.0; |answer - ref| <= tolerance x
-           max(1, |ref|) (tolerance default 1e-6). An answer that is not a number alone counts only if it
-           holds exactly one number ("$18", "18 apples"); "17 or 18" is wrong (no credit for hedging).
+           max(1, |ref|) (tolerance default 1e-6), in exact fractions. An answer that is not a number alone
+           counts only if it holds exactly one number ("$18", "18 apples"); "17 or 18" is wrong (no credit
+           for hedging).
   choice   one letter A-Z, case-insensitive: "B", "(B)", "B.", "B) Paris", "(B) Paris" read as B
 """
 
@@ -90,7 +91,8 @@ class Checker:
             got, ref = find_number(answer), find_number(reference)
             if got is None or ref is None:
                 return False
-            return abs(float(got - ref)) <= self.tolerance * max(1.0, abs(float(ref)))
+            # exactly, in fractions: a 401-digit number is past float range (and floats would round it)
+            return abs(got - ref) <= Fraction(self.tolerance) * max(1, abs(ref))
         got = parse_choice(answer)
         return got is not None and got == parse_choice(reference)
 

@@ -7,6 +7,7 @@ file's default, and may carry a worked solution ("reasoning") for SFT data. Such
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from nanoseek.data.tasks.checkers import Checker, make_checker
@@ -43,6 +44,9 @@ def custom_problem(record: dict[str, Any], default_checker: Any, where: str) -> 
         raise DataError(f'{where}: "prompt" must be a non-empty string')
     if isinstance(answer, bool) or not isinstance(answer, (str, int, float)):
         raise DataError(f'{where}: "answer" must be a string or a number, got {type(answer).__name__}')
+    if isinstance(answer, float) and not math.isfinite(answer):  # JSON's NaN and Infinity: no answer to check
+        raise DataError(f'{where}: "answer" must be a finite number, got {answer}; write it as a string if you mean '
+                        "the text")
     answer = str(answer)
     spec = record.get("checker", meta.get("checker", default_checker))
     try:

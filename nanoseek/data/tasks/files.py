@@ -26,6 +26,7 @@ import os
 from pathlib import Path
 from typing import Any, Iterable
 
+from nanoseek.data.tasks.arithmetic import evaluation_steps
 from nanoseek.data.tasks.custom import custom_problem
 from nanoseek.data.tasks.problem import Problem
 from nanoseek.data.tasks.registry import TASKS, worked_solution
@@ -47,7 +48,9 @@ def problem_from_record(record: Any, where: str = "record", default_checker: Any
     if not isinstance(record, dict):
         raise DataError(f'{where}: expected a JSON object with "prompt" and "answer", got {type(record).__name__}')
     version = record.get("format_version", FORMAT_VERSION)
-    if not isinstance(version, int) or version > FORMAT_VERSION:
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise DataError(f"{where}: format_version must be a whole number such as {FORMAT_VERSION}, got {version!r}")
+    if version > FORMAT_VERSION:
         raise DataError(f"{where}: format_version {version!r} is newer than this nanoseek reads ({FORMAT_VERSION})")
     task = record.get("task", "custom")
     if task == "custom":
@@ -60,14 +63,75 @@ def problem_from_record(record: Any, where: str = "record", default_checker: Any
             not isinstance(meta, dict):
         raise DataError(f'{where}: a {task} problem needs "prompt" and "answer" strings and a "meta" object')
     problem = Problem(task, record["prompt"], record["answer"], meta)
-    try:
-        ok = TASKS[task].check(problem, problem.answer)
-    except (KeyError, TypeError, ValueError, IndexError):
-        ok = False
+    fix = "(edited or damaged); regenerate it with `nanoseek tasks generate`"
+    bad = _bad_meta(task, meta)
+    if bad:
+        raise DataError(f'{where}: this {task} problem\'s "meta" {bad} {fix}')
+    try:  # the reference answer recomputed from meta, and the record's answer checked against it
+        reference = _REFERENCE.get(task, lambda p: TASKS[task].solve(p).answer)(problem)
+        ok = TASKS[task].check(Problem(task, problem.prompt, reference, meta), problem.answer)
+    except (KeyError, TypeError, ValueError, IndexError, ZeroDivisionError):
+        reference, ok = None, False
     if not ok:
-        raise DataError(f'{where}: this {task} problem\'s "meta" does not fit its answer {problem.answer!r} '
-                        "(edited or damaged); regenerate it with `nanoseek tasks generate`")
+        if reference is not None and reference != problem.answer:
+            raise DataError(f'{where}: this {task} problem\'s answer {problem.answer!r} disagrees with its "meta", '
+                            f"which gives {reference!r} {fix}")
+        raise DataError(f'{where}: this {task} problem\'s "meta" does not fit its answer {problem.answer!r} {fix}')
     return problem
+
+
+# What a built-in task's meta must hold (the tasks read these fields; other keys are ignored), and the
+# reference answer recomputed from it where the task's worked solution does not (countdown: the checker
+# evaluates the answer against the meta's numbers and target itself).
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _ints(v: Any, least: int = 1) -> bool:
+    return isinstance(v, list) and len(v) >= least and all(_is_int(x) for x in v)
+
+
+def _word_event(e: Any) -> bool:
+    return isinstance(e, list) and ((len(e) == 2 and e[0] in ("+", "-") and _is_int(e[1])) or
+                                    (len(e) == 3 and e[0] == "box" and _is_int(e[1]) and _is_int(e[2])))
+
+
+_META = {
+    "arithmetic": {"terms": lambda v: _ints(v, 2), "ops": lambda v: isinstance(v, list) and all(o in ("+", "-", "*")
+                                                                                             for o in v)},
+    "digit_sum": {"number": lambda v: _is_int(v) and v >= 0},
+    "sort": {"values": _ints, "descending": lambda v: isinstance(v, bool)},
+    "units": {"steps": _ints, "amount": _is_int, "extra": _is_int, "reverse": lambda v: isinstance(v, bool)},
+    "word_problem": {"start": _is_int, "events": lambda v: isinstance(v, list) and all(map(_word_event, v))},
+    "countdown": {"numbers": _ints, "target": _is_int},
+}
+_SHARED_META = {"key": lambda v: isinstance(v, str), "difficulty": _is_int, "wording": _is_int}
+
+
+def _bad_meta(task: str, meta: dict[str, Any]) -> str | None:
+    """What is wrong with a built-in task's meta (None when its fields have the types the task reads)."""
+    for name, ok in _META.get(task, {}).items():
+        if name not in meta:
+            return f'has no "{name}"'
+        if not ok(meta[name]):
+            return f'has a malformed "{name}": {json.dumps(meta[name])[:80]}'
+    for name, ok in _SHARED_META.items():
+        if name in meta and not ok(meta[name]):
+            return f'has a malformed "{name}": {json.dumps(meta[name])[:80]}'
+    if task == "arithmetic" and len(meta["ops"]) != len(meta["terms"]) - 1:
+        return f'has {len(meta["terms"])} "terms" but {len(meta["ops"])} "ops" (one fewer than the terms)'
+    return None
+
+
+def _arithmetic_answer(problem: Problem) -> str:
+    return str(evaluation_steps(problem.meta["terms"], problem.meta["ops"])[-1][3])
+
+
+_REFERENCE = {
+    "arithmetic": _arithmetic_answer,
+    "sort": lambda p: ", ".join(map(str, sorted(p.meta["values"], reverse=p.meta["descending"]))),
+    "countdown": lambda p: p.answer,  # any expression that reaches the target is an answer
+}
 
 
 def read_jsonl(path: str | os.PathLike) -> Iterable[tuple[str, Any]]:
