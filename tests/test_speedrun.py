@@ -5,6 +5,7 @@ stage twice, an interrupted run continues from the stage it stopped in, and bad 
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import time
@@ -94,6 +95,28 @@ def test_an_interrupted_run_continues_where_it_stopped(tmp_path):
     assert all(state[s]["done"] for s in STAGES)
 
 
+def test_a_run_copied_elsewhere_and_killed_in_rl_continues_its_rl(smoke, tmp_path):
+    """RL resumes (its optimizer holds no state for the MTP module, which GRPO never trains) from a run folder
+    that was moved: the problems file has another path now, and the same problems in it."""
+    out, _ = smoke
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    doc = json.loads((copy / "speedrun.json").read_text())
+    for stage in ("rl", "eval_rl", "report"):  # as if killed after RL's first checkpoint
+        doc["stages"][stage]["done"] = False
+    (copy / "speedrun.json").write_text(json.dumps(doc))
+    ckpts = sorted((copy / "rl" / "checkpoints").glob("step_*"))
+    assert len(ckpts) > 1
+    for later in ckpts[1:]:
+        shutil.rmtree(later)
+    (copy / "rl" / "checkpoints" / "latest").write_text(ckpts[0].name + "\n")
+    r = run(nanoseek_cmd("speedrun", str(copy), "--preset", "smoke"), timeout=300)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert "stage 8/10 rl" in r.stdout and f"resumed from {ckpts[0].name}" in r.stdout
+    assert "stage 7/10" not in r.stdout  # SFT's evaluation stays done
+    assert all(json.loads((copy / "speedrun.json").read_text())["stages"][s]["done"] for s in STAGES)
+
+
 def test_bad_input_exits_2(tmp_path, capsys):
     assert cli(["speedrun", str(tmp_path / "a"), "--preset", "smoke", "--data", str(tmp_path / "missing")]) == 2
     assert "--data" in capsys.readouterr().err
@@ -106,3 +129,23 @@ def test_bad_input_exits_2(tmp_path, capsys):
     (out / "speedrun.json").write_text(json.dumps({"preset": {"name": "cpu", "data": None}, "stages": {}}))
     assert cli(["speedrun", str(out), "--preset", "smoke"]) == 2
     assert "preset 'cpu'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("content", [
+    b"[1, 2]", b"null", b'"a string"', b"\x89PNG\r\n\x1a\n\x00\x00\xff\xfe", b"{not json",
+    b'{"preset": {"name": "smoke", "data": null}, "stages": []}',
+    b'{"preset": {"name": "smoke", "data": null}, "stages": {"tasks": {"done": "no"}}}',
+    b'{"preset": {"name": "smoke", "data": null}, "stages": {"tasks": {"done": true, "seconds": "x"}}}',
+    b'{"preset": {"name": "smoke", "data": null}, "stages": {"tasks": 5}}',
+    b'{"preset": {"name": "smoke", "data": null}}',
+    b'{"preset": "smoke", "stages": {}}',
+    b'{"preset": {"name": "smoke", "data": "corpus.txt"}, "stages": {}}',
+    b'{"format_version": 99, "preset": {"name": "smoke", "data": null}, "stages": {}}',
+])
+def test_a_damaged_state_file_gets_the_start_over_advice(tmp_path, capsys, content):
+    """speedrun.json that is not the shape the command writes (issue 22.7): one message, never a traceback."""
+    (tmp_path / "speedrun.json").write_bytes(content)
+    assert cli(["speedrun", str(tmp_path), "--preset", "smoke"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("nanoseek speedrun: error: ") and len(err.splitlines()) == 1, err
+    assert err.endswith("delete it to start the run over"), err

@@ -113,10 +113,13 @@ class State:
         settings = {"name": preset_name, **asdict(preset), "data": data}
         if self.path.is_file():
             try:
-                self.doc = json.loads(self.path.read_text())
-            except json.JSONDecodeError as e:
+                self.doc = json.loads(self.path.read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
                 raise UserError(f"{self.path} is not valid JSON ({e}); delete it to start the run over") from None
-            old = self.doc.get("preset", {})
+            bad = state_problem(self.doc)
+            if bad:
+                raise UserError(f"{self.path} is not a speedrun state ({bad}); delete it to start the run over")
+            old = self.doc["preset"]
             if (old.get("name"), old.get("data")) != (preset_name, data):
                 raise UserError(f"{run} holds a speedrun with preset {old.get('name')!r}"
                                 f"{' on --data ' + str(old.get('data')) if old.get('data') else ''}; continue it "
@@ -143,6 +146,33 @@ class State:
         from nanoseek.io import atomic_write_text
 
         atomic_write_text(self.path, json.dumps(self.doc, indent=2) + "\n")
+
+
+def state_problem(doc: Any) -> str | None:
+    """What is wrong with the shape of a speedrun.json document (None when the command can read it)."""
+    if not isinstance(doc, dict):
+        return f"a JSON object was expected, not {type(doc).__name__}"
+    version = doc.get("format_version", FORMAT_VERSION)
+    if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version <= FORMAT_VERSION:
+        return f"format_version {version!r}; this nanoseek reads version {FORMAT_VERSION}"
+    preset = doc.get("preset")
+    if not isinstance(preset, dict) or not isinstance(preset.get("name"), str):
+        return '"preset" must be an object with a "name"'
+    data = preset.get("data")
+    if data is not None and not (isinstance(data, list) and all(isinstance(d, str) for d in data)):
+        return '"preset"."data" must be a list of paths or null'
+    stages = doc.get("stages")
+    if not isinstance(stages, dict):
+        return '"stages" must be an object of stage -> {"done", "seconds"}'
+    for name, entry in stages.items():
+        if not isinstance(entry, dict):
+            return f'stage "{name}" must be an object with "done" and "seconds"'
+        if not isinstance(entry.get("done", False), bool):
+            return f'stage "{name}": "done" must be true or false, got {json.dumps(entry["done"])[:40]}'
+        seconds = entry.get("seconds", 0.0)
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 <= seconds < float("inf"):
+            return f'stage "{name}": "seconds" must be a number >= 0, got {json.dumps(seconds)[:40]}'
+    return None
 
 
 def machine() -> dict[str, Any]:
