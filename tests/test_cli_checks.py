@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -127,6 +128,40 @@ def test_generate_samples_underflowing_values_greedily_and_refuses_non_finite_on
                         ("--repetition-penalty", "inf"), ("--presence-penalty", "inf"), ("--frequency-penalty", "nan")):
         rc, _, err = _run(capsys, [*base, flag, value])
         assert rc == 2 and flag[2:].replace("-", "_") in err and "finite" in err, (flag, value, err)
+
+
+# ---- a checkpoint's tokenizer: unreadable, or not the model's (issue 22.8 and its small things) --------------------
+@pytest.mark.parametrize("garbage", [b'{"version": 1, 5: 3}', b"[]", b'{"model": 5}', b"", b"\x89PNG\r\n\x00\xff",
+                                     b'{"model": {"type": "BPE", "vocab": [1, 2]}}'])
+def test_a_garbage_tokenizer_json_is_one_message_in_every_command(ckpt, tmp_path, capsys, garbage):
+    bad = tmp_path / "model"
+    shutil.copytree(ckpt, bad)
+    (bad / "tokenizer.json").write_bytes(garbage)
+    for argv in (["generate", "--checkpoint", str(bad), "--prompt", "x", "--max-tokens", "1"],
+                 ["eval", "--checkpoint", str(bad), "--task", "arithmetic", "--n", "1", "--max-tokens", "1"],
+                 ["rl", "--checkpoint", str(bad), "--task", "arithmetic", "--out", str(tmp_path / "rl")]):
+        rc, _, err = _run(capsys, argv)
+        assert rc == 2 and f"{bad / 'tokenizer.json'} is not a readable tokenizer" in err, (argv, err)
+
+
+def test_a_tokenizer_that_is_not_the_models_is_warned_about(ckpt, tmp_path, capsys):
+    """A checkpoint whose tokenizer files were swapped for another tokenizer's (smaller, larger, or only
+    tokenizer.json) loads with a warning; its own tokenizer loads without one."""
+    base = ["generate", "--max-tokens", "2", "--prompt", "The quick", "--temperature", "0"]
+    rc, _, err = _run(capsys, [*base, "--checkpoint", str(ckpt)])
+    assert rc == 0 and "warning" not in err, err
+    for vocab, files in ((280, ("tokenizer.json",)), (280, ("tokenizer.json", "tokenizer_config.json")),
+                         (320, ("tokenizer.json", "tokenizer_config.json"))):
+        other = Tokenizer.train(["Something else entirely, in other words."] * 30 + CORPUS[:2], vocab_size=vocab)
+        swapped = tmp_path / f"{vocab}-{len(files)}"
+        shutil.copytree(ckpt, swapped)
+        other.save(tmp_path / "other")
+        for f in files:
+            shutil.copy(tmp_path / "other" / f, swapped / f)
+        rc, _, err = _run(capsys, [*base, "--checkpoint", str(swapped)])
+        assert "nanoseek generate: warning: " in err, (vocab, files, err)
+        assert ("come from different tokenizers" if len(files) == 1 else
+                f"its tokenizer has {other.vocab_size} tokens but the model 300") in err, err
 
 
 # ---- chat: a bad value is refused, an error in an answer never ends the session (8.11, 8.12) -------------------

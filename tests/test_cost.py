@@ -181,6 +181,13 @@ def test_token_counts_and_breakdown(capsys):
     (["--gpu", "a100", "--mfu", "0.3", "--precision", "fp8"], "--precision", "no fp8 peak"),
     (["--gpu", "h800", "--mfu", "0.3", "--price", "-1"], "--price", ">= 0"),
     (["--gpu", "h800", "--mfu", "0.3", "--gpus", "0"], "--gpus", "positive"),
+    # past float range, or so large the FLOP counts overflow (issue 22.8)
+    (["--tokens", "1e308", "--mfu", "0.4"], "--tokens", "too large: at most 1e30"),
+    (["--tokens", "1e400", "--mfu", "0.4"], "--tokens", "too large"),
+    (["--tokens", "2e18T", "--mfu", "0.4"], "--tokens", "too large"),
+    (["--gpu", "h800", "--gpu-hours", "1e400"], "--gpu-hours", "too large"),
+    (["--gpu", "h800", "--gpu-hours", "1e308"], "--gpu-hours", "too large"),
+    (["--mfu", "0.4", "--seq-len", "10000000000000000000000000"], "--seq-len", "up to"),
 ])
 def test_bad_inputs_exit_2_naming_the_flag(capsys, args, param, words):
     if not any(a.startswith("--tokens") for a in args):
@@ -188,6 +195,15 @@ def test_bad_inputs_exit_2_naming_the_flag(capsys, args, param, words):
     rc, _, err = run_cli(capsys, "--preset", "deepseek-v3", *args)
     assert rc == 2
     assert err.startswith("nanoseek cost: error: ") and param in err and words in err and len(err.splitlines()) == 1
+
+
+def test_the_largest_counts_print_finite_figures_and_a_binary_hardware_file_is_refused(capsys, tmp_path):
+    rc, out, err = run_cli(capsys, "--preset", "deepseek-v3", "--tokens", "1e30", "--gpu", "h800", "--mfu", "0.4")
+    assert rc == 0 and "inf" not in out and "nan" not in out, out + err
+    hw = tmp_path / "hw.json"
+    hw.write_bytes(b"\x89PNG\r\n\x1a\n\x00\xff\xfe")
+    rc, _, err = run_cli(capsys, "--preset", "tiny", "--tokens", "1B", "--mfu", "0.4", "--hardware-file", str(hw))
+    assert rc == 2 and f"--hardware-file {hw} is not valid JSON" in err and len(err.splitlines()) == 1, err
 
 
 def test_model_and_run_dir_errors(capsys, tmp_path):

@@ -254,6 +254,32 @@ def test_unreadable_files_exit_2_naming_them(run, tmp_path, capsys):
     fails(R, 'speedrun.json: "stages" must be an object')
 
 
+@pytest.mark.parametrize("step", ["12", "x", 1.5, None, True, -1])
+def test_a_log_whose_steps_are_not_whole_numbers_exits_2_naming_the_line(run, tmp_path, capsys, step):
+    """Issue 22.8: steps written as strings (or anything but a whole number) once reached the plots and raised."""
+    R = _copy(run, tmp_path / "run", ["pretrain", "sft"])
+    log = R / "sft" / "log.jsonl"
+    records = [json.loads(x) for x in log.read_text().splitlines()]
+    records[3]["step"] = step
+    log.write_text("".join(json.dumps(r) + "\n" for r in records))
+    rc, _, err = _report(capsys, str(R), "--no-measure")
+    assert rc == 2 and "Traceback" not in err, err
+    assert f'{log}:4: "step" must be a whole number, got {json.dumps(step)}' in err, err
+
+
+def test_a_file_or_folder_where_the_report_writes_exits_2_before_any_work(run, tmp_path, capsys):
+    R = _copy(run, tmp_path / "a", ["pretrain"])
+    (R / "plots").write_text("not a folder")
+    rc, out, err = _report(capsys, str(R))
+    assert rc == 2 and f"{R / 'plots'} is a file, where the report writes its plots folder" in err, err
+    assert "measuring" not in out
+    R = _copy(run, tmp_path / "b", ["pretrain"])
+    (R / "report.md").mkdir()
+    rc, _, err = _report(capsys, str(R), "--no-measure")
+    assert rc == 2 and f"{R / 'report.md'} is a folder, where the report writes its report.md" in err, err
+    assert not list(R.glob(".report.md.*")) and not (R / "plots").exists()
+
+
 # ---- synthetic logs and results -------------------------------------------------------------------------------
 def _long_log(steps: int, every: int = 1) -> list[dict]:
     """A pretraining-like log: noisy falling loss, a non-finite value, expert loads logged every `every` steps

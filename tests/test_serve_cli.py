@@ -11,6 +11,8 @@ import time
 import urllib.error
 import urllib.request
 
+import pytest
+
 from nanoseek.cli import main
 from serve_helpers import random_checkpoint
 
@@ -34,6 +36,29 @@ def test_serve_refuses_a_missing_checkpoint(tmp_path, capsys):
     assert main(["serve", "--checkpoint", str(tmp_path / "nothing")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("nanoseek serve: error: --checkpoint") and "config.json" in err
+
+
+@pytest.mark.parametrize("port", ["99999", "65536", "-1", "http"])
+def test_serve_refuses_a_port_out_of_range_at_once(tmp_path, capsys, port):
+    """Issue 22.8: --port 99999 loaded the model, then raised OverflowError."""
+    with pytest.raises(SystemExit) as e:
+        main(["serve", "--checkpoint", str(tmp_path / "nothing"), "--port", port])
+    assert e.value.code == 2 and "--port: must be a port number from 0 to 65535" in capsys.readouterr().err
+
+
+def test_serve_says_a_busy_port_or_a_foreign_host_before_loading_the_model(capsys):
+    ckpt = str(random_checkpoint())
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert main(["serve", "--checkpoint", ckpt, "--port", str(port)]) == 2
+        err = capsys.readouterr().err
+        assert f"cannot listen on 127.0.0.1:{port}" in err and "choose another --port" in err, err
+        assert "nanoseek serve: model" not in err  # said before the model loads (then a line names it)
+    assert main(["serve", "--checkpoint", ckpt, "--host", "192.0.2.1", "--port", str(port)]) == 2  # TEST-NET-1
+    err = capsys.readouterr().err
+    assert "--host 192.0.2.1 is not an address of this machine" in err and "serve: model" not in err, err
 
 
 def test_serve_runs_as_a_process_with_a_key_and_stops_on_ctrl_c():

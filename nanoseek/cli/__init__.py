@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 
 import nanoseek
 from nanoseek.errors import UserError
@@ -42,7 +43,8 @@ def main(argv: list[str] | None = None) -> int:
 
     tune_allocator()
     try:
-        with _run_lock(args):
+        with _run_lock(args), warnings.catch_warnings():
+            warnings.showwarning = _warning_line(args.command)
             args.func(args)
     except (UserError, FileNotFoundError) as e:
         print(f"nanoseek {args.command}: error: {e}", file=sys.stderr)
@@ -67,3 +69,11 @@ def _run_lock(args: argparse.Namespace):
     if path is None or Path(path).is_file() or os.environ.get("RANK", "0") != "0":
         return contextlib.nullcontext()
     return run_lock(path, flag)
+
+
+def _warning_line(command: str):
+    """Python warnings (a mismatched tokenizer, a checkpoint without its MTP weights) as one line each."""
+    def show(message, category, filename, lineno, file=None, line=None):
+        print(f"nanoseek {command}: warning: {message}", file=sys.stderr)
+
+    return show

@@ -11,6 +11,8 @@ from pathlib import Path
 from nanoseek.errors import UserError
 
 SUFFIXES = {"": 1, "K": 1e3, "M": 1e6, "B": 1e9, "G": 1e9, "T": 1e12}
+MAX_COUNT = 1e30  # tokens or GPU-hours: a million times any run's, and far from float overflow in the products
+MAX_SEQ_LEN = 1 << 30
 DEFAULT_CLUSTERS = (8, 256, 2048)
 # Published figures to print beside ours: DeepSeek-V3 technical report, table 1 (pre-training only).
 REPORTED = {("deepseek-v3", "h800"): (14.8e12, 2.664e6, "DeepSeek-V3 report, table 1: pre-training")}
@@ -47,7 +49,10 @@ def parse_count(text: str, param: str, integer: bool = True) -> float:
         raise UserError(f"{param}: cannot read {text!r}; write a number with an optional K, M, B or T suffix "
                         "(14.8T, 500B, 1.5M, 2e12)", param=param)
     value = float(m.group(1).replace(",", "").replace("_", "")) * SUFFIXES[m.group(2).upper()]
-    if not math.isfinite(value) or value < (1 if integer else 0) or value == 0:
+    if not value <= MAX_COUNT:  # inf too: 1e400 reads as inf
+        raise UserError(f"{param} {text} is too large: at most 1e30 (figures past it overflow the "
+                        "FLOP counts)", param=param)
+    if value < (1 if integer else 0) or value == 0:
         raise UserError(f"{param} must be {'at least 1' if integer else 'positive'}, got {text}", param=param)
     return round(value) if integer else value
 
@@ -86,6 +91,9 @@ def flop(x: float) -> str:
 
 
 def sci(x: float) -> str:
+    x = float(x)
+    if not math.isfinite(x):
+        return str(x)
     m, e = f"{x:.3e}".split("e")
     return f"{float(m):.3g}e{int(e)}"
 
@@ -132,8 +140,8 @@ def _hardware(args, need_cpu: bool, cpu_peak: tuple[float, str] | None = None) -
         if not path.is_file():
             raise UserError(f"--hardware-file {path} does not exist", param="--hardware-file")
         try:
-            overrides = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
+            overrides = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
             raise UserError(f"--hardware-file {path} is not valid JSON ({e})", param="--hardware-file") from None
         if not need_cpu and isinstance(overrides, dict):  # a "cpu" entry changes the measured row: none here
             overrides = {k: v for k, v in overrides.items() if str(k).lower() != "cpu"}
@@ -369,8 +377,9 @@ def cmd_cost(args) -> None:
         raise UserError(f"--gpus must be a positive integer, got {args.gpus}", param="--gpus")
     if args.price is not None and not (math.isfinite(args.price) and args.price >= 0):
         raise UserError(f"--price must be a number of dollars per GPU-hour >= 0, got {args.price}", param="--price")
-    if args.seq_len is not None and args.seq_len < 1:
-        raise UserError(f"--seq-len must be a positive integer, got {args.seq_len}", param="--seq-len")
+    if args.seq_len is not None and not 1 <= args.seq_len <= MAX_SEQ_LEN:
+        raise UserError(f"--seq-len must be a positive integer up to {MAX_SEQ_LEN:,}, got {args.seq_len}",
+                        param="--seq-len")
     if args.list_hardware:
         table = _hardware(args, need_cpu=True)
         print(f"{'key':<11}{'bf16 dense':>12}{'fp8 dense':>11}{'$/hour':>8}  name")

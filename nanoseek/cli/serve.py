@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
+import errno
 import ipaddress
 import os
+import socket
 import sys
 
 from nanoseek.cli.common import UserError, add_device_args, nonneg_int, positive_int, resolve_device, resolve_dtype
@@ -18,6 +21,39 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def port_number(s: str) -> int:
+    """argparse type: a TCP port, 0 (any free one) to 65535."""
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a port number from 0 to 65535, got {s!r}") from None
+    if not 0 <= v <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port number from 0 to 65535, got {s}")
+    return v
+
+
+def check_address(host: str, port: int) -> None:
+    """Bind host:port once and let it go, before the model loads (which can take minutes): a port in use or an
+    address that is not this machine's is said at once, not after the load."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except (socket.gaierror, UnicodeError) as e:
+        raise UserError(f"--host {host}: not an address of this machine ({e}); use 127.0.0.1 or 0.0.0.0",
+                        param="--host") from None
+    with socket.socket(family, kind, proto) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds it
+        try:
+            s.bind(address)
+        except OSError as e:
+            if e.errno == errno.EADDRNOTAVAIL:
+                raise UserError(f"--host {host} is not an address of this machine ({e.strerror}); use 127.0.0.1, "
+                                "0.0.0.0 or one of its own addresses", param="--host") from None
+            fix = ("choose another --port, or stop what is using it" if e.errno == errno.EADDRINUSE else
+                   "ports below 1024 need privileges: choose a higher --port" if e.errno == errno.EACCES else
+                   "check --host and --port")
+            raise UserError(f"cannot listen on {host}:{port} ({e.strerror}): {fix}", param="--port") from None
+
+
 def cmd_serve(args) -> None:
     """Serve a checkpoint over HTTP: /v1/chat/completions, /v1/completions, /v1/models, /health, /metrics
     and the chat page at /."""
@@ -28,6 +64,7 @@ def cmd_serve(args) -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    check_address(args.host, args.port)
     api_key = args.api_key or os.environ.get("NANOSEEK_API_KEY") or None
     if not _is_loopback(args.host) and not api_key:
         print(f"nanoseek serve: warning: listening on {args.host} without an API key: anyone who can reach this "
@@ -61,7 +98,7 @@ def register(sub) -> None:
     net.add_argument("--host", default="127.0.0.1",
                      help="address to listen on (default 127.0.0.1, this machine only; 0.0.0.0 exposes it to the "
                           "network: set an API key then)")
-    net.add_argument("--port", type=nonneg_int, default=8000, help="default 8000")
+    net.add_argument("--port", type=port_number, default=8000, help="default 8000")
     net.add_argument("--api-key", default=None,
                      help="require 'Authorization: Bearer KEY' on /v1 and /metrics (or set NANOSEEK_API_KEY)")
     net.add_argument("--cors-origin", action="append", metavar="ORIGIN",

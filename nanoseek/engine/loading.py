@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
-from nanoseek.errors import EngineError
+from nanoseek.errors import EngineError, TokenizerError
 
 
 class _RawTokenizer:
@@ -63,7 +64,50 @@ def load_tokenizer(path: str | Path):
 
     from nanoseek.tokenizer import SPECIAL_TOKENS, Tokenizer
 
-    raw = HFTokenizer.from_file(str(file))
-    if all(raw.token_to_id(t) is not None for t in SPECIAL_TOKENS):
-        return Tokenizer(raw)
-    return _RawTokenizer(raw)
+    try:
+        raw = HFTokenizer.from_file(str(file))
+    except Exception as e:  # tokenizers raises a bare Exception for any malformed file
+        raise TokenizerError(f"{file} is not a readable tokenizer ({e}); copy the tokenizer files the model was "
+                             "trained with into its directory") from None
+    tok = Tokenizer(raw) if all(raw.token_to_id(t) is not None for t in SPECIAL_TOKENS) else _RawTokenizer(raw)
+    why = tokenizer_mismatch(path, tok)
+    if why:
+        warnings.warn(why, TokenizerMismatch, stacklevel=2)
+    return tok
+
+
+class TokenizerMismatch(UserWarning):
+    """A checkpoint whose tokenizer.json does not look like the tokenizer its model was trained with."""
+
+
+def tokenizer_mismatch(path: str | Path, tok) -> str | None:
+    """Why `tok` (path/tokenizer.json) looks like another tokenizer than the one the model in `path` learned, or
+    None: tokenizer_config.json records the fingerprint of the tokenizer saved with it (nanoseek writes it), and
+    a model nanoseek trained has exactly its tokenizer's vocabulary size."""
+    from nanoseek.tokenizer import Tokenizer, fingerprint_json
+
+    path = Path(path)
+
+    def field(name: str, key: str):
+        try:
+            doc = json.loads((path / name).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        return doc.get(key) if isinstance(doc, dict) else None
+
+    saved = field("tokenizer_config.json", "nanoseek_fingerprint")
+    if isinstance(saved, str):
+        try:
+            now = fingerprint_json((path / "tokenizer.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError, TypeError, KeyError, AttributeError):
+            now = None
+        if now is not None and now != saved:
+            return (f"{path / 'tokenizer.json'} is tokenizer {now}, but tokenizer_config.json beside it was written "
+                    f"for tokenizer {saved}: the files come from different tokenizers; copy all tokenizer files the "
+                    "model was trained with into the checkpoint")
+    vocab = field("config.json", "vocab_size")
+    if isinstance(tok, Tokenizer) and isinstance(vocab, int) and tok.vocab_size != vocab:
+        return (f"{path}: its tokenizer has {tok.vocab_size:,} tokens but the model {vocab:,} (a model nanoseek trains "
+                "has exactly its tokenizer's): tokenizer.json is not the one the model was trained with, and its "
+                "text will be garbage; copy the right tokenizer files into the checkpoint")
+    return None

@@ -526,10 +526,16 @@ def write_report(run_dir: str | Path, *, measure: bool = True,
 
     measure: load the final checkpoint and time greedy decoding with and without MTP speculation (about 20 s on
     a CPU at most); False leaves the model unloaded. announce: called with a line before slow steps."""
+    from nanoseek.errors import DataError
     from nanoseek.io import atomic_write_text
 
     say = announce or (lambda _: None)
     run = load_run(run_dir)
+    for name, want_dir in (("report.md", False), ("plots", True)):  # before any slow step: what the report writes
+        p = run.root / name
+        if p.exists() and p.is_dir() != want_dir:
+            raise DataError(f"{p} is a {'folder' if p.is_dir() else 'file'}, where the report writes its "
+                            f"{'plots folder' if want_dir else 'report.md'}; move it away and run the report again")
     costs = stage_costs(run)
     decode = None
     if measure and run.final is not None:

@@ -47,7 +47,7 @@ def read_run_log(path: Path) -> list[dict[str, Any]]:
     except (OSError, UnicodeDecodeError) as e:
         raise DataError(f"{path}: cannot read the training log ({e})") from None
     lines = [(n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
-    well_formed = all(isinstance(r, dict) and isinstance(r.get("event"), str) for r in records)
+    well_formed = all(isinstance(r, dict) and isinstance(r.get("event"), str) and _step_ok(r) for r in records)
     dropped = len(lines) - len(records)  # lines read_log could not parse
     if not well_formed or dropped > 1 or (dropped == 1 and _parses(lines[-1][1])):
         for i, (n, line) in enumerate(lines):
@@ -61,7 +61,15 @@ def read_run_log(path: Path) -> list[dict[str, Any]]:
             if not (isinstance(rec, dict) and isinstance(rec.get("event"), str)):
                 raise DataError(f"{path}:{n}: not a nanoseek log record (an object with an \"event\"): "
                                 f"{line[:80]!r}")
+            if not _step_ok(rec):
+                raise DataError(f"{path}:{n}: \"step\" must be a whole number, got {json.dumps(rec['step'])[:40]}; "
+                                "the log is damaged: fix the line, or rerun the stage")
     return records
+
+
+def _step_ok(record: dict[str, Any]) -> bool:
+    step = record.get("step", 0)
+    return isinstance(step, int) and not isinstance(step, bool) and step >= 0
 
 
 def _parses(line: str) -> bool:
