@@ -199,6 +199,24 @@ def test_a_full_queue_is_503_and_recovers(engine, server, client):
     assert wait_idle(engine)
 
 
+def test_more_answers_than_the_waiting_queue_holds_is_400_not_503(client, engine):
+    """max_waiting 4: a request for 5 or more answers could never be queued; it gets a 400 naming the limit, not
+    a 503 that says to retry (forever). Exactly 4 is served."""
+    calls = [(lambda: client.chat.completions.create(model="tiny", messages=MSGS, max_tokens=2, n=5), "n"),
+             (lambda: client.chat.completions.create(model="tiny", messages=MSGS, max_tokens=2, n=16), "n"),
+             (lambda: client.completions.create(model="tiny", prompt="x", max_tokens=2, n=16), "n"),
+             (lambda: client.completions.create(model="tiny", prompt=["x", "y", "z"], max_tokens=2, n=2), "prompt"),
+             (lambda: client.completions.create(model="tiny", prompt=[[5]] * 5, max_tokens=2), "prompt")]
+    for call, param in calls:
+        with pytest.raises(openai.BadRequestError) as e:
+            call()
+        err = _error(e)
+        assert err["param"] == param and "waiting queue holds (4, nanoseek serve --max-waiting)" in err["message"], err
+    assert len(client.chat.completions.create(model="tiny", messages=MSGS, max_tokens=2, n=4).choices) == 4
+    assert len(client.completions.create(model="tiny", prompt=["x", "y"], max_tokens=2, n=2).choices) == 4
+    assert wait_idle(engine)
+
+
 def test_an_engine_failure_fails_its_requests_not_the_server(engine, server, client):
     step = engine.step
     calls = {"n": 0}

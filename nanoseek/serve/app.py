@@ -87,6 +87,16 @@ class ServerState:
                 f"for at most {max(room, 0)} new tokens in {field}", param=field)
         return requested
 
+    def check_choices(self, prompts: int, n: int) -> None:
+        """A request of `prompts` x n choices must fit the engine's waiting queue, or it could never be queued (a
+        503 says "retry later", which would never succeed): a 400 naming the limit."""
+        limit = self.engine.scheduler.max_waiting
+        if prompts * n > limit:
+            what = f"n={n}" if prompts == 1 else f"{prompts} prompts x n={n}"
+            raise EngineError(f"{what} asks for {prompts * n} answers at once, more than this server's waiting queue "
+                              f"holds ({limit}, nanoseek serve --max-waiting): it could never be queued; ask for at "
+                              f"most {limit}", param="n" if n > limit or prompts == 1 else "prompt")
+
     def make_requests(self, rid: str, prompt_ids: list[int], params: SamplingParams, n: int, start: int = 0):
         """n engine requests for one prompt; choice j of a seeded request uses seed + j, so choices differ and
         the whole answer reproduces."""

@@ -46,6 +46,7 @@ async def create(state, body: ChatCompletionRequest, request: Request) -> Respon
     request.state.param_names = {"max_new_tokens": field, "prompt": "messages", "logprobs": "top_logprobs"}
     body.check()
     state.check_model(body.model)
+    state.check_choices(1, body.n)
     messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in body.messages]
     rid = new_id("chatcmpl")
 

@@ -31,6 +31,7 @@ async def create(state, body: CompletionRequest, request: Request) -> Response:
     if len(prompts) * body.n > state.config.max_choices:
         raise EngineError(f"{len(prompts)} prompts x n={body.n} is more than this server's limit of "
                           f"{state.config.max_choices} choices per request; split the request", param="prompt")
+    state.check_choices(len(prompts), body.n)
     rid = new_id("cmpl")
     score_only = body.max_tokens == 0
 
