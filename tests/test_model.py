@@ -124,6 +124,47 @@ def test_bias_update_moves_expert_load_towards_balance():
     assert bias[:2].max() < 0.3 - 0.1
 
 
+@pytest.mark.parametrize("rule, gamma, steps", [("sign", 0.01, 80), ("proportional", 0.03, 25)])
+def test_a_router_started_skewed_comes_into_balance(rule, gamma, steps):
+    """Both bias rules bring a router that sends most tokens to two experts to MaxVio <= 0.5 within the stated
+    steps (the proportional rule several times faster: its step grows with the load error), and keep it there."""
+    from nanoseek.model.moe import load_stats
+
+    model = _model(bias_std=0.0, n_group=1, topk_group=1).eval()
+    n_main = sum(layer.is_moe for layer in model.model.layers)
+    for r in model.routers():
+        r.e_score_correction_bias[:2] = 1.0  # experts 0 and 1 win every token
+    torch.manual_seed(0)
+    batches = [torch.randint(0, 256, (4, 64)) for _ in range(8)]
+
+    def counts(step):
+        with torch.no_grad():
+            return model(batches[step % len(batches)], return_stats=True).expert_counts[:n_main].float()
+
+    assert min(load_stats(counts(0))[0]) > 2.0  # badly skewed at the start
+    window, history = [], []  # MaxVio of the loads summed over the last 8 steps (one batch alone is noisy)
+    for step in range(steps + 40):
+        c = counts(step)
+        window = (window + [c])[-8:]
+        history.append(max(load_stats(sum(window))[0]))
+        model.update_router_biases(torch.cat((c, torch.zeros(len(model.mtp), c.shape[1]))), gamma=gamma, rule=rule)
+    assert max(history[steps:]) <= 0.5, history  # balanced within `steps`, and it stays so
+
+
+def test_bias_rules_move_by_the_stated_amounts():
+    from nanoseek.model.moe import bias_update
+
+    counts = torch.tensor([30.0, 10.0, 0.0, 0.0])  # mean 10
+    b = torch.zeros(4)
+    bias_update(b, counts, 0.1, "sign")
+    assert b.tolist() == pytest.approx([-0.1, 0.0, 0.1, 0.1])
+    b = torch.zeros(4)
+    bias_update(b, counts, 0.1, "proportional")
+    assert b.tolist() == pytest.approx([-0.2, 0.0, 0.1, 0.1])  # gamma x (mean - c) / mean
+    with pytest.raises(ValueError, match="unknown bias update rule"):
+        bias_update(b, counts, 0.1, "pid")
+
+
 def test_mtp_depth_k_predicts_token_offset_k_plus_1():
     model = _model(num_nextn_predict_layers=2).eval()
     ids = torch.randint(0, 256, (2, 16))

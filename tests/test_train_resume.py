@@ -67,7 +67,7 @@ def test_resume_after_sigkill_is_bit_for_bit(data, tmp_path):
     a, b = train_records(full), train_records(killed)
     assert [x["step"] for x in b] == list(range(1, STEPS + 1))  # records past the checkpoint were replaced
     for key in ("loss", "main_loss", "mtp_losses", "balance_loss", "grad_norm", "lr", "router_bias_min",
-                "router_bias_max", "expert_imbalance"):
+                "router_bias_max", "expert_maxvio"):
         assert [x[key] for x in b] == [x[key] for x in a], key  # exactly equal, not approximately
     evals = lambda recs: [(x["step"], x["val_loss"], x["val_bpb"]) for x in recs if x["event"] == "eval"]
     assert evals(read_log(killed)) == evals(read_log(full))

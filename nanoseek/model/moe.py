@@ -56,10 +56,34 @@ def sequence_balance_loss(scores: torch.Tensor, indices: torch.Tensor, n_experts
     return (f * P).sum(-1).mean()
 
 
-def bias_update(bias: torch.Tensor, counts: torch.Tensor, gamma: float) -> None:
-    """Aux-loss-free balancing step (docs/architecture.md §4.5): b_i += gamma * sign(mean(c) - c_i), in place, no autograd."""
+BIAS_RULES = ("sign", "proportional")
+STARVED = 0.25  # an expert is starved in a step when its load is under this fraction of the fair share
+
+
+def load_stats(counts: torch.Tensor) -> tuple[list[float], list[float]]:
+    """Per row of counts [layers, E]: MaxVio (max load / mean load - 1, Wang et al. 2024; 0 is perfect balance)
+    and the share of experts starved (under STARVED of the mean load)."""
     c = counts.to(torch.float32)
-    bias.add_(gamma * torch.sign(c.mean() - c))
+    mean = c.mean(dim=1, keepdim=True).clamp_min(1e-9)
+    maxvio = c.max(dim=1).values / mean.squeeze(1) - 1.0
+    return maxvio.tolist(), (c < STARVED * mean).float().mean(dim=1).tolist()
+
+
+def bias_update(bias: torch.Tensor, counts: torch.Tensor, gamma: float, rule: str = "sign") -> None:
+    """Aux-loss-free balancing step (docs/architecture.md §4.5), in place, no autograd.
+
+    sign (DeepSeek-V3):  b_i += gamma * sign(mean(c) - c_i)
+    proportional:        b_i += gamma * (mean(c) - c_i) / mean(c), a step as large as the expert's relative load
+                         error: far from balance it moves many gamma-steps at once, near balance it barely moves.
+    """
+    c = counts.to(torch.float32)
+    mean = c.mean()
+    if rule == "sign":
+        bias.add_(gamma * torch.sign(mean - c))
+    elif rule == "proportional":
+        bias.add_(gamma * (mean - c) / mean.clamp_min(1e-9))
+    else:
+        raise ValueError(f"unknown bias update rule {rule!r}; choose one of {', '.join(BIAS_RULES)}")
 
 
 class Router(nn.Module):

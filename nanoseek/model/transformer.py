@@ -87,7 +87,7 @@ class DeepSeekV3(nn.Module):
         return [m for m in self.modules() if isinstance(m, Router)]
 
     @torch.no_grad()
-    def update_router_biases(self, counts: torch.Tensor, gamma: float) -> None:
+    def update_router_biases(self, counts: torch.Tensor, gamma: float, rule: str = "sign") -> None:
         """Aux-loss-free balancing (docs/architecture.md §4.5): move each layer's correction bias by +-gamma towards balance.
 
         counts [n_routers, E]: tokens each expert received over the whole step: all micro-batches and, under
@@ -98,7 +98,7 @@ class DeepSeekV3(nn.Module):
             raise ValueError(f"counts has {counts.shape[0]} rows but the model has {len(routers)} MoE routers")
         counts = counts.to(routers[0].e_score_correction_bias.device, torch.float32)
         for router, c in zip(routers, counts):
-            bias_update(router.e_score_correction_bias, c, gamma)
+            bias_update(router.e_score_correction_bias, c, gamma, rule)
 
     # ---- forward --------------------------------------------------------------------------------
     def forward(self, input_ids: torch.Tensor, targets: torch.Tensor | None = None, *, return_stats: bool = False,

@@ -46,6 +46,9 @@ class TrainConfig:
     # ---- DeepSeek-V3 objective ----
     mtp_weight: float = _f(0.3, "lambda: weight of the multi-token-prediction loss (DeepSeek-V3: 0.3, later 0.1)")
     bias_update_gamma: float = _f(1e-3, "gamma: aux-loss-free router bias step per optimizer step (0 freezes it)")
+    bias_update_rule: str = _f("sign", "router bias step: sign (DeepSeek-V3: +-gamma per expert) or proportional "
+                                       "(gamma x the expert's relative load error, docs/architecture.md §4.5)",
+                               ("sign", "proportional"))
     aux_loss_alpha: float = _f(1e-4, "alpha: sequence-wise balance loss weight (DeepSeek-V3: 1e-4; 0 disables)")
     # ---- evaluation, logging, checkpoints ----
     eval_every: int = _f(100, "evaluate (validation loss, bits per byte) every N steps and at the end "

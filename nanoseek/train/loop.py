@@ -24,6 +24,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from nanoseek.model.moe import load_stats
 from nanoseek.train import distributed as D
 from nanoseek.train.checkpoint import (capture_rng, checkpoints_dir, clean_partial, latest_checkpoint,
                                        load_train_state, restore_rng, save_checkpoint)
@@ -202,7 +203,7 @@ def train(model: nn.Module, task: Task, cfg: TrainConfig, run_dir: str | Path, *
             for opt in optimizers:
                 opt.zero_grad(set_to_none=True)
             if has_routers and counts is not None and cfg.bias_update_gamma > 0:
-                model.update_router_biases(counts, cfg.bias_update_gamma)
+                model.update_router_biases(counts, cfg.bias_update_gamma, cfg.bias_update_rule)
             dt = time.perf_counter() - t0
             tokens_seen += tokens_this_step
             tok_s = tokens_this_step / dt
@@ -329,8 +330,9 @@ def _step_metrics(sums: torch.Tensor, counts: torch.Tensor | None, model: nn.Mod
         rec["balance_loss"] = sums[2].item()
         if counts is not None:
             c = counts.float()
-            # max/mean tokens per expert, per MoE layer (MTP layers last): 1.0 is perfect balance
-            rec["expert_imbalance"] = (c.max(dim=1).values / c.mean(dim=1).clamp_min(1e-9)).tolist()
+            # per MoE layer (MTP layers last): MaxVio (max/mean tokens per expert - 1; 0 is perfect balance) and
+            # the share of its experts starved this step (docs/architecture.md §4.5)
+            rec["expert_maxvio"], rec["experts_starved"] = load_stats(c)
             if c.numel() <= LOAD_VALUES_PER_RECORD or step % 100 == 0:
                 # each expert's share of its layer's tokens (the report's load heatmaps)
                 rec["expert_load"] = [[round(x, 4) for x in row] for row in (c / c.sum(1, keepdim=True).clamp_min(1)).tolist()]
