@@ -20,8 +20,8 @@ from nanoseek.eval.report import write_report
 from nanoseek.model import count_params
 from nanoseek.train.log import read_log
 
-PLOTS = ("loss.png", "grpo_reward.png", "grpo_length.png", "expert_load_pretrain.png", "expert_load_sft.png",
-         "expert_load_rl.png")
+PLOTS = ("loss.png", "task_accuracy.png", "grpo_reward.png", "grpo_length.png", "expert_load_pretrain.png",
+         "expert_load_sft.png", "expert_load_rl.png", "expert_maxvio_pretrain.png", "expert_maxvio_sft.png")
 SECTIONS = ("# Report card", "## Model", "## Machine", "## Time and cost", "## Final metrics",
             "### Task accuracy after each stage", "### Decoding the final model", "## Plots",
             "## The final model's answers")
@@ -42,14 +42,16 @@ def run(tmp_path_factory) -> Path:
        str(R / "tokenizer"))
     ok("data", "prepare", "--input", str(R / "data/corpus.txt"), "--tokenizer", str(R / "tokenizer"), "--output",
        str(R / "tokens"), "--val-docs", "8", "--text-unit", "paragraph")
+    ok("tasks", "generate", "--task", "arithmetic,sort", "--n", "3", "--split", "test", "--wording", "train",
+       "--out", str(R / "data/probe.jsonl"))
     ok("pretrain", "--data", str(R / "tokens"), "--out", str(R / "pretrain"), "--preset", "tiny", "--steps", "6",
        "--seq-len", "64", "--batch-size", "4", "--eval-every", "3", "--eval-batches", "1", "--warmup-steps", "1",
-       "--peak-flops", "1e11")
+       "--peak-flops", "1e11", "--eval-problems-file", str(R / "data/probe.jsonl"))
     ok("tasks", "generate", "--task", "arithmetic,sort", "--n", "60", "--difficulty", "1-2", "--format", "sft",
        "--out", str(R / "data/sft.jsonl"))
     ok("sft", "--checkpoint", str(R / "pretrain"), "--data", str(R / "data/sft.jsonl"), "--out", str(R / "sft"),
        "--steps", "4", "--seq-len", "256", "--batch-size", "4", "--eval-every", "2", "--eval-batches", "1",
-       "--peak-flops", "1e11")
+       "--peak-flops", "1e11", "--eval-problems-file", str(R / "data/probe.jsonl"))
     ok("rl", "--checkpoint", str(R / "sft"), "--out", str(R / "rl"), "--task", "arithmetic", "--difficulty", "1",
        "--steps", "3", "--prompts-per-step", "2", "--group-size", "4", "--max-new-tokens", "16", "--batch-size", "8",
        "--dtype", "float32", "--eval-problems", "4", "--eval-every", "3", "--peak-flops", "1e11")
@@ -98,7 +100,7 @@ def test_report_of_a_whole_run(run, capsys, monkeypatch):
     monkeypatch.setattr(decode, "DECODE_TOKENS", 16)  # the tiny model's answers are short anyway
     rc, out, err = _report(capsys, str(run))
     assert rc == 0, err
-    assert f"wrote {run / 'report.md'} and 6 plot(s)" in out
+    assert f"wrote {run / 'report.md'} and {len(PLOTS)} plot(s)" in out
     md = (run / "report.md").read_text()
     pos = [md.index(s) for s in SECTIONS]
     assert pos == sorted(pos), "sections out of order"
@@ -178,8 +180,9 @@ def test_a_pretraining_only_folder_says_what_is_missing(run, tmp_path, capsys):
     assert f"`nanoseek eval --checkpoint {R}/pretrain --task all --style plain --out {R}/eval/pretrain.json" in md
     assert f"no RL steps logged (`nanoseek rl --checkpoint {R}/sft --out {R}/rl" in md
     assert "*Missing: the final model's sampled answers" in md
-    assert sorted(_linked_plots(md)) == ["expert_load_pretrain.png", "loss.png"]
-    assert sorted(p.name for p in (R / "plots").iterdir()) == ["expert_load_pretrain.png", "loss.png"]
+    made = ["expert_load_pretrain.png", "expert_maxvio_pretrain.png", "loss.png", "task_accuracy.png"]
+    assert sorted(_linked_plots(md)) == made
+    assert sorted(p.name for p in (R / "plots").iterdir()) == made
     assert f"| SFT validation | missing: `nanoseek sft --checkpoint {R}/pretrain" in md and "| pretraining |" in md
 
 

@@ -16,6 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 import nanoseek
+import nanoseek.data.rewards
 from nanoseek.cli import main as cli
 from nanoseek.config import preset
 from nanoseek.data.chat import (IGNORE_INDEX, ChatData, PackedChat, inputs_and_targets, normalize_messages, pack,
@@ -258,6 +259,36 @@ def test_sft_cli_loss_goes_down_and_writes_checkpoints(ckpt, sft_file, tmp_path,
     nanoseek.load_model(final)
 
 
+def test_sft_logs_held_out_task_accuracy_at_each_evaluation(ckpt, sft_file, tmp_path):
+    """--eval-problems-file: at each evaluation the live weights answer the problems greedily in the chat
+    template and the log gets task_accuracy. Problems whose reference is the model's own greedy answer (and
+    others that cannot be right) pin the figure to exactly one half."""
+    from nanoseek.data import tasks
+    from nanoseek.tokenizer import Tokenizer
+    from nanoseek.train.probe import AccuracyProbe
+
+    def answers(prompts):  # the starting model's greedy answers, from a probe over exactly these prompts
+        asked = [tasks.Problem("custom", q, "?", {"checker": "exact"}) for q in prompts]
+        probe = AccuracyProbe(asked, Tokenizer.load(ckpt), style="chat", device=torch.device("cpu"))
+        return [nanoseek.data.rewards.extract_answer(t) for t in probe.completions(nanoseek.load_model(ckpt))]
+
+    many = [f"Say {i}." for i in range(40)]
+    prompts = [q for q, a in zip(many, answers(many)) if a][:6]  # a random model sometimes opens <think>
+    answers = answers(prompts)
+    assert len(prompts) == 6 and all(answers)
+    problems = tmp_path / "probe.jsonl"
+    problems.write_text("".join(json.dumps({"prompt": q, "answer": a if i % 2 == 0 else "no model says this"}) + "\n"
+                                for i, (q, a) in enumerate(zip(prompts, answers))))
+    out = tmp_path / "run"
+    # an lr far too small to change a weight and frozen router biases: the figure is the starting model's
+    assert cli(["sft", "--checkpoint", str(ckpt), "--data", str(sft_file), "--out", str(out), "--steps", "2",
+                "--batch-size", "2", "--seq-len", "128", "--lr", "1e-12", "--bias-update-gamma", "0", "--eval-every",
+                "1", "--eval-batches", "1", "--peak-flops", "1e12", "--eval-problems-file", str(problems)]) == 0
+    evals = [r for r in read_log(out) if r["event"] == "eval"]
+    assert [e["task_accuracy"] for e in evals] == [0.5, 0.5]
+    assert len(tasks.read_problems(problems)) == 6
+
+
 def tok_vocab(ckpt) -> int:
     return json.loads((ckpt / "config.json").read_text())["vocab_size"]
 
@@ -311,7 +342,7 @@ def test_sft_resumes_after_sigkill_bit_for_bit(ckpt, tmp_path):
     a, b = train_records(full), train_records(killed)
     assert [x["step"] for x in b] == list(range(1, STEPS + 1))
     for key in ("loss", "main_loss", "mtp_losses", "balance_loss", "grad_norm", "lr", "target_tokens", "pack_fill",
-                "epoch", "router_bias_min", "router_bias_max", "expert_imbalance"):
+                "epoch", "router_bias_min", "router_bias_max", "expert_maxvio"):
         assert [x[key] for x in b] == [x[key] for x in a], key  # exactly equal
     evals = lambda recs: [(x["step"], x["val_loss"], x["val_accuracy"]) for x in recs if x["event"] == "eval"]
     assert evals(read_log(killed)) == evals(read_log(full))

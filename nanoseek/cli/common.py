@@ -88,3 +88,30 @@ def task_names(text: str, other: str = "") -> list[str]:
     if not names:
         raise UserError("--task names no task", param="--task")
     return names
+
+
+def add_probe_args(p: argparse.ArgumentParser, style: str) -> None:
+    """--eval-problems-file: held-out problems the training commands answer (greedily, in `style`) at each
+    evaluation, logging task_accuracy."""
+    p.add_argument("--eval-problems-file", metavar="FILE",
+                   help=f"problems JSONL (`nanoseek tasks generate`) the model answers greedily at each evaluation, "
+                        f"asked in the {style} style; log.jsonl gets task_accuracy (and per task)")
+
+
+def probe_from_args(args: argparse.Namespace, tokenizer, style: str, info):
+    """The AccuracyProbe of --eval-problems-file, or None without one."""
+    if not getattr(args, "eval_problems_file", None):
+        return None
+    from nanoseek.data import tasks
+    from nanoseek.errors import DataError
+    from nanoseek.train.probe import AccuracyProbe
+
+    try:
+        problems = tasks.read_problems(args.eval_problems_file)
+    except DataError as e:
+        raise UserError(f"--eval-problems-file {e}", param="--eval-problems-file") from None
+    if style == "chat" and not hasattr(tokenizer, "render_chat"):
+        raise UserError("--eval-problems-file asks in the chat template, which needs a nanoseek tokenizer",
+                        param="--eval-problems-file")
+    return AccuracyProbe(problems, tokenizer, style=style, device=info.device, rank=info.rank,
+                         world_size=info.world_size)

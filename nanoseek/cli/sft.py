@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from nanoseek.cli.common import UserError, resolve_device
+from nanoseek.cli.common import UserError, add_probe_args, probe_from_args, resolve_device
 
 
 def cmd_sft(args: argparse.Namespace) -> None:
@@ -84,7 +84,8 @@ def cmd_sft(args: argparse.Namespace) -> None:
         if args.resume and args.checkpoint:
             say(f"resume: the weights come from {source}; --checkpoint {args.checkpoint} is not used")
         task = SFTTask(data, cfg, tokenizer=tok, device=info.device, rank=info.rank, world_size=info.world_size,
-                       val_data=args.val_data, mtp_depth=model_cfg.num_nextn_predict_layers)
+                       val_data=args.val_data, mtp_depth=model_cfg.num_nextn_predict_layers,
+                       probe=probe_from_args(args, tok, "chat", info))
         torch.manual_seed(cfg.seed)
         if args.resume:
             model = DeepSeekV3(model_cfg)  # the loop loads the checkpoint's weights
@@ -126,5 +127,6 @@ def register(sub) -> None:
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its latest checkpoint (bit for bit); flags given now "
                         "override its saved settings, except --optimizer, --seq-len, --seed and --val-fraction")
+    add_probe_args(p, "chat")
     add_config_args(p, SFTConfig)
     p.set_defaults(func=cmd_sft)

@@ -8,7 +8,8 @@ from typing import Any
 
 import torch
 
-from nanoseek.cli.common import UserError, resolve_device
+from nanoseek.cli.common import UserError, add_probe_args, probe_from_args, resolve_device
+
 
 def cmd_pretrain(args: argparse.Namespace) -> None:
     """Pretrain a DeepSeek-V3-architecture model on token shards from `nanoseek data prepare`.
@@ -82,7 +83,8 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
         pc = count_params(model.config)
         say(f"model: {source}: {pc.total / 1e6:.2f}M parameters ({pc.active / 1e6:.2f}M active), vocab "
             f"{model.config.vocab_size}; data: {data}; device: {info.device} x {info.world_size}, {cfg.dtype}")
-        task = PretrainTask(data, cfg, device=info.device, rank=info.rank, world_size=info.world_size, tokenizer=tok)
+        task = PretrainTask(data, cfg, device=info.device, rank=info.rank, world_size=info.world_size, tokenizer=tok,
+                            probe=probe_from_args(args, tok, "plain", info))
         say(task.describe_eval(cfg))
         say(f"schedule: {cfg.schedule} over {cfg.steps} steps, peak lr {cfg.lr:g}, warm-up {cfg.warmup} steps"
             + (" (default: 2% of --steps, 1 to 20)" if cfg.warmup_steps is None else ""))
@@ -136,5 +138,6 @@ def register(sub) -> None:
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its latest checkpoint (bit for bit); flags given now "
                         "override its saved settings, except --optimizer, --seq-len and --seed")
+    add_probe_args(p, "plain")
     add_config_args(p)
     p.set_defaults(func=cmd_pretrain)

@@ -247,3 +247,61 @@ def expert_load(records: Sequence[dict], layer_names: Sequence[str] | None, titl
     cb.set_label(f"share of the layer's routed tokens\n(white = balanced, 1/{n_exp} = {balanced:.3g})")
     fig.suptitle(title)
     return _png(fig)
+
+
+def expert_maxvio(balance: dict[str, Any] | None, layer_names: Sequence[str] | None, title: str) -> bytes | None:
+    """MaxVio of each MoE layer over training (loads summed over a window of steps, nanoseek.eval.balance),
+    with the target line and the point by which balancing should have settled."""
+    if not balance or not balance.get("steps"):
+        return None
+    import numpy as np
+
+    from nanoseek.eval.balance import TARGET
+
+    mv = np.array(balance["maxvio"], dtype=float)
+    steps = balance["steps"]
+    names = list(layer_names or [])
+    names += [f"MoE layer {i + 1}" for i in range(len(names), mv.shape[1])]
+    fig = _figure(7.5, 4.0)
+    ax = fig.subplots()
+    colors = [_BLUE, _ORANGE, _GREEN, _RED, _PURPLE, _GREY]
+    for i in range(mv.shape[1]):
+        if np.nan_to_num(mv[:, i]).any():
+            ax.plot(steps, mv[:, i], color=colors[i % len(colors)], linewidth=1.2, label=names[i])
+    ax.axhline(TARGET, color="black", linestyle="--", linewidth=1, label=f"target {TARGET:g}")
+    ax.axvline(balance["settle_step"], color=_GREY, linestyle=":", linewidth=1, label="10% of the run")
+    ax.set_yscale("symlog", linthresh=1.0)
+    ax.set_ylabel(f"MaxVio over {balance['window']} steps")
+    _step_axis(ax)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def task_accuracy(logs: dict[str, Sequence[dict]], stage_names: dict[str, str]) -> bytes | None:
+    """Held-out task accuracy (the logs' task_accuracy, measured at each evaluation) against the tokens each
+    stage had trained on: pretraining in its plain style, later stages in the chat template."""
+    series = []
+    for stage, records in logs.items():
+        tokens = {}
+        for r in records:
+            if r.get("event") == "train" and not math.isnan(num(r.get("tokens"))):
+                tokens[num(r.get("step"))] = num(r.get("tokens"))
+        xs, ys = _series(records, "task_accuracy", event="eval")
+        pts = [(tokens[x], y) for x, y in zip(xs, ys) if x in tokens]
+        if pts:
+            series.append((stage, pts))
+    if not series:
+        return None
+    fig = _figure(7.5, 4.0)
+    axes = fig.subplots(1, len(series), squeeze=False)[0]
+    for ax, (stage, pts), color in zip(axes, series, [_BLUE, _ORANGE, _GREEN]):
+        ax.plot([p[0] for p in pts], [100 * p[1] for p in pts], color=color, marker="o", markersize=3)
+        ax.set_title(stage_names.get(stage, stage), fontsize=10)
+        ax.set_xlabel("tokens trained on")
+        ax.set_ylim(0, 100)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("held-out accuracy (%)")
+    fig.suptitle("Held-out task accuracy during training (greedy)")
+    return _png(fig)

@@ -22,10 +22,13 @@ from pathlib import Path
 from typing import Any, Callable
 
 from nanoseek.errors import UserError
+from nanoseek.eval.balance import SETTLE, TARGET, WINDOW
 from nanoseek.eval.runfolder import STAGE_NAMES, TRAINING, Run, StageCost, load_run, machine_price, stage_costs
 
-PLOT_NAMES = ("loss.png", "grpo_reward.png", "grpo_length.png", "expert_load_pretrain.png", "expert_load_sft.png",
-              "expert_load_rl.png")
+PLOT_NAMES = ("loss.png", "task_accuracy.png", "grpo_reward.png", "grpo_length.png", "expert_load_pretrain.png",
+              "expert_maxvio_pretrain.png", "expert_load_sft.png", "expert_maxvio_sft.png", "expert_load_rl.png",
+              "expert_maxvio_rl.png")
+HELDOUT = "_heldout_wordings"  # eval/STAGE_heldout_wordings.json: questions in wordings kept out of training
 ANSWERS = 6  # held-out problems shown at the end
 
 
@@ -295,6 +298,14 @@ def _section_metrics(run: Run, decode: dict[str, Any] | None) -> list[str]:
         if isinstance(bpb.get("val_bpb"), (int, float)):
             rows.append([f"bits per byte after {STAGE_NAMES.get(name, _esc(name))} (eval/{_esc(name)}.json)",
                          f"{bpb['val_bpb']:.4f}"])
+    for s, b in run.balance.items():
+        if b is None:
+            continue
+        worst = max(b["p95_after"]) if b["p95_after"] else None
+        rows.append([f"expert balance, {STAGE_NAMES[s]}",
+                     f"MaxVio (over {b['window']} steps) {_num(b['at_settle'], '.2f')} at step {b['settle_step']:,} "
+                     f"({SETTLE:.0%} of the run), 95th percentile after it {_num(worst, '.2f')} (worst layer; target "
+                     f"{TARGET:g}); starved expert-steps {_pct(b['starved_share'])}"])
     out += _table(["metric", "value"], rows, "ll") + [""]
     out += _accuracy_table(run)
     out += _decode_lines(run, decode)
@@ -325,16 +336,21 @@ def _accuracy_table(run: Run) -> list[str]:
         style = settings.get("style", "chat")
         cells = [_rate(by_task[t]["accuracy"]) if t in by_task else "—" for t in tasks]
         if len(tasks) > 1:
-            cells.append(f"**{_rate(summary.get('accuracy'))}**")
+            se = summary.get("accuracy_se")
+            cells.append(f"**{_rate(summary.get('accuracy'))}**" + (f" ± {_rate(se)}" if se is not None else ""))
         fmt = summary.get("format_rate")
-        rows.append([STAGE_NAMES.get(s, _esc(s)), _esc(style) + (" (prompt line, `Answer:` line)" if style == "plain"
-                                                                 else " (template, `<think>`)"), *cells,
+        label = STAGE_NAMES.get(s.removesuffix(HELDOUT), _esc(s.removesuffix(HELDOUT)))
+        if s.endswith(HELDOUT):
+            label += ", questions in wordings kept out of training"
+        rows.append([label, _esc(style) + (" (prompt line, `Answer:` line)" if style == "plain"
+                                           else " (template, `<think>`)"), *cells,
                      _rate(fmt),
                      f"{summary.get('problems', '?')} x {settings.get('samples', summary.get('samples', '?'))}"])
         overall.append(f"{STAGE_NAMES.get(s, s)} {_rate(summary.get('accuracy'))}")
     out += _table(header, rows)
     s0 = run.evals[names[0]].get("settings") or {}
-    out += ["", "Accuracy: the share of sampled answers that are right (pass@1), on held-out problems"
+    out += ["", "Accuracy: the share of sampled answers that are right (pass@1), on held-out problems, ± its "
+            "standard error over problems"
             + (f"; temperature {_num(s0.get('temperature'), 'g')}, at most {_num(s0.get('max_new_tokens'), ',')} "
                "new tokens"
                if s0 else "") + ". A model after pretraining alone is asked in the plain style of its pretraining "
@@ -435,13 +451,24 @@ def make_plots(run: Run) -> tuple[dict[str, str], list[str]]:
     put("grpo_length.png", plots.grpo_lengths(rl, limit if isinstance(limit, int) else None) if rl else None,
         "GRPO: completion length per step (mean and longest) and the share cut off by the limit.",
         f"GRPO completion length: no RL steps logged ({rl_hint})", ("rl",))
+    curves = {s: run.logs[s] for s in ("pretrain", "sft") if s in run.logs}
+    put("task_accuracy.png", plots.task_accuracy(curves, STAGE_NAMES),
+        "Held-out task accuracy against the tokens trained on, measured at each evaluation (pretraining: plain "
+        "prompts; SFT: the chat template).",
+        "task accuracy during training: no task_accuracy in the logs (`--eval-problems-file`)", ("pretrain", "sft"))
     for s in TRAINING:
         if s not in run.logs:
             continue
-        png = plots.expert_load(run.logs[s], _layer_names(run.configs.get(s)),
+        names = _layer_names(run.configs.get(s))
+        png = plots.expert_load(run.logs[s], names,
                                 f"Expert load over {STAGE_NAMES[s]}: each expert's share of its layer's tokens")
         put(f"expert_load_{s}.png", png, f"Expert load per MoE layer over {STAGE_NAMES[s]} (experts x steps).",
             f"expert load over {STAGE_NAMES[s]}: its log has no expert_load (a dense model, or an older log)", (s,))
+        if png is not None and s != "rl":  # GRPO's few steps carry too few tokens for windowed MaxVio
+            put(f"expert_maxvio_{s}.png", plots.expert_maxvio(run.balance.get(s), names,
+                                                              f"Expert balance over {STAGE_NAMES[s]}"),
+                f"MaxVio (busiest expert's load / mean load - 1) per MoE layer over {STAGE_NAMES[s]}, on the loads of "
+                f"{WINDOW} consecutive steps.", f"expert balance over {STAGE_NAMES[s]}: too few steps", (s,))
     if "pretrain" not in run.logs and not run.lone:
         missing.append(f"expert load over pretraining: no pretraining log (`nanoseek pretrain --data {R}/tokens "
                        f"--out {R}/pretrain`)")

@@ -10,6 +10,7 @@ there but cannot be read is a DataError naming the file (and the line, for JSONL
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from nanoseek.errors import DataError, UserError
+from nanoseek.eval.balance import expert_balance
 
 TRAINING = ("pretrain", "sft", "rl")
 # the speedrun's stages, in order (speedrun.json "stages")
@@ -106,6 +108,11 @@ class Run:
     eval_files: dict[str, Path] = field(default_factory=dict)
     eval_bpb: dict[str, dict[str, Any]] = field(default_factory=dict)
     answers: dict[str, tuple[list[dict[str, Any]], Path]] = field(default_factory=dict)
+
+    @functools.cached_property
+    def balance(self) -> dict[str, dict[str, Any] | None]:
+        """stage -> its expert balance over training (nanoseek.eval.balance), None for a log without loads."""
+        return {s: expert_balance(recs) for s, recs in self.logs.items()}
 
     def rel(self, path: Path) -> str:
         try:

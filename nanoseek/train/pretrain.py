@@ -20,7 +20,7 @@ class PretrainTask(Task):
     """Batches from a PackedLoader over DATA/train (sharded by rank); evaluation over DATA/val."""
 
     def __init__(self, data_dir: str | Path, cfg: TrainConfig, *, device: torch.device, rank: int = 0,
-                 world_size: int = 1, tokenizer=None):
+                 world_size: int = 1, tokenizer=None, probe=None):
         from nanoseek.data.loader import PackedLoader
         from nanoseek.tokenizer import Tokenizer
 
@@ -35,7 +35,7 @@ class PretrainTask(Task):
         per_rank = max(val_tokens - 1, 0) // cfg.seq_len // world_size
         self.val_tokens, self.val_batch = val_tokens, min(cfg.batch_size, per_rank)
         self.val = PackedLoader(data_dir, "val", cfg.seq_len, self.val_batch, **kw) if self.val_batch else None
-        self.device = device
+        self.device, self.probe = device, probe  # probe: an AccuracyProbe run at each evaluation (or None)
         self.tokens_per_batch = self.loader.tokens_per_batch
         self.token_bytes = torch.from_numpy(tokenizer.token_bytes()).to(device, torch.int64)
 
@@ -67,10 +67,13 @@ class PretrainTask(Task):
     def evaluate(self, model: nn.Module, cfg: TrainConfig) -> dict[str, float]:
         from nanoseek.train.distributed import all_reduce_sum
 
-        if self.val is None:
-            return {}
-        batches = ((x.to(self.device), y.to(self.device)) for x, y in self.val.iter_eval(cfg.eval_batches))
-        return metrics_from_sums(all_reduce_sum(eval_sums(model, batches, self.token_bytes)))
+        out = {}
+        if self.val is not None:
+            batches = ((x.to(self.device), y.to(self.device)) for x, y in self.val.iter_eval(cfg.eval_batches))
+            out = metrics_from_sums(all_reduce_sum(eval_sums(model, batches, self.token_bytes)))
+        if self.probe is not None:
+            out.update(self.probe(model))
+        return out
 
     def state_dict(self) -> dict[str, Any]:
         return self.loader.state_dict()

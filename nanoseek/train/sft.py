@@ -72,8 +72,10 @@ class SFTTask(Task):
     (num_nextn_predict_layers), which packing keeps from reading across conversations."""
 
     def __init__(self, data: str | Path, cfg: TrainConfig, *, tokenizer, device: torch.device | None = None,
-                 rank: int = 0, world_size: int = 1, val_data: str | Path | None = None, mtp_depth: int = 0):
+                 rank: int = 0, world_size: int = 1, val_data: str | Path | None = None, mtp_depth: int = 0,
+                 probe=None):
         self.cfg, self.tokenizer = cfg, tokenizer
+        self.probe = probe  # an AccuracyProbe run at each evaluation (or None)
         self.device = device or torch.device("cpu")
         self.rank, self.world_size = rank, world_size
         self.data_path, self.val_path = Path(data), None if val_data is None else Path(val_data)
@@ -184,8 +186,9 @@ class SFTTask(Task):
         Every rank runs the same number of forwards (rows past the end are padding), as FSDP needs."""
         from nanoseek.train.distributed import all_reduce_sum
 
+        probed = self.probe(model) if self.probe is not None else {}
         if self.val is None:
-            return {}
+            return probed
         B, W = cfg.batch_size, self.world_size
         sums = torch.zeros(3, dtype=torch.float64, device=self.device)
         V = model.config.vocab_size
@@ -202,7 +205,7 @@ class SFTTask(Task):
                 hit = (logits.flatten(0, 1).argmax(-1) == y) & valid
                 sums += torch.stack([nll.double(), valid.sum().double(), hit.sum().double()])
         nats, n, hits = all_reduce_sum(sums).tolist()
-        return {"val_loss": nats / max(n, 1), "val_accuracy": hits / max(n, 1)}
+        return {"val_loss": nats / max(n, 1), "val_accuracy": hits / max(n, 1), **probed}
 
     # ---- checkpoints ------------------------------------------------------------------------------------
     def check_model(self, model_dir: str | Path) -> None:
