@@ -82,6 +82,31 @@ def test_context_overflow_is_400_with_the_numbers(client, engine):
     assert _error(e)["code"] == "context_length_exceeded"
 
 
+def test_a_prompt_too_long_in_characters_is_refused_before_it_is_tokenized(server, engine, monkeypatch):
+    """Issue 22.10: a prompt with more characters than the context holds tokens times the longest token's
+    characters cannot fit: 400 at once, without tokenizing it (a 1.9M-character prompt took 1.8 s to tokenize)."""
+    limit = engine.max_len * int(engine.tokenizer.token_bytes().max())  # characters: each is at least a byte
+    seen = []
+    encode = engine.tokenizer.encode
+    monkeypatch.setattr(engine.tokenizer, "encode", lambda text, *a, **k: seen.append(len(text)) or encode(text, *a, **k))
+    big = ("The quick brown fox. " * (limit // 21 + 2))[:limit + 1]
+    third = big[:limit // 3 + 1]
+    for path, body, param in [
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": big}]}, "messages"),
+        ("/v1/chat/completions", {"messages": [{"role": "system", "content": third}, {"role": "user", "content": third},
+                                               {"role": "assistant", "content": third}]}, "messages"),
+        ("/v1/completions", {"prompt": big}, "prompt"),
+        ("/v1/completions", {"prompt": ["short", big]}, "prompt"),
+    ]:
+        status, resp, _ = post(server, path, {**body, "max_tokens": 2})
+        err = resp["error"]
+        assert status == 400 and err["code"] == "context_length_exceeded" and err["param"] == param, resp
+        assert "characters" in err["message"] and f"context of {engine.max_len} tokens" in err["message"], err
+    assert max(seen, default=0) < 10, seen  # only "short" was tokenized
+    assert wait_idle(engine)
+    assert post(server, "/v1/completions", {"prompt": "The quick brown fox", "max_tokens": 2})[0] == 200
+
+
 def test_invalid_completion_fields(client, engine):
     V = engine.config.vocab_size
     for kw, param in [(dict(prompt=[V + 5]), "prompt"), (dict(prompt=[-1]), "prompt"), (dict(prompt=[]), "prompt"),

@@ -18,6 +18,7 @@ batch sizes compiled at start-up (nanoseek.engine.runner).
 
 from __future__ import annotations
 
+import functools
 import itertools
 import time
 from dataclasses import dataclass
@@ -136,6 +137,28 @@ class Engine:
         self.stats = RunStats()
         self._ids = itertools.count()
 
+    @functools.cached_property
+    def max_prompt_chars(self) -> int | None:
+        """Characters past which a text prompt cannot fit in max_len tokens, whatever it says: a nanoseek
+        tokenizer (byte-level BPE, no normalizer, special-token text read as plain text) turns every character
+        into at least one byte and no token covers more bytes than its longest. None for other tokenizers, whose
+        normalizers and pre-tokenizers may drop text."""
+        token_bytes = getattr(self.tokenizer, "token_bytes", None)
+        if token_bytes is None:
+            return None
+        return self.max_len * max(int(token_bytes().max()), 1)
+
+    def check_prompt_chars(self, chars: int, param: str = "prompt") -> None:
+        """Refuse a text prompt of `chars` characters that cannot fit the context, before tokenizing it (a
+        2 MB prompt takes seconds to tokenize only to be refused for its length)."""
+        limit = self.max_prompt_chars
+        if limit is not None and chars > limit:
+            per = limit // self.max_len
+            raise ContextLengthError(
+                f"the prompt has {chars:,} characters: at least {-(-chars // per):,} tokens (no token of this "
+                f"tokenizer covers more than {per} characters), more than the context of {self.max_len:,} tokens; "
+                "shorten the prompt", param=param)
+
     @property
     def fast(self):
         """The model's generation fast path (nanoseek.model.inference.InferenceModel)."""
@@ -163,6 +186,7 @@ class Engine:
             if self.tokenizer is None:
                 raise EngineError("text prompts need a tokenizer (tokenizer.json in the checkpoint); pass token ids",
                                   param="prompt")
+            self.check_prompt_chars(len(prompt))
             ids = self.tokenizer.encode(prompt)
         else:
             ids = [int(t) for t in prompt]
@@ -237,6 +261,8 @@ class Engine:
         if render is None:
             raise EngineError("chat needs a nanoseek tokenizer (tokenizer.json with the chat special tokens) next "
                               "to the checkpoint; train one with `nanoseek tokenizer train`")
+        self.check_prompt_chars(sum(len(m.get("content") or "") for m in messages if isinstance(m, dict)
+                                    and isinstance(m.get("content"), str)), param="messages")
         return render(messages, add_generation_prompt=True)[0]
 
     def _requests(self, prompts, params) -> list[Request]:

@@ -16,7 +16,9 @@ class _RawTokenizer:
         self._tok = tok
 
     def encode(self, text: str) -> list[int]:
-        return self._tok.encode(text, add_special_tokens=False).ids
+        from nanoseek.tokenizer import encode_ids
+
+        return encode_ids(self._tok, text)
 
     def decode(self, ids, skip_special_tokens: bool = False) -> str:
         return self._tok.decode(list(ids), skip_special_tokens=skip_special_tokens)

@@ -43,6 +43,7 @@ async def create(state, body: CompletionRequest, request: Request) -> Response:
                 if tok is None:
                     raise EngineError("text prompts need the checkpoint's tokenizer.json; send token ids",
                                       param="prompt")
+                state.engine.check_prompt_chars(len(p), param="prompt")
                 ids = tok.encode(p)
             else:
                 ids = list(p)
