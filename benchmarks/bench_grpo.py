@@ -48,7 +48,7 @@ def run_nanoseek(args, out: Path) -> list[dict]:
            "--group-size", str(args.group_size), "--max-new-tokens", str(args.max_new_tokens), "--temperature",
            "0.7", "--loss-type", "dr_grpo", "--lr", "5e-5", "--warmup-steps", "1", "--schedule", "constant",
            "--batch-size", str(args.prompts_per_step * args.group_size), "--eval-every", "0", "--eval-problems",
-           "1", "--checkpoint-every", str(args.steps), "--dtype", args.dtype, "--seq-len", "256"]
+           "1", "--checkpoint-every", str(args.steps), "--dtype", args.dtype]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     t0 = time.time()
     subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)

@@ -196,7 +196,12 @@ def test_rl_command_logs_rewards_and_refuses_bad_input(setup, tmp_path, capsys):
                      (["--temperature", "1e-300"], "--temperature must be at least 1e-05"),
                      (["--temperature", "inf"], "--temperature must be a finite number"),
                      (["--lr", "inf"], "--lr must be a finite number"), (["--beta", "nan"], "--beta"),
-                     (["--adam-eps", "0"], "--adam-eps must be positive"), (["--clip-eps-high", "inf"], "finite")):
+                     (["--adam-eps", "0"], "--adam-eps must be positive"), (["--clip-eps-high", "inf"], "finite"),
+                     # training flags rl has no use for are refused, not ignored (issue 22, small things)
+                     (["--seq-len", "64"], "--seq-len does not apply to rl"),
+                     (["--grad-accum", "2"], "--grad-accum does not apply to rl"),
+                     (["--mtp-weight", "0.1"], "--mtp-weight does not apply to rl"),
+                     (["--eval-batches", "3"], "--eval-batches does not apply to rl")):
         assert cli(_rl_args(ckpt, tmp_path / "bad", *bad)) == 2
         err = capsys.readouterr().err
         assert msg in err and "Traceback" not in err, (bad, err)

@@ -10,6 +10,15 @@ import torch
 from nanoseek.cli.common import UserError, resolve_device
 
 
+NOT_FOR_RL = {
+    "seq_len": "a sequence is a prompt and its completion, which --max-new-tokens bounds (the rollout engine "
+               "sizes itself to the longest prompt)",
+    "grad_accum": "each step trains on every completion of its generation, in micro-batches of --batch-size",
+    "mtp_weight": "GRPO trains the next-token policy only (the MTP module gets no gradient)",
+    "eval_batches": "evaluation answers --eval-problems validation problems",
+}
+
+
 def cmd_rl(args: argparse.Namespace) -> None:
     """Reinforcement learning with GRPO on a verifiable task: for each prompt the model samples a group of
     completions, a checker scores them, and the policy moves towards the better ones of each group.
@@ -30,6 +39,10 @@ def cmd_rl(args: argparse.Namespace) -> None:
     from nanoseek.train.loop import TrainingDiverged, train
     from nanoseek.train.pretrain import check_model_tokenizer, write_tokenizer_files
 
+    for name, why in NOT_FOR_RL.items():  # shared training flags GRPO has no use for: say so, do not ignore them
+        if name in vars(args):
+            flag = "--" + name.replace("_", "-")
+            raise UserError(f"{flag} does not apply to rl: {why}; leave it out", param=flag)
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; give a directory for the run", param="--out")
