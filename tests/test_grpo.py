@@ -253,7 +253,8 @@ def test_rl_resume_after_sigkill_during_a_checkpoint_write_is_bit_for_bit(mtp_ck
 
 def test_a_copied_rl_run_resumes_and_other_problems_are_refused(mtp_ckpt, tmp_path, capsys):
     """The resume compares the problems themselves, not the path of their file: a run folder copied elsewhere
-    (its problems file with it) continues; a file with other problems is refused."""
+    (its problems file with it) continues; a file with other problems is refused; a built-in task's run resumes
+    with more steps."""
     from nanoseek.data.tasks import write_problems
 
     def rl(run_dir, problems, *extra):
@@ -274,6 +275,11 @@ def test_a_copied_rl_run_resumes_and_other_problems_are_refused(mtp_ckpt, tmp_pa
     assert rl(b, b / "other.jsonl", "--steps", "6", "--resume") == 2
     err = capsys.readouterr().err
     assert "other problems" in err and "Traceback" not in err
+    # a built-in task's problems follow from the settings: a resume may ask for more steps (a larger pool)
+    c = tmp_path / "c" / "rl"
+    assert cli(_rl_args(mtp_ckpt, c, "--steps", "2", "--checkpoint-every", "2", "--eval-every", "2")) == 0
+    assert cli(_rl_args(mtp_ckpt, c, "--steps", "4", "--checkpoint-every", "2", "--eval-every", "2", "--resume")) == 0
+    assert [x["step"] for x in train_records(c)] == [1, 2, 3, 4]
 
 
 @pytest.mark.slow

@@ -384,14 +384,18 @@ class GRPOTask(Task):
         return {"val_accuracy": n[0].item() / max(n[1].item(), 1.0)}
 
     def state_dict(self) -> dict[str, Any]:
-        # the prompts and seeds of every generation follow from the step and the training problems: keep which
-        # problems they were (by content, so a copied run folder with its problems file elsewhere resumes)
-        return {"version": STATE_VERSION, "problems": problems_digest(self.train_problems),
-                "n_problems": len(self.train_problems), "source": self.cfg.problems or self.cfg.task}
+        # The prompts and seeds of every generation follow from the step and the training problems. A built-in
+        # task's follow from the settings (--steps may grow on resume, and the pool with it); a --problems file's
+        # are kept by content, so a copied run folder with its problems file elsewhere resumes.
+        return {"version": STATE_VERSION, "problems": self._digest(), "n_problems": len(self.train_problems),
+                "source": self.cfg.problems or self.cfg.task}
+
+    def _digest(self) -> str | None:
+        return problems_digest(self.train_problems) if self.cfg.problems else None
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        saved = state.get("problems")  # None: written before nanoseek kept it
-        if saved is not None and saved != problems_digest(self.train_problems):
+        saved = state.get("problems")  # None: a built-in task's, or written before nanoseek kept it
+        if saved is not None and saved != self._digest():
             raise DataError(f"the run was trained on other problems ({state.get('n_problems')} from "
                             f"{state.get('source')}; these are {len(self.train_problems)} from "
                             f"{self.cfg.problems or self.cfg.task}): resuming would not continue the same prompts; "
