@@ -272,6 +272,30 @@ def test_muon_groups_and_step():
     assert torch.allclose(rms, torch.full_like(rms, expected), rtol=0.25), (rms, expected)
 
 
+def test_muon_batches_parameters_of_one_shape_exactly_as_one_at_a_time():
+    """Muon orthogonalizes same-shaped parameters (every layer's attention matrices, every MoE layer's expert
+    stacks) as one batch: the step equals one optimizer per parameter, bit for bit."""
+    torch.manual_seed(0)
+    a = nanoseek.DeepSeekV3(preset("tiny"))
+    b = nanoseek.DeepSeekV3(preset("tiny"))
+    b.load_state_dict(a.state_dict())
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        pa.grad = torch.randn_like(pa)
+        pb.grad = pa.grad.clone()
+    _, muon = build_optimizers(a, name="muon", lr=0.01, weight_decay=0.1, betas=(0.9, 0.95), eps=1e-8)
+    shapes = [tuple(p.shape) for g in muon.param_groups for p in g["params"]]
+    assert len(set(shapes)) < len(shapes)  # some shapes are shared: batched
+    by_name = dict(b.named_parameters())
+    names = {id(p): n for n, p in a.named_parameters()}
+    alone = [Muon([by_name[names[id(p)]]], lr=0.01, weight_decay=0.1) for g in muon.param_groups for p in g["params"]]
+    for _ in range(2):
+        muon.step()
+        for opt in alone:
+            opt.step()
+    for (n, pa), pb in zip(a.named_parameters(), b.parameters()):
+        assert torch.equal(pa, pb), n
+
+
 def test_flops_per_token_and_mfu():
     cfg = preset("cpu-small")
     T = 256
