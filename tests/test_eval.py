@@ -240,3 +240,22 @@ def test_plain_style_asks_the_bare_prompt_and_reads_the_answer_line():
     assert engine.calls[0][1][0].stop == ["\n\n"] and engine.calls[0][1][0].stop_token_ids == [0]
     with pytest.raises(ValueError, match="style"):
         evaluate_tasks(engine, arith, style="json")
+
+
+def test_one_digit_facts_are_counted_and_checked():
+    """The report's fact count: expressions of exactly two one-digit operands, checked; longer expressions
+    (a carry added, a borrowed ten) are not facts."""
+    from nanoseek.eval.facts import fact_accuracy, facts_in
+
+    text = "7+5=12, write 2, carry 1\n4+8+1=13, write 3\n2<3, borrow: 12-3=9\n5-1-1=3\n9-5=3\n4*2=10\n5*6+3=33\n7*8=56"
+    assert facts_in(text) == [("7+5=12", True), ("9-5=3", False), ("4*2=10", False), ("7*8=56", True)]
+    got = fact_accuracy([text, "no facts here", "3+4=7"])
+    assert (got["right"], got["facts"], got["wrong"]) == (3, 5, ["9-5=3", "4*2=10"]) and got["accuracy"] == 0.6
+    assert fact_accuracy(["12+30=42"])["accuracy"] is None
+    # every fact in the tasks' own worked solutions is right
+    from nanoseek.data import tasks
+
+    sols = [tasks.worked_solution(p).reasoning for name in ("arithmetic", "units", "word_problem", "digit_sum")
+            for p in tasks.generate(name, "train", 200, "1-3", seed=0, unique=False)]
+    f = fact_accuracy(sols)
+    assert f["facts"] > 500 and f["accuracy"] == 1.0

@@ -14,6 +14,8 @@ import pytest
 
 from nanoseek.cli import main as cli
 from nanoseek.cli.speedrun import STAGES
+from nanoseek.data import tasks
+from nanoseek.train.log import read_log
 
 from train_helpers import nanoseek_cmd, run, subprocess_env
 
@@ -42,11 +44,27 @@ def test_every_artefact_exists_and_loads(smoke):
         results = json.loads((out / "eval" / f"{stage}.json").read_text())
         assert results["settings"]["style"] == ("plain" if stage == "pretrain" else "chat")
         assert len(results["problems"]) == results["summary"]["problems"] > 0
+        assert 0 <= results["summary"]["accuracy_se"] <= 0.5
+        # after SFT and RL also asked in wordings the training data never used
+        held = out / "eval" / f"{stage}_heldout_wordings.json"
+        assert held.is_file() == (stage != "pretrain")
+        if stage != "pretrain":
+            frames = {p.task: tasks.get_task(p.task).frames for p in tasks.read_problems(out / "data" / "test.jsonl")}
+            heldout = tasks.read_problems(out / "data" / "test_heldout_wordings.jsonl")
+            assert all(frames[p.task][p.meta["wording"]].held_out for p in heldout)
+    # pretraining and SFT answered the probe problems at each evaluation: accuracy against tokens
+    for stage in ("pretrain", "sft"):
+        evals = [r for r in read_log(out / stage) if r["event"] == "eval"]
+        assert evals and all(0 <= r["task_accuracy"] <= 1 for r in evals)
+    # the training data asks in the training wordings only
+    train = tasks.read_problems(out / "data" / "rl.jsonl")
+    assert all(not tasks.get_task(p.task).frames[p.meta["wording"]].held_out for p in train)
     report = (out / "report.md").read_text()
     for section in ("## Model", "## Time and cost", "## Final metrics", "## Plots"):
         assert section in report
     plots = sorted(p.name for p in (out / "plots").glob("*.png"))
-    assert {"loss.png", "grpo_reward.png", "grpo_length.png"} <= set(plots)
+    assert {"loss.png", "task_accuracy.png", "grpo_reward.png", "grpo_length.png", "expert_maxvio_pretrain.png"} \
+        <= set(plots)
     assert all(f"plots/{name}" in report for name in plots)
     assert f"nanoseek chat --checkpoint {out / 'rl'}" in stdout
     engine = Engine.load(out / "rl")  # the final model answers in the chat template

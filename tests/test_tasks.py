@@ -520,3 +520,33 @@ def test_cli_argparse_rejects_bad_flags(capsys):
     with pytest.raises(SystemExit) as e:
         cli.main(["tasks", "generate", "--task", "sort", "--n", "2", "--format", "csv", "-o", "x"])
     assert e.value.code == 2
+
+
+def test_fact_drills_hold_every_step_the_worked_solutions_use_and_all_are_right():
+    from nanoseek.data.tasks.drills import steps
+
+    table = set(steps())
+    docs = tasks.drill_documents(50, seed=3, per_document=16)
+    assert docs == tasks.drill_documents(50, seed=3, per_document=16) and len(docs) == 50
+    assert all(len(d.split("\n")) == 16 and set(d.split("\n")) <= table for d in docs)
+    for step in table:  # each step is true
+        expr, _, result = step.partition("=")
+        q, _, r = result.partition(" r ")
+        value = eval(expr.replace("/", "//"))  # noqa: S307 (our own digits and operators)
+        assert value == int(q) and (not r or eval(expr.replace("/", "%")) == int(r)), step
+    # every one-digit step of the column procedures appears in the table, written the same way
+    import re
+
+    step_shape = re.compile(r"\d[+*]\d(?:[+]\d)?=\d+|\d-(?:1-)?\d=\d+|1\d-\d=\d|\d{1,2}/\d=\d+(?: r \d)?")
+    seen = 0
+    for name in ("arithmetic", "units", "word_problem"):
+        for p in tasks.generate(name, "train", 300, "1-3", seed=2, unique=False):
+            for line in tasks.worked_solution(p).reasoning.split("\n"):
+                for part in line.replace("borrow: ", "").split(", "):
+                    if step_shape.fullmatch(part):
+                        n, _, d = part.partition("=")[0].partition("/")
+                        if d and int(n) >= 10 * int(d):
+                            continue  # a division's result line ("86/2=43"), not one of its steps
+                        seen += 1
+                        assert part in table, (name, part)
+    assert seen > 1000

@@ -63,7 +63,9 @@ def test_pretrain_cli_loss_goes_down_and_writes_checkpoints(data, tmp_path, caps
     for load, mv, starved in zip(r["expert_load"], r["expert_maxvio"], r["experts_starved"]):
         fair = sum(load) / len(load)
         assert mv == pytest.approx(max(load) / fair - 1, abs=1e-3)
-        assert starved == pytest.approx(sum(x < 0.25 * fair for x in load) / len(load))
+        # (the logged shares are rounded to 4 decimals: a load at exactly a quarter of the fair share may
+        # read just under it)
+        assert starved == pytest.approx(sum(x < 0.25 * fair - 5e-5 for x in load) / len(load))
     # lr schedule followed: warm-up, then the WSD decay ends at min_lr_ratio x lr
     assert recs[0]["lr"] == pytest.approx(3e-3 / 2) and recs[-1]["lr"] == pytest.approx(3e-4)
 

@@ -44,6 +44,8 @@ class Preset:
     tasks: str = "all"
     difficulty: str = "1-3"
     corpus_problems: int = 6000  # per task, plain text for pretraining
+    corpus_mix: dict[str, float] = field(default_factory=dict)  # task -> multiplier of corpus_problems (default 1)
+    drills: int = 0  # fact-drill documents mixed into the pretraining text (nanoseek.data.tasks.drills)
     vocab_size: int = 2048
     max_digits: int = 1  # digits per token at most: 1 lets a small model do column arithmetic digit by digit
     pretrain: dict[str, Any] = field(default_factory=dict)  # `nanoseek pretrain` flags
@@ -51,8 +53,10 @@ class Preset:
     sft: dict[str, Any] = field(default_factory=dict)  # `nanoseek sft` flags
     rl_problems: int = 200  # per task: GRPO's training prompts (the same tasks and levels, train split)
     rl: dict[str, Any] = field(default_factory=dict)  # `nanoseek rl` flags
-    eval_problems: int = 50  # per task, test split
-    eval_max_tokens: int = 160
+    eval_problems: int = 200  # per task, test split, asked in the training wordings
+    heldout_problems: int = 100  # per task, test split, asked in wordings kept out of training (chat stages)
+    probe_problems: int = 40  # per task: the test problems pretraining and SFT answer at each evaluation
+    eval_max_tokens: int = 256
     gpus: int = 0  # > 1: training stages under torchrun
     minutes: dict[str, float] = field(default_factory=dict)
 
@@ -60,8 +64,10 @@ class Preset:
 PRESETS: dict[str, Preset] = {
     "cpu": Preset(
         "the default: cpu-small (4 layers, 16 experts) on the built-in tasks, 11-15 minutes on 2 CPU cores",
-        model="cpu-small", tasks="arithmetic,digit_sum,sort,word_problem,units", corpus_problems=8000,
-        pretrain=dict(steps=1100, batch_size=8, seq_len=256, lr=3e-3, eval_every=220, checkpoint_every=220),
+        model="cpu-small", tasks="arithmetic,digit_sum,sort,word_problem,units", corpus_problems=20000,
+        corpus_mix=dict(digit_sum=0.4, word_problem=0.5, sort=1.2, units=1.2), drills=3000,
+        pretrain=dict(steps=1100, batch_size=8, seq_len=256, lr=3e-3, eval_every=220, checkpoint_every=220,
+                      optimizer="muon", bias_update_rule="proportional", bias_update_gamma=0.03),
         sft=dict(steps=200, batch_size=8, seq_len=256, lr=1e-3, eval_every=100, checkpoint_every=100),
         rl_problems=400,
         rl=dict(steps=90, prompts_per_step=8, group_size=8, max_new_tokens=96, temperature=0.7, loss_type="dr_grpo",
@@ -71,12 +77,12 @@ PRESETS: dict[str, Preset] = {
     "smoke": Preset(
         "a tiny model and a few steps of each stage: checks the pipeline end to end in a minute or two",
         model="tiny", model_overrides=dict(max_position_embeddings=256), tasks="arithmetic,sort", difficulty="1",
-        corpus_problems=80, vocab_size=400,
+        corpus_problems=80, drills=10, vocab_size=400,
         pretrain=dict(steps=8, batch_size=4, seq_len=64, eval_every=4, checkpoint_every=4, eval_batches=2),
         sft_problems=60, sft=dict(steps=6, batch_size=4, seq_len=128, eval_every=3, checkpoint_every=3),
         rl_problems=8, rl=dict(steps=4, prompts_per_step=2, group_size=4, max_new_tokens=12, batch_size=8,
                                eval_every=2, checkpoint_every=2, eval_problems=4),
-        eval_problems=6, eval_max_tokens=16,
+        eval_problems=6, heldout_problems=3, probe_problems=2, eval_max_tokens=16,
         minutes=dict(tasks=0.05, tokenizer=0.05, tokens=0.05, pretrain=0.2, eval_pretrain=0.05, sft=0.2,
                      eval_sft=0.05, rl=0.3, eval_rl=0.05, report=0.1)),
     "gpu": Preset(
@@ -238,7 +244,8 @@ def cmd_speedrun(args: argparse.Namespace) -> None:
 
     paths = {"corpus": run / "data" / "corpus.txt", "sft": run / "data" / "sft.jsonl",
              "rl": run / "data" / "rl.jsonl", "val": run / "data" / "val.jsonl",
-             "test": run / "data" / "test.jsonl", "tok": run / "tokenizer", "tokens": run / "tokens"}
+             "test": run / "data" / "test.jsonl", "heldout": run / "data" / "test_heldout_wordings.jsonl",
+             "probe": run / "data" / "probe.jsonl", "tok": run / "tokenizer", "tokens": run / "tokens"}
     for stage in STAGES:
         if state.done(stage) and stage != "report":
             continue
@@ -298,26 +305,38 @@ def _announce_cost(preset: Preset, name: str) -> None:
 
 
 def _write_tasks(preset: Preset, paths: dict[str, Path]) -> None:
+    """Every problem file of the run. Training data asks each problem in one of the tasks' training wordings;
+    the test set asks held-out problems in those wordings, the held-out set in wordings kept out of training."""
+    import random
+
     from nanoseek.data import tasks
 
     names = tasks.generated_tasks() if preset.tasks == "all" else preset.tasks.split(",")
-    corpus, sft, rl, val, test = [], [], [], [], []
+    corpus, sft, rl, val, test, heldout, probe = [], [], [], [], [], [], []
     n_val = -(-preset.rl.get("eval_problems", 64) // len(names))
     for name in names:
         levels = _levels(name, preset.difficulty)
-        corpus += tasks.generate(name, "train", preset.corpus_problems, levels, seed=0, unique=False)
-        sft += tasks.generate(name, "train", preset.sft_problems, levels, seed=1, unique=False)
-        rl += tasks.generate(name, "train", preset.rl_problems, levels, seed=2, unique=False)
-        val += _as_many_as_exist(name, "val", n_val, levels)
-        test += _as_many_as_exist(name, "test", preset.eval_problems, levels)
-    tasks.write_text(corpus, paths["corpus"], style="plain", group=8)
+        n_corpus = round(preset.corpus_problems * preset.corpus_mix.get(name, 1.0))
+        corpus += tasks.generate(name, "train", n_corpus, levels, seed=0, unique=False, wording="train")
+        sft += tasks.generate(name, "train", preset.sft_problems, levels, seed=1, unique=False, wording="train")
+        rl += tasks.generate(name, "train", preset.rl_problems, levels, seed=2, unique=False, wording="train")
+        val += _as_many_as_exist(name, "val", n_val, levels, "train")
+        task_test = _as_many_as_exist(name, "test", preset.eval_problems, levels, "train")
+        test += task_test
+        probe += task_test[:preset.probe_problems]
+        heldout += _as_many_as_exist(name, "test", preset.heldout_problems, levels, "heldout", seed=1)
+    # one problem per document, with the drills, shuffled: the tasks interleave through the text (the loader
+    # shuffles windows, not documents)
+    docs = [tasks.render_text(p, "plain") for p in corpus] + tasks.drill_documents(preset.drills, seed=0)
+    random.Random(0).shuffle(docs)
+    tasks.write_documents(docs, paths["corpus"])
     tasks.write_sft(sft, paths["sft"])
-    tasks.write_problems(rl, paths["rl"])
-    tasks.write_problems(val, paths["val"])
-    tasks.write_problems(test, paths["test"])
-    print(f"wrote {len(corpus):,} pretraining problems, {len(sft):,} SFT conversations, {len(rl):,} RL prompts, "
-          f"{len(val):,} validation and {len(test):,} test problems ({', '.join(names)}, difficulty "
-          f"{preset.difficulty}; the splits never share a problem)")
+    for key, problems in (("rl", rl), ("val", val), ("test", test), ("heldout", heldout), ("probe", probe)):
+        tasks.write_problems(problems, paths[key])
+    print(f"wrote {len(corpus):,} pretraining problems and {preset.drills:,} fact drills, {len(sft):,} SFT "
+          f"conversations, {len(rl):,} RL prompts, "
+          f"{len(val):,} validation, {len(test):,} test problems and {len(heldout):,} asked in wordings kept out of "
+          f"training ({', '.join(names)}, difficulty {preset.difficulty}; the splits never share a problem)")
 
 
 def _levels(task: str, difficulty: str) -> str:
@@ -329,13 +348,13 @@ def _levels(task: str, difficulty: str) -> str:
     return ",".join(map(str, levels))
 
 
-def _as_many_as_exist(task: str, split: str, n: int, levels: str) -> list:
+def _as_many_as_exist(task: str, split: str, n: int, levels: str, wording: str, seed: int = 0) -> list:
     from nanoseek.data import tasks
     from nanoseek.errors import DataError
 
     while True:
         try:
-            return tasks.generate(task, split, n, levels, seed=0)
+            return tasks.generate(task, split, n, levels, seed=seed, wording=wording)
         except DataError:
             if n <= 1:
                 raise
@@ -349,10 +368,11 @@ def _train_stage(stage: str, preset: Preset, run: Path, paths: dict[str, Path], 
     flags = {"pretrain": preset.pretrain, "sft": preset.sft, "rl": preset.rl}[stage]
     argv = [stage, "--out", str(out)]
     if stage == "pretrain":
-        argv += ["--data", str(paths["tokens"]), "--preset", preset.model]
+        argv += ["--data", str(paths["tokens"]), "--preset", preset.model, "--eval-problems-file", str(paths["probe"])]
         argv += [f"--model={k}={json.dumps(v)}" for k, v in preset.model_overrides.items()]
     elif stage == "sft":
-        argv += ["--checkpoint", str(run / "pretrain"), "--data", str(paths["sft"])]
+        argv += ["--checkpoint", str(run / "pretrain"), "--data", str(paths["sft"]), "--eval-problems-file",
+                 str(paths["probe"])]
     else:
         argv += ["--checkpoint", str(run / "sft"), "--problems", str(paths["rl"]), "--eval-problems-file",
                  str(paths["val"])]
@@ -367,7 +387,8 @@ def _train_stage(stage: str, preset: Preset, run: Path, paths: dict[str, Path], 
 
 def _eval_stage(stage: str, preset: Preset, run: Path, paths: dict[str, Path]) -> None:
     """Held-out test accuracy of a stage's model: the pretrained model in its own plain format, the others in
-    the chat template; results (with every completion) in RUN/eval/STAGE.json and a table in STAGE.md."""
+    the chat template, also on questions worded as training never worded them; results (with every completion)
+    in RUN/eval/STAGE.json (and STAGE_heldout_wordings.json) and a table in STAGE.md."""
     import torch
 
     from nanoseek.data import tasks
@@ -382,17 +403,21 @@ def _eval_stage(stage: str, preset: Preset, run: Path, paths: dict[str, Path]) -
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = load_model(ckpt, dtype=torch.bfloat16 if device == "cuda" else torch.float32, device=device)
     engine = Engine(model, load_tokenizer(ckpt), eos_token_ids=generation_eos_ids(ckpt), max_batch=64)
-    problems = tasks.read_problems(paths["test"])
     style = "plain" if stage == "pretrain" else "chat"
-    results = evaluate_tasks(engine, problems, max_new_tokens=preset.eval_max_tokens, style=style,
-                             keep_completions=True)
-    results["checkpoint"] = str(ckpt)
+    sets = [(stage, paths["test"], "")] + \
+        ([(f"{stage}_heldout_wordings", paths["heldout"], ", in wordings kept out of training")] if style == "chat" else [])
     out = run / "eval"
-    atomic_write_text(out / f"{stage}.json", to_json(results))
-    text = results_markdown(results)
-    atomic_write_text(out / f"{stage}.md", text)
-    print(f"{stage}: held-out accuracy {results['summary']['accuracy']:.1%} ({style} prompts)")
-    print(text, end="")
+    for name, path, what in sets:
+        results = evaluate_tasks(engine, tasks.read_problems(path), max_new_tokens=preset.eval_max_tokens,
+                                 style=style, keep_completions=True)
+        results["checkpoint"] = str(ckpt)
+        atomic_write_text(out / f"{name}.json", to_json(results))
+        text = results_markdown(results)
+        atomic_write_text(out / f"{name}.md", text)
+        s = results["summary"]
+        print(f"{stage}: held-out accuracy {s['accuracy']:.1%} ± {s['accuracy_se']:.1%} on {s['problems']:,} problems "
+              f"({style} prompts{what})")
+        print(text, end="")
 
 
 def register(sub) -> None:

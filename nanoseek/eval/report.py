@@ -23,6 +23,7 @@ from typing import Any, Callable
 
 from nanoseek.errors import UserError
 from nanoseek.eval.balance import SETTLE, TARGET, WINDOW
+from nanoseek.eval.facts import fact_accuracy
 from nanoseek.eval.runfolder import STAGE_NAMES, TRAINING, Run, StageCost, load_run, machine_price, stage_costs
 
 PLOT_NAMES = ("loss.png", "task_accuracy.png", "grpo_reward.png", "grpo_length.png", "expert_load_pretrain.png",
@@ -298,6 +299,12 @@ def _section_metrics(run: Run, decode: dict[str, Any] | None) -> list[str]:
         if isinstance(bpb.get("val_bpb"), (int, float)):
             rows.append([f"bits per byte after {STAGE_NAMES.get(name, _esc(name))} (eval/{_esc(name)}.json)",
                          f"{bpb['val_bpb']:.4f}"])
+    for s, (samples, source) in run.answers.items():
+        f = fact_accuracy(s_["completion"] for s_ in samples)
+        if f["facts"]:
+            wrong = f" (wrong, e.g.: {', '.join(_code(w) for w in f['wrong'])})" if f["wrong"] else ""
+            rows.append([f"one-digit facts in the answers, {_stage_label(s)}",
+                         f"{f['right']:,} of {f['facts']:,} right ({_pct(f['accuracy'])}){wrong}"])
     for s, b in run.balance.items():
         if b is None:
             continue
@@ -310,6 +317,12 @@ def _section_metrics(run: Run, decode: dict[str, Any] | None) -> list[str]:
     out += _accuracy_table(run)
     out += _decode_lines(run, decode)
     return out
+
+
+def _stage_label(name: str) -> str:
+    """An evaluation's name as the report says it: "SFT", "SFT, questions in wordings kept out of training"."""
+    label = STAGE_NAMES.get(name.removesuffix(HELDOUT), _esc(name.removesuffix(HELDOUT)))
+    return label + (", questions in wordings kept out of training" if name.endswith(HELDOUT) else "")
 
 
 def _accuracy_table(run: Run) -> list[str]:
@@ -339,10 +352,7 @@ def _accuracy_table(run: Run) -> list[str]:
             se = summary.get("accuracy_se")
             cells.append(f"**{_rate(summary.get('accuracy'))}**" + (f" ± {_rate(se)}" if se is not None else ""))
         fmt = summary.get("format_rate")
-        label = STAGE_NAMES.get(s.removesuffix(HELDOUT), _esc(s.removesuffix(HELDOUT)))
-        if s.endswith(HELDOUT):
-            label += ", questions in wordings kept out of training"
-        rows.append([label, _esc(style) + (" (prompt line, `Answer:` line)" if style == "plain"
+        rows.append([_stage_label(s), _esc(style) + (" (prompt line, `Answer:` line)" if style == "plain"
                                            else " (template, `<think>`)"), *cells,
                      _rate(fmt),
                      f"{summary.get('problems', '?')} x {settings.get('samples', summary.get('samples', '?'))}"])

@@ -52,8 +52,10 @@ class AccuracyProbe:
             return []
         stop_ids = [self.tok.bos_id] if self.style == "plain" and getattr(self.tok, "bos_id", None) is not None \
             else []
-        params = SamplingParams(max_new_tokens=self.max_new_tokens, temperature=0, skip_special_tokens=False,
-                                stop=["\n\n"] if self.style == "plain" else [], stop_token_ids=stop_ids)
+        context = model.config.max_position_embeddings  # a small model's answers stop where its context does
+        params = [SamplingParams(max_new_tokens=max(1, min(self.max_new_tokens, context - len(ids))), temperature=0,
+                                 skip_special_tokens=False, stop=["\n\n"] if self.style == "plain" else [],
+                                 stop_token_ids=stop_ids) for ids in self.ids]
         with D.full_weights(model), torch.autocast(self.device.type, enabled=False):
             return [o.text for o in self._engine(model).generate(self.ids, params)]
 

@@ -14,17 +14,19 @@ canonical key alone, so the splits never share a problem whatever the seed, size
 
 from nanoseek.data.tasks.checkers import Checker, find_number, make_checker, parse_number
 from nanoseek.data.tasks.countdown import ExpressionError
+from nanoseek.data.tasks.drills import drill_documents
 from nanoseek.data.tasks.countdown import evaluate as evaluate_countdown
 from nanoseek.data.tasks.files import (PROMPT_STYLES, chat_messages, plain_prompt, problem_from_record,
                                        problem_record, prompt_ids, read_jsonl, read_problems, render_text, sft_record,
-                                       write_problems, write_sft, write_text)
+                                       write_documents, write_problems, write_sft, write_text)
 from nanoseek.data.tasks.problem import SPLITS, Problem, Solution, Task, split_of
 from nanoseek.data.tasks.registry import (TASKS, answer_key, check_answer, generate, generated_tasks, get_task,
                                           parse_difficulty, worked_solution)
 from nanoseek.data.tasks.wordings import WORDING_SETS
 
 __all__ = ["Checker", "find_number", "make_checker", "parse_number", "ExpressionError", "evaluate_countdown",
-           "PROMPT_STYLES", "chat_messages", "plain_prompt", "prompt_ids", "problem_from_record", "problem_record", "read_jsonl",
-           "read_problems", "render_text", "sft_record", "write_problems", "write_sft", "write_text", "SPLITS",
-           "Problem", "Solution", "Task", "split_of", "TASKS", "answer_key", "check_answer", "generate",
-           "generated_tasks", "get_task", "parse_difficulty", "worked_solution", "WORDING_SETS"]
+           "drill_documents", "PROMPT_STYLES", "chat_messages", "plain_prompt", "prompt_ids", "problem_from_record",
+           "problem_record", "read_jsonl", "read_problems", "render_text", "sft_record", "write_documents",
+           "write_problems", "write_sft", "write_text", "SPLITS", "Problem", "Solution", "Task", "split_of", "TASKS",
+           "answer_key", "check_answer", "generate", "generated_tasks", "get_task", "parse_difficulty",
+           "worked_solution", "WORDING_SETS"]

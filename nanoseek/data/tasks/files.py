@@ -225,7 +225,12 @@ def write_text(problems: Iterable[Problem], path: str | os.PathLike, style: str 
     if group < 1:
         raise DataError(f"group must be at least 1, got {group}", param="group")
     texts = [render_text(p, style) for p in problems]
-    docs = ["\n".join(texts[i:i + group]) for i in range(0, len(texts), group)]
+    return write_documents(["\n".join(texts[i:i + group]) for i in range(0, len(texts), group)], path)
+
+
+def write_documents(docs: list[str], path: str | os.PathLike) -> int:
+    """Text documents (no blank line inside one) as pretraining text: {"text"} lines for a .jsonl path, else
+    blank-line-separated; returns the number of documents."""
     if str(path).endswith(".jsonl"):
         return _write_lines(path, (json.dumps({"text": d}, ensure_ascii=False) for d in docs))
     atomic_write_text(path, "\n\n".join(docs) + "\n")

@@ -25,10 +25,16 @@ from typing import Any, Sequence
 
 WORDING_SETS = ("canonical", "train", "heldout")
 
-# What people put before a question (each ends a sentence, so the frame's capital letter still fits).
-LEAD_INS = ("Quick question: ", "Hi! ", "Hello. ", "Can you help me? ", "Hi, a question. ")
-LEAD_INS_HELD_OUT = ("Hey there! ", "I have a question. ", "Help me with this one: ")
-P_LEAD_IN, P_LOWER, P_NO_PUNCT = 0.2, 0.15, 0.15
+# What people put before a question (each ends a sentence, so the frame's capital letter still fits), and
+# after it. Many of them, so that a model learns to read past words that do not matter.
+LEAD_INS = ("Quick question: ", "Hi! ", "Hello. ", "Can you help me? ", "Hi, a question. ", "Please help. ",
+            "Question: ", "Here is one for you. ", "Homework: ", "Try this: ", "Good morning! ", "Math time. ",
+            "One more: ", "Next question. ", "Hey! ", "Exercise: ", "Let's see. ", "Task: ", "OK. ", "Hmm. ")
+LEAD_INS_HELD_OUT = ("Hey there! ", "I have a question. ", "Help me with this one: ", "Can you solve this? ",
+                     "Puzzle for you: ")
+TAGS = (" Thanks!", " Thank you.", " Please.", " Thanks a lot.", " Show your work.")
+TAGS_HELD_OUT = (" Cheers!", " Much appreciated.")
+P_LEAD_IN, P_TAG, P_LOWER, P_NO_PUNCT = 0.25, 0.1, 0.15, 0.15
 
 
 @dataclass(frozen=True)
@@ -63,9 +69,12 @@ def pick_frame(frames: Sequence[Frame], tags: set[str], wording: str, rng: rando
 
 
 def surface(text: str, rng: random.Random, wording: str) -> str:
-    """A lead-in, lower case or no final punctuation, each now and then, as typed questions have them."""
+    """A lead-in, a closing word, lower case or no final punctuation, each now and then, as typed questions
+    have them."""
     if rng.random() < P_LEAD_IN:
         text = rng.choice(LEAD_INS + (LEAD_INS_HELD_OUT if wording == "heldout" else ())) + text
+    if rng.random() < P_TAG:
+        text += rng.choice(TAGS + (TAGS_HELD_OUT if wording == "heldout" else ()))
     if rng.random() < P_LOWER:
         text = text.lower()
     if rng.random() < P_NO_PUNCT:

@@ -1,0 +1,148 @@
+"""The speedrun's pretraining recipe, chosen by measurement: variants of `nanoseek pretrain` at equal wall clock.
+
+Data: the default speedrun's own (its tasks in their training wordings, its tokenizer and shards), made by the
+speedrun's stage code into --workdir. Each variant is a set of `nanoseek pretrain` flags on top of the cpu
+preset's; a short calibration run measures each one's step time, alternating variants, and each then gets the
+steps that fit --minutes. Every run answers 200 held-out problems at each evaluation (the log's task_accuracy)
+and its final checkpoint answers the speedrun's 1,000 held-out test problems in the plain style. Reported per
+variant: steps, tokens, training minutes, accuracy +- its standard error (per task too), windowed MaxVio at
+10% of the run and its 95th percentile after, and the starved expert-step share.
+
+    python benchmarks/bench_recipe.py --minutes 11 --variants adamw muon
+    python benchmarks/bench_recipe.py --minutes 11 --variants muon muon-sign muon-lr1e-2 --sequential
+    python benchmarks/bench_recipe.py --list
+
+Figures (and the CPU they came from) are in docs/performance.md, "The speedrun's pretraining recipe".
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BALANCE = ["--bias-update-rule", "proportional", "--bias-update-gamma", "0.03"]
+VARIANTS = {
+    "adamw": ["--optimizer", "adamw", "--lr", "3e-3", *BALANCE],
+    "muon": ["--optimizer", "muon", "--lr", "3e-3", *BALANCE],
+    "muon-sign": ["--optimizer", "muon", "--lr", "3e-3", "--bias-update-rule", "sign", "--bias-update-gamma", "0.01"],
+    "muon-deepseek": ["--optimizer", "muon", "--lr", "3e-3", "--bias-update-rule", "sign", "--bias-update-gamma",
+                      "0.001"],
+    "muon-lr1e-2": ["--optimizer", "muon", "--lr", "1e-2", *BALANCE],
+    "muon-lr1.5e-3": ["--optimizer", "muon", "--lr", "1.5e-3", *BALANCE],
+    "muon-cosine": ["--optimizer", "muon", "--lr", "3e-3", "--schedule", "cosine", *BALANCE],
+    "muon-bs16": ["--optimizer", "muon", "--lr", "3e-3", "--batch-size", "16", *BALANCE],
+    "adamw-lr1e-2": ["--optimizer", "adamw", "--lr", "1e-2", *BALANCE],
+}
+
+
+def nanoseek(*args: str, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "nanoseek.cli", *args], cwd=ROOT, check=True, **kw)
+
+
+def prepare(workdir: Path) -> dict[str, Path]:
+    """The cpu speedrun's tasks, tokenizer and token shards (its own stage code), made once."""
+    sys.path.insert(0, str(ROOT))
+    from nanoseek.cli import speedrun
+
+    preset = speedrun.PRESETS["cpu"]
+    paths = {"corpus": workdir / "data" / "corpus.txt", "sft": workdir / "data" / "sft.jsonl",
+             "rl": workdir / "data" / "rl.jsonl", "val": workdir / "data" / "val.jsonl",
+             "test": workdir / "data" / "test.jsonl", "heldout": workdir / "data" / "heldout.jsonl",
+             "probe": workdir / "data" / "probe.jsonl", "tok": workdir / "tokenizer", "tokens": workdir / "tokens"}
+    if not (paths["tokens"] / "manifest.json").is_file():
+        speedrun._write_tasks(preset, paths)
+        nanoseek("tokenizer", "train", "--input", str(paths["corpus"]), "--vocab-size", str(preset.vocab_size),
+                 "--max-digits", str(preset.max_digits), "--output", str(paths["tok"]), "--text-unit", "paragraph")
+        nanoseek("data", "prepare", "--input", str(paths["corpus"]), "--tokenizer", str(paths["tok"]), "--output",
+                 str(paths["tokens"]), "--text-unit", "paragraph")
+    return paths
+
+
+def pretrain_args(paths: dict[str, Path], out: Path, variant: str, steps: int, evals: int) -> list[str]:
+    from nanoseek.cli import speedrun
+
+    base = dict(speedrun.PRESETS["cpu"].pretrain)
+    base.update(steps=steps, eval_every=max(1, steps // evals), checkpoint_every=steps)
+    args = ["pretrain", "--data", str(paths["tokens"]), "--out", str(out), "--preset", "cpu-small"]
+    for k, v in base.items():
+        args += [f"--{k.replace('_', '-')}", str(v)]
+    return args + VARIANTS[variant]  # later flags win
+
+
+def step_seconds(log: Path, skip: int = 5) -> float:
+    recs = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    times = sorted(r["step_time"] for r in recs if r.get("event") == "train" and r["step"] > skip)
+    return times[len(times) // 2]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--variants", nargs="+", default=["adamw", "muon"], choices=sorted(VARIANTS))
+    ap.add_argument("--minutes", type=float, default=11.0, help="training wall clock of each variant")
+    ap.add_argument("--calibrate-steps", type=int, default=25)
+    ap.add_argument("--evals", type=int, default=5, help="evaluations (with the 200-problem probe) per run")
+    ap.add_argument("--workdir", default="/tmp/nanoseek_bench_recipe")
+    ap.add_argument("--list", action="store_true", help="print the variants and their flags")
+    args = ap.parse_args()
+    if args.list:
+        for name, flags in VARIANTS.items():
+            print(f"{name:16s} {' '.join(flags)}")
+        return
+    workdir = Path(args.workdir)
+    paths = prepare(workdir)
+    subprocess.run(["lscpu"], check=False, stdout=open(workdir / "lscpu.txt", "w"))
+    # calibration: each variant a few steps, in turn, twice; the median step time of both
+    step_s: dict[str, list[float]] = {v: [] for v in args.variants}
+    for _ in range(2):
+        for v in args.variants:
+            out = workdir / "calibrate" / v
+            subprocess.run(["rm", "-rf", str(out)], check=True)
+            nanoseek(*pretrain_args(paths, out, v, args.calibrate_steps, 1), "--eval-every", "0",
+                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            step_s[v].append(step_seconds(out / "log.jsonl"))
+    budget = {v: max(1, int(args.minutes * 60 / (sum(s) / len(s)))) for v, s in step_s.items()}
+    print("calibrated step times (s):", {v: [round(x, 3) for x in s] for v, s in step_s.items()}, "-> steps:", budget,
+          flush=True)
+    from nanoseek.eval.balance import expert_balance
+    from nanoseek.train.log import read_log
+
+    rows = []
+    for v in args.variants:
+        out = workdir / "runs" / v
+        subprocess.run(["rm", "-rf", str(out)], check=True)
+        t0 = time.perf_counter()
+        nanoseek(*pretrain_args(paths, out, v, budget[v], args.evals), "--eval-problems-file", str(paths["probe"]),
+                 stdout=subprocess.DEVNULL)
+        wall = time.perf_counter() - t0
+        res = workdir / "runs" / f"{v}.test.json"
+        nanoseek("eval", "--checkpoint", str(out), "--problems", str(paths["test"]), "--style", "plain",
+                 "--max-tokens", "256", "--batch-size", "64", "--out", str(res), stdout=subprocess.DEVNULL)
+        doc = json.loads(res.read_text())
+        summary = (doc.get("tasks") or doc)["summary"]
+        per_task = {r["task"]: r["accuracy"] for r in (doc.get("tasks") or doc)["rows"] if r["task"] != "all"}
+        recs = read_log(out)
+        train = [r for r in recs if r.get("event") == "train"]
+        b = expert_balance(recs)
+        rows.append({"variant": v, "steps": budget[v], "tokens": train[-1]["tokens"],
+                     "train_min": sum(r["step_time"] for r in train) / 60, "wall_min": wall / 60,
+                     "accuracy": summary["accuracy"], "se": summary["accuracy_se"], "per_task": per_task,
+                     "curve": [(r["step"], r.get("task_accuracy")) for r in recs if r.get("event") == "eval"],
+                     "maxvio_at_10%": b and b["at_settle"], "maxvio_p95_after": b and max(b["p95_after"]),
+                     "starved": b and b["starved_share"]})
+        print(json.dumps(rows[-1]), flush=True)
+    (workdir / "results.json").write_text(json.dumps(rows, indent=2))
+    print(f"\n{'variant':16s} {'steps':>6s} {'tokens':>9s} {'train min':>9s} {'accuracy':>15s} {'MaxVio@10%':>10s} "
+          f"{'p95 after':>9s} {'starved':>8s}")
+    for r in rows:
+        print(f"{r['variant']:16s} {r['steps']:6d} {r['tokens']:9,d} {r['train_min']:9.1f} "
+              f"{100 * r['accuracy']:7.1f}% ± {100 * r['se']:4.1f} {r['maxvio_at_10%'] or 0:10.2f} "
+              f"{r['maxvio_p95_after'] or 0:9.2f} {100 * (r['starved'] or 0):7.1f}%")
+
+
+if __name__ == "__main__":
+    main()
