@@ -8,8 +8,9 @@ and its final checkpoint answers the speedrun's 1,000 held-out test problems in 
 variant: steps, tokens, training minutes, accuracy +- its standard error (per task too), windowed MaxVio at
 10% of the run and its 95th percentile after, and the starved expert-step share.
 
-    python benchmarks/bench_recipe.py --minutes 11 --variants adamw muon
-    python benchmarks/bench_recipe.py --minutes 11 --variants muon muon-sign muon-lr1e-2 --sequential
+    python benchmarks/bench_recipe.py --minutes 11 --variants speedrun adamw
+    python benchmarks/bench_recipe.py --minutes 11 --variants speedrun mtp decay0.2 sign-deepseek
+    python benchmarks/bench_recipe.py --steps 1900 --variants dense       # MoE vs dense at equal tokens
     python benchmarks/bench_recipe.py --list
 
 Figures (and the CPU they came from) are in docs/performance.md, "The speedrun's pretraining recipe".
@@ -25,18 +26,22 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-BALANCE = ["--bias-update-rule", "proportional", "--bias-update-gamma", "0.03"]
+# Variants: flags on top of the cpu speedrun's own pretraining settings (its preset: Muon, proportional bias
+# balancing, no MTP module, WSD decaying over the last half); "speedrun" is the preset as it is.
 VARIANTS = {
-    "adamw": ["--optimizer", "adamw", "--lr", "3e-3", *BALANCE],
-    "muon": ["--optimizer", "muon", "--lr", "3e-3", *BALANCE],
-    "muon-sign": ["--optimizer", "muon", "--lr", "3e-3", "--bias-update-rule", "sign", "--bias-update-gamma", "0.01"],
-    "muon-deepseek": ["--optimizer", "muon", "--lr", "3e-3", "--bias-update-rule", "sign", "--bias-update-gamma",
-                      "0.001"],
-    "muon-lr1e-2": ["--optimizer", "muon", "--lr", "1e-2", *BALANCE],
-    "muon-lr1.5e-3": ["--optimizer", "muon", "--lr", "1.5e-3", *BALANCE],
-    "muon-cosine": ["--optimizer", "muon", "--lr", "3e-3", "--schedule", "cosine", *BALANCE],
-    "muon-bs16": ["--optimizer", "muon", "--lr", "3e-3", "--batch-size", "16", *BALANCE],
-    "adamw-lr1e-2": ["--optimizer", "adamw", "--lr", "1e-2", *BALANCE],
+    "speedrun": [],
+    "adamw": ["--optimizer", "adamw"],
+    "mtp": ["--model", "num_nextn_predict_layers=1"],
+    "decay0.2": ["--decay-frac", "0.2"],
+    "decay0.8": ["--decay-frac", "0.8"],
+    "cosine": ["--schedule", "cosine"],
+    "lr1e-2": ["--lr", "1e-2"],
+    "lr1.5e-3": ["--lr", "1.5e-3"],
+    "bs16": ["--batch-size", "16"],
+    "sign-deepseek": ["--bias-update-rule", "sign", "--bias-update-gamma", "0.001"],
+    "sign-0.01": ["--bias-update-rule", "sign", "--bias-update-gamma", "0.01"],
+    "adamw-lr1e-2": ["--optimizer", "adamw", "--lr", "1e-2"],
+    "dense": ["--preset", "cpu-small-dense"],  # the same active parameters, dense FFNs (MoE vs dense)
 }
 
 
@@ -66,12 +71,14 @@ def prepare(workdir: Path) -> dict[str, Path]:
 def pretrain_args(paths: dict[str, Path], out: Path, variant: str, steps: int, evals: int) -> list[str]:
     from nanoseek.cli import speedrun
 
-    base = dict(speedrun.PRESETS["cpu"].pretrain)
+    preset = speedrun.PRESETS["cpu"]
+    base = dict(preset.pretrain)
     base.update(steps=steps, eval_every=max(1, steps // evals), checkpoint_every=steps)
-    args = ["pretrain", "--data", str(paths["tokens"]), "--out", str(out), "--preset", "cpu-small"]
+    args = ["pretrain", "--data", str(paths["tokens"]), "--out", str(out), "--preset", preset.model]
+    args += [f"--model={k}={json.dumps(v)}" for k, v in preset.model_overrides.items()]
     for k, v in base.items():
         args += [f"--{k.replace('_', '-')}", str(v)]
-    return args + VARIANTS[variant]  # later flags win
+    return args + VARIANTS[variant]  # later flags (and a later --model of the same field) win
 
 
 def step_seconds(log: Path, skip: int = 5) -> float:
@@ -82,9 +89,10 @@ def step_seconds(log: Path, skip: int = 5) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--variants", nargs="+", default=["adamw", "muon"], choices=sorted(VARIANTS))
+    ap.add_argument("--variants", nargs="+", default=["speedrun", "adamw"], choices=sorted(VARIANTS))
     ap.add_argument("--minutes", type=float, default=11.0, help="training wall clock of each variant")
     ap.add_argument("--calibrate-steps", type=int, default=25)
+    ap.add_argument("--steps", type=int, help="give every variant these steps (equal tokens) instead of equal time")
     ap.add_argument("--evals", type=int, default=5, help="evaluations (with the 200-problem probe) per run")
     ap.add_argument("--workdir", default="/tmp/nanoseek_bench_recipe")
     ap.add_argument("--list", action="store_true", help="print the variants and their flags")
@@ -98,14 +106,14 @@ def main() -> None:
     subprocess.run(["lscpu"], check=False, stdout=open(workdir / "lscpu.txt", "w"))
     # calibration: each variant a few steps, in turn, twice; the median step time of both
     step_s: dict[str, list[float]] = {v: [] for v in args.variants}
-    for _ in range(2):
+    for _ in range(0 if args.steps else 2):
         for v in args.variants:
             out = workdir / "calibrate" / v
             subprocess.run(["rm", "-rf", str(out)], check=True)
             nanoseek(*pretrain_args(paths, out, v, args.calibrate_steps, 1), "--eval-every", "0",
                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             step_s[v].append(step_seconds(out / "log.jsonl"))
-    budget = {v: max(1, int(args.minutes * 60 / (sum(s) / len(s)))) for v, s in step_s.items()}
+    budget = {v: args.steps or max(1, int(args.minutes * 60 / (sum(s) / len(s)))) for v, s in step_s.items()}
     print("calibrated step times (s):", {v: [round(x, 3) for x in s] for v, s in step_s.items()}, "-> steps:", budget,
           flush=True)
     from nanoseek.eval.balance import expert_balance

@@ -201,6 +201,7 @@ def test_three_term_expressions_follow_precedence():
     sol = tasks.worked_solution(p)
     assert sol.answer == "9"
     lines = sol.reasoning.split("\n")
+    assert lines[0] == "45-12*3"  # the expression as symbols first, whatever the wording
     assert lines.index("12*3=36") < lines.index("45-36=9")
 
 
@@ -218,22 +219,26 @@ def test_other_worked_solutions():
     p = tasks.Problem("digit_sum", "", "15", {"number": 4821})
     assert tasks.worked_solution(p).reasoning == "4+8=12\n12+2=14\n14+1=15"
     p = tasks.Problem("sort", "", "42, 19, 7", {"values": [42, 7, 19], "descending": True})
-    assert tasks.worked_solution(p).reasoning == "42 is the largest, left 7, 19\n19 is the largest, left 7\n7 is the last"
+    # the list and the order restated in one form first, whatever the wording
+    assert tasks.worked_solution(p).reasoning == ("largest first: 42, 7, 19\n42 is the largest, left 7, 19\n"
+                                                   "19 is the largest, left 7\n7 is the last")
     # units: multiplying and dividing by a factor goes through its one-digit factors (column work each) and its
     # power of ten, so no step is a multi-digit product or quotient written at once
     p = tasks.Problem("units", "", "7200", {"steps": [2, 3], "amount": 2, "extra": 0, "reverse": False})
     assert tasks.worked_solution(p).reasoning == (
-        "1 hour = 60 minutes\n2*60=2*6*10\n2*6=12\n12*10=120\n1 minute = 60 seconds\n120*60=120*6*10\n"
-        "0*6=0, write 0\n2*6=12, write 2, carry 1\n1*6+1=7, write 7\n120*6=720\n720*10=7200")
+        "2 hours to seconds\n1 hour = 60 minutes\n2*60=2*6*10\n2*6=12\n12*10=120\n1 minute = 60 seconds\n"
+        "120*60=120*6*10\n0*6=0, write 0\n2*6=12, write 2, carry 1\n1*6+1=7, write 7\n120*6=720\n720*10=7200")
     p = tasks.Problem("units", "", "3", {"steps": [2], "amount": 3, "extra": 0, "reverse": True})
-    assert tasks.worked_solution(p).reasoning == "60 minutes = 1 hour\n180/60=180/10/6\n180/10=18\n18/6=3"
+    assert tasks.worked_solution(p).reasoning == (
+        "180 minutes to hours\n60 minutes = 1 hour\n180/60=180/10/6\n180/10=18\n18/6=3, 3*6=18, 18-18=0\n18/6=3")
     p = tasks.Problem("units", "", "57", {"steps": [1], "amount": 57, "extra": 0, "reverse": True})
-    assert tasks.worked_solution(p).reasoning == (  # short division: 1368 / 8, then / 3
-        "24 hours = 1 day\n1368/24=1368/8/3\n13/8=1 r 5\n56/8=7\n8/8=1\n1368/8=171\n17/3=5 r 2\n21/3=7\n171/3=57")
+    assert tasks.worked_solution(p).reasoning == (  # short division: 1368 / 8, then / 3; each digit, product, rest
+        "1368 hours to days\n24 hours = 1 day\n1368/24=1368/8/3\n13/8=1, 1*8=8, 13-8=5\n56/8=7, 7*8=56, 56-56=0\n"
+        "8/8=1, 1*8=8, 8-8=0\n1368/8=171\n17/3=5, 5*3=15, 17-15=2\n21/3=7, 7*3=21, 21-21=0\n171/3=57")
     # word problems work each event in columns, as the arithmetic task does
     p = tasks.Problem("word_problem", "", "29", {"start": 12, "events": [["+", 5], ["box", 3, 4]]})
-    assert tasks.worked_solution(p).reasoning == ("2+5=7, write 7\nwrite 1\n12+5=17\n3*4=12\n7+2=9, write 9\n"
-                                                   "1+1=2, write 2\n17+12=29")
+    assert tasks.worked_solution(p).reasoning == ("12+5+3*4\n2+5=7, write 7\nwrite 1\n12+5=17\n3*4=12\n"
+                                                   "7+2=9, write 9\n1+1=2, write 2\n17+12=29")
 
 
 # ---- checkers -----------------------------------------------------------------------------------------------
@@ -537,7 +542,7 @@ def test_fact_drills_hold_every_step_the_worked_solutions_use_and_all_are_right(
     # every one-digit step of the column procedures appears in the table, written the same way
     import re
 
-    step_shape = re.compile(r"\d[+*]\d(?:[+]\d)?=\d+|\d-(?:1-)?\d=\d+|1\d-\d=\d|\d{1,2}/\d=\d+(?: r \d)?")
+    step_shape = re.compile(r"\d[+*]\d(?:[+]\d)?=\d+|\d-(?:1-)?\d=\d+|1\d-\d=\d|\d{1,2}/\d=\d+|\d{1,2}-\d{1,2}=\d")
     seen = 0
     for name in ("arithmetic", "units", "word_problem"):
         for p in tasks.generate(name, "train", 300, "1-3", seed=2, unique=False):
@@ -547,6 +552,9 @@ def test_fact_drills_hold_every_step_the_worked_solutions_use_and_all_are_right(
                         n, _, d = part.partition("=")[0].partition("/")
                         if d and int(n) >= 10 * int(d):
                             continue  # a division's result line ("86/2=43"), not one of its steps
+                        a, minus, b = part.partition("=")[0].partition("-")
+                        if minus and len(b) == 2 and (int(part.partition("=")[2]) >= 10 or "/" not in line):
+                            continue  # a result line ("19-2=17", "85-83=2"), not a step
                         seen += 1
                         assert part in table, (name, part)
     assert seen > 1000

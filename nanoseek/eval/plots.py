@@ -288,20 +288,31 @@ def task_accuracy(logs: dict[str, Sequence[dict]], stage_names: dict[str, str]) 
         for r in records:
             if r.get("event") == "train" and not math.isnan(num(r.get("tokens"))):
                 tokens[num(r.get("step"))] = num(r.get("tokens"))
-        xs, ys = _series(records, "task_accuracy", event="eval")
-        pts = [(tokens[x], y) for x, y in zip(xs, ys) if x in tokens]
-        if pts:
-            series.append((stage, pts))
+        keys = sorted({k for r in records if r.get("event") == "eval" for k in r if k.startswith("task_accuracy")})
+        lines = {}
+        for key in keys:
+            xs, ys = _series(records, key, event="eval")
+            pts = [(tokens[x], y) for x, y in zip(xs, ys) if x in tokens]
+            if pts:
+                lines[key.removeprefix("task_accuracy").removeprefix("_") or "all tasks"] = pts
+        if "all tasks" in lines:
+            series.append((stage, lines))
     if not series:
         return None
-    fig = _figure(7.5, 4.0)
+    fig = _figure(5.0 * len(series) + 1.5, 4.0)
     axes = fig.subplots(1, len(series), squeeze=False)[0]
-    for ax, (stage, pts), color in zip(axes, series, [_BLUE, _ORANGE, _GREEN]):
-        ax.plot([p[0] for p in pts], [100 * p[1] for p in pts], color=color, marker="o", markersize=3)
+    colors = [_ORANGE, _GREEN, _RED, _PURPLE, _GREY, "#8c564b", "#e377c2", "#17becf"]
+    for ax, (stage, lines) in zip(axes, series):
+        for i, (label, pts) in enumerate(lines.items()):
+            bold = label == "all tasks"
+            ax.plot([p[0] for p in pts], [100 * p[1] for p in pts], color=_BLUE if bold else colors[i % len(colors)],
+                    marker="o", markersize=3 if bold else 2, linewidth=2.2 if bold else 0.9, alpha=1 if bold else 0.8,
+                    label=label)
         ax.set_title(stage_names.get(stage, stage), fontsize=10)
         ax.set_xlabel("tokens trained on")
         ax.set_ylim(0, 100)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("held-out accuracy (%)")
+    axes[-1].legend(fontsize=7, loc="lower right")
     fig.suptitle("Held-out task accuracy during training (greedy)")
     return _png(fig)

@@ -102,9 +102,10 @@ def work_mul(a: int, b: int) -> list[str]:
 
 def work_div(n: int, d: int) -> list[str]:
     """Short division of n by a one-digit d (exact), one line per quotient digit: the leading digits until they
-    reach d, then each remainder joined by the next digit.
+    reach d, then each remainder joined by the next digit. Each line finds the digit, then its product and the
+    remainder, as a person writes them down (the remainder alone in one step was where a model went wrong):
 
-        552/6:  55/6=9 r 1,  12/6=2,  552/6=92
+        552/6:  55/6=9, 9*6=54, 55-54=1  /  12/6=2, 2*6=12, 12-12=0  /  552/6=92
     """
     if n < 10:
         return [f"{n}/{d}={n // d}"]
@@ -115,10 +116,9 @@ def work_div(n: int, d: int) -> list[str]:
             continue
         started = True
         q, r = divmod(current, d)
-        lines.append(f"{current}/{d}={q}" + (f" r {r}" if r else ""))
+        lines.append(f"{current}/{d}={q}, {q}*{d}={q * d}, {current}-{q * d}={r}")
         current = r
-    whole = f"{n}/{d}={n // d}"
-    return lines if lines == [whole] else lines + [whole]
+    return lines + [f"{n}/{d}={n // d}"]
 
 
 def one_digit_factors(f: int) -> tuple[list[int], int]:
@@ -270,8 +270,12 @@ class Arithmetic(Task):
         return None if v is None else format_number(v)
 
     def solve(self, problem: Problem) -> Solution:
-        steps = evaluation_steps(problem.meta["terms"], problem.meta["ops"])
-        lines = [line for a, op, b, _ in steps for line in work(a, op, b)]
+        terms, ops = problem.meta["terms"], problem.meta["ops"]
+        steps = evaluation_steps(terms, ops)
+        # first the expression as symbols, whatever the wording ("Take 39 away from 62." -> 62-39): reading the
+        # question and computing are then two steps, and the computing looks the same for every wording
+        expression = "".join(f"{t}{o}" for t, o in zip(terms, ops)) + str(terms[-1])
+        lines = [expression] + [line for a, op, b, _ in steps for line in work(a, op, b)]
         return Solution("\n".join(lines), problem.answer)
 
 

@@ -2,7 +2,7 @@
 
 Every worked solution reduces to a small table of steps: `7+5=`, a column with a carry `6+6+1=`, a borrow
 `12-3=` and the column after it `5-1-4=`, a product `4*6=`, a product with a carry `4*6+1=`, and a short
-division step `55/6=9 r 1`. A small model that gets a step wrong gets the answer wrong however sound its
+division step's digit `55/6=9` and remainder `55-54=1`. A small model that gets a step wrong gets the answer wrong however sound its
 procedure, and in a mixed corpus the rarer steps (a product with a carry of 5) come up only now and then. A
 drill document lists such steps, one per line, drawn from the whole table (about 2,000 steps), so each is
 seen many times at little cost in tokens. Pretraining text mixes them in (`nanoseek speedrun` does; see
@@ -31,10 +31,11 @@ def steps() -> list[str]:
                 out.append(f"{a}-1-{b}={a - 1 - b}")  # the column after a borrow
             if a < b:
                 out.append(f"{a + 10}-{b}={a + 10 - b}")  # the borrowing column
-    for d in range(2, 10):  # short division: a partial dividend under 10 d, by a one-digit d
+    for d in range(2, 10):  # short division: a partial dividend under 10 d, its digit and its remainder
         for n in range(10 * d):
-            q, r = divmod(n, d)
-            out.append(f"{n}/{d}={q}" + (f" r {r}" if r else ""))
+            q = n // d
+            out.append(f"{n}/{d}={q}")
+            out.append(f"{n}-{q * d}={n - q * d}")
     return out
 
 

@@ -85,7 +85,10 @@ class Sort(Task):
 
     def solve(self, problem: Problem) -> Solution:
         left, desc = list(problem.meta["values"]), problem.meta["descending"]
-        word, lines = "largest" if desc else "smallest", []
+        word = "largest" if desc else "smallest"
+        # first the list and the order in one form, whatever the wording ("[14, 91, 7]" or "14 91 7", "in
+        # decreasing order" or "from greatest to least")
+        lines = [f"{word} first: {', '.join(map(str, left))}"]
         while len(left) > 1:
             pick = max(left) if desc else min(left)
             left.remove(pick)

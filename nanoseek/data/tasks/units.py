@@ -63,8 +63,8 @@ class Units(Task):
     levels = UNITS_LEVELS
     frames = UNITS_FRAMES
 
-    def wording_fields(self, problem: Problem, rng: random.Random, wording: str) -> tuple[dict, set[str]]:
-        m = problem.meta
+    def wording_fields(self, problem: Problem, rng: random.Random | None, wording: str) -> tuple[dict, set[str]]:
+        m = problem.meta  # (no random choices: the amounts and units are the problem)
         factor = 1
         for s in m["steps"]:
             factor *= UNITS[s][4]
@@ -108,7 +108,10 @@ class Units(Task):
 
     def solve(self, problem: Problem) -> Solution:
         m = problem.meta
-        lines = []
+        # first the question in one form, whatever its wording ("Change 6 hours into minutes." -> 6 hours to
+        # minutes)
+        fields, _ = self.wording_fields(problem, None, "canonical")
+        lines = [f"{fields['have']} to {fields['want']}"]
         if m["reverse"]:
             value = m["amount"]
             for s in m["steps"]:

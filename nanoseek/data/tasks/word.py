@@ -21,19 +21,32 @@ ITEMS = ("apples", "marbles", "stickers", "coins", "books", "cards", "pencils", 
 GAIN = ("buys {k} more", "finds {k} more", "gets {k} more from a friend")
 LOSS = ("gives away {k}", "loses {k}", "sells {k}")
 BOXES = "gets {k} boxes with {m} {items} in each"
-# Rephrased stories draw each sentence from these pools; "heldout" wording adds the held-out entries.
+# Rephrased stories draw each sentence from these pools; "heldout" wording adds the held-out entries. The
+# pools are wide so that a model learns a name, a thing and a verb as slots, not as a list to recognize.
+NAMES_MORE = ("Alex", "Bea", "Carl", "Dana", "Eli", "Finn", "Gia", "Hugo", "Iris", "Jack", "Kim", "Liam", "Mara",
+              "Nina", "Otto", "Pia", "Rosa", "Sara", "Theo", "Uma", "Vera", "Will", "Yara", "Zack", "Emma", "Luca",
+              "Aiden", "Chloe", "Diego", "Grace", "Hana", "Jonas", "Maya", "Oscar", "Priya", "Ruby", "Tariq",
+              "Wendy")
 NAMES_HELD_OUT = ("Noah", "Lily", "Omar", "Ivy", "Ravi", "Nora")
+ITEMS_MORE = ("pens", "balls", "shirts", "eggs", "candies", "bottles", "flowers", "toys", "rings", "keys", "cups",
+              "plates", "socks", "hats", "tickets", "leaves", "bricks", "nuts", "cherries", "bananas", "stones",
+              "letters", "photos", "crayons", "erasers", "badges")
 ITEMS_HELD_OUT = ("buttons", "beads", "rocks", "toy cars")
 STARTS = ("{name} has {n} {items}.", "{name} starts with {n} {items}.", "{name} owns {n} {items}.",
-          "{name} has a box of {n} {items}.")
+          "{name} has a box of {n} {items}.", "{name} keeps {n} {items} in a bag.", "There are {n} {items} with {name}.",
+          "{name} collected {n} {items}.", "In the morning {name} has {n} {items}.")
 STARTS_HELD_OUT = ("At first, {name} has {n} {items}.", "{name} begins the day with {n} {items}.")
-GAINS = GAIN + ("is given {k} more", "wins {k} more", "picks up {k} more")
+GAINS = GAIN + ("is given {k} more", "wins {k} more", "picks up {k} more", "earns {k} more", "makes {k} more",
+                "gets another {k}", "adds {k} more", "borrows {k} more", "finds another {k}")
 GAINS_HELD_OUT = ("receives {k} more", "collects {k} more")
-LOSSES = LOSS + ("gives {k} to a friend", "uses {k}", "drops {k}")
+LOSSES = LOSS + ("gives {k} to a friend", "uses {k}", "drops {k}", "eats {k}", "breaks {k}", "spends {k}",
+                 "gives {k} away", "loses another {k}", "shares {k} with a friend")
 LOSSES_HELD_OUT = ("throws away {k}", "trades away {k}")
-BOXES_ALL = (BOXES, "buys {k} packs of {m} {items}", "finds {k} bags with {m} {items} each")
+BOXES_ALL = (BOXES, "buys {k} packs of {m} {items}", "finds {k} bags with {m} {items} each",
+             "gets {k} bags of {m} {items}", "buys {k} boxes, each with {m} {items}", "wins {k} sets of {m} {items}")
 BOXES_HELD_OUT = ("receives {k} boxes of {m} {items}",)
-THEN = ("{name} {event}.", "Then {name} {event}.", "Later, {name} {event}.", "Next, {name} {event}.")
+THEN = ("{name} {event}.", "Then {name} {event}.", "Later, {name} {event}.", "Next, {name} {event}.",
+        "After that, {name} {event}.", "Then {name} {event} too.", "In the afternoon {name} {event}.")
 # the frames are the question; the story before it is {story}
 WORD_FRAMES = (
     train("{story} How many {items} does {name} have now?", "{story} How many {items} does {name} have?",
@@ -68,8 +81,8 @@ class WordProblem(Task):
         m = problem.meta
         # held-out questions tell their stories with held-out names, things and verbs too (and the others)
         pool = (lambda a, b: a + b) if wording == "heldout" else (lambda a, b: a)
-        name = rng.choice(pool(NAMES, NAMES_HELD_OUT))
-        items = rng.choice(pool(ITEMS, ITEMS_HELD_OUT))
+        name = rng.choice(pool(NAMES + NAMES_MORE, NAMES_HELD_OUT))
+        items = rng.choice(pool(ITEMS + ITEMS_MORE, ITEMS_HELD_OUT))
         sentences = [rng.choice(pool(STARTS, STARTS_HELD_OUT)).format(name=name, n=m["start"], items=items)]
         for e in m["events"]:
             if e[0] == "box":
@@ -116,8 +129,10 @@ class WordProblem(Task):
         return None if v is None else format_number(v)
 
     def solve(self, problem: Problem) -> Solution:
-        count, lines = problem.meta["start"], []
-        for e in problem.meta["events"]:  # each step worked in columns, as the arithmetic task works it
+        count, events = problem.meta["start"], problem.meta["events"]
+        # first the story as one expression, whatever its verbs ("trades away 17" -> -17, "3 boxes of 4" -> +3*4)
+        lines = [f"{count}" + "".join(f"+{e[1]}*{e[2]}" if e[0] == "box" else f"{e[0]}{e[1]}" for e in events)]
+        for e in events:  # each step worked in columns, as the arithmetic task works it
             if e[0] == "box":
                 k, m = e[1], e[2]
                 lines += work(k, "*", m) + work(count, "+", k * m)
