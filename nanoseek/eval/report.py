@@ -299,14 +299,14 @@ def _section_metrics(run: Run, decode: dict[str, Any] | None) -> list[str]:
         if isinstance(bpb.get("val_bpb"), (int, float)):
             rows.append([f"bits per byte after {STAGE_NAMES.get(name, _esc(name))} (eval/{_esc(name)}.json)",
                          f"{bpb['val_bpb']:.4f}"])
-    for s, (samples, source) in run.answers.items():
-        f = fact_accuracy(s_["completion"] for s_ in samples)
+    for s in [n for n in _eval_order(run) if n in run.answers]:
+        f = fact_accuracy(sample["completion"] for sample in run.answers[s][0])
         if f["facts"]:
             wrong = f" (wrong, e.g.: {', '.join(_code(w) for w in f['wrong'])})" if f["wrong"] else ""
             rows.append([f"one-digit facts in the answers, {_stage_label(s)}",
                          f"{f['right']:,} of {f['facts']:,} right ({_pct(f['accuracy'])}){wrong}"])
     for s, b in run.balance.items():
-        if b is None:
+        if b is None or s == "rl":  # GRPO's few, short steps carry too few tokens for windowed MaxVio
             continue
         worst = max(b["p95_after"]) if b["p95_after"] else None
         rows.append([f"expert balance, {STAGE_NAMES[s]}",
@@ -319,6 +319,12 @@ def _section_metrics(run: Run, decode: dict[str, Any] | None) -> list[str]:
     return out
 
 
+def _eval_order(run: Run) -> list[str]:
+    """The evaluations in pipeline order, each stage's held-out-wordings run right after it, others last."""
+    names = [n for s in TRAINING for n in (s, s + HELDOUT) if n in run.evals]
+    return names + [n for n in run.evals if n not in names]
+
+
 def _stage_label(name: str) -> str:
     """An evaluation's name as the report says it: "SFT", "SFT, questions in wordings kept out of training"."""
     label = STAGE_NAMES.get(name.removesuffix(HELDOUT), _esc(name.removesuffix(HELDOUT)))
@@ -327,7 +333,7 @@ def _stage_label(name: str) -> str:
 
 def _accuracy_table(run: Run) -> list[str]:
     out = ["### Task accuracy after each stage", ""]
-    names = [s for s in TRAINING if s in run.evals] + [s for s in run.evals if s not in TRAINING]
+    names = _eval_order(run)
     want = [s for s in TRAINING if s in run.dirs] or list(TRAINING[:1])
     if not names:
         style = {"pretrain": "plain"}
@@ -356,7 +362,8 @@ def _accuracy_table(run: Run) -> list[str]:
                                            else " (template, `<think>`)"), *cells,
                      _rate(fmt),
                      f"{summary.get('problems', '?')} x {settings.get('samples', summary.get('samples', '?'))}"])
-        overall.append(f"{STAGE_NAMES.get(s, s)} {_rate(summary.get('accuracy'))}")
+        if s in TRAINING:
+            overall.append(f"{STAGE_NAMES.get(s, s)} {_rate(summary.get('accuracy'))}")
     out += _table(header, rows)
     s0 = run.evals[names[0]].get("settings") or {}
     out += ["", "Accuracy: the share of sampled answers that are right (pass@1), on held-out problems, ± its "

@@ -20,7 +20,8 @@ from nanoseek.data.tasks.checkers import format_number, parse_number
 from nanoseek.data.tasks.problem import Problem, Solution, Task
 from nanoseek.data.tasks.wordings import held_out, train
 
-# difficulty -> (digits per operand, number of terms, operators, digits of the second factor of a product)
+# difficulty -> (digits per operand (at most), number of terms, operators, digits of the second factor of a product)
+SHORT_OPERAND_ODDS = 0.75  # the chance that an operand has its level's full number of digits
 ARITHMETIC_LEVELS = {
     1: (1, 2, "+-", 1),
     2: (2, 2, "+-", 1),
@@ -230,7 +231,8 @@ class Arithmetic(Task):
     name = "arithmetic"
     summary = "multi-digit +, -, * with schoolbook column work"
     levels = tuple(
-        f"{t} terms of {d} digit{'s' if d > 1 else ''}, {' '.join(ops)}" + (f" (products by {m}-digit factors)"
+        f"{t} terms of {'up to ' if d > 1 else ''}{d} digit{'s' if d > 1 else ''}, {' '.join(ops)}" +
+        (f" (products by {m}-digit factors)"
                                                                             if "*" in ops else "")
         for d, t, ops, m in ARITHMETIC_LEVELS.values())
     frames = ARITHMETIC_FRAMES
@@ -242,15 +244,20 @@ class Arithmetic(Task):
 
     def sample(self, rng: random.Random, difficulty: int) -> Problem:
         digits, n_terms, opset, mul_digits = ARITHMETIC_LEVELS[difficulty]
-        lo = 0 if digits == 1 else 10 ** (digits - 1)
+
+        def operand() -> int:
+            # mostly `digits` digits, now and then fewer, as people ask (94 - 3, 7 * 8)
+            d = digits if digits == 1 or rng.random() < SHORT_OPERAND_ODDS else rng.randint(1, digits - 1)
+            return rng.randint(0 if d == 1 else 10 ** (d - 1), 10 ** d - 1)
+
         while True:
             ops = [rng.choice(opset) for _ in range(n_terms - 1)]
-            terms = [rng.randint(lo, 10 ** digits - 1)]
+            terms = [operand()]
             for op in ops:
                 if op == "*":
                     terms.append(rng.randint(2, 10 ** mul_digits - 1))
                 else:
-                    terms.append(rng.randint(lo, 10 ** digits - 1))
+                    terms.append(operand())
             if n_terms == 2 and ops[0] == "-" and terms[0] < terms[1]:
                 terms.reverse()
             steps = evaluation_steps(terms, ops)

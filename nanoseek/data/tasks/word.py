@@ -47,24 +47,44 @@ BOXES_ALL = (BOXES, "buys {k} packs of {m} {items}", "finds {k} bags with {m} {i
 BOXES_HELD_OUT = ("receives {k} boxes of {m} {items}",)
 THEN = ("{name} {event}.", "Then {name} {event}.", "Later, {name} {event}.", "Next, {name} {event}.",
         "After that, {name} {event}.", "Then {name} {event} too.", "In the afternoon {name} {event}.")
-# the frames are the question; the story before it is {story}
+STARTS_ME = ("I have {n} {items}.", "I start with {n} {items}.", "I own {n} {items}.", "I have a box of {n} {items}.",
+             "I keep {n} {items} in a bag.", "In the morning I have {n} {items}.")
+STARTS_ME_HELD_OUT = ("At first, I have {n} {items}.",)
+P_FIRST_PERSON = 0.2  # stories told by "I"
+# the frames are the question; the story before it is {story}; "named" frames need a named story, "me" frames
+# one told in the first person, the others fit both
 WORD_FRAMES = (
-    train("{story} How many {items} does {name} have now?", "{story} How many {items} does {name} have?",
-          "{story} How many {items} does {name} end up with?", "{story} How many {items} now?",
-          "{story} What is the number of {items} {name} has now?", "{story} Count {name}'s {items} now.",
-          "{story} How many {items} are there now?", "{story} How many {items} does {name} have at the end?",
-          "{story} Now how many {items} does {name} have?", "{story} Find how many {items} {name} has now.",
-          "{story} What is {name}'s count of {items} now?", "{story} Tell me how many {items} {name} has.",
-          "{story} How many {items} does {name} have after all that?", "{story} So, how many {items}?",
-          "{story} How many {items} does {name} hold now?", "{story} How many {items} in total now?",
-          "{story} Work out how many {items} {name} has now.", "{story} What number of {items} does {name} have?",
-          "{story} How many {items} does {name} own now?", "{story} {name} counts the {items}. How many are there?",
-          "How many {items} does {name} have at the end? {story}", "Question: {story} How many {items} now?",
-          "{story} How many {items} does {name} keep?", "{story} What is the total number of {items} now?")
+    train("{story} How many {items} now?", "{story} How many {items} are there now?", "{story} So, how many {items}?",
+          "{story} How many {items} in total now?", "Question: {story} How many {items} now?",
+          "{story} What is the total number of {items} now?")
+    + train("{story} How many {items} does {name} have now?", "{story} How many {items} does {name} have?",
+            "{story} How many {items} does {name} end up with?", "{story} What is the number of {items} {name} has now?",
+            "{story} Count {name}'s {items} now.", "{story} How many {items} does {name} have at the end?",
+            "{story} Now how many {items} does {name} have?", "{story} Find how many {items} {name} has now.",
+            "{story} What is {name}'s count of {items} now?", "{story} Tell me how many {items} {name} has.",
+            "{story} How many {items} does {name} have after all that?", "{story} How many {items} does {name} hold now?",
+            "{story} Work out how many {items} {name} has now.", "{story} What number of {items} does {name} have?",
+            "{story} How many {items} does {name} own now?", "{story} {name} counts the {items}. How many are there?",
+            "How many {items} does {name} have at the end? {story}", "{story} How many {items} does {name} keep?",
+            when="named")
+    + train("{story} How many {items} do I have now?", "{story} How many {items} do I have?",
+            "{story} How many {items} do I end up with?", "{story} How many {items} do I have left?",
+            "{story} Can you tell me how many {items} I have?", "How many {items} do I have at the end? {story}",
+            when="me")
+    + held_out("{story} So how many {items} are there now?", "Read this: {story} How many {items} are there?")
     + held_out("{story} How many {items} does {name} have in the end?",
-               "{story} What's the total number of {items} {name} has now?", "{story} So how many {items} are there now?",
+               "{story} What's the total number of {items} {name} has now?",
                "{story} how many {items} does {name} have left", "{story} Can you tell how many {items} {name} has now?",
-               "Read this: {story} How many {items} are there?", "{story} What's {name}'s total?"))
+               "{story} What's {name}'s total?", when="named")
+    + held_out("{story} How many {items} do I have in the end?", "{story} what's my total now", when="me"))
+
+
+def _first_person(event: str) -> str:
+    """A third-person event ("buys 3 more", "is given 2 more") told by "I" ("buy 3 more", "am given 2 more")."""
+    verb, _, rest = event.partition(" ")
+    return ("am" if verb == "is" else verb.removesuffix("s")) + " " + rest
+
+
 # difficulty -> (events, largest start, largest change, whether "k boxes of m" events occur)
 WORD_LEVELS = {1: (1, 20, 9, False), 2: (2, 20, 9, False), 3: (2, 50, 20, True), 4: (3, 50, 20, True),
                5: (4, 99, 30, True)}
@@ -81,17 +101,19 @@ class WordProblem(Task):
         m = problem.meta
         # held-out questions tell their stories with held-out names, things and verbs too (and the others)
         pool = (lambda a, b: a + b) if wording == "heldout" else (lambda a, b: a)
-        name = rng.choice(pool(NAMES + NAMES_MORE, NAMES_HELD_OUT))
+        me = rng.random() < P_FIRST_PERSON
+        name = "I" if me else rng.choice(pool(NAMES + NAMES_MORE, NAMES_HELD_OUT))
         items = rng.choice(pool(ITEMS + ITEMS_MORE, ITEMS_HELD_OUT))
-        sentences = [rng.choice(pool(STARTS, STARTS_HELD_OUT)).format(name=name, n=m["start"], items=items)]
+        starts = pool(STARTS_ME, STARTS_ME_HELD_OUT) if me else pool(STARTS, STARTS_HELD_OUT)
+        sentences = [rng.choice(starts).format(name=name, n=m["start"], items=items)]
         for e in m["events"]:
             if e[0] == "box":
                 event = rng.choice(pool(BOXES_ALL, BOXES_HELD_OUT)).format(k=e[1], m=e[2], items=items)
             else:
                 event = rng.choice(pool(GAINS, GAINS_HELD_OUT) if e[0] == "+" else pool(LOSSES, LOSSES_HELD_OUT))
                 event = event.format(k=e[1])
-            sentences.append(rng.choice(THEN).format(name=name, event=event))
-        return {"story": " ".join(sentences), "name": name, "items": items}, set()
+            sentences.append(rng.choice(THEN).format(name=name, event=_first_person(event) if me else event))
+        return {"story": " ".join(sentences), "name": name, "items": items}, {"me" if me else "named"}
 
     def sample(self, rng: random.Random, difficulty: int) -> Problem:
         n_events, max_start, max_change, boxes = WORD_LEVELS[difficulty]
