@@ -14,7 +14,7 @@ import nanoseek
 from nanoseek.cli import main
 from nanoseek.config import preset
 from nanoseek.engine import Delta, Engine, SamplingParams
-from nanoseek.cli.chat import DIM, ChatSession
+from nanoseek.cli.chat import DIM, RESET, ChatSession
 from nanoseek.engine.reasoning import ReasoningSplitter
 from nanoseek.tokenizer import Tokenizer
 
@@ -144,9 +144,18 @@ def test_chat_dims_reasoning_and_ctrl_c_stops_only_the_answer(ckpt):
     session.run(lambda prompt: next(lines) if True else None)
     text = out.getvalue()
     assert f"{DIM}let me" in text and "The answer." in text
+    assert f" think{RESET}\nThe answer." in text  # the answer starts a line of its own
     # reasoning is not fed back: the history holds the answer only
     assert session.messages[1] == {"role": "assistant", "content": "The answer."}
     assert len(session.messages) == 4
+
+    # without colour the answer is labelled, so it never runs on from the reasoning ("=85" then "85")
+    out = io.StringIO()
+    lines = iter(["question", "/quit"])
+    session = ChatSession(_Scripted(eng, ["<think>4+3=7", "</think>", "7"]), SamplingParams(), out=out)
+    session.run(lambda prompt: next(lines))
+    assert "4+3=7\nanswer: 7\n" in out.getvalue()
+    assert session.messages[1] == {"role": "assistant", "content": "7"}
 
     out = io.StringIO()
     lines = iter(["question", "/temperature 0.5", "/quit"])

@@ -94,6 +94,7 @@ class ChatSession:
         params = dataclasses.replace(self.params, max_new_tokens=min(self.params.max_new_tokens, room))
         splitter = ReasoningSplitter()
         answer, n_tokens, finish = [], 0, None
+        last_written = ""  # the reasoning's last character, "" once the answer has begun
         t0 = time.perf_counter()
         stream = self.engine.stream(ids, params)
         try:
@@ -102,9 +103,14 @@ class ChatSession:
                 for kind, text in splitter.feed(delta.text):
                     if kind == "reasoning":
                         self._write(text, DIM)
-                    else:
-                        answer.append(text)
-                        self._write(text)
+                        last_written = text[-1:] or last_written
+                        continue
+                    if last_written:
+                        # the answer on a line of its own, labelled where no dimming tells it from the reasoning
+                        self._write(("" if last_written == "\n" else "\n") + ("" if self.color else "answer: "))
+                        text, last_written = text.lstrip(), ""
+                    answer.append(text)
+                    self._write(text)
                 finish = delta.finish_reason
         except KeyboardInterrupt:
             stream.close()

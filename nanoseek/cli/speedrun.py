@@ -63,7 +63,7 @@ class Preset:
 
 PRESETS: dict[str, Preset] = {
     "cpu": Preset(
-        "the default: cpu-small (4 layers, 16 experts) on the built-in tasks, 11-15 minutes on 2 CPU cores",
+        "the default: cpu-small (4 layers, 16 experts) on the built-in tasks, about 16-20 minutes on 2 CPU cores",
         model="cpu-small", model_overrides=dict(num_nextn_predict_layers=0),
         tasks="arithmetic,digit_sum,sort,word_problem,units", corpus_problems=20000,
         corpus_mix=dict(digit_sum=0.4, word_problem=0.5, sort=1.2, units=1.2), drills=3000,
@@ -74,8 +74,8 @@ PRESETS: dict[str, Preset] = {
         rl_problems=400,
         rl=dict(steps=90, prompts_per_step=8, group_size=8, max_new_tokens=160, temperature=0.7, loss_type="dr_grpo",
                 lr=5e-5, batch_size=32, eval_every=30, checkpoint_every=30, eval_problems=60),
-        minutes=dict(tasks=0.1, tokenizer=0.1, tokens=0.1, pretrain=8.5, eval_pretrain=0.3, sft=1.5, eval_sft=0.2,
-                     rl=2.1, eval_rl=0.2, report=0.3)),
+        minutes=dict(tasks=0.1, tokenizer=0.1, tokens=0.1, pretrain=11.5, eval_pretrain=0.25, sft=1.6, eval_sft=0.4,
+                     rl=2.0, eval_rl=0.45, report=0.3)),
     "smoke": Preset(
         "a tiny model and a few steps of each stage: checks the pipeline end to end in a minute or two",
         model="tiny", model_overrides=dict(max_position_embeddings=256), tasks="arithmetic,sort", difficulty="1",
