@@ -259,3 +259,39 @@ def test_one_digit_facts_are_counted_and_checked():
             for p in tasks.generate(name, "train", 200, "1-3", seed=0, unique=False)]
     f = fact_accuracy(sols)
     assert f["facts"] > 500 and f["accuracy"] == 1.0
+
+
+def test_after_turns_asks_each_problem_after_other_answered_questions(ckpt, tmp_path, capsys):
+    """`--after-turns N` asks each problem as the N+1-th question of one conversation, the earlier questions
+    answered with their answers alone (as the chat page and `nanoseek chat` send a conversation back)."""
+    from nanoseek.tokenizer import Tokenizer
+
+    ps = tasks.generate("arithmetic", "test", 6, 2, seed=0)
+    problems = tmp_path / "p.jsonl"
+    tasks.write_problems(ps, problems)
+    tok = Tokenizer.load(ckpt)
+    prompt_tokens = {}
+    for n in (0, 2):
+        js = tmp_path / f"after{n}.json"
+        rc, _, err = _eval(capsys, "--checkpoint", str(ckpt), "--problems", str(problems), "--max-tokens", "2",
+                           "--after-turns", str(n), "--out", str(js))
+        assert rc == 0, err
+        res = json.loads(js.read_text())["tasks"]
+        assert res["settings"]["after_turns"] == n
+        prompt_tokens[n] = res["tokens"]["prompt"]
+    asked = [tasks.earlier_turns(tasks.earlier_problems(ps, i, 2)) + tasks.chat_messages(p, with_solution=False)
+             for i, p in enumerate(ps)]
+    assert prompt_tokens[2] == sum(len(tok.render_chat(m, add_generation_prompt=True)[0]) for m in asked)
+    assert prompt_tokens[2] > prompt_tokens[0]
+    for i, m in enumerate(asked):  # two other problems, answered, then the problem itself
+        assert [x["role"] for x in m] == ["user", "assistant", "user", "assistant", "user"]
+        assert m[-1]["content"] == ps[i].prompt and ps[i].prompt not in (m[0]["content"], m[2]["content"])
+        assert m[1]["content"] in {p.answer for p in ps} and "reasoning" not in m[1]
+
+    rc, _, err = _eval(capsys, "--checkpoint", str(ckpt), "--problems", str(problems), "--after-turns", "1",
+                       "--style", "plain")
+    assert rc == 2 and "--after-turns asks in a conversation" in err and "--style chat" in err
+    one = tmp_path / "one.jsonl"
+    tasks.write_problems(ps[:1], one)
+    rc, _, err = _eval(capsys, "--checkpoint", str(ckpt), "--problems", str(one), "--after-turns", "1")
+    assert rc == 2 and "at least two problems" in err

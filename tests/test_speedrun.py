@@ -59,6 +59,9 @@ def test_every_artefact_exists_and_loads(smoke):
     # the training data asks in the training wordings only
     train = tasks.read_problems(out / "data" / "rl.jsonl")
     assert all(not tasks.get_task(p.task).frames[p.meta["wording"]].held_out for p in train)
+    # some SFT conversations ask their question after earlier ones, as a chat goes on
+    sft = [json.loads(line)["messages"] for line in (out / "data" / "sft.jsonl").read_text().splitlines()]
+    assert 0 < sum(len(m) > 2 for m in sft) < len(sft)
     report = (out / "report.md").read_text()
     for section in ("## Model", "## Time and cost", "## Final metrics", "## Plots"):
         assert section in report

@@ -558,3 +558,31 @@ def test_fact_drills_hold_every_step_the_worked_solutions_use_and_all_are_right(
                         seen += 1
                         assert part in table, (name, part)
     assert seen > 1000
+
+
+def test_sft_follow_ups_ask_a_share_of_problems_after_answered_earlier_questions(tmp_path):
+    """A model trained on single-question chats answers a question asked after others badly (the speedrun's SFT
+    model: 91.9% alone, 49.3% after one earlier question). follow_ups puts that share of the conversations
+    after one or two earlier questions of the set, answered without reasoning and not trained on."""
+    ps = tasks.generate("arithmetic", "train", 400, "1-2", seed=0, unique=False)
+    out = tmp_path / "sft.jsonl"
+    assert tasks.write_sft(ps, out, follow_ups=0.3) == 400
+    records = [json.loads(line)["messages"] for line in out.read_text().splitlines()]
+    follow = [m for m in records if len(m) > 2]
+    assert 0.2 < len(follow) / len(records) < 0.4
+    assert {len(m) for m in follow} == {4, 6}
+    answers = {p.answer for p in ps}
+    for p, m in zip(ps, records):
+        sol = tasks.worked_solution(p)
+        assert m[-2:] == [{"role": "user", "content": p.prompt},
+                          {"role": "assistant", "reasoning": sol.reasoning, "content": sol.answer}]
+        for earlier in m[1:-2:2]:  # what a chat client sends back: the answer, no reasoning, weight 0
+            assert earlier["role"] == "assistant" and earlier["content"] in answers
+            assert earlier["weight"] == 0 and "reasoning" not in earlier
+    again = tmp_path / "again.jsonl"
+    tasks.write_sft(ps, again, follow_ups=0.3)
+    assert again.read_bytes() == out.read_bytes()  # the same data for the same problems
+    tasks.write_sft(ps, again)
+    assert all(len(json.loads(line)["messages"]) == 2 for line in again.read_text().splitlines())
+    with pytest.raises(DataError, match="follow_ups must be a share"):
+        tasks.write_sft(ps, again, follow_ups=1.5)

@@ -108,7 +108,13 @@ def cmd_eval(args) -> None:
     if args.data and not Path(args.data).is_dir():
         raise UserError(f"--data {args.data} is not a directory: give the output of `nanoseek data prepare`",
                         param="--data")
+    if args.after_turns and args.style != "chat":
+        raise UserError("--after-turns asks in a conversation, which the plain style has not: use --style chat",
+                        param="--after-turns")
     problems = load_problems(args) if (args.task or args.problems) else []
+    if args.after_turns and len(problems) < 2:
+        raise UserError("--after-turns asks other problems of the set first: give at least two problems",
+                        param="--after-turns")
     try:
         ckpt = resolve_checkpoint(args.checkpoint)
     except EngineError as e:
@@ -152,7 +158,8 @@ def cmd_eval(args) -> None:
         try:
             results = evaluate_tasks(engine, problems, samples=args.samples, k=args.k, temperature=args.temperature,
                                      top_p=args.top_p, max_new_tokens=args.max_tokens, seed=args.seed,
-                                     keep_completions=out_comp is not None, style=args.style, progress=progress)
+                                     keep_completions=out_comp is not None, style=args.style,
+                                     after_turns=args.after_turns, progress=progress)
         except ContextLengthError as e:
             raise UserError(f"{e} (lower --max-tokens)", param="--max-tokens") from None
         except EngineError as e:
@@ -211,6 +218,9 @@ def register(sub) -> None:
     g.add_argument("--style", default="chat", choices=["chat", "plain"],
                    help="chat: ask in the chat template (after SFT or RL; default); plain: the bare prompt line, "
                         "answer read from the 'Answer:' line (the tasks' pretraining text)")
+    g.add_argument("--after-turns", type=nonneg_int, default=0, metavar="N",
+                   help="ask each problem after N other problems of the set and their answers, as a user goes on "
+                        "in one conversation (the chat page sends the whole conversation; default 0)")
     g.add_argument("--max-tokens", type=positive_int, default=256, help="new tokens per answer at most (default 256)")
     g.add_argument("--seed", type=nonneg_int, default=0, help="problems (--task) and sampling seed (default 0)")
     g.add_argument("--batch-size", type=positive_int, default=32, help="requests the engine runs at once "

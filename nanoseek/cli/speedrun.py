@@ -50,6 +50,9 @@ class Preset:
     max_digits: int = 1  # digits per token at most: 1 lets a small model do column arithmetic digit by digit
     pretrain: dict[str, Any] = field(default_factory=dict)  # `nanoseek pretrain` flags
     sft_problems: int = 1000  # per task
+    # share of the SFT conversations asked after one or two earlier questions (tasks.write_sft): without them
+    # the model answers a chat's second question far worse than its first
+    sft_follow_ups: float = 0.3
     sft: dict[str, Any] = field(default_factory=dict)  # `nanoseek sft` flags
     rl_problems: int = 200  # per task: GRPO's training prompts (the same tasks and levels, train split)
     rl: dict[str, Any] = field(default_factory=dict)  # `nanoseek rl` flags
@@ -332,7 +335,7 @@ def _write_tasks(preset: Preset, paths: dict[str, Path]) -> None:
     docs = [tasks.render_text(p, "plain") for p in corpus] + tasks.drill_documents(preset.drills, seed=0)
     random.Random(0).shuffle(docs)
     tasks.write_documents(docs, paths["corpus"])
-    tasks.write_sft(sft, paths["sft"])
+    tasks.write_sft(sft, paths["sft"], follow_ups=preset.sft_follow_ups)
     for key, problems in (("rl", rl), ("val", val), ("test", test), ("heldout", heldout), ("probe", probe)):
         tasks.write_problems(problems, paths[key])
     print(f"wrote {len(corpus):,} pretraining problems and {preset.drills:,} fact drills, {len(sft):,} SFT "

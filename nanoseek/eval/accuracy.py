@@ -25,7 +25,7 @@ from collections import defaultdict
 from typing import Any, Callable, Iterable, Sequence
 
 from nanoseek.data.rewards import score
-from nanoseek.data.tasks import PROMPT_STYLES, Problem, chat_messages, prompt_ids
+from nanoseek.data.tasks import PROMPT_STYLES, Problem, chat_messages, earlier_problems, earlier_turns, prompt_ids
 from nanoseek.eval.metrics import Sample, markdown_table, summarize
 
 FORMAT_VERSION = 1
@@ -43,7 +43,7 @@ STYLES = PROMPT_STYLES
 def evaluate_tasks(engine, problems: Sequence[Problem], *, samples: int = 1, k: Iterable[int] = (1,),
                    temperature: float | None = None, top_p: float = 1.0, max_new_tokens: int = 256, seed: int = 0,
                    keep_completions: bool = False, chunk: int | None = None, style: str = "chat",
-                   progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+                   after_turns: int = 0, progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     """Sample `samples` answers per problem with `engine` and score them.
 
     temperature: default 0 (greedy) for one sample, 1.0 for several. k: the k of pass@k and maj@k (each at most
@@ -51,7 +51,8 @@ def evaluate_tasks(engine, problems: Sequence[Problem], *, samples: int = 1, k: 
     total) is called after each chunk. The engine reads its model's live weights (generate refreshes them), so
     a trainer may call this between optimizer steps. style: "chat" asks in the chat template (a model after
     SFT or RL); "plain" gives the bare prompt line and reads the "Answer:" line of the continuation, the
-    format of the tasks' pretraining text (a model after pretraining alone).
+    format of the tasks' pretraining text (a model after pretraining alone). after_turns (chat only): ask each
+    problem after that many other problems of the set, answered, as a user goes on in one conversation.
 
     Returns {"summary": the row of all problems, "rows": one row per task (+ "all" when several), "by_difficulty":
     rows per task and level (where a task has several levels), "settings", "tokens": {"prompt", "generated"},
@@ -73,8 +74,11 @@ def evaluate_tasks(engine, problems: Sequence[Problem], *, samples: int = 1, k: 
         temperature = 0.0 if samples == 1 else 1.0
     if style not in STYLES:
         raise ValueError(f"style must be one of {', '.join(STYLES)}, got {style!r}")
+    if after_turns and style != "chat":
+        raise ValueError("after_turns asks in a conversation: it needs the chat style")
     if style == "chat":
-        prompts = [engine.encode_chat(chat_messages(p, with_solution=False)) for p in problems]
+        prompts = [engine.encode_chat(earlier_turns(earlier_problems(problems, i, after_turns))
+                                      + chat_messages(p, with_solution=False)) for i, p in enumerate(problems)]
         bos = None
     else:  # a document starts with <|bos|>, as the pretraining shards do
         prompts = [prompt_ids(p, engine.tokenizer, style) for p in problems]
@@ -131,7 +135,7 @@ def evaluate_tasks(engine, problems: Sequence[Problem], *, samples: int = 1, k: 
     out: dict[str, Any] = {
         "format_version": FORMAT_VERSION, "summary": summary, "rows": rows, "by_difficulty": by_difficulty,
         "settings": {"samples": samples, "k": ks, "temperature": temperature, "top_p": top_p,
-                     "max_new_tokens": max_new_tokens, "seed": seed, "style": style},
+                     "max_new_tokens": max_new_tokens, "seed": seed, "style": style, "after_turns": after_turns},
         "tokens": {"prompt": n_prompt, "generated": n_gen}, "seconds": seconds}
     if keep_completions:
         out["problems"] = [{"id": p.id, "task": p.task, "difficulty": p.difficulty, "prompt": p.prompt,

@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import json
 import os
+import random
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 from nanoseek.data.tasks.arithmetic import evaluation_steps
 from nanoseek.data.tasks.custom import custom_problem
@@ -180,12 +181,44 @@ def chat_messages(problem: Problem, with_solution: bool = True) -> list[dict[str
     return messages
 
 
-def sft_record(problem: Problem) -> dict[str, Any]:
-    return {"messages": chat_messages(problem)}
+def earlier_turns(earlier: Sequence[Problem]) -> list[dict[str, Any]]:
+    """Earlier questions and their answers, as a chat client sends them before a new question: each answer's
+    content only, its reasoning dropped (the chat page and `nanoseek chat` keep no reasoning in the history).
+    The answers carry "weight": 0, so SFT trains on the new turn only and never on answers without reasoning."""
+    out: list[dict[str, Any]] = []
+    for p in earlier:
+        sol = worked_solution(p)
+        out += [{"role": "user", "content": p.prompt},
+                {"role": "assistant", "content": p.answer if sol is None else sol.answer, "weight": 0}]
+    return out
 
 
-def write_sft(problems: Iterable[Problem], path: str | os.PathLike) -> int:
-    return _write_lines(path, (json.dumps(sft_record(p), ensure_ascii=False) for p in problems))
+def earlier_problems(problems: Sequence[Problem], i: int, n: int) -> list[Problem]:
+    """n other problems of the list to ask before problem i, the same for the same (list, i, n)."""
+    if n and len(problems) < 2:
+        raise DataError("earlier questions need at least two problems")
+    rng = random.Random(f"earlier|{i}|{n}")
+    return [problems[(i + rng.randrange(1, len(problems))) % len(problems)] for _ in range(n)]
+
+
+def sft_record(problem: Problem, earlier: Sequence[Problem] = ()) -> dict[str, Any]:
+    return {"messages": earlier_turns(earlier) + chat_messages(problem)}
+
+
+def write_sft(problems: Iterable[Problem], path: str | os.PathLike, follow_ups: float = 0.0, seed: int = 0) -> int:
+    """SFT conversations, one per problem. follow_ups: the share of them asked after one or two earlier
+    questions of the set (answered), as a user goes on in one conversation: a model trained on single-turn
+    chats alone answers a second question worse than a first."""
+    problems = list(problems)
+    if not 0.0 <= follow_ups <= 1.0:
+        raise DataError(f"follow_ups must be a share between 0 and 1, got {follow_ups}", param="follow_ups")
+    rng = random.Random(seed)
+
+    def record(i: int, p: Problem) -> dict[str, Any]:
+        n = rng.choice((1, 2)) if len(problems) > 1 and rng.random() < follow_ups else 0
+        return sft_record(p, earlier_problems(problems, i, n))
+
+    return _write_lines(path, (json.dumps(record(i, p), ensure_ascii=False) for i, p in enumerate(problems)))
 
 
 # ---- pretraining text ----------------------------------------------------------------------------------
