@@ -77,7 +77,7 @@ PRESETS: dict[str, Preset] = {
         rl_problems=400,
         rl=dict(steps=90, prompts_per_step=8, group_size=8, max_new_tokens=160, temperature=0.7, loss_type="dr_grpo",
                 lr=5e-5, batch_size=32, eval_every=30, checkpoint_every=30, eval_problems=60),
-        minutes=dict(tasks=0.1, tokenizer=0.1, tokens=0.1, pretrain=11.5, eval_pretrain=0.25, sft=1.6, eval_sft=0.4,
+        minutes=dict(tasks=0.1, tokenizer=0.1, tokens=0.1, pretrain=12.3, eval_pretrain=0.25, sft=1.7, eval_sft=0.4,
                      rl=2.0, eval_rl=0.45, report=0.3)),
     "smoke": Preset(
         "a tiny model and a few steps of each stage: checks the pipeline end to end in a minute or two",
