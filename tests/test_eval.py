@@ -291,6 +291,8 @@ def test_after_turns_asks_each_problem_after_other_answered_questions(ckpt, tmp_
     rc, _, err = _eval(capsys, "--checkpoint", str(ckpt), "--problems", str(problems), "--after-turns", "1",
                        "--style", "plain")
     assert rc == 2 and "--after-turns asks in a conversation" in err and "--style chat" in err
+    rc, _, err = _eval(capsys, "--checkpoint", str(ckpt), "--problems", str(problems), "--after-turns", "500")
+    assert rc == 2 and "context" in err and "lower --max-tokens or --after-turns" in err
     one = tmp_path / "one.jsonl"
     tasks.write_problems(ps[:1], one)
     rc, _, err = _eval(capsys, "--checkpoint", str(ckpt), "--problems", str(one), "--after-turns", "1")

@@ -362,3 +362,18 @@ def test_results_with_problems_render_reasoning_safely(run, tmp_path, capsys):
     assert "**Answer:** `` `9` ``, ❌ wrong; reference `8`" in answers
     assert re.search(r"^\| RL \(GRPO\) \| chat .* \| 50\.0% \|", md, re.M)
     assert "| bits per byte after pretraining (eval/pretrain.json) | 1.2500 |" in md  # `nanoseek eval --data`
+
+
+def test_expert_balance_says_how_many_tokens_a_window_holds():
+    """Windowed MaxVio means little without its sample size: ten GRPO steps hold a quarter of the tokens of
+    ten pretraining steps. expert_balance reads the tokens per step from the log's running count."""
+    from nanoseek.eval.balance import expert_balance
+
+    def log(tokens_per_step):
+        return [{"event": "train", "step": s, "tokens": s * tokens_per_step,
+                 "expert_load": [[0.25, 0.25, 0.25, 0.25]]} for s in range(1, 41)]
+
+    assert expert_balance(log(2048))["window_tokens"] == 20480
+    assert expert_balance(log(500))["window_tokens"] == 5000
+    no_count = [{k: v for k, v in r.items() if k != "tokens"} for r in log(500)]
+    assert expert_balance(no_count)["window_tokens"] is None

@@ -161,7 +161,8 @@ def cmd_eval(args) -> None:
                                      keep_completions=out_comp is not None, style=args.style,
                                      after_turns=args.after_turns, progress=progress)
         except ContextLengthError as e:
-            raise UserError(f"{e} (lower --max-tokens)", param="--max-tokens") from None
+            fix = "lower --max-tokens or --after-turns" if args.after_turns else "lower --max-tokens"
+            raise UserError(f"{e} ({fix})", param="--max-tokens") from None
         except EngineError as e:
             raise UserError(str(e)) from None
         finally:

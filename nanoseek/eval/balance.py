@@ -41,6 +41,16 @@ def load_matrix(records: Sequence[dict]) -> tuple[np.ndarray, np.ndarray] | None
     return steps, loads
 
 
+def _tokens_per_step(records: Sequence[dict]) -> float | None:
+    """Tokens trained per step, from the log's running `tokens` count (None where the log has none). A window
+    of a few short GRPO steps holds far fewer tokens than one of pretraining, so its MaxVio is noisier."""
+    rows = [(r["step"], r["tokens"]) for r in records if r.get("event") == "train"
+            and isinstance(r.get("tokens"), (int, float)) and isinstance(r.get("step"), int)]
+    if len(rows) < 2 or rows[-1][0] <= rows[0][0]:
+        return None
+    return (rows[-1][1] - rows[0][1]) / (rows[-1][0] - rows[0][0])
+
+
 def windowed_maxvio(loads: np.ndarray, window: int = WINDOW) -> np.ndarray:
     """MaxVio [S - window + 1, layers] of the loads summed over each run of `window` consecutive steps
     (loads [S, layers, experts], each step's shares or counts)."""
@@ -56,7 +66,8 @@ def expert_balance(records: Sequence[dict], window: int = WINDOW) -> dict[str, A
     """What a report says of a run's expert balance, or None without loads in the log.
 
     steps: the last step of each window; maxvio: [windows][layers]; starved_share: share of (step, layer,
-    expert) cells under STARVED of the fair share; settle_step: SETTLE of the run's steps; at_settle: the worst
+    expert) cells under STARVED of the fair share; window_tokens: the tokens a window holds (None if the log
+    does not count them); settle_step: SETTLE of the run's steps; at_settle: the worst
     layer's MaxVio in the window ending at settle_step; p95_after: per layer, the 95th percentile of MaxVio
     over the windows after settle_step; balanced_by_step: the first step from which every later window of
     every layer stays at or under TARGET (None if never)."""
@@ -76,7 +87,9 @@ def expert_balance(records: Sequence[dict], window: int = WINDOW) -> dict[str, A
     over = np.nonzero(worst > TARGET)[0]
     balanced_by = None if len(over) and over[-1] == len(worst) - 1 else \
         int(ends[over[-1] + 1]) if len(over) else int(ends[0])
-    return {"window": window, "steps": ends.tolist(), "maxvio": mv.round(4).tolist(), "starved_share": starved,
+    per_step = _tokens_per_step(records)
+    return {"window": window, "window_tokens": None if per_step is None else round(per_step * window),
+            "steps": ends.tolist(), "maxvio": mv.round(4).tolist(), "starved_share": starved,
             "settle_step": settle, "at_settle": float(worst[at]) if at >= 0 else None,
             "p95_after": np.percentile(after, 95, axis=0).round(4).tolist(), "balanced_by_step": balanced_by,
             "layers": int(loads.shape[1])}

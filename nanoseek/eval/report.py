@@ -306,11 +306,12 @@ def _section_metrics(run: Run, decode: dict[str, Any] | None) -> list[str]:
             rows.append([f"one-digit facts in the answers, {_stage_label(s)}",
                          f"{f['right']:,} of {f['facts']:,} right ({_pct(f['accuracy'])}){wrong}"])
     for s, b in run.balance.items():
-        if b is None or s == "rl":  # GRPO's few, short steps carry too few tokens for windowed MaxVio
+        if b is None:
             continue
         worst = max(b["p95_after"]) if b["p95_after"] else None
+        tokens = f", ~{_si(b['window_tokens'])} tokens" if b.get("window_tokens") else ""
         rows.append([f"expert balance, {STAGE_NAMES[s]}",
-                     f"MaxVio (over {b['window']} steps) {_num(b['at_settle'], '.2f')} at step {b['settle_step']:,} "
+                     f"MaxVio (over {b['window']} steps{tokens}) {_num(b['at_settle'], '.2f')} at step {b['settle_step']:,} "
                      f"({SETTLE:.0%} of the run), 95th percentile after it {_num(worst, '.2f')} (worst layer; target "
                      f"{TARGET:g}); starved expert-steps {_pct(b['starved_share'])}"])
     out += _table(["metric", "value"], rows, "ll") + [""]

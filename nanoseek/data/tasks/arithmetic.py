@@ -231,9 +231,8 @@ class Arithmetic(Task):
     name = "arithmetic"
     summary = "multi-digit +, -, * with schoolbook column work"
     levels = tuple(
-        f"{t} terms of {'up to ' if d > 1 else ''}{d} digit{'s' if d > 1 else ''}, {' '.join(ops)}" +
-        (f" (products by {m}-digit factors)"
-                                                                            if "*" in ops else "")
+        f"{t} terms of {'up to ' if d > 1 else ''}{d} digit{'s' if d > 1 else ''}, {' '.join(ops)}"
+        + (f" (products by {m}-digit factors)" if "*" in ops else "")
         for d, t, ops, m in ARITHMETIC_LEVELS.values())
     frames = ARITHMETIC_FRAMES
 
