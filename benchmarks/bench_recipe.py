@@ -116,7 +116,7 @@ def main() -> None:
     budget = {v: args.steps or max(1, int(args.minutes * 60 / (sum(s) / len(s)))) for v, s in step_s.items()}
     print("calibrated step times (s):", {v: [round(x, 3) for x in s] for v, s in step_s.items()}, "-> steps:", budget,
           flush=True)
-    from nanoseek.eval.balance import expert_balance
+    from nanoseek.report.balance import expert_balance
     from nanoseek.train.log import read_log
 
     rows = []

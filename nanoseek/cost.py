@@ -10,9 +10,10 @@ FLOPs per token are counted from the shapes (DeepSeek-V3 report section 2; HF `D
   scores. Norm scales (and biases, if any) are counted as 2 FLOPs per weight too, as 6N counts them: < 0.1%
   of the total, and it keeps the sum equal to 2 x the active non-embedding parameter count (a test checks it).
 * Attention core per layer and token: the scores q.k cost 2 d_qk per key and head, the value sum 2 d_v.
-  `causal=True` (the cost commands): token t of a T-long sequence sees t keys, (T + 1) / 2 on average, as a
-  causal kernel computes it. `causal=False` (the training log's MFU): all T keys, as PaLM (appendix B) and
-  nanoGPT's estimate_mfu count them, so logged MFU figures compare across projects.
+  Token t of a T-long sequence sees t keys, (T + 1) / 2 on average, as a causal kernel computes it; this is
+  what the training log records, what `nanoseek cost` and the report card print. `causal=False` counts all T
+  keys, as PaLM (appendix B) and nanoGPT's estimate_mfu do: logs written before 2026-12-06 counted so, and
+  `summarize_run` converts them.
 * Output head: 2 d V (the embedding lookup is free).
 * MTP depth k (DeepSeek-V3 section 2.2): eh_proj (2d -> d), one full MoE decoder layer with its own
   attention (its sequence is T - k long; counted as T), and the shared output head computed again.
@@ -70,8 +71,8 @@ def attention_forward_flops(config: ModelConfig, seq_len: int, causal: bool = Tr
     return width * (seq_len + 1) if causal else 2 * width * seq_len
 
 
-def attention_flops_per_token(config: ModelConfig, seq_len: int, causal: bool = False) -> int:
-    """One MLA layer's attention core, forward + backward, per token (default: all T keys, the MFU convention)."""
+def attention_flops_per_token(config: ModelConfig, seq_len: int, causal: bool = True) -> int:
+    """One MLA layer's attention core, forward + backward, per token."""
     return 3 * attention_forward_flops(config, seq_len, causal)
 
 
@@ -134,8 +135,8 @@ class FlopCounts:
         return self.weights + self.head + self.attention + self.mtp
 
 
-def flops_per_token(config: ModelConfig, seq_len: int, *, causal: bool = False, mtp: bool = True) -> FlopCounts:
-    """Training FLOPs per token. causal=False (the default, for logged MFU) counts attention over all T keys."""
+def flops_per_token(config: ModelConfig, seq_len: int, *, causal: bool = True, mtp: bool = True) -> FlopCounts:
+    """Training FLOPs per token (causal=False: attention over all T keys, the older logs' convention)."""
     f = forward_flops(config, seq_len, causal=causal, mtp=mtp)
     return FlopCounts(weights=3 * sum(f[k] for k in WEIGHT_PARTS), head=3 * f["head"], attention=3 * f["attention"],
                       mtp=3 * sum(v for k, v in f.items() if k.startswith("mtp.")))
@@ -235,6 +236,39 @@ def apply_overrides(table: dict[str, Hardware], overrides: Any, source: str) -> 
     return table
 
 
+def with_run_cpu(table: dict[str, Hardware], peak: float, source: str, processes: int = 1) -> dict[str, Hardware]:
+    """The table with its "cpu" row set to a run's measured peak (a run on this CPU is that row, at its MFU)."""
+    return {**table, "cpu": cpu_hardware(peak / max(processes, 1), f"this run's {source}")}
+
+
+@dataclass(frozen=True)
+class HardwareCost:
+    """Device-hours of a number of FLOPs on one hardware row, at each MFU asked (None: no peak, or no MFU)."""
+    key: str
+    hardware: Hardware
+    peak: float | None
+    hours: tuple[float | None, ...]
+    price: float  # $ per device-hour
+
+
+def on_other_hardware(flops: float, mfus: tuple[float | None, ...], table: dict[str, Hardware], *,
+                      precision: str = "bf16", price: float | None = None) -> list[HardwareCost]:
+    """`flops` on every row of `table`, at each MFU of `mfus` (relative to the `precision` dense peak); `price`
+    replaces the table's prices."""
+    rows = []
+    for key, hw in table.items():
+        peak = hw.peak(precision)
+        hours = tuple(gpu_hours(flops, m, peak) if peak and m else None for m in mfus)
+        rows.append(HardwareCost(key, hw, peak, hours, hw.price if price is None else price))
+    return rows
+
+
+def hours_unit(rows: list[HardwareCost]) -> tuple[str, float]:
+    """("GPU-hours", 1), or ("GPU-seconds", 3600) when every figure is under an hour (a small run's are)."""
+    most = max((h for r in rows for h in r.hours if h is not None), default=0.0)
+    return ("GPU-seconds", 3600.0) if most < 1 else ("GPU-hours", 1.0)
+
+
 def table_peak(device_name: str, dtype: torch.dtype) -> float | None:
     """The datasheet peak for a known GPU name in this dtype, else None. Longest match first ("H100 PCIe"
     before "H100")."""
@@ -288,10 +322,10 @@ def peak_flops(device: torch.device, dtype: torch.dtype) -> tuple[float, str]:
 
 @dataclass(frozen=True)
 class RunSummary:
-    """A training log (`nanoseek.train.log` records) reduced to what it cost."""
+    """A training log (`nanoseek.train.log` records) reduced to what it cost, attention counted causal."""
     steps: int  # last logged training step
     tokens: int  # tokens trained (all processes)
-    flops_per_token: float  # as the run logged it (attention over all T keys)
+    flops_per_token: float  # causal attention (converted for an older log, when the model's config is known)
     peak: float  # peak FLOP/s of all processes together, as logged
     peak_source: str
     world_size: int
@@ -302,6 +336,7 @@ class RunSummary:
     step_tokens_per_s: float  # median of the logged steps' throughput
     resumes: int
     finished: bool  # an "end" record closes the log
+    counted: str = "causal attention"  # how flops_per_token counts attention, as a report says it
 
     @property
     def flops(self) -> float:
@@ -313,8 +348,11 @@ class RunSummary:
         return self.flops / (self.wall_s * self.peak) if self.wall_s > 0 and self.peak > 0 else 0.0
 
 
-def summarize_run(records: list[dict[str, Any]]) -> RunSummary:
-    """Summarize a run's log records. Raises ValueError naming what is missing."""
+def summarize_run(records: list[dict[str, Any]], config: ModelConfig | None = None) -> RunSummary:
+    """Summarize a run's log records. Logs before 2026-12-06 counted attention over all T keys (no
+    "attention_flops" in their start record): given the model's config, their FLOPs and MFU are converted to
+    the causal count; without it they stay as logged, and `counted` says so. Raises ValueError naming what is
+    missing."""
     starts = [i for i, r in enumerate(records) if r.get("event") in ("start", "resume")]
     if not starts:
         raise ValueError("it has no 'start' record (not a nanoseek training log, or cut before its first line)")
@@ -332,13 +370,22 @@ def summarize_run(records: list[dict[str, Any]]) -> RunSummary:
         xs = sorted(xs)
         return (xs[(len(xs) - 1) // 2] + xs[len(xs) // 2]) / 2 if xs else 0.0
 
+    logged = float(settings.get("flops_per_token", 0.0))
+    seq_len = cfg.get("seq_len")
+    fpt, counted = logged, "causal attention"
+    if settings.get("attention_flops") != "causal":
+        if config is not None and seq_len and logged:
+            fpt = float(flops_per_token(config, int(seq_len)).total)
+            counted = f"causal attention; the log's {logged:.3g} per token counts all T keys"
+        else:
+            counted = "as logged: attention over all T keys"
+    scale = fpt / logged if logged else 1.0
     return RunSummary(
-        steps=int(train[-1]["step"]), tokens=int(train[-1].get("tokens", 0)),
-        flops_per_token=float(settings.get("flops_per_token", 0.0)), peak=float(settings.get("peak_flops", 0.0)),
-        peak_source=str(settings.get("peak_source", "")), world_size=int(settings.get("world_size", 1)),
-        seq_len=cfg.get("seq_len"), dtype=cfg.get("dtype"), wall_s=wall,
-        step_mfu=median([float(r["mfu"]) for r in train if isinstance(r.get("mfu"), (int, float))]),
+        steps=int(train[-1]["step"]), tokens=int(train[-1].get("tokens", 0)), flops_per_token=fpt,
+        peak=float(settings.get("peak_flops", 0.0)), peak_source=str(settings.get("peak_source", "")),
+        world_size=int(settings.get("world_size", 1)), seq_len=seq_len, dtype=cfg.get("dtype"), wall_s=wall,
+        step_mfu=scale * median([float(r["mfu"]) for r in train if isinstance(r.get("mfu"), (int, float))]),
         step_tokens_per_s=median([float(r["tokens_per_s"]) for r in train
                                   if isinstance(r.get("tokens_per_s"), (int, float))]),
-        resumes=len(starts) - 1, finished=records[-1].get("event") == "end",
+        resumes=len(starts) - 1, finished=records[-1].get("event") == "end", counted=counted,
     )

@@ -11,6 +11,7 @@ import pytest
 import nanoseek.cost as cost
 from nanoseek.cli import main
 from nanoseek.config import ModelConfig, preset
+from nanoseek.train.log import read_log
 from nanoseek.cost import (HARDWARE, flops_per_token, forward_flops, gpu_hours, implied_mfu, summarize_run)
 from nanoseek.model import count_params
 
@@ -73,9 +74,9 @@ def test_flops_by_hand_moe_with_qlora_and_mtp():
     tr = flops_per_token(moe_qlora_mtp(), T, causal=True)
     assert tr.total == 3 * 28_016  # training = forward + backward = 3 x forward
     assert tr.mtp == 3 * mtp_fwd and tr.head == 3 * head and tr.attention == 3 * 3 * attn
-    # without MTP, and with attention over all T keys (the training log's convention)
-    assert flops_per_token(moe_qlora_mtp(), T, causal=True, mtp=False).total == 3 * main_fwd
-    full = flops_per_token(moe_qlora_mtp(), T)  # causal=False
+    # without MTP, and with attention over all T keys (older training logs' convention)
+    assert flops_per_token(moe_qlora_mtp(), T, mtp=False).total == 3 * main_fwd
+    full = flops_per_token(moe_qlora_mtp(), T, causal=False)
     assert full.attention == 3 * 3 * (2 * 2 * (12 + 6) * 10)
     # the weight matmuls agree with the parameter count taken from the module tree (6N)
     pc = count_params(moe_qlora_mtp())
@@ -285,6 +286,19 @@ def test_run_dir_report_on_a_real_tiny_run(capsys, tmp_path):
     assert rc == 0
     assert "3 steps, finished" in out and "model: checkpoints/step_0000003" in out
     assert f"tokens trained: {3 * 2 * 32:,}" in out
-    fpt = flops_per_token(ModelConfig.load(run / "checkpoints" / "step_0000003"), 32, causal=True).total
-    assert f"192 tokens x {fpt / 1e6:.3g} MFLOP (causal attention" in out
+    cfg = ModelConfig.load(run / "checkpoints" / "step_0000003")
+    fpt = flops_per_token(cfg, 32).total
+    assert f"192 tokens x {fpt / 1e6:.3g} MFLOP (causal attention)" in out
+    # the log counts attention causal itself, so no reader converts it
+    records = read_log(run)
+    assert records[0]["flops_per_token"] == fpt and records[0]["attention_flops"] == "causal"
+    assert summarize_run(records).flops_per_token == summarize_run(records, cfg).flops_per_token == fpt
+    # a log written before it did (all T keys, no "attention_flops") is converted when the model is known
+    old = [dict(r, flops_per_token=flops_per_token(cfg, 32, causal=False).total) if r["event"] == "start" else r
+           for r in records]
+    old[0].pop("attention_flops")
+    full, converted = summarize_run(old), summarize_run(old, cfg)
+    assert full.flops_per_token > fpt and "all T keys" in full.counted
+    assert converted.flops_per_token == fpt and converted.step_mfu == pytest.approx(
+        summarize_run(records).step_mfu * fpt / full.flops_per_token)
     assert re.search(r"^  h100 ", out, re.M) and not re.search(r"^  h800 ", out, re.M)

@@ -245,7 +245,7 @@ def test_plain_style_asks_the_bare_prompt_and_reads_the_answer_line():
 def test_one_digit_facts_are_counted_and_checked():
     """The report's fact count: expressions of exactly two one-digit operands, checked; longer expressions
     (a carry added, a borrowed ten) are not facts."""
-    from nanoseek.eval.facts import fact_accuracy, facts_in
+    from nanoseek.report.facts import fact_accuracy, facts_in
 
     text = "7+5=12, write 2, carry 1\n4+8+1=13, write 3\n2<3, borrow: 12-3=9\n5-1-1=3\n9-5=3\n4*2=10\n5*6+3=33\n7*8=56"
     assert facts_in(text) == [("7+5=12", True), ("9-5=3", False), ("4*2=10", False), ("7*8=56", True)]

@@ -7,17 +7,18 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import shutil
 import struct
 from pathlib import Path
 
 import pytest
 
+from nanoseek.cli import build_parser
 from nanoseek.cli import main as cli
 from nanoseek.config import ModelConfig
-from nanoseek.eval import decode, plots
-from nanoseek.eval.report import write_report
 from nanoseek.model import count_params
+from nanoseek.report import decode, plots, write_report
 from nanoseek.train.log import read_log
 
 PLOTS = ("loss.png", "task_accuracy.png", "grpo_reward.png", "grpo_length.png", "expert_load_pretrain.png",
@@ -167,7 +168,7 @@ def test_speedrun_json_gives_times_machine_and_preset(run, tmp_path, capsys):
     assert re.search(r"^\| pretraining \| 1\.0 min \|", md, re.M)
     assert re.search(r"^\| RL \(GRPO\) \| 1\.5 min \| .* \| not finished \|$", md, re.M)
     assert re.search(r"^\| tasks \| 1\.5 s \|", md, re.M) and "| **total** | **3.4 min** |" in md  # 202.5 s
-    assert re.search(r"^\| eval rl \| 6\.0 s \|", md, re.M) and "| report |" not in md  # its own time is unknown
+    assert re.search(r"^\| eval rl \| 6 s \|", md, re.M) and "| report |" not in md  # its own time is unknown
     assert "Not measured (`--no-measure`)" in md
 
 
@@ -178,7 +179,14 @@ def test_a_pretraining_only_folder_says_what_is_missing(run, tmp_path, capsys):
     md = (R / "report.md").read_text()
     assert "`pretrain/checkpoints/step_0000006` (after pretraining)" in md
     assert f"`nanoseek eval --checkpoint {R}/pretrain --task all --style plain --out {R}/eval/pretrain.json" in md
-    assert f"no RL steps logged (`nanoseek rl --checkpoint {R}/sft --out {R}/rl" in md
+    assert f"no RL steps logged (`nanoseek rl --checkpoint {R}/sft --problems {R}/data/rl.jsonl --out {R}/rl" in md
+    # every command the report suggests is one nanoseek's own parser accepts (hints cannot drift from the CLI)
+    commands = [c for c in re.findall(r"`(nanoseek [^`]+)`", md) if " --" in c]  # not mere names: `nanoseek report`
+    assert len(commands) >= 5
+    parser = build_parser()
+    for command in commands:
+        args = parser.parse_args(shlex.split(command)[1:])
+        assert callable(args.func), command
     assert "*Missing: the final model's sampled answers" in md
     made = ["expert_load_pretrain.png", "expert_maxvio_pretrain.png", "loss.png", "task_accuracy.png"]
     assert sorted(_linked_plots(md)) == made
@@ -367,7 +375,7 @@ def test_results_with_problems_render_reasoning_safely(run, tmp_path, capsys):
 def test_expert_balance_says_how_many_tokens_a_window_holds():
     """Windowed MaxVio means little without its sample size: ten GRPO steps hold a quarter of the tokens of
     ten pretraining steps. expert_balance reads the tokens per step from the log's running count."""
-    from nanoseek.eval.balance import expert_balance
+    from nanoseek.report.balance import expert_balance
 
     def log(tokens_per_step):
         return [{"event": "train", "step": s, "tokens": s * tokens_per_step,

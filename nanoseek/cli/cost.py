@@ -9,6 +9,7 @@ import re
 from pathlib import Path
 
 from nanoseek.errors import UserError
+from nanoseek.units import dollars, duration, flop, pct, plural, sci, si
 
 SUFFIXES = {"": 1, "K": 1e3, "M": 1e6, "B": 1e9, "G": 1e9, "T": 1e12}
 MAX_COUNT = 1e30  # tokens or GPU-hours: a million times any run's, and far from float overflow in the products
@@ -68,60 +69,6 @@ def parse_mfu(text: str) -> float:
         raise UserError(f"--mfu must be in (0, 1] (a fraction of the peak: 0.4 or 40% for 40%), got {text}",
                         param="--mfu")
     return v
-
-
-# ---- formatting ---------------------------------------------------------------------------------------------
-
-def _scaled(x: float, units: tuple[tuple[str, float], ...]) -> str:
-    for suffix, scale in units:
-        if abs(x) >= scale:
-            v = x / scale
-            return (f"{v:,.0f}" if v >= 99.95 else f"{v:.3g}") + suffix
-    return f"{x:.3g}" + (" " if units[0][0].startswith(" ") else "")
-
-
-def si(x: float) -> str:
-    """Counts (tokens, parameters, hours, dollars), 3 significant digits: 14.8T, 2.71M, 512, 0.0123."""
-    return _scaled(x, (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)))
-
-
-def flop(x: float) -> str:
-    """FLOPs or FLOP/s with SI prefixes: 261 GFLOP, 989 TFLOP."""
-    return _scaled(x, ((" E", 1e18), (" P", 1e15), (" T", 1e12), (" G", 1e9), (" M", 1e6), (" K", 1e3))) + "FLOP"
-
-
-def sci(x: float) -> str:
-    x = float(x)
-    if not math.isfinite(x):
-        return str(x)
-    m, e = f"{x:.3e}".split("e")
-    return f"{float(m):.3g}e{int(e)}"
-
-
-def dollars(x: float) -> str:
-    return f"${si(x)}" if x >= 1 else f"${x:.2f}" if x >= 0.01 else "<$0.01" if x > 0 else "$0"
-
-
-def duration(seconds: float) -> str:
-    if seconds >= 2 * 365 * 86400:
-        return f"{seconds / (365 * 86400):,.0f} years"
-    if seconds >= 100 * 86400:
-        return f"{seconds / 86400:,.0f} days"
-    if seconds >= 2 * 86400:
-        return f"{seconds / 86400:.1f} days"
-    if seconds >= 3600:
-        return f"{seconds / 3600:.1f} h"
-    if seconds >= 60:
-        return f"{seconds / 60:.1f} min"
-    return f"{seconds:.3g} s"
-
-
-def plural(n: int, word: str, words: str | None = None) -> str:
-    return f"{n:,} {word if n == 1 else words or word + 's'}"
-
-
-def pct(x: float) -> str:
-    return f"{100 * x:.1f}%" if x >= 0.001 else f"{100 * x:.2g}%"
 
 
 # ---- the pieces ---------------------------------------------------------------------------------------------
@@ -216,7 +163,7 @@ def _print_model(cfg, source: str, seq_len: int, seq_note: str, mtp: bool, break
 
 
 def _report_estimate(args, cfg, source: str) -> None:
-    from nanoseek.cost import TYPICAL_MFU, gpu_hours, implied_mfu
+    from nanoseek.cost import TYPICAL_MFU, gpu_hours, implied_mfu, on_other_hardware
 
     seq_len, seq_note = (args.seq_len, "--seq-len") if args.seq_len else _default_seq_len(cfg)
     if args.tokens is None:
@@ -246,14 +193,12 @@ def _report_estimate(args, cfg, source: str) -> None:
               + ("the table's prices" if args.price is None else f"${args.price:g} per hour") + "):")
         print(f"  {'hardware':<11}{'peak/s':>11}{'GPU-hours':>11}{'$':>9}   days on " +
               " / ".join(f"{n:,}" for n in DEFAULT_CLUSTERS))
-        for key, hw in table.items():
-            peak = hw.peak(args.precision)
-            if not peak:
-                print(f"  {key:<11}{'-':>11}   (no {args.precision} peak)")
+        for row in on_other_hardware(flops, (mfu,), table, precision=args.precision, price=args.price):
+            (h,) = row.hours
+            if h is None:
+                print(f"  {row.key:<11}{'-':>11}   (no {args.precision} peak)")
                 continue
-            h = gpu_hours(flops, mfu, peak)
-            price = hw.price if args.price is None else args.price
-            print(f"  {key:<11}{flop(peak):>11}{si(h):>11}{dollars(h * price):>9}   "
+            print(f"  {row.key:<11}{flop(row.peak):>11}{si(h):>11}{dollars(h * row.price):>9}   "
                   + " / ".join(duration(h * 3600 / n) for n in DEFAULT_CLUSTERS))
         print("choose one with --gpu NAME for days on your cluster (--gpus N) and your price (--price)")
         return
@@ -294,7 +239,8 @@ def _report_estimate(args, cfg, source: str) -> None:
 
 def _report_run(args) -> None:
     from nanoseek.config import ModelConfig
-    from nanoseek.cost import TYPICAL_MFU, flops_per_token, gpu_hours, summarize_run
+    from nanoseek.cost import TYPICAL_MFU, hours_unit, on_other_hardware, summarize_run
+    from nanoseek.model import count_params
     from nanoseek.train.checkpoint import latest_checkpoint
     from nanoseek.train.log import LOG_NAME, read_log
 
@@ -304,69 +250,53 @@ def _report_run(args) -> None:
                 if (run / "config.json").is_file() else " give the --out directory of a training run")
         raise UserError(f"RUN_DIR {run} has no {LOG_NAME};{hint}", param="RUN_DIR")
     try:
-        s = summarize_run(read_log(run))
+        ckpt = latest_checkpoint(run)
+    except UserError:
+        ckpt = None
+    cfg = ModelConfig.load(ckpt) if ckpt is not None and (ckpt / "config.json").is_file() else None
+    try:
+        s = summarize_run(read_log(run), cfg)
     except ValueError as e:
         raise UserError(f"cannot read {run / LOG_NAME}: {e}", param="RUN_DIR") from None
     typical = parse_mfu(args.mfu) if args.mfu else TYPICAL_MFU
     state = "finished" if s.finished else "no end record (still running, or stopped)"
     print(f"run {run}: {s.steps:,} steps, {state}" + (f", resumed {s.resumes}x" if s.resumes else ""))
-
-    # Re-count with the cost convention (causal attention) when a checkpoint says what the model is.
-    fpt, note = s.flops_per_token, "as logged (attention over all T keys)"
-    try:
-        ckpt = latest_checkpoint(run)
-    except UserError:
-        ckpt = None
-    if ckpt is not None and (ckpt / "config.json").is_file() and s.seq_len:
-        from nanoseek.model import count_params
-
-        cfg = ModelConfig.load(ckpt)
+    procs = plural(s.world_size, 'process', 'processes')
+    if cfg is not None:
         pc = count_params(cfg)
-        fpt = flops_per_token(cfg, s.seq_len, causal=True).total
-        note = f"causal attention; the log's {flop(s.flops_per_token)} counts all T keys"
         print(f"model: {ckpt.relative_to(run)}: {si(pc.active)} active of {si(pc.total)} parameters, "
-              f"{plural(cfg.num_nextn_predict_layers, 'MTP module')}; seq_len {s.seq_len:,}, {s.dtype}, "
-              f"{plural(s.world_size, 'process', 'processes')}")
+              f"{plural(cfg.num_nextn_predict_layers, 'MTP module')}; seq_len {s.seq_len:,}, {s.dtype}, {procs}")
     else:
-        print(f"model: no checkpoint config yet: FLOPs as the log counts them; seq_len {s.seq_len}, {s.dtype}, "
-              f"{plural(s.world_size, 'process', 'processes')}")
-    scale = fpt / s.flops_per_token if s.flops_per_token else 1.0
-    step_mfu, wall_mfu = s.step_mfu * scale, s.wall_mfu * scale
-    flops = s.tokens * fpt
+        print(f"model: no checkpoint config yet; seq_len {s.seq_len}, {s.dtype}, {procs}")
     print(f"tokens trained: {s.tokens:,} ({si(s.tokens)})")
-    print(f"training FLOPs: {sci(flops)} = {si(s.tokens)} tokens x {flop(fpt)} ({note})")
+    print(f"training FLOPs: {sci(s.flops)} = {si(s.tokens)} tokens x {flop(s.flops_per_token)} ({s.counted})")
     print(f"wall time: {duration(s.wall_s)} (start to last record, evaluation and checkpoints included); "
           f"{s.wall_s * s.world_size / 3600:.3g} device-hours")
     print(f"throughput: {s.step_tokens_per_s:,.0f} tokens/s while stepping (median of logged steps)")
     print(f"peak: {flop(s.peak)}/s ({s.peak_source}" + (f", {s.world_size} processes together" if s.world_size > 1
                                                           else "") + ")")
-    print(f"measured MFU: {pct(step_mfu)} while stepping (median), {pct(wall_mfu)} over the wall time"
-          + (f"; the log's {pct(s.step_mfu)} counts attention over all T keys" if scale != 1.0 else ""))
+    print(f"measured MFU: {pct(s.step_mfu)} while stepping (median), {pct(s.wall_mfu)} over the wall time")
 
     # A run on this CPU gives the "cpu" row its own measured peak, so that row at its MFU is the run itself.
     on_cpu = "measured" in s.peak_source and s.peak > 0
     table = _hardware(args, need_cpu=True, cpu_peak=(s.peak / s.world_size, f"this run's {s.peak_source}")
                       if on_cpu else None)
-    rows = [_gpu(table, args.gpu)] if args.gpu else list(table.items())
-    hours = {key: (gpu_hours(flops, step_mfu, peak), gpu_hours(flops, typical, peak))
-             for key, hw in rows if (peak := hw.peak(args.precision)) and step_mfu > 0}
-    # a small run is a fraction of a GPU-hour anywhere: seconds read better then
-    small = max((max(h) for h in hours.values()), default=0) < 1
-    unit, per_hour = ("GPU-seconds", 3600) if small else ("GPU-hours", 1)
-    print(f"\nthe same {si(s.tokens)} tokens on other hardware, at this run's MFU ({pct(step_mfu)}) and at a typical "
+    table = dict([_gpu(table, args.gpu)]) if args.gpu else table
+    rows = on_other_hardware(s.flops, (s.step_mfu or None, typical), table, precision=args.precision,
+                             price=args.price)
+    unit, per_hour = hours_unit(rows)
+    print(f"\nthe same {si(s.tokens)} tokens on other hardware, at this run's MFU ({pct(s.step_mfu)}) and at a typical "
           f"large-run MFU ({pct(typical)}; --mfu to change), {args.precision} dense peaks:")
-    print(f"  {'':<22}{'at ' + pct(step_mfu):>21}{'at ' + pct(typical):>21}")
+    print(f"  {'':<22}{'at ' + pct(s.step_mfu):>21}{'at ' + pct(typical):>21}")
     print(f"  {'hardware':<11}{'peak/s':>11}{unit:>12}{'$':>9}{unit:>12}{'$':>9}")
-    for key, hw in rows:
-        peak = hw.peak(args.precision)
-        price = hw.price if args.price is None else args.price
-        if key not in hours:
-            print(f"  {key:<11}{'-':>11}")
+    for row in rows:
+        a, b = row.hours
+        if a is None:
+            print(f"  {row.key:<11}{'-':>11}")
             continue
-        a, b = hours[key]
-        print(f"  {key:<11}{flop(peak):>11}{si(a * per_hour):>12}{dollars(a * price):>9}{si(b * per_hour):>12}"
-              f"{dollars(b * price):>9}")
-    if "measured" in s.peak_source:
+        print(f"  {row.key:<11}{flop(row.peak):>11}{si(a * per_hour):>12}{dollars(a * row.price):>9}"
+              f"{si(b * per_hour):>12}{dollars(b * row.price):>9}")
+    if on_cpu:
         print("note: MFU measured on a CPU does not carry over to a GPU, where a small model's matmuls leave most "
               "of the chip idle; the typical column assumes a model large enough to fill it")
 

@@ -17,7 +17,7 @@ RUN is the folder `nanoseek speedrun` writes, any part of it, or one training ru
 
 
 def cmd_report(args) -> None:
-    from nanoseek.eval.report import write_report
+    from nanoseek.report import write_report
 
     path = write_report(args.run, measure=not args.no_measure, announce=print)
     plots = sorted((Path(args.run) / "plots").glob("*.png"))

@@ -18,8 +18,8 @@ import argparse
 import datetime
 import inspect
 import json
-import os
 import platform
+import random
 import subprocess
 import sys
 import time
@@ -27,7 +27,23 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from nanoseek.cli.common import UserError
+from nanoseek.config import preset as model_preset
+from nanoseek.cost import HARDWARE, TYPICAL_MFU, flops_per_token, on_other_hardware
+from nanoseek.data import tasks
+from nanoseek.engine import Engine, resolve_checkpoint
+from nanoseek.engine.loading import generation_eos_ids, load_tokenizer
+from nanoseek.errors import DataError
+from nanoseek.eval import evaluate_tasks, results_markdown
+from nanoseek.eval.metrics import to_json
+from nanoseek.hf import load_model
+from nanoseek.io import atomic_write_text
+from nanoseek.model import count_params
+from nanoseek.report import write_report
+from nanoseek.train.checkpoint import latest_checkpoint
+from nanoseek.units import dollars, pct, sci, si
 
 FORMAT_VERSION = 1
 STAGES = ("tasks", "tokenizer", "tokens", "pretrain", "eval_pretrain", "sft", "eval_sft", "rl", "eval_rl", "report")
@@ -154,8 +170,6 @@ class State:
         self.save()
 
     def save(self) -> None:
-        from nanoseek.io import atomic_write_text
-
         atomic_write_text(self.path, json.dumps(self.doc, indent=2) + "\n")
 
 
@@ -188,8 +202,6 @@ def state_problem(doc: Any) -> str | None:
 
 def machine() -> dict[str, Any]:
     """What the run ran on (every figure in the report needs it)."""
-    import torch
-
     cpu, amx = platform.processor() or platform.machine(), False
     try:
         info = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
@@ -272,8 +284,6 @@ def cmd_speedrun(args: argparse.Namespace) -> None:
             elif stage.startswith("eval_"):
                 _eval_stage(stage[5:], preset, run, paths)
             elif stage == "report":
-                from nanoseek.eval.report import write_report
-
                 state.finish(stage, 0.0)  # the report lists the stages' times, its own included so far
                 print(f"wrote {write_report(run)}")
         except BaseException:
@@ -288,9 +298,6 @@ def cmd_speedrun(args: argparse.Namespace) -> None:
 
 def _announce_cost(preset: Preset, name: str) -> None:
     """Print the preset's expected time and what its training would cost on GPUs (nanoseek cost)."""
-    from nanoseek.config import preset as model_preset
-    from nanoseek.model import count_params
-
     cfg = model_preset(preset.model, **preset.model_overrides)
     pc = count_params(cfg)
     p = preset.pretrain
@@ -299,23 +306,17 @@ def _announce_cost(preset: Preset, name: str) -> None:
     print(f"model {preset.model}: {pc.total / 1e6:,.1f}M parameters ({pc.active / 1e6:,.1f}M active per token); "
           f"pretraining on {tokens / 1e6:,.1f}M tokens; expected about {sum(preset.minutes.values()):.0f} minutes "
           f"on {'%d GPUs' % preset.gpus if preset.gpus > 1 else ('one GPU' if name.startswith('gpu') else '2 CPU cores')}")
-    from nanoseek.cost import HARDWARE, TYPICAL_MFU, flops_per_token, gpu_hours
-
-    flops = flops_per_token(cfg, p.get("seq_len", 256), causal=True).total * tokens
-    for gpu in ("h100", "a100"):
-        hw = HARDWARE[gpu]
-        hours = gpu_hours(flops, TYPICAL_MFU, hw.bf16)
-        print(f"  its pretraining ({flops:.2g} FLOPs) on {hw.name} at {TYPICAL_MFU:.0%} MFU: {hours:.2g} GPU-hours, "
-              f"${hours * hw.price:,.2f} (nanoseek cost --preset {preset.model} --tokens {tokens:.3g})")
+    flops = flops_per_token(cfg, p.get("seq_len", 256)).total * tokens
+    for row in on_other_hardware(flops, (TYPICAL_MFU,), {k: HARDWARE[k] for k in ("h100", "a100")}):
+        (hours,) = row.hours
+        print(f"  its pretraining ({sci(flops)} FLOPs) on {row.hardware.name} at {pct(TYPICAL_MFU)} MFU: "
+              f"{si(hours)} GPU-hours, {dollars(hours * row.price)} (nanoseek cost --preset {preset.model} "
+              f"--tokens {tokens:.3g})")
 
 
 def _write_tasks(preset: Preset, paths: dict[str, Path]) -> None:
     """Every problem file of the run. Training data asks each problem in one of the tasks' training wordings;
     the test set asks held-out problems in those wordings, the held-out set in wordings kept out of training."""
-    import random
-
-    from nanoseek.data import tasks
-
     names = tasks.generated_tasks() if preset.tasks == "all" else preset.tasks.split(",")
     corpus, sft, rl, val, test, heldout, probe = [], [], [], [], [], [], []
     n_val = -(-preset.rl.get("eval_problems", 64) // len(names))
@@ -346,17 +347,12 @@ def _write_tasks(preset: Preset, paths: dict[str, Path]) -> None:
 
 def _levels(task: str, difficulty: str) -> str:
     """The preset's levels, cut to those the task has."""
-    from nanoseek.data import tasks
-
     top = tasks.get_task(task).max_difficulty
     levels = [d for d in tasks.parse_difficulty(difficulty) if d <= top] or [top]
     return ",".join(map(str, levels))
 
 
 def _as_many_as_exist(task: str, split: str, n: int, levels: str, wording: str, seed: int = 0) -> list:
-    from nanoseek.data import tasks
-    from nanoseek.errors import DataError
-
     while True:
         try:
             return tasks.generate(task, split, n, levels, seed=seed, wording=wording)
@@ -367,8 +363,6 @@ def _as_many_as_exist(task: str, split: str, n: int, levels: str, wording: str, 
 
 
 def _train_stage(stage: str, preset: Preset, run: Path, paths: dict[str, Path], run_command) -> None:
-    from nanoseek.train.checkpoint import latest_checkpoint
-
     out = run / stage
     flags = {"pretrain": preset.pretrain, "sft": preset.sft, "rl": preset.rl}[stage]
     argv = [stage, "--out", str(out)]
@@ -394,15 +388,6 @@ def _eval_stage(stage: str, preset: Preset, run: Path, paths: dict[str, Path]) -
     """Held-out test accuracy of a stage's model: the pretrained model in its own plain format, the others in
     the chat template, also on questions worded as training never worded them; results (with every completion)
     in RUN/eval/STAGE.json (and STAGE_heldout_wordings.json) and a table in STAGE.md."""
-    import torch
-
-    from nanoseek.data import tasks
-    from nanoseek.engine import Engine, resolve_checkpoint
-    from nanoseek.engine.loading import generation_eos_ids, load_tokenizer
-    from nanoseek.eval import evaluate_tasks, results_markdown
-    from nanoseek.eval.metrics import to_json
-    from nanoseek.hf import load_model
-    from nanoseek.io import atomic_write_text
 
     ckpt = resolve_checkpoint(run / stage)
     device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -1,9 +1,10 @@
-"""Evaluation: task accuracy (pass@k, maj@k) over sampled answers, validation bits per byte, and the tables
-that report them.
+"""Evaluation: task accuracy (pass@k, maj@k) over sampled answers, and validation bits per byte.
 
     evaluate_tasks(engine, problems, samples=8, k=(1, 4, 8)) -> dict   sample through the engine, check, score
     validation_bpb(model, data_dir, seq_len=512) -> dict               pretraining's bits per byte on DATA/val
-    results_markdown(results, bpb) -> str                              the report as markdown
+    results_markdown(results, bpb) -> str                              the results as a markdown table
+
+The report card that gathers a whole run's figures is nanoseek.report.
 """
 
 from nanoseek.eval.accuracy import completion_records, evaluate_tasks, results_markdown, sample_seed, score

@@ -166,7 +166,8 @@ def train(model: nn.Module, task: Task, cfg: TrainConfig, run_dir: str | Path, *
         sharded = sum(hasattr(p, "device_mesh") for p in model.parameters())  # FSDP2 DTensor shards
         log.write("resume" if resume else "start", start, config=cfg.to_dict(), world_size=info.world_size,
                   parallel=cfg.parallel if info.distributed else "none", sharded_params=sharded,
-                  tokens_per_step=tokens_per_step, flops_per_token=fpt, peak_flops=peak, peak_source=peak_src,
+                  tokens_per_step=tokens_per_step, flops_per_token=fpt, attention_flops="causal", peak_flops=peak,
+                  peak_source=peak_src,
                   **({"checkpoint": str(state.path)} if state else {}))
         announce(f"training log: {log.path}   checkpoints: {checkpoints_dir(run_dir)}"
                  + (f"   (resumed from {state.path.name})" if state else ""))

@@ -17,8 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nanoseek.config import ModelConfig
+from nanoseek.cost import CPU_PRICE, HARDWARE, summarize_run
+from nanoseek.data.tasks import read_jsonl
 from nanoseek.errors import DataError, UserError
-from nanoseek.eval.balance import expert_balance
+from nanoseek.report.balance import expert_balance
+from nanoseek.train.checkpoint import latest_checkpoint
+from nanoseek.train.log import read_log
 
 TRAINING = ("pretrain", "sft", "rl")
 # the speedrun's stages, in order (speedrun.json "stages")
@@ -41,15 +46,14 @@ def read_run_log(path: Path) -> list[dict[str, Any]]:
     """A training log's records (nanoseek.train.log.read_log), strictly: read_log skips any line it cannot
     parse, but only the last line may be cut short (a process killed while writing it); a bad line anywhere
     else, or a record that is not an object with an "event", is a DataError naming the file and line."""
-    from nanoseek.train.log import read_log
-
     try:
         text = path.read_text(encoding="utf-8")
         records = read_log(path)
     except (OSError, UnicodeDecodeError) as e:
         raise DataError(f"{path}: cannot read the training log ({e})") from None
     lines = [(n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
-    well_formed = all(isinstance(r, dict) and isinstance(r.get("event"), str) and _step_ok(r) for r in records)
+    well_formed = all(isinstance(r, dict) and isinstance(r.get("event"), str) and _step_ok(r) and _config_ok(r)
+                      for r in records)
     dropped = len(lines) - len(records)  # lines read_log could not parse
     if not well_formed or dropped > 1 or (dropped == 1 and _parses(lines[-1][1])):
         for i, (n, line) in enumerate(lines):
@@ -66,12 +70,19 @@ def read_run_log(path: Path) -> list[dict[str, Any]]:
             if not _step_ok(rec):
                 raise DataError(f"{path}:{n}: \"step\" must be a whole number, got {json.dumps(rec['step'])[:40]}; "
                                 "the log is damaged: fix the line, or rerun the stage")
+            if not _config_ok(rec):
+                raise DataError(f"{path}:{n}: \"config\" must be an object of the run's settings; the log is "
+                                "damaged: fix the line, or rerun the stage")
     return records
 
 
 def _step_ok(record: dict[str, Any]) -> bool:
     step = record.get("step", 0)
     return isinstance(step, int) and not isinstance(step, bool) and step >= 0
+
+
+def _config_ok(record: dict[str, Any]) -> bool:
+    return isinstance(record.get("config", {}), dict)
 
 
 def _parses(line: str) -> bool:
@@ -84,8 +95,6 @@ def _parses(line: str) -> bool:
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     """A JSONL file of objects (nanoseek.data.tasks.read_jsonl, which names the file and line of bad JSON)."""
-    from nanoseek.data.tasks import read_jsonl
-
     out = []
     for where, rec in read_jsonl(path):
         if not isinstance(rec, dict):
@@ -111,7 +120,7 @@ class Run:
 
     @functools.cached_property
     def balance(self) -> dict[str, dict[str, Any] | None]:
-        """stage -> its expert balance over training (nanoseek.eval.balance), None for a log without loads."""
+        """stage -> its expert balance over training (nanoseek.report.balance), None for a log without loads."""
         return {s: expert_balance(recs) for s, recs in self.logs.items()}
 
     def rel(self, path: Path) -> str:
@@ -134,7 +143,7 @@ class Run:
 def _stage_of_log(records: list[dict[str, Any]]) -> str:
     """Which training stage wrote a log, from its start record's settings."""
     start = next((r for r in records if r.get("event") == "start"), {})
-    cfg = start.get("config") if isinstance(start.get("config"), dict) else {}
+    cfg = start.get("config", {})
     if "group_size" in cfg or "reward" in cfg:
         return "rl"
     if "val_fraction" in cfg:
@@ -145,9 +154,6 @@ def _stage_of_log(records: list[dict[str, Any]]) -> str:
 def load_run(run_dir: str | Path) -> Run:
     """Read a run folder (or a lone training run directory). UserError when it is not one; DataError naming
     the file when a file is there but cannot be read."""
-    from nanoseek.config import ModelConfig
-    from nanoseek.train.checkpoint import latest_checkpoint
-
     root = Path(run_dir)
     if not root.is_dir():
         raise UserError(f"{root} is not a directory: give the folder `nanoseek speedrun` wrote, or a training run's "
@@ -210,8 +216,9 @@ def _read_eval(run: Run, name: str, path: Path) -> None:
                                                         and isinstance(r.get("accuracy"), (int, float)) for r in rows)):
             raise DataError(f"{path}: no readable task rows (each with \"task\" and \"accuracy\"); rerun "
                             f"`nanoseek eval ... --out {path}`")
-        if "settings" in res and not isinstance(res["settings"], dict):
-            raise DataError(f"{path}: \"settings\" must be an object")
+        for key in ("settings", "summary"):
+            if key in res and not isinstance(res[key], dict):
+                raise DataError(f"{path}: \"{key}\" must be an object")
         run.evals[name], run.eval_files[name] = res, path
     problems = (res or {}).get("problems", doc.get("problems"))
     samples: list[dict[str, Any]] = []
@@ -249,8 +256,6 @@ class StageCost:
 
 def machine_price(run: Run) -> tuple[float, str]:
     """$ per device-hour of the machine the run used: a known GPU's table price, else a small CPU VM's."""
-    from nanoseek.cost import CPU_PRICE, HARDWARE
-
     machine = (run.speedrun or {}).get("machine") or {}
     names = [str(machine.get("gpu") or "")] if machine.get("device") == "cuda" else []
     names += [str(r.get("peak_source", "")) for recs in run.logs.values() for r in recs[:1]
@@ -265,8 +270,6 @@ def machine_price(run: Run) -> tuple[float, str]:
 
 def stage_costs(run: Run) -> list[StageCost]:
     """A row per stage that ran (or whose outputs are here), in pipeline order."""
-    from nanoseek.cost import flops_per_token, summarize_run
-
     present = set(((run.speedrun or {}).get("stages") or {})) | set(run.logs) | {f"eval_{s}" for s in run.evals}
     present.discard("report")  # the report being written: its time is not known yet
     order = [s for s in STAGES if s in present] + sorted(present - set(STAGES))
@@ -282,15 +285,11 @@ def stage_costs(run: Run) -> list[StageCost]:
                 rows.append(row)
                 continue
             try:
-                s = summarize_run(run.logs[stage])
-                cfg = run.configs.get(stage)
-                fpt = (flops_per_token(cfg, int(s.seq_len), causal=True).total if cfg and s.seq_len
-                       else s.flops_per_token)
+                s = summarize_run(run.logs[stage], run.configs.get(stage))
             except (ValueError, TypeError, KeyError, AttributeError) as e:
                 raise DataError(f"{log}: a record has a malformed value ({e})") from None
-            scale = fpt / s.flops_per_token if s.flops_per_token else 1.0
             row.wall_s = row.wall_s if row.wall_s is not None else s.wall_s
-            row.tokens, row.flops, row.step_mfu = s.tokens, s.tokens * fpt, s.step_mfu * scale
+            row.tokens, row.flops, row.step_mfu = s.tokens, s.flops, s.step_mfu
             row.wall_mfu = row.flops / (row.wall_s * s.peak) if row.wall_s and s.peak else None
             row.processes, row.peak, row.peak_source = s.world_size, s.peak, s.peak_source
             if not s.finished and done:

@@ -15,7 +15,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from nanoseek.engine import Engine, SamplingParams, load_tokenizer
+from nanoseek.engine.loading import generation_eos_ids
 from nanoseek.errors import DataError
+from nanoseek.hf import load_model
 
 DECODE_TOKENS = 48  # new tokens per prompt
 DECODE_BUDGET_S = 16.0  # wall-clock budget of both runs together (prompts stop being added past it)
@@ -29,12 +34,6 @@ def measure_decode(checkpoint: str | Path, prompts: list[str], *, chat: bool = T
     run {"prompts", "tokens", "tokens_per_s", "acceptance_rate"}. The first run stops adding prompts past half
     of `budget_s`; the second decodes the same prompts.
     max_new_tokens and budget_s default to DECODE_TOKENS and DECODE_BUDGET_S."""
-    import torch
-
-    from nanoseek.engine import Engine, SamplingParams, load_tokenizer
-    from nanoseek.engine.loading import generation_eos_ids
-    from nanoseek.hf import load_model
-
     max_new_tokens = DECODE_TOKENS if max_new_tokens is None else max_new_tokens
     budget_s = DECODE_BUDGET_S if budget_s is None else budget_s
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -16,6 +16,14 @@ import io
 import math
 from typing import Any, Sequence
 
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import TwoSlopeNorm
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from nanoseek.report.balance import TARGET
+
 DPI = 110
 MAX_LAYERS = 12  # expert-load heat maps per figure
 _BLUE, _ORANGE, _GREEN, _RED, _PURPLE, _GREY = "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#7f7f7f"
@@ -63,15 +71,11 @@ def _line(ax, xs, ys, label: str, color: str, *, smooth: bool = True, **kw) -> N
 
 def _step_axis(ax, label: str = "optimizer step", nbins: int | str = "auto") -> None:
     """Steps are whole numbers: no 2.5 ticks on a short run."""
-    from matplotlib.ticker import MaxNLocator
-
     ax.xaxis.set_major_locator(MaxNLocator(nbins=nbins, integer=True))
     ax.set_xlabel(label)
 
 
 def _png(fig) -> bytes:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
     FigureCanvasAgg(fig)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=DPI)
@@ -79,8 +83,6 @@ def _png(fig) -> bytes:
 
 
 def _figure(width: float, height: float):
-    from matplotlib.figure import Figure
-
     return Figure(figsize=(width, height), layout="constrained")
 
 
@@ -194,9 +196,6 @@ def expert_load(records: Sequence[dict], layer_names: Sequence[str] | None, titl
     """One heat map per MoE layer: experts (rows) x logged steps (columns), colored by the expert's share of
     the layer's routed tokens; white is a perfectly balanced 1/E, red over-loaded, blue under-loaded. Layers
     whose loads are all zero (an MTP module that a stage does not run) are left out."""
-    import numpy as np
-    from matplotlib.colors import TwoSlopeNorm
-
     rows = [(num(r.get("step")), r["expert_load"]) for r in records
             if r.get("event") == "train" and isinstance(r.get("expert_load"), list) and r["expert_load"]]
     if not rows:
@@ -250,13 +249,10 @@ def expert_load(records: Sequence[dict], layer_names: Sequence[str] | None, titl
 
 
 def expert_maxvio(balance: dict[str, Any] | None, layer_names: Sequence[str] | None, title: str) -> bytes | None:
-    """MaxVio of each MoE layer over training (loads summed over a window of steps, nanoseek.eval.balance),
+    """MaxVio of each MoE layer over training (loads summed over a window of steps, nanoseek.report.balance),
     with the target line and the point by which balancing should have settled."""
     if not balance or not balance.get("steps"):
         return None
-    import numpy as np
-
-    from nanoseek.eval.balance import TARGET
 
     mv = np.array(balance["maxvio"], dtype=float)
     steps = balance["steps"]

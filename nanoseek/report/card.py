@@ -1,6 +1,6 @@
 """The report card of a run folder: RUN/report.md and its plots in RUN/plots/.
 
-    from nanoseek.eval.report import write_report
+    from nanoseek.report import write_report
     write_report("run")                     # -> Path("run/report.md"); measure=False skips loading the model
 
 It reads what the stages left (docs/post-training.md, "Report card"): RUN/speedrun.json (preset, stage times,
@@ -21,10 +21,17 @@ import json
 from pathlib import Path
 from typing import Any, Callable
 
-from nanoseek.errors import UserError
-from nanoseek.eval.balance import SETTLE, TARGET, WINDOW
-from nanoseek.eval.facts import fact_accuracy
-from nanoseek.eval.runfolder import STAGE_NAMES, TRAINING, Run, StageCost, load_run, machine_price, stage_costs
+from nanoseek.cost import HARDWARE, TYPICAL_MFU, hours_unit, on_other_hardware, with_run_cpu
+from nanoseek.data import tasks
+from nanoseek.errors import DataError, UserError
+from nanoseek.io import atomic_write_bytes, atomic_write_text
+from nanoseek.model import count_params
+from nanoseek.report import plots
+from nanoseek.report.balance import SETTLE, TARGET, WINDOW
+from nanoseek.report.decode import measure_decode
+from nanoseek.report.facts import fact_accuracy
+from nanoseek.report.runfolder import STAGE_NAMES, TRAINING, Run, StageCost, load_run, machine_price, stage_costs
+from nanoseek.units import dollars, duration, flop, pct, si
 
 PLOT_NAMES = ("loss.png", "task_accuracy.png", "grpo_reward.png", "grpo_length.png", "expert_load_pretrain.png",
               "expert_maxvio_pretrain.png", "expert_load_sft.png", "expert_maxvio_sft.png", "expert_load_rl.png",
@@ -33,34 +40,7 @@ HELDOUT = "_heldout_wordings"  # eval/STAGE_heldout_wordings.json: questions in 
 ANSWERS = 6  # held-out problems shown at the end
 
 
-# ---- formatting ------------------------------------------------------------------------------------------
-def _si(x: float) -> str:
-    for suffix, scale in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
-        if abs(x) >= scale:
-            v = x / scale
-            return (f"{v:,.0f}" if v >= 99.95 else f"{v:.3g}") + suffix
-    return f"{x:.3g}"
-
-
-def _flop(x: float) -> str:
-    for suffix, scale in (("E", 1e18), ("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6), ("K", 1e3)):
-        if abs(x) >= scale:
-            return f"{x / scale:.3g} {suffix}FLOP"
-    return f"{x:.3g} FLOP"
-
-
-def _money(x: float) -> str:
-    return f"${x:,.2f}" if x >= 0.01 else "<$0.01" if x > 0 else "$0"
-
-
-def _dur(s: float) -> str:
-    return f"{s / 3600:.1f} h" if s >= 3600 else f"{s / 60:.1f} min" if s >= 60 else f"{s:.1f} s"
-
-
-def _pct(x: float) -> str:
-    return f"{100 * x:.1f}%" if x >= 0.001 or x == 0 else f"{100 * x:.2g}%"
-
-
+# ---- markdown ----------------------------------------------------------------------------------------
 def _esc(text: Any) -> str:
     """Text as literal markdown (table cells too): no emphasis, links, HTML or cell breaks."""
     s = str(text).replace("\\", "\\\\").replace("\n", " ")
@@ -103,7 +83,7 @@ def _num(v: Any, spec: str) -> str:
 
 
 def _rate(v: Any) -> str:
-    return _pct(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else "?"
+    return pct(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else "?"
 
 
 def _stage_dir(run: Run, stage: str) -> Path:
@@ -111,13 +91,28 @@ def _stage_dir(run: Run, stage: str) -> Path:
     return run.dirs.get(stage, run.root / stage)
 
 
+def _command(run: Run, piece: str) -> str:
+    """The command that makes a missing piece ("pretrain", "sft", "rl", or "eval STAGE") as the speedrun runs it:
+    the one place the report writes commands, so its hints cannot drift from the pipeline."""
+    R = run.root
+    if piece == "pretrain":
+        return f"nanoseek pretrain --data {R}/tokens --out {R}/pretrain"
+    if piece == "sft":
+        return f"nanoseek sft --checkpoint {R}/pretrain --data {R}/data/sft.jsonl --out {R}/sft"
+    if piece == "rl":
+        return f"nanoseek rl --checkpoint {R}/sft --problems {R}/data/rl.jsonl --out {R}/rl"
+    stage = piece.removeprefix("eval ")
+    problems = (f"--problems {R}/data/test.jsonl" if (R / "data" / "test.jsonl").is_file() else "--task all")
+    return (f"nanoseek eval --checkpoint {_stage_dir(run, stage)} {problems} --style "
+            f"{'plain' if stage == 'pretrain' else 'chat'} --out {R}/eval/{stage}.json --completions "
+            f"{R}/eval/{stage}.completions.jsonl")
+
+
 def _missing(what: str, command: str) -> str:
     return f"*Missing: {what}.* `{command}` makes it."
 
 
 def _section_cost(run: Run, rows: list[StageCost]) -> list[str]:
-    from nanoseek.cost import HARDWARE, TYPICAL_MFU, cpu_hardware, gpu_hours
-
     out = ["## Time and cost", ""]
     if not rows:
         return out + [_missing("stage times and training logs", f"nanoseek speedrun {run.root}"), ""]
@@ -127,11 +122,11 @@ def _section_cost(run: Run, rows: list[StageCost]) -> list[str]:
         cost = r.wall_s * r.processes / 3600 * price if r.wall_s is not None else None
         total_wall += r.wall_s or 0.0
         total_cost += cost or 0.0
-        table.append([STAGE_NAMES.get(r.stage, r.stage.replace("_", " ")), _dur(r.wall_s) if r.wall_s is not None
-                      else "—", f"{r.tokens:,}" if r.tokens else "—", _flop(r.flops) if r.flops else "—",
-                      _pct(r.step_mfu) if r.step_mfu is not None else "—",
-                      _pct(r.wall_mfu) if r.wall_mfu is not None else "—",
-                      _money(cost) if cost is not None else "—", _esc(r.note)])
+        table.append([STAGE_NAMES.get(r.stage, r.stage.replace("_", " ")), duration(r.wall_s) if r.wall_s is not None
+                      else "—", f"{r.tokens:,}" if r.tokens else "—", flop(r.flops) if r.flops else "—",
+                      pct(r.step_mfu) if r.step_mfu is not None else "—",
+                      pct(r.wall_mfu) if r.wall_mfu is not None else "—",
+                      dollars(cost) if cost is not None else "—", _esc(r.note)])
     trained = [r for r in rows if r.flops]
     flops = sum(r.flops for r in trained)
     tokens = sum(r.tokens or 0 for r in trained)
@@ -139,41 +134,38 @@ def _section_cost(run: Run, rows: list[StageCost]) -> list[str]:
     # the whole training's MFU while stepping: each stage's stepping time is its FLOPs / (MFU x peak)
     busy = sum(r.flops / (r.step_mfu * r.peak) for r in trained if r.step_mfu and r.peak)
     measured = flops / sum(r.flops / r.step_mfu for r in trained if r.step_mfu) if busy else 0.0
-    table.append(["**total**", f"**{_dur(total_wall)}**", f"**{tokens:,}** trained" if tokens else "—",
-                  f"**{_flop(flops)}**" if flops else "—", _pct(measured) if measured else "—",
-                  _pct(flops / peak_time) if peak_time else "—", f"**{_money(total_cost)}**", ""])
+    table.append(["**total**", f"**{duration(total_wall)}**", f"**{tokens:,}** trained" if tokens else "—",
+                  f"**{flop(flops)}**" if flops else "—", pct(measured) if measured else "—",
+                  pct(flops / peak_time) if peak_time else "—", f"**{dollars(total_cost)}**", ""])
     out += _table(["stage", "wall time", "tokens", "training FLOPs", "MFU stepping", "MFU wall", "cost", "note"], table,
                   "lrrrrrrl")
-    peaks = sorted({f"{_flop(r.peak)}/s ({_esc(r.peak_source)})" for r in trained if r.peak})
+    peaks = sorted({f"{flop(r.peak)}/s ({_esc(r.peak_source)})" for r in trained if r.peak})
     out += ["", f"Cost: wall time x processes at {price_note}. Training FLOPs: tokens x FLOPs per token of the "
-            "stage's checkpoint config with causal attention (`nanoseek cost` counts them so; the logs' MFU counts all "
-            "T keys and is rescaled). RL counts its training passes over the sampled completions, not the sampling "
+            "stage's checkpoint config with causal attention, as the training logs and `nanoseek cost` count them. RL counts its training passes over the sampled completions, not the sampling "
             "itself. "
             "MFU stepping is the median over logged steps; MFU wall divides by the whole wall time, start-up, "
             "evaluation and checkpoints included." + (f" Peak used: {', '.join(peaks)}." if peaks else ""), ""]
     if not flops:
         return out
     # the same training on the hardware table, at this run's MFU and at a typical large run's
-    hw = dict(HARDWARE)
     cpu = next((r for r in trained if "measured" in r.peak_source and r.peak), None)
-    if cpu is not None:
-        hw["cpu"] = cpu_hardware(cpu.peak / cpu.processes, f"this run's {cpu.peak_source}")
-    hours = {k: (gpu_hours(flops, measured, h.bf16) if measured else None, gpu_hours(flops, TYPICAL_MFU, h.bf16))
-             for k, h in hw.items()}
-    small = max(max(v for v in pair if v is not None) for pair in hours.values()) < 1
-    unit, scale = ("GPU-seconds", 3600) if small else ("GPU-hours", 1)
+    devices = with_run_cpu(HARDWARE, cpu.peak, cpu.peak_source, cpu.processes) if cpu is not None else HARDWARE
+    hw_rows = on_other_hardware(flops, (measured or None, TYPICAL_MFU), devices)
+    unit, scale = hours_unit(hw_rows)
 
     def fmt(h: float | None) -> str:
         return "—" if h is None else f"{h * scale:,.3g}" if h * scale < 1000 else f"{h * scale:,.0f}"
 
-    out += [f"### The same {_flop(flops)} on other hardware", "",
-            f"At this run's MFU ({_pct(measured)}, stepping, weighted by time) and at a typical large run's "
-            f"({_pct(TYPICAL_MFU)}), on each device's dense bf16 peak, at the table's prices "
+    def money(h: float | None, price: float) -> str:
+        return "—" if h is None else dollars(h * price)
+
+    out += [f"### The same {flop(flops)} on other hardware", "",
+            f"At this run's MFU ({pct(measured)}, stepping, weighted by time) and at a typical large run's "
+            f"({pct(TYPICAL_MFU)}), on each device's dense bf16 peak, at the table's prices "
             "(`nanoseek cost --list-hardware`):", ""]
-    out += _table(["hardware", "bf16 peak", f"{unit} at {_pct(measured)}", "$", f"{unit} at {_pct(TYPICAL_MFU)}", "$"],
-                  [[_esc(h.name), f"{_flop(h.bf16)}/s", fmt(hours[k][0]),
-                    _money(hours[k][0] * h.price) if hours[k][0] is not None else "—", fmt(hours[k][1]),
-                    _money(hours[k][1] * h.price)] for k, h in hw.items()])
+    out += _table(["hardware", "bf16 peak", f"{unit} at {pct(measured)}", "$", f"{unit} at {pct(TYPICAL_MFU)}", "$"],
+                  [[_esc(r.hardware.name), f"{flop(r.peak)}/s", fmt(r.hours[0]), money(r.hours[0], r.price),
+                    fmt(r.hours[1]), money(r.hours[1], r.price)] for r in hw_rows])
     if cpu is not None:
         out += ["", "An MFU measured on a CPU does not carry over to a GPU, where a small model's matmuls leave most "
                 "of the chip idle; the typical column assumes a model large enough to fill it."]
@@ -184,7 +176,7 @@ def _section_cost(run: Run, rows: list[StageCost]) -> list[str]:
 def _section_header(run: Run) -> list[str]:
     sr = run.speedrun or {}
     preset = sr.get("preset") or {}
-    name = preset.get("name") if isinstance(preset, dict) else None
+    name = preset.get("name")
     written = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     what = (f"A lone {STAGE_NAMES[run.lone]} run" if run.lone else f"Preset **{_esc(name)}**" if name
             else "A run folder")
@@ -194,7 +186,7 @@ def _section_header(run: Run) -> list[str]:
     if not run.speedrun and not run.lone:
         out += ["*No speedrun.json* (`nanoseek speedrun` writes it with the preset, each stage's time and the "
                 "machine): times come from the training logs.", ""]
-    if isinstance(preset, dict) and len(preset) > 1:
+    if len(preset) > 1:
         body = json.dumps({k: v for k, v in preset.items() if k != "name"}, indent=2, default=str)
         out += ["<details><summary>preset settings</summary>", "", f"{_fence(body)}json", body, _fence(body), "",
                 "</details>", ""]
@@ -216,9 +208,9 @@ def _section_machine(run: Run) -> list[str]:
     lines = []
     for s, r in starts.items():
         if r:
-            cfg = r.get("config") if isinstance(r.get("config"), dict) else {}
+            cfg = r.get("config", {})
             lines.append(f"- {STAGE_NAMES[s]}: {r.get('world_size', 1)} process(es), {_esc(cfg.get('dtype', '?'))}, "
-                         f"peak {_flop(float(r['peak_flops']))}/s ({_esc(r.get('peak_source', '?'))})"
+                         f"peak {flop(float(r['peak_flops']))}/s ({_esc(r.get('peak_source', '?'))})"
                          if isinstance(r.get("peak_flops"), (int, float)) else
                          f"- {STAGE_NAMES[s]}: {r.get('world_size', 1)} process(es), {_esc(cfg.get('dtype', '?'))}")
     if lines:
@@ -227,23 +219,20 @@ def _section_machine(run: Run) -> list[str]:
 
 
 def _section_model(run: Run) -> list[str]:
-    from nanoseek.model import count_params
-
     out = ["## Model", ""]
     final = run.final
     if final is None:
-        return out + [_missing("a checkpoint (the model's config and weights)",
-                               f"nanoseek pretrain --data {run.root}/tokens --out {run.root}/pretrain"), ""]
+        return out + [_missing("a checkpoint (the model's config and weights)", _command(run, "pretrain")), ""]
     cfg, ckpt = run.configs[final], run.checkpoints[final]
     pc = count_params(cfg)
     out += [f"The final model: {_code(run.rel(ckpt))} (after {STAGE_NAMES[final]}).", ""]
-    rows = [["total", f"{pc.total:,}", _si(pc.total)], ["active per token", f"{pc.active:,}", _si(pc.active)],
+    rows = [["total", f"{pc.total:,}", si(pc.total)], ["active per token", f"{pc.active:,}", si(pc.active)],
             ["embedding" + ("" if cfg.tie_word_embeddings else " (input + output head)"), f"{pc.embedding:,}",
-             _si(pc.embedding)],
-            ["non-embedding, active", f"{pc.active_non_embedding:,}", _si(pc.active_non_embedding)]]
+             si(pc.embedding)],
+            ["non-embedding, active", f"{pc.active_non_embedding:,}", si(pc.active_non_embedding)]]
     if pc.mtp:
         rows.append([f"MTP module{'s' if cfg.num_nextn_predict_layers > 1 else ''} (not in total)", f"{pc.mtp:,}",
-                     _si(pc.mtp)])
+                     si(pc.mtp)])
     out += _table(["parameters", "count", ""], rows) + [""]
     moe = cfg.num_moe_layers
     dense = cfg.num_hidden_layers - moe
@@ -270,31 +259,28 @@ def _last_eval(records: list[dict[str, Any]], key: str) -> tuple[dict[str, Any] 
 
 def _section_metrics(run: Run, decode: dict[str, Any] | None) -> list[str]:
     out = ["## Final metrics", ""]
-    rows, R = [], run.root
+    rows = []
     if "pretrain" in run.logs:
         _, e = _last_eval(run.logs["pretrain"], "val_bpb")
         rows.append(["validation bits per byte, pretraining",
                      f"**{_num(e['val_bpb'], '.4f')}** (loss {_num(e.get('val_loss'), '.4f')} nats per token, step "
                      f"{_num(e.get('step'), ',')})" if e else "no evaluation logged (`--eval-every`)"])
     elif not run.lone:
-        rows.append(["validation bits per byte, pretraining", f"missing: `nanoseek pretrain --data {R}/tokens "
-                     f"--out {R}/pretrain`"])
+        rows.append(["validation bits per byte, pretraining", f"missing: `{_command(run, 'pretrain')}`"])
     if "sft" in run.logs:
         _, e = _last_eval(run.logs["sft"], "val_loss")
         rows.append(["SFT validation", f"loss {_num(e['val_loss'], '.4f')} nats per assistant token, token accuracy "
                      f"{_num(e.get('val_accuracy'), '.1%')} (step {_num(e.get('step'), ',')})" if e
                      else "no evaluation logged"])
     elif not run.lone:
-        rows.append(["SFT validation", f"missing: `nanoseek sft --checkpoint {R}/pretrain --data {R}/data/sft.jsonl "
-                     f"--out {R}/sft`"])
+        rows.append(["SFT validation", f"missing: `{_command(run, 'sft')}`"])
     if "rl" in run.logs:
         first, last = _last_eval(run.logs["rl"], "val_accuracy")
         rows.append(["RL validation accuracy (greedy)", f"{_num(first['val_accuracy'], '.1%')} (step "
                      f"{_num(first.get('step'), ',')}) → **{_num(last['val_accuracy'], '.1%')}** (step "
                      f"{_num(last.get('step'), ',')})" if last else "no evaluation logged"])
     elif not run.lone:
-        rows.append(["RL validation accuracy (greedy)", f"missing: `nanoseek rl --checkpoint {R}/sft --out {R}/rl "
-                     "--task arithmetic`"])
+        rows.append(["RL validation accuracy (greedy)", f"missing: `{_command(run, 'rl')}`"])
     for name, bpb in run.eval_bpb.items():  # `nanoseek eval --data` results saved beside the accuracy
         if isinstance(bpb.get("val_bpb"), (int, float)):
             rows.append([f"bits per byte after {STAGE_NAMES.get(name, _esc(name))} (eval/{_esc(name)}.json)",
@@ -304,16 +290,16 @@ def _section_metrics(run: Run, decode: dict[str, Any] | None) -> list[str]:
         if f["facts"]:
             wrong = f" (wrong, e.g.: {', '.join(_code(w) for w in f['wrong'])})" if f["wrong"] else ""
             rows.append([f"one-digit facts in the answers, {_stage_label(s)}",
-                         f"{f['right']:,} of {f['facts']:,} right ({_pct(f['accuracy'])}){wrong}"])
+                         f"{f['right']:,} of {f['facts']:,} right ({pct(f['accuracy'])}){wrong}"])
     for s, b in run.balance.items():
         if b is None:
             continue
         worst = max(b["p95_after"]) if b["p95_after"] else None
-        tokens = f", ~{_si(b['window_tokens'])} tokens" if b.get("window_tokens") else ""
+        tokens = f", ~{si(b['window_tokens'])} tokens" if b.get("window_tokens") else ""
         rows.append([f"expert balance, {STAGE_NAMES[s]}",
                      f"MaxVio (over {b['window']} steps{tokens}) {_num(b['at_settle'], '.2f')} at step {b['settle_step']:,} "
                      f"({SETTLE:.0%} of the run), 95th percentile after it {_num(worst, '.2f')} (worst layer; target "
-                     f"{TARGET:g}); starved expert-steps {_pct(b['starved_share'])}"])
+                     f"{TARGET:g}); starved expert-steps {pct(b['starved_share'])}"])
     out += _table(["metric", "value"], rows, "ll") + [""]
     out += _accuracy_table(run)
     out += _decode_lines(run, decode)
@@ -337,11 +323,8 @@ def _accuracy_table(run: Run) -> list[str]:
     names = _eval_order(run)
     want = [s for s in TRAINING if s in run.dirs] or list(TRAINING[:1])
     if not names:
-        style = {"pretrain": "plain"}
         return out + [_missing(f"task evaluations ({', '.join(f'eval/{s}.json' for s in want)})",
-                               f"nanoseek eval --checkpoint {_stage_dir(run, want[-1])} --task all --style "
-                               f"{style.get(want[-1], 'chat')} --out {run.root}/eval/{want[-1]}.json --completions "
-                               f"{run.root}/eval/{want[-1]}.completions.jsonl"), ""]
+                               _command(run, f"eval {want[-1]}")), ""]
     tasks: list[str] = []
     for s in names:
         tasks += [r["task"] for r in run.evals[s]["rows"] if r["task"] != "all" and r["task"] not in tasks]
@@ -351,7 +334,7 @@ def _accuracy_table(run: Run) -> list[str]:
     for s in names:
         res = run.evals[s]
         by_task = {r["task"]: r for r in res["rows"]}
-        summary = res.get("summary") if isinstance(res.get("summary"), dict) else by_task.get("all", res["rows"][0])
+        summary = res.get("summary") or by_task.get("all", res["rows"][0])
         settings = res.get("settings") or {}
         style = settings.get("style", "chat")
         cells = [_rate(by_task[t]["accuracy"]) if t in by_task else "—" for t in tasks]
@@ -378,10 +361,7 @@ def _accuracy_table(run: Run) -> list[str]:
         out += ["All tasks: " + " → ".join(overall) + ".", ""]
     missing = [s for s in TRAINING if s in run.dirs and s not in run.evals]
     for s in missing:
-        style = "plain" if s == "pretrain" else "chat"
-        out += [_missing(f"eval/{s}.json (accuracy after {STAGE_NAMES[s]})",
-                         f"nanoseek eval --checkpoint {_stage_dir(run, s)} --task all --style {style} --out "
-                         f"{run.root}/eval/{s}.json --completions {run.root}/eval/{s}.completions.jsonl"), ""]
+        out += [_missing(f"eval/{s}.json (accuracy after {STAGE_NAMES[s]})", _command(run, f"eval {s}")), ""]
     return out
 
 
@@ -393,8 +373,6 @@ def _decode_prompts(run: Run, n: int = 4) -> list[str]:
         prompts = list(dict.fromkeys(a["prompt"] for a in run.answers[s][0]))
         if prompts:
             return prompts[:n]
-    from nanoseek.data import tasks
-
     return [p.prompt for p in tasks.generate("arithmetic", "test", n, "1-3")]
 
 
@@ -412,7 +390,7 @@ def _decode_lines(run: Run, decode: dict[str, Any] | None) -> list[str]:
         d = decode.get(key)
         if d:
             acc = d["acceptance_rate"]
-            rows.append([label, f"**{d['tokens_per_s']:,.1f}**", _pct(acc) if acc is not None else "—",
+            rows.append([label, f"**{d['tokens_per_s']:,.1f}**", pct(acc) if acc is not None else "—",
                          f"{d['tokens']:,} over {d['prompts']} prompt(s)"])
     out += _table(["decoding", "tokens/s", "MTP acceptance rate", "generated"], rows)
     note = (f"Measured while writing this report on {decode['device']} ({decode['dtype']}): greedy, one request at a "
@@ -437,9 +415,6 @@ def _layer_names(cfg) -> list[str] | None:
 def make_plots(run: Run) -> tuple[dict[str, str], list[str]]:
     """Draw every plot the logs allow into RUN/plots/; ({file name: caption}, [what is missing, with the
     command that makes it]). Plots of an earlier report that cannot be drawn now are removed."""
-    from nanoseek.eval import plots
-    from nanoseek.io import atomic_write_bytes
-
     made: dict[str, str] = {}
     missing: list[str] = []
     d = run.root / "plots"
@@ -453,19 +428,18 @@ def make_plots(run: Run) -> tuple[dict[str, str], list[str]]:
         atomic_write_bytes(d / name, png)
         made[name] = caption
 
-    R = run.root
     losses = {s: run.logs[s] for s in ("pretrain", "sft") if s in run.logs}
     put("loss.png", plots.loss_curves(losses), "Loss curves: training (next-token) and validation loss of "
         + " and ".join(STAGE_NAMES[s] for s in losses) + ".",
-        f"loss curves: no pretraining or SFT steps logged (`nanoseek pretrain --data {R}/tokens --out {R}/pretrain`)",
+        f"loss curves: no pretraining or SFT steps logged (`{_command(run, 'pretrain')}`)",
         ("pretrain", "sft"))
     rl = run.logs.get("rl")
-    rl_hint = f"`nanoseek rl --checkpoint {R}/sft --out {R}/rl --task arithmetic`"
+    rl_hint = f"`{_command(run, 'rl')}`"
     put("grpo_reward.png", plots.grpo_rewards(rl) if rl else None,
         "GRPO: mean reward, its parts and the greedy validation accuracy per step.",
         f"GRPO reward and accuracy: no RL steps logged ({rl_hint})", ("rl",))
     start = next((r for r in rl or [] if r.get("event") == "start"), {})
-    limit = (start.get("config") or {}).get("max_new_tokens") if isinstance(start.get("config"), dict) else None
+    limit = start.get("config", {}).get("max_new_tokens")
     put("grpo_length.png", plots.grpo_lengths(rl, limit if isinstance(limit, int) else None) if rl else None,
         "GRPO: completion length per step (mean and longest) and the share cut off by the limit.",
         f"GRPO completion length: no RL steps logged ({rl_hint})", ("rl",))
@@ -488,8 +462,7 @@ def make_plots(run: Run) -> tuple[dict[str, str], list[str]]:
                 f"MaxVio (busiest expert's load / mean load - 1) per MoE layer over {STAGE_NAMES[s]}, on the loads of "
                 f"{WINDOW} consecutive steps.", f"expert balance over {STAGE_NAMES[s]}: too few steps", (s,))
     if "pretrain" not in run.logs and not run.lone:
-        missing.append(f"expert load over pretraining: no pretraining log (`nanoseek pretrain --data {R}/tokens "
-                       f"--out {R}/pretrain`)")
+        missing.append(f"expert load over pretraining: no pretraining log (`{_command(run, 'pretrain')}`)")
     for name in PLOT_NAMES:
         if name not in made and (d / name).is_file():
             (d / name).unlink()
@@ -523,12 +496,8 @@ def _section_answers(run: Run) -> list[str]:
     out = ["## The final model's answers", ""]
     stage = next((s for s in ("rl", *reversed([x for x in run.answers if x != "rl"])) if s in run.answers), None)
     if stage is None:
-        s = run.final or "rl"
-        style = "plain" if s == "pretrain" else "chat"
         return out + [_missing("the final model's sampled answers (eval/rl.json with \"problems\", or "
-                               "eval/NAME.completions.jsonl)",
-                               f"nanoseek eval --checkpoint {_stage_dir(run, s)} --task all --style {style} --out "
-                               f"{run.root}/eval/{s}.json --completions {run.root}/eval/{s}.completions.jsonl"), ""]
+                               "eval/NAME.completions.jsonl)", _command(run, f"eval {run.final or 'rl'}")), ""]
     samples, source = run.answers[stage]
     style = ((run.evals.get(stage) or {}).get("settings") or {}).get("style", "chat")
     picked = _pick(samples, ANSWERS)
@@ -571,9 +540,6 @@ def write_report(run_dir: str | Path, *, measure: bool = True,
 
     measure: load the final checkpoint and time greedy decoding with and without MTP speculation (about 20 s on
     a CPU at most); False leaves the model unloaded. announce: called with a line before slow steps."""
-    from nanoseek.errors import DataError
-    from nanoseek.io import atomic_write_text
-
     say = announce or (lambda _: None)
     run = load_run(run_dir)
     for name, want_dir in (("report.md", False), ("plots", True)):  # before any slow step: what the report writes
@@ -586,8 +552,6 @@ def write_report(run_dir: str | Path, *, measure: bool = True,
     if measure and run.final is not None:
         say(f"measuring decode speed of {run.rel(run.checkpoints[run.final])} ...")
         try:
-            from nanoseek.eval.decode import measure_decode
-
             decode = measure_decode(run.checkpoints[run.final], _decode_prompts(run),
                                     chat=run.final != "pretrain")
         except (UserError, RuntimeError, OSError) as e:  # a measurement, not the report: say why, go on

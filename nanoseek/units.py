@@ -1,0 +1,67 @@
+"""How figures read, in the terminal and in the report card alike: counts, FLOPs, dollars, durations, shares.
+
+    si(14.8e12) -> "14.8T"      flop(2.6e11) -> "260 GFLOP"     dollars(5.3e6) -> "$5.3M"
+    duration(5400) -> "1.5 h"   pct(0.413) -> "41.3%"           sci(2.664e6) -> "2.66e6"
+"""
+
+from __future__ import annotations
+
+import math
+
+
+def _scaled(x: float, units: tuple[tuple[str, float], ...]) -> str:
+    """x in the largest unit it reaches, 3 significant digits (whole numbers from 100 up)."""
+    for suffix, scale in units:
+        if abs(x) >= scale:
+            v = x / scale
+            return (f"{v:,.0f}" if v >= 99.95 else f"{v:.3g}") + suffix
+    return f"{x:.3g}" + (" " if units[0][0].startswith(" ") else "")
+
+
+def si(x: float) -> str:
+    """Counts (tokens, parameters, hours, dollars), 3 significant digits: 14.8T, 2.71M, 512, 0.0123."""
+    return _scaled(x, (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)))
+
+
+def flop(x: float) -> str:
+    """FLOPs or FLOP/s with SI prefixes: 261 GFLOP, 989 TFLOP."""
+    return _scaled(x, ((" E", 1e18), (" P", 1e15), (" T", 1e12), (" G", 1e9), (" M", 1e6), (" K", 1e3))) + "FLOP"
+
+
+def sci(x: float) -> str:
+    """Scientific notation, 3 significant digits: 2.66e6."""
+    x = float(x)
+    if not math.isfinite(x):
+        return str(x)
+    m, e = f"{x:.3e}".split("e")
+    return f"{float(m):.3g}e{int(e)}"
+
+
+def dollars(x: float) -> str:
+    """$5.3M, $12.5, $0.04; "<$0.01" for less than a cent."""
+    return f"${si(x)}" if x >= 1 else f"${x:.2f}" if x >= 0.01 else "<$0.01" if x > 0 else "$0"
+
+
+def duration(seconds: float) -> str:
+    """A wall time in the unit people say it in: 45 s, 12.3 min, 1.5 h, 3.2 days, 4 years."""
+    if seconds >= 2 * 365 * 86400:
+        return f"{seconds / (365 * 86400):,.0f} years"
+    if seconds >= 100 * 86400:
+        return f"{seconds / 86400:,.0f} days"
+    if seconds >= 2 * 86400:
+        return f"{seconds / 86400:.1f} days"
+    if seconds >= 3600:
+        return f"{seconds / 3600:.1f} h"
+    if seconds >= 60:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds:.3g} s"
+
+
+def plural(n: int, word: str, words: str | None = None) -> str:
+    """1 process, 2 processes."""
+    return f"{n:,} {word if n == 1 else words or word + 's'}"
+
+
+def pct(x: float) -> str:
+    """A share as a percentage: 41.3%, 0.0%; two significant digits below 0.1% (0.042%)."""
+    return f"{100 * x:.1f}%" if abs(x) >= 0.001 or x == 0 else f"{100 * x:.2g}%"
