@@ -1,10 +1,14 @@
-"""Process-level settings the entry points apply once (never at import time)."""
+"""Process-level settings the entry points apply once (never at import time), and the device they run on."""
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
 import sys
+
+import torch
+
+from nanoseek.errors import UserError
 
 _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
 
@@ -29,3 +33,13 @@ def tune_allocator() -> bool:
         return bool(ok)
     except (OSError, AttributeError):
         return False
+
+
+def resolve_device(name: str) -> torch.device:
+    """"auto" (CUDA when there is one, else the CPU), "cpu" or "cuda"; a UserError for CUDA without a GPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda was asked for but no CUDA device is available; use --device cpu",
+                        param="--device")
+    return torch.device(name)

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+
+import torch
 
 from nanoseek.errors import UserError
+from nanoseek.runtime import resolve_device  # noqa: F401  (every command's --device, here with its flags)
 
 DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
           "float16": "float16", "fp16": "float16"}
@@ -17,21 +21,19 @@ def add_device_args(p: argparse.ArgumentParser, dtype_default: str = "float32") 
                    help=f"weights/compute dtype (default {dtype_default})")
 
 
-def resolve_device(name: str):
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda was asked for but no CUDA device is available; use --device cpu")
-    return torch.device(name)
-
-
 def resolve_dtype(name: str):
-    import torch
-
     return getattr(torch, DTYPES[name])
 
+
+@contextlib.contextmanager
+def for_flag(name: str):
+    """A user error raised while reading a flag's value names the flag: `--checkpoint run/x: no config.json`."""
+    try:
+        yield
+    except UserError as e:
+        if e.param is None:
+            e.message, e.param = f"{name} {e.message}", name
+        raise
 
 
 def positive_int(s: str) -> int:

@@ -7,7 +7,15 @@ from pathlib import Path
 
 import torch
 
-from nanoseek.cli.common import UserError, resolve_device
+from nanoseek.cli.common import UserError, for_flag
+from nanoseek.data.tasks import generate, get_task, read_problems
+from nanoseek.engine import load_tokenizer, resolve_checkpoint
+from nanoseek.hf import load_model
+from nanoseek.model import count_params
+from nanoseek.train.config import add_config_args, given_settings
+from nanoseek.train.grpo import GRPOConfig, GRPOTask, frozen_copy
+from nanoseek.train.pretrain import check_model_tokenizer
+from nanoseek.train.stage import run_stage, stage_settings
 
 
 NOT_FOR_RL = {
@@ -28,46 +36,20 @@ def cmd_rl(args: argparse.Namespace) -> None:
     step; validation accuracy per evaluation) and RUN/checkpoints/step_N/ like `nanoseek pretrain`.
     --reward random is the control run: it shows what noise alone does.
     """
-    from nanoseek.data.tasks import generate, get_task, read_problems
-    from nanoseek.engine import EngineError, load_tokenizer, resolve_checkpoint
-    from nanoseek.hf import load_model
-    from nanoseek.model import count_params
-    from nanoseek.train import distributed as D
-    from nanoseek.train.checkpoint import latest_checkpoint, saved_train_config
-    from nanoseek.train.config import config_from_args, given_settings, merge_for_resume
-    from nanoseek.train.grpo import GRPOConfig, GRPOTask, frozen_copy
-    from nanoseek.train.loop import TrainingDiverged, train
-    from nanoseek.train.pretrain import check_model_tokenizer, write_tokenizer_files
-
     for name, why in NOT_FOR_RL.items():  # shared training flags GRPO has no use for: say so, do not ignore them
         if name in vars(args):
             flag = "--" + name.replace("_", "-")
             raise UserError(f"{flag} does not apply to rl: {why}; leave it out", param=flag)
     out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} is a file; give a directory for the run", param="--out")
-    try:
+    cfg, changes, ckpt = stage_settings(out, args.resume, given_settings(args, GRPOConfig), GRPOConfig)
+    with for_flag("--checkpoint"):
         start = resolve_checkpoint(args.checkpoint)
-    except EngineError as e:
-        raise UserError(f"--checkpoint {e}", param="--checkpoint") from None
     tok = load_tokenizer(start)
     if not hasattr(tok, "render_chat"):
         raise UserError(f"--checkpoint {start} has no nanoseek tokenizer (tokenizer.json with the chat special "
                         "tokens): RL prompts are chat turns", param="--checkpoint")
-    ckpt = latest_checkpoint(out)
-    try:
-        if args.resume:
-            if ckpt is None:
-                raise UserError(f"--resume: {out} has no checkpoint to resume from; drop --resume to start a new run")
-            cfg, changes = merge_for_resume(saved_train_config(ckpt), given_settings(args, GRPOConfig), GRPOConfig)
-            check_model_tokenizer(ckpt, tok, start)
-        else:
-            if ckpt is not None:
-                raise UserError(f"--out {out} already holds a training run ({ckpt.name}); pass --resume to continue "
-                                "it, or choose a new --out")
-            cfg, changes = config_from_args(args, GRPOConfig), {}
-    except ValueError as e:  # config validation: the message names the flag
-        raise UserError(str(e)) from e
+    if args.resume:
+        check_model_tokenizer(ckpt, tok, start)
     if cfg.problems:
         train_problems = read_problems(cfg.problems)
         eval_problems = read_problems(args.eval_problems_file) if args.eval_problems_file else train_problems
@@ -80,13 +62,7 @@ def cmd_rl(args: argparse.Namespace) -> None:
         eval_problems = generate(cfg.task, "val", cfg.eval_problems, cfg.difficulty, seed=cfg.seed)
     eval_problems = eval_problems[:cfg.eval_problems]
 
-    info = D.setup(resolve_device(cfg.device))
-    model = task = None
-    finished = False
-    try:
-        say = print if info.is_main else (lambda *a, **k: None)
-        for k, (old, new) in changes.items():
-            say(f"resume: --{k.replace('_', '-')} {old} -> {new}")
+    def build(info, say):
         model = load_model(start, dtype=torch.float32)
         reference = frozen_copy(model).to(info.device) if cfg.beta > 0 else None
         pc = count_params(model.config)
@@ -99,21 +75,12 @@ def cmd_rl(args: argparse.Namespace) -> None:
             f"generation, {cfg.updates_per_generation} update(s) each, {cfg.grad_accum} micro-batch(es) of "
             f"{cfg.batch_size}; temperature {cfg.temperature}, up to {cfg.max_new_tokens} new tokens, clip "
             f"[{1 - cfg.clip_eps:g}, {1 + cfg.eps_high:g}], beta {cfg.beta:g}")
-        try:
-            train(model, task, cfg, out, info=info, resume=args.resume,
-                  write_extra=lambda d: write_tokenizer_files(tok, d), announce=say)
-        except TrainingDiverged as e:
-            raise UserError(str(e)) from e
-        finished = True
-    finally:
-        model = task = None
-        D.teardown(clean=finished)
+        return model, task
+
+    run_stage(cfg, out, resume=args.resume, changes=changes, tokenizer=tok, build=build)
 
 
 def register(sub) -> None:
-    from nanoseek.train.config import add_config_args
-    from nanoseek.train.grpo import GRPOConfig
-
     p = sub.add_parser("rl", help="GRPO reinforcement learning with rule-checked rewards on a verifiable task",
                        description=cmd_rl.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, metavar="DIR",

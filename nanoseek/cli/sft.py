@@ -7,7 +7,15 @@ from pathlib import Path
 
 import torch
 
-from nanoseek.cli.common import UserError, add_probe_args, probe_from_args, resolve_device
+from nanoseek.cli.common import UserError, add_probe_args, for_flag, probe_from_args
+from nanoseek.config import ModelConfig
+from nanoseek.engine import resolve_checkpoint
+from nanoseek.hf import load_model
+from nanoseek.model import DeepSeekV3, count_params
+from nanoseek.tokenizer import Tokenizer
+from nanoseek.train.config import add_config_args, given_settings
+from nanoseek.train.sft import SFTConfig, SFTTask
+from nanoseek.train.stage import run_stage, stage_settings
 
 
 def cmd_sft(args: argparse.Namespace) -> None:
@@ -21,46 +29,21 @@ def cmd_sft(args: argparse.Namespace) -> None:
     directories with the checkpoint's tokenizer and a train_state/ folder). Under torchrun every process runs
     this command; rank 0 logs and writes.
     """
-    from nanoseek.config import ModelConfig
-    from nanoseek.engine import EngineError, resolve_checkpoint
-    from nanoseek.model import DeepSeekV3, count_params
-    from nanoseek.tokenizer import Tokenizer
-    from nanoseek.train import distributed as D
-    from nanoseek.train.checkpoint import latest_checkpoint, saved_train_config
-    from nanoseek.train.config import config_from_args, given_settings, merge_for_resume
-    from nanoseek.train.loop import TrainingDiverged, train
-    from nanoseek.train.pretrain import write_tokenizer_files
-    from nanoseek.train.sft import SFTConfig, SFTTask
-
     data, out = Path(args.data), Path(args.out)
     for flag, path in (("--data", data), ("--val-data", args.val_data and Path(args.val_data))):
         if path is not None and not path.is_file():
             raise UserError(f"{flag} {path}: {'is a directory' if path.is_dir() else 'no such file'}; give a JSONL "
                             'file with one {"messages": [...]} conversation per line (`nanoseek tasks generate '
                             "--format sft` writes one)", param=flag)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} is a file; give a directory for the run", param="--out")
-    ckpt = latest_checkpoint(out)
-    try:
-        if args.resume:
-            if ckpt is None:
-                raise UserError(f"--resume: {out} has no checkpoint to resume from; drop --resume to start a new run")
-            cfg, changes = merge_for_resume(saved_train_config(ckpt), given_settings(args, SFTConfig), SFTConfig)
-            source = ckpt
-        else:
-            if ckpt is not None:
-                raise UserError(f"--out {out} already holds a training run ({ckpt.name}); pass --resume to continue "
-                                "it, or choose a new --out", param="--out")
-            if not args.checkpoint:
-                raise UserError("--checkpoint DIR is required: the model to fine-tune (a checkpoint directory, or a "
-                                "training run whose latest checkpoint to take)", param="--checkpoint")
-            try:
-                source = resolve_checkpoint(args.checkpoint)
-            except EngineError as e:
-                raise UserError(f"--checkpoint {e}", param="--checkpoint") from None
-            cfg, changes = config_from_args(args, SFTConfig), {}
-    except ValueError as e:  # SFTConfig / resume-merge validation: the message names the flag
-        raise UserError(str(e)) from e
+    cfg, changes, ckpt = stage_settings(out, args.resume, given_settings(args, SFTConfig), SFTConfig)
+    if args.resume:
+        source = ckpt
+    elif not args.checkpoint:
+        raise UserError("--checkpoint DIR is required: the model to fine-tune (a checkpoint directory, or a "
+                        "training run whose latest checkpoint to take)", param="--checkpoint")
+    else:
+        with for_flag("--checkpoint"):
+            source = resolve_checkpoint(args.checkpoint)
     model_cfg = ModelConfig.load(source)
     if not (source / "tokenizer.json").is_file():
         raise UserError(f"{source} has no tokenizer.json: SFT renders conversations with the checkpoint's own "
@@ -74,25 +57,15 @@ def cmd_sft(args: argparse.Namespace) -> None:
         raise UserError(f"--seq-len {cfg.seq_len} exceeds the model's max_position_embeddings "
                         f"({model_cfg.max_position_embeddings})", param="--seq-len")
 
-    info = D.setup(resolve_device(cfg.device))
-    model = task = None
-    finished = False
-    try:
-        say = print if info.is_main else (lambda *a, **k: None)
-        for k, (old, new) in changes.items():
-            say(f"resume: --{k.replace('_', '-')} {old} -> {new}")
+    def build(info, say):
         if args.resume and args.checkpoint:
             say(f"resume: the weights come from {source}; --checkpoint {args.checkpoint} is not used")
         task = SFTTask(data, cfg, tokenizer=tok, device=info.device, rank=info.rank, world_size=info.world_size,
                        val_data=args.val_data, mtp_depth=model_cfg.num_nextn_predict_layers,
                        probe=probe_from_args(args, tok, "chat", info))
         torch.manual_seed(cfg.seed)
-        if args.resume:
-            model = DeepSeekV3(model_cfg)  # the loop loads the checkpoint's weights
-        else:
-            from nanoseek.hf import load_model
-
-            model = load_model(source, dtype=torch.float32)
+        # a resumed run's weights are loaded by the loop from its checkpoint
+        model = DeepSeekV3(model_cfg) if args.resume else load_model(source, dtype=torch.float32)
         pc = count_params(model.config)
         say(f"model: {source}: {pc.total / 1e6:.2f}M parameters ({pc.active / 1e6:.2f}M active), vocab "
             f"{model.config.vocab_size}; device: {info.device} x {info.world_size}, {cfg.dtype}")
@@ -100,21 +73,12 @@ def cmd_sft(args: argparse.Namespace) -> None:
             say(line)
         say(f"schedule: {cfg.schedule} over {cfg.steps} steps, peak lr {cfg.lr:g}, warm-up {cfg.warmup} steps; "
             f"{cfg.batch_size} x {cfg.grad_accum} x {info.world_size} rows of {cfg.seq_len} per step")
-        try:
-            train(model, task, cfg, out, info=info, resume=args.resume,
-                  write_extra=lambda d: write_tokenizer_files(tok, d), announce=say)
-        except TrainingDiverged as e:
-            raise UserError(str(e)) from e
-        finished = True
-    finally:
-        model = task = None
-        D.teardown(clean=finished)
+        return model, task
+
+    run_stage(cfg, out, resume=args.resume, changes=changes, tokenizer=tok, build=build)
 
 
 def register(sub) -> None:
-    from nanoseek.train.config import add_config_args
-    from nanoseek.train.sft import SFTConfig
-
     p = sub.add_parser("sft", help="supervised fine-tuning on chat conversations (single process or torchrun)",
                        description=cmd_sft.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", metavar="DIR",

@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from nanoseek.cli.common import UserError, add_probe_args, probe_from_args, resolve_device
+from nanoseek.cli.common import UserError, add_probe_args, probe_from_args
+from nanoseek.config import PRESETS, ModelConfig, preset
+from nanoseek.hf import load_model
+from nanoseek.model import DeepSeekV3, count_params
+from nanoseek.tokenizer import Tokenizer
+from nanoseek.train.config import TrainConfig, add_config_args, given_settings
+from nanoseek.train.pretrain import PretrainTask, check_model_tokenizer
+from nanoseek.train.stage import run_stage, stage_settings
 
 
 def cmd_pretrain(args: argparse.Namespace) -> None:
@@ -18,45 +27,23 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
     (Hugging Face model directories with the tokenizer and a train_state/ folder; RUN/checkpoints/latest names
     the newest). Under torchrun every process runs this command; rank 0 logs and writes.
     """
-    from nanoseek.config import ModelConfig, preset
-    from nanoseek.model import DeepSeekV3, count_params
-    from nanoseek.tokenizer import Tokenizer
-    from nanoseek.train import distributed as D
-    from nanoseek.train.checkpoint import latest_checkpoint, saved_train_config
-    from nanoseek.train.config import config_from_args, given_settings, merge_for_resume
-    from nanoseek.train.loop import TrainingDiverged, train
-    from nanoseek.train.pretrain import PretrainTask, check_model_tokenizer, write_tokenizer_files
-
     data, out = Path(args.data), Path(args.out)
     if args.model and (args.resume or args.init_from):
         raise UserError("--model overrides the --preset of a new model; it cannot change a resumed or --init-from one")
     if not data.is_dir():
         raise UserError(f"--data {data} is not a directory; create it with `nanoseek data prepare --input TEXT "
                         f"--tokenizer TOK --output {data}`")
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} is a file; give a directory for the run")
+    cfg, changes, ckpt = stage_settings(out, args.resume, given_settings(args), TrainConfig)
     tok = Tokenizer.load(data / "tokenizer")
-    ckpt = latest_checkpoint(out)
-    try:
-        if args.resume:
-            if ckpt is None:
-                raise UserError(f"--resume: {out} has no checkpoint to resume from; drop --resume to start a new run")
-            cfg, changes = merge_for_resume(saved_train_config(ckpt), given_settings(args))
-            model_cfg = ModelConfig.load(ckpt)
-        else:
-            if ckpt is not None:
-                raise UserError(f"--out {out} already holds a training run ({ckpt.name}); pass --resume to continue "
-                                "it, or choose a new --out")
-            cfg, changes = config_from_args(args), {}
-            if args.init_from:
-                model_cfg = ModelConfig.load(args.init_from)
-                check_model_tokenizer(args.init_from, tok, data)
-            else:
-                model_cfg = preset(args.preset, **{**_model_overrides(args.model), "vocab_size": tok.vocab_size,
+    if args.resume:
+        model_cfg, source = ModelConfig.load(ckpt), str(ckpt)
+    elif args.init_from:
+        model_cfg, source = ModelConfig.load(args.init_from), args.init_from
+        check_model_tokenizer(args.init_from, tok, data)
+    else:
+        model_cfg, source = preset(args.preset, **{**_model_overrides(args.model), "vocab_size": tok.vocab_size,
                                                    "bos_token_id": tok.bos_id, "eos_token_id": tok.eos_id,
-                                                   "pad_token_id": tok.pad_id})
-    except ValueError as e:  # TrainConfig / resume-merge validation: the message names the flag
-        raise UserError(str(e)) from e
+                                                   "pad_token_id": tok.pad_id}), f"preset {args.preset}"
     if model_cfg.vocab_size < tok.vocab_size:
         raise UserError(f"the model's vocab_size ({model_cfg.vocab_size}) is smaller than the data's tokenizer "
                         f"({tok.vocab_size}); use a checkpoint trained with this tokenizer")
@@ -64,22 +51,10 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
         raise UserError(f"--seq-len {cfg.seq_len} exceeds the model's max_position_embeddings "
                         f"({model_cfg.max_position_embeddings})")
 
-    info = D.setup(resolve_device(cfg.device))
-    model = task = None
-    finished = False
-    try:
-        say = print if info.is_main else (lambda *a, **k: None)
-        for k, (old, new) in changes.items():
-            say(f"resume: --{k.replace('_', '-')} {old} -> {new}")
+    def build(info, say):
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
-        if args.init_from and not args.resume:
-            from nanoseek.hf import load_model
-
-            model = load_model(args.init_from, dtype=torch.float32)
-            source = args.init_from
-        else:
-            model = DeepSeekV3(model_cfg)
-            source = f"preset {args.preset}" if not args.resume else str(ckpt)
+        init = args.init_from and not args.resume
+        model = load_model(args.init_from, dtype=torch.float32) if init else DeepSeekV3(model_cfg)
         pc = count_params(model.config)
         say(f"model: {source}: {pc.total / 1e6:.2f}M parameters ({pc.active / 1e6:.2f}M active), vocab "
             f"{model.config.vocab_size}; data: {data}; device: {info.device} x {info.world_size}, {cfg.dtype}")
@@ -88,24 +63,13 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
         say(task.describe_eval(cfg))
         say(f"schedule: {cfg.schedule} over {cfg.steps} steps, peak lr {cfg.lr:g}, warm-up {cfg.warmup} steps"
             + (" (default: 2% of --steps, 1 to 20)" if cfg.warmup_steps is None else ""))
-        try:
-            train(model, task, cfg, out, info=info, resume=args.resume,
-                  write_extra=lambda d: write_tokenizer_files(tok, d), announce=say)
-        except TrainingDiverged as e:
-            raise UserError(str(e)) from e
-        finished = True
-    finally:
-        model = task = None  # drop the wrapped model's references to the group before leaving it
-        D.teardown(clean=finished)
+        return model, task
+
+    run_stage(cfg, out, resume=args.resume, changes=changes, tokenizer=tok, build=build)
 
 
 def _model_overrides(items: list[str]) -> dict[str, Any]:
     """--model KEY=VALUE pairs -> ModelConfig overrides; values are JSON (numbers, null, true) or plain strings."""
-    import dataclasses
-    import json
-
-    from nanoseek.config import ModelConfig
-
     fields = {f.name for f in dataclasses.fields(ModelConfig)} - {"extra", "vocab_size"}
     out: dict[str, Any] = {}
     for item in items:
@@ -121,9 +85,6 @@ def _model_overrides(items: list[str]) -> dict[str, Any]:
 
 
 def register(sub) -> None:
-    from nanoseek.config import PRESETS
-    from nanoseek.train.config import add_config_args
-
     p = sub.add_parser("pretrain", help="pretrain a model on prepared token shards (single process or torchrun)",
                        description=cmd_pretrain.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True, metavar="DIR", help="directory written by `nanoseek data prepare`")

@@ -24,6 +24,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from nanoseek.errors import UserError
 from nanoseek.model.moe import load_stats
 from nanoseek.train import distributed as D
 from nanoseek.train.checkpoint import (capture_rng, checkpoints_dir, clean_partial, latest_checkpoint,
@@ -34,7 +35,7 @@ from nanoseek.train.optim import build_optimizers, set_lr
 from nanoseek.train.schedule import lr_at
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(UserError, RuntimeError):
     """Loss, gradient norm or weights became NaN/inf; the message names the step and the checkpoint to resume
     from."""
 
