@@ -52,15 +52,12 @@ def nanoseek(*args: str, **kw) -> subprocess.CompletedProcess:
 def prepare(workdir: Path) -> dict[str, Path]:
     """The cpu speedrun's tasks, tokenizer and token shards (its own stage code), made once."""
     sys.path.insert(0, str(ROOT))
-    from nanoseek.cli import speedrun
+    from nanoseek import speedrun
 
     preset = speedrun.PRESETS["cpu"]
-    paths = {"corpus": workdir / "data" / "corpus.txt", "sft": workdir / "data" / "sft.jsonl",
-             "rl": workdir / "data" / "rl.jsonl", "val": workdir / "data" / "val.jsonl",
-             "test": workdir / "data" / "test.jsonl", "heldout": workdir / "data" / "heldout.jsonl",
-             "probe": workdir / "data" / "probe.jsonl", "tok": workdir / "tokenizer", "tokens": workdir / "tokens"}
+    paths = speedrun.run_paths(workdir)
     if not (paths["tokens"] / "manifest.json").is_file():
-        speedrun._write_tasks(preset, paths)
+        speedrun.write_tasks(preset, paths)
         nanoseek("tokenizer", "train", "--input", str(paths["corpus"]), "--vocab-size", str(preset.vocab_size),
                  "--max-digits", str(preset.max_digits), "--output", str(paths["tok"]), "--text-unit", "paragraph")
         nanoseek("data", "prepare", "--input", str(paths["corpus"]), "--tokenizer", str(paths["tok"]), "--output",
@@ -69,7 +66,7 @@ def prepare(workdir: Path) -> dict[str, Path]:
 
 
 def pretrain_args(paths: dict[str, Path], out: Path, variant: str, steps: int, evals: int) -> list[str]:
-    from nanoseek.cli import speedrun
+    from nanoseek import speedrun
 
     preset = speedrun.PRESETS["cpu"]
     base = dict(preset.pretrain)

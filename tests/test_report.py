@@ -245,6 +245,8 @@ def test_unreadable_files_exit_2_naming_them(run, tmp_path, capsys):
     fails(R, f"{log}:3: not a JSON log record")
     log.write_text("\n".join(lines[:2] + ["[1, 2]"] + lines[2:]) + "\n")
     fails(R, f"{log}:3: not a nanoseek log record")
+    log.write_text("\n".join(lines[:2] + ['{"event": "start", "step": 0, "config": [1]}'] + lines[2:]) + "\n")
+    fails(R, f"{log}:3: \"config\" must be an object")
     log.write_text("\n".join(lines + ['{"event": "train", "step": 7, "tokens": "many"}']) + "\n")
     fails(R, f"{log}: a record has a malformed value")
 
@@ -260,9 +262,9 @@ def test_unreadable_files_exit_2_naming_them(run, tmp_path, capsys):
 
     R = _copy(run, tmp_path / "sr", ["pretrain"])
     (R / "speedrun.json").write_text("[]")
-    fails(R, f"{R / 'speedrun.json'}: expected a JSON object")
-    (R / "speedrun.json").write_text('{"format_version": 1, "stages": []}')
-    fails(R, 'speedrun.json: "stages" must be an object')
+    fails(R, f"{R / 'speedrun.json'}: not a speedrun state (a JSON object was expected")
+    (R / "speedrun.json").write_text('{"format_version": 1, "preset": {"name": "cpu"}, "stages": []}')
+    fails(R, 'speedrun.json: not a speedrun state ("stages" must be an object')
 
 
 @pytest.mark.parametrize("step", ["12", "x", 1.5, None, True, -1])

@@ -13,7 +13,7 @@ import time
 import pytest
 
 from nanoseek.cli import main as cli
-from nanoseek.cli.speedrun import STAGES
+from nanoseek.speedrun import STAGES
 from nanoseek.data import tasks
 from nanoseek.train.log import read_log
 

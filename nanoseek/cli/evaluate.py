@@ -49,36 +49,13 @@ def load_problems(args) -> list:
             tasks.parse_difficulty(args.difficulty, name)
         except DataError as e:
             raise UserError(f"--difficulty: {e}", param="--difficulty") from None
-        try:
-            out += tasks.generate(name, args.split, n, args.difficulty, seed=args.seed)
-        except DataError as e:
-            if e.param != "n":
-                raise UserError(str(e)) from None
-            found = _all_distinct(name, args.split, n, args.difficulty, args.seed)
+        found = tasks.generate_up_to(name, args.split, n, args.difficulty, seed=args.seed)
+        if len(found) < n:
             print(f"note: the {args.split} split holds only {len(found)} distinct {name} problems at difficulty "
                   f"{args.difficulty} (low levels are small); evaluating all {len(found)}. Add harder levels "
                   f"(--difficulty 1-3) for more", file=sys.stderr)
-            out += found
+        out += found
     return out
-
-
-def _all_distinct(task: str, split: str, n: int, difficulty, seed: int) -> list:
-    """Every distinct problem generate() finds (fewer than n): the longest list it can make. A longer list
-    starts with a shorter one, so a bisection on the count finds it."""
-    from nanoseek.data import tasks
-
-    lo, hi = 0, n - 1  # lo: known to succeed (0 trivially), hi: the most that might
-    best: list = []
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        try:
-            best = tasks.generate(task, split, mid, difficulty, seed=seed)
-            lo = mid
-        except DataError:
-            hi = mid - 1
-    if len(best) != lo:
-        best = tasks.generate(task, split, lo, difficulty, seed=seed) if lo else []
-    return best
 
 
 def cmd_eval(args) -> None:

@@ -15,205 +15,21 @@ them under torchrun. Presets fix every size and budget; `--preset` lists them wi
 from __future__ import annotations
 
 import argparse
-import datetime
 import inspect
 import json
-import platform
-import random
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
-
-import torch
 
 from nanoseek.cli.common import UserError
 from nanoseek.config import preset as model_preset
 from nanoseek.cost import HARDWARE, TYPICAL_MFU, flops_per_token, on_other_hardware
-from nanoseek.data import tasks
-from nanoseek.engine import Engine, resolve_checkpoint
-from nanoseek.engine.loading import generation_eos_ids, load_tokenizer
-from nanoseek.errors import DataError
-from nanoseek.eval import evaluate_tasks, results_markdown
-from nanoseek.eval.metrics import to_json
-from nanoseek.hf import load_model
-from nanoseek.io import atomic_write_text
 from nanoseek.model import count_params
 from nanoseek.report import write_report
+from nanoseek.speedrun import PRESETS, STAGES, Preset, State, evaluate_stage, run_paths, write_tasks
 from nanoseek.train.checkpoint import latest_checkpoint
 from nanoseek.units import dollars, pct, sci, si
-
-FORMAT_VERSION = 1
-STAGES = ("tasks", "tokenizer", "tokens", "pretrain", "eval_pretrain", "sft", "eval_sft", "rl", "eval_rl", "report")
-
-
-@dataclass(frozen=True)
-class Preset:
-    """Everything a speedrun does, by name. minutes: expected wall time of each stage on the machine the
-    preset is meant for (the progress line's estimate; the report has the measured times)."""
-
-    description: str
-    model: str  # a ModelConfig preset (nanoseek info --preset NAME)
-    model_overrides: dict[str, Any] = field(default_factory=dict)
-    tasks: str = "all"
-    difficulty: str = "1-3"
-    corpus_problems: int = 6000  # per task, plain text for pretraining
-    corpus_mix: dict[str, float] = field(default_factory=dict)  # task -> multiplier of corpus_problems (default 1)
-    drills: int = 0  # fact-drill documents mixed into the pretraining text (nanoseek.data.tasks.drills)
-    vocab_size: int = 2048
-    max_digits: int = 1  # digits per token at most: 1 lets a small model do column arithmetic digit by digit
-    pretrain: dict[str, Any] = field(default_factory=dict)  # `nanoseek pretrain` flags
-    sft_problems: int = 1000  # per task
-    # share of the SFT conversations asked after one or two earlier questions (tasks.write_sft): without them
-    # the model answers a chat's second question far worse than its first
-    sft_follow_ups: float = 0.3
-    sft: dict[str, Any] = field(default_factory=dict)  # `nanoseek sft` flags
-    rl_problems: int = 200  # per task: GRPO's training prompts (the same tasks and levels, train split)
-    rl: dict[str, Any] = field(default_factory=dict)  # `nanoseek rl` flags
-    eval_problems: int = 200  # per task, test split, asked in the training wordings
-    heldout_problems: int = 100  # per task, test split, asked in wordings kept out of training (chat stages)
-    probe_problems: int = 40  # per task: the test problems pretraining and SFT answer at each evaluation
-    eval_max_tokens: int = 256
-    gpus: int = 0  # > 1: training stages under torchrun
-    minutes: dict[str, float] = field(default_factory=dict)
-
-
-PRESETS: dict[str, Preset] = {
-    "cpu": Preset(
-        "the default: cpu-small (4 layers, 16 experts) on the built-in tasks, about 16-20 minutes on 2 CPU cores",
-        model="cpu-small", model_overrides=dict(num_nextn_predict_layers=0),
-        tasks="arithmetic,digit_sum,sort,word_problem,units", corpus_problems=20000,
-        corpus_mix=dict(digit_sum=0.4, word_problem=0.5, sort=1.2, units=1.2), drills=3000,
-        pretrain=dict(steps=2400, batch_size=8, seq_len=256, lr=3e-3, decay_frac=0.5, eval_every=480,
-                      checkpoint_every=480, optimizer="muon", bias_update_rule="proportional", bias_update_gamma=0.03),
-        sft=dict(steps=400, batch_size=8, seq_len=256, lr=3e-4, eval_every=100, checkpoint_every=200,
-                 bias_update_rule="proportional", bias_update_gamma=0.03),
-        rl_problems=400,
-        rl=dict(steps=90, prompts_per_step=8, group_size=8, max_new_tokens=160, temperature=0.7, loss_type="dr_grpo",
-                lr=5e-5, batch_size=32, eval_every=30, checkpoint_every=30, eval_problems=60),
-        minutes=dict(tasks=0.1, tokenizer=0.1, tokens=0.1, pretrain=12.3, eval_pretrain=0.25, sft=1.7, eval_sft=0.4,
-                     rl=2.0, eval_rl=0.45, report=0.3)),
-    "smoke": Preset(
-        "a tiny model and a few steps of each stage: checks the pipeline end to end in a minute or two",
-        model="tiny", model_overrides=dict(max_position_embeddings=256), tasks="arithmetic,sort", difficulty="1",
-        corpus_problems=80, drills=10, vocab_size=400,
-        pretrain=dict(steps=8, batch_size=4, seq_len=64, eval_every=4, checkpoint_every=4, eval_batches=2),
-        sft_problems=60, sft=dict(steps=6, batch_size=4, seq_len=128, eval_every=3, checkpoint_every=3),
-        rl_problems=8, rl=dict(steps=4, prompts_per_step=2, group_size=4, max_new_tokens=12, batch_size=8,
-                               eval_every=2, checkpoint_every=2, eval_problems=4),
-        eval_problems=6, heldout_problems=3, probe_problems=2, eval_max_tokens=16,
-        minutes=dict(tasks=0.05, tokenizer=0.05, tokens=0.05, pretrain=0.2, eval_pretrain=0.05, sft=0.2,
-                     eval_sft=0.05, rl=0.3, eval_rl=0.05, report=0.1)),
-    "gpu": Preset(
-        "gpu-0.5b (DeepSeek's 512 + 64 latent, servable by vLLM/SGLang MLA kernels) on one GPU; bring a "
-        "corpus with --data for pretraining worth the name",
-        model="gpu-0.5b", corpus_problems=200_000, vocab_size=32768, max_digits=3, difficulty="1-5",
-        pretrain=dict(steps=20_000, batch_size=32, seq_len=2048, lr=3e-3, eval_every=1000, checkpoint_every=1000),
-        sft_problems=20_000, sft=dict(steps=2000, batch_size=32, seq_len=1024, lr=3e-4),
-        rl_problems=20_000, rl=dict(steps=500, prompts_per_step=64, group_size=16, max_new_tokens=512, lr=1e-6,
-                                    batch_size=64, eval_problems=256),
-        eval_problems=200, eval_max_tokens=512,
-        minutes=dict(tasks=3, tokenizer=3, tokens=3, pretrain=600, eval_pretrain=5, sft=60, eval_sft=5, rl=240,
-                     eval_rl=5, report=1)),
-    "gpu-8": Preset(
-        "gpu-3b (DeepSeek's latent shape) on 8 GPUs under torchrun (FSDP2); bring a corpus with --data",
-        model="gpu-3b", corpus_problems=400_000, vocab_size=32768, max_digits=3, difficulty="1-6", gpus=8,
-        pretrain=dict(steps=40_000, batch_size=16, seq_len=4096, lr=2e-3, parallel="fsdp", eval_every=2000,
-                      checkpoint_every=2000),
-        sft_problems=50_000, sft=dict(steps=3000, batch_size=16, seq_len=2048, lr=2e-4, parallel="fsdp"),
-        rl_problems=40_000, rl=dict(steps=1000, prompts_per_step=128, group_size=16, max_new_tokens=1024, lr=1e-6,
-                                    batch_size=32, parallel="fsdp", eval_problems=512),
-        eval_problems=500, eval_max_tokens=1024,
-        minutes=dict(tasks=5, tokenizer=5, tokens=5, pretrain=1440, eval_pretrain=10, sft=90, eval_sft=10, rl=480,
-                     eval_rl=10, report=2)),
-}
-
-
-# ---- the run's state -------------------------------------------------------------------------------------
-class State:
-    """RUN/speedrun.json: the preset, and per stage whether it is done and how long it took."""
-
-    def __init__(self, run: Path, preset_name: str, preset: Preset, data: list[str] | None):
-        self.path = run / "speedrun.json"
-        settings = {"name": preset_name, **asdict(preset), "data": data}
-        if self.path.is_file():
-            try:
-                self.doc = json.loads(self.path.read_text(encoding="utf-8"))
-            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-                raise UserError(f"{self.path} is not valid JSON ({e}); delete it to start the run over") from None
-            bad = state_problem(self.doc)
-            if bad:
-                raise UserError(f"{self.path} is not a speedrun state ({bad}); delete it to start the run over")
-            old = self.doc["preset"]
-            if (old.get("name"), old.get("data")) != (preset_name, data):
-                raise UserError(f"{run} holds a speedrun with preset {old.get('name')!r}"
-                                f"{' on --data ' + str(old.get('data')) if old.get('data') else ''}; continue it "
-                                "with the same --preset and --data, or choose a new RUN directory")
-        else:
-            self.doc = {"format_version": FORMAT_VERSION, "preset": settings, "stages": {},
-                        "started": datetime.datetime.now().isoformat(timespec="seconds"), "machine": machine()}
-
-    def done(self, stage: str) -> bool:
-        return bool(self.doc["stages"].get(stage, {}).get("done"))
-
-    def finish(self, stage: str, seconds: float, **extra: Any) -> None:
-        entry = self.doc["stages"].setdefault(stage, {"seconds": 0.0})
-        entry.update(done=True, seconds=entry.get("seconds", 0.0) + seconds, **extra)
-        self.save()
-
-    def add_time(self, stage: str, seconds: float) -> None:
-        """An interrupted stage's time so far (a resumed stage adds to it)."""
-        entry = self.doc["stages"].setdefault(stage, {"seconds": 0.0, "done": False})
-        entry["seconds"] = entry.get("seconds", 0.0) + seconds
-        self.save()
-
-    def save(self) -> None:
-        atomic_write_text(self.path, json.dumps(self.doc, indent=2) + "\n")
-
-
-def state_problem(doc: Any) -> str | None:
-    """What is wrong with the shape of a speedrun.json document (None when the command can read it)."""
-    if not isinstance(doc, dict):
-        return f"a JSON object was expected, not {type(doc).__name__}"
-    version = doc.get("format_version", FORMAT_VERSION)
-    if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version <= FORMAT_VERSION:
-        return f"format_version {version!r}; this nanoseek reads version {FORMAT_VERSION}"
-    preset = doc.get("preset")
-    if not isinstance(preset, dict) or not isinstance(preset.get("name"), str):
-        return '"preset" must be an object with a "name"'
-    data = preset.get("data")
-    if data is not None and not (isinstance(data, list) and all(isinstance(d, str) for d in data)):
-        return '"preset"."data" must be a list of paths or null'
-    stages = doc.get("stages")
-    if not isinstance(stages, dict):
-        return '"stages" must be an object of stage -> {"done", "seconds"}'
-    for name, entry in stages.items():
-        if not isinstance(entry, dict):
-            return f'stage "{name}" must be an object with "done" and "seconds"'
-        if not isinstance(entry.get("done", False), bool):
-            return f'stage "{name}": "done" must be true or false, got {json.dumps(entry["done"])[:40]}'
-        seconds = entry.get("seconds", 0.0)
-        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 <= seconds < float("inf"):
-            return f'stage "{name}": "seconds" must be a number >= 0, got {json.dumps(seconds)[:40]}'
-    return None
-
-
-def machine() -> dict[str, Any]:
-    """What the run ran on (every figure in the report needs it)."""
-    cpu, amx = platform.processor() or platform.machine(), False
-    try:
-        info = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-        for line in info.splitlines():
-            if line.startswith("Model name:"):
-                cpu = line.split(":", 1)[1].strip()
-        amx = "amx_bf16" in info
-    except (OSError, subprocess.SubprocessError):
-        pass
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return {"cpu": cpu, "amx_bf16": amx, "threads": torch.get_num_threads(), "device": "cuda" if gpu else "cpu",
-            "gpu": gpu, "torch": torch.__version__}
 
 
 # ---- the command ---------------------------------------------------------------------------------------------
@@ -259,10 +75,7 @@ def cmd_speedrun(args: argparse.Namespace) -> None:
             raise UserError(f"stage {stage} failed (exit {rc}; its message is above): fix that, then run the "
                             f"same speedrun command again to continue from this stage")
 
-    paths = {"corpus": run / "data" / "corpus.txt", "sft": run / "data" / "sft.jsonl",
-             "rl": run / "data" / "rl.jsonl", "val": run / "data" / "val.jsonl",
-             "test": run / "data" / "test.jsonl", "heldout": run / "data" / "test_heldout_wordings.jsonl",
-             "probe": run / "data" / "probe.jsonl", "tok": run / "tokenizer", "tokens": run / "tokens"}
+    paths = run_paths(run)
     for stage in STAGES:
         if state.done(stage) and stage != "report":
             continue
@@ -270,7 +83,7 @@ def cmd_speedrun(args: argparse.Namespace) -> None:
         t0 = time.perf_counter()
         try:
             if stage == "tasks":
-                _write_tasks(preset, paths)
+                write_tasks(preset, paths)
             elif stage == "tokenizer":
                 inputs = [str(paths["corpus"])] + (data or [])
                 run_command(stage, ["tokenizer", "train", "--input", *inputs, "--vocab-size",
@@ -282,7 +95,7 @@ def cmd_speedrun(args: argparse.Namespace) -> None:
             elif stage in ("pretrain", "sft", "rl"):
                 _train_stage(stage, preset, run, paths, run_command)
             elif stage.startswith("eval_"):
-                _eval_stage(stage[5:], preset, run, paths)
+                evaluate_stage(stage[5:], preset, run, paths)
             elif stage == "report":
                 state.finish(stage, 0.0)  # the report lists the stages' times, its own included so far
                 print(f"wrote {write_report(run)}")
@@ -314,54 +127,6 @@ def _announce_cost(preset: Preset, name: str) -> None:
               f"--tokens {tokens:.3g})")
 
 
-def _write_tasks(preset: Preset, paths: dict[str, Path]) -> None:
-    """Every problem file of the run. Training data asks each problem in one of the tasks' training wordings;
-    the test set asks held-out problems in those wordings, the held-out set in wordings kept out of training."""
-    names = tasks.generated_tasks() if preset.tasks == "all" else preset.tasks.split(",")
-    corpus, sft, rl, val, test, heldout, probe = [], [], [], [], [], [], []
-    n_val = -(-preset.rl.get("eval_problems", 64) // len(names))
-    for name in names:
-        levels = _levels(name, preset.difficulty)
-        n_corpus = round(preset.corpus_problems * preset.corpus_mix.get(name, 1.0))
-        corpus += tasks.generate(name, "train", n_corpus, levels, seed=0, unique=False, wording="train")
-        sft += tasks.generate(name, "train", preset.sft_problems, levels, seed=1, unique=False, wording="train")
-        rl += tasks.generate(name, "train", preset.rl_problems, levels, seed=2, unique=False, wording="train")
-        val += _as_many_as_exist(name, "val", n_val, levels, "train")
-        task_test = _as_many_as_exist(name, "test", preset.eval_problems, levels, "train")
-        test += task_test
-        probe += task_test[:preset.probe_problems]
-        heldout += _as_many_as_exist(name, "test", preset.heldout_problems, levels, "heldout", seed=1)
-    # one problem per document, with the drills, shuffled: the tasks interleave through the text (the loader
-    # shuffles windows, not documents)
-    docs = [tasks.render_text(p, "plain") for p in corpus] + tasks.drill_documents(preset.drills, seed=0)
-    random.Random(0).shuffle(docs)
-    tasks.write_documents(docs, paths["corpus"])
-    tasks.write_sft(sft, paths["sft"], follow_ups=preset.sft_follow_ups)
-    for key, problems in (("rl", rl), ("val", val), ("test", test), ("heldout", heldout), ("probe", probe)):
-        tasks.write_problems(problems, paths[key])
-    print(f"wrote {len(corpus):,} pretraining problems and {preset.drills:,} fact drills, {len(sft):,} SFT "
-          f"conversations, {len(rl):,} RL prompts, "
-          f"{len(val):,} validation, {len(test):,} test problems and {len(heldout):,} asked in wordings kept out of "
-          f"training ({', '.join(names)}, difficulty {preset.difficulty}; the splits never share a problem)")
-
-
-def _levels(task: str, difficulty: str) -> str:
-    """The preset's levels, cut to those the task has."""
-    top = tasks.get_task(task).max_difficulty
-    levels = [d for d in tasks.parse_difficulty(difficulty) if d <= top] or [top]
-    return ",".join(map(str, levels))
-
-
-def _as_many_as_exist(task: str, split: str, n: int, levels: str, wording: str, seed: int = 0) -> list:
-    while True:
-        try:
-            return tasks.generate(task, split, n, levels, seed=seed, wording=wording)
-        except DataError:
-            if n <= 1:
-                raise
-            n //= 2
-
-
 def _train_stage(stage: str, preset: Preset, run: Path, paths: dict[str, Path], run_command) -> None:
     out = run / stage
     flags = {"pretrain": preset.pretrain, "sft": preset.sft, "rl": preset.rl}[stage]
@@ -382,32 +147,6 @@ def _train_stage(stage: str, preset: Preset, run: Path, paths: dict[str, Path], 
     for k, v in flags.items():
         argv += [f"--{k.replace('_', '-')}", str(v)]
     run_command(stage, argv, distributed=True)
-
-
-def _eval_stage(stage: str, preset: Preset, run: Path, paths: dict[str, Path]) -> None:
-    """Held-out test accuracy of a stage's model: the pretrained model in its own plain format, the others in
-    the chat template, also on questions worded as training never worded them; results (with every completion)
-    in RUN/eval/STAGE.json (and STAGE_heldout_wordings.json) and a table in STAGE.md."""
-
-    ckpt = resolve_checkpoint(run / stage)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = load_model(ckpt, dtype=torch.bfloat16 if device == "cuda" else torch.float32, device=device)
-    engine = Engine(model, load_tokenizer(ckpt), eos_token_ids=generation_eos_ids(ckpt), max_batch=64)
-    style = "plain" if stage == "pretrain" else "chat"
-    sets = [(stage, paths["test"], "")] + \
-        ([(f"{stage}_heldout_wordings", paths["heldout"], ", in wordings kept out of training")] if style == "chat" else [])
-    out = run / "eval"
-    for name, path, what in sets:
-        results = evaluate_tasks(engine, tasks.read_problems(path), max_new_tokens=preset.eval_max_tokens,
-                                 style=style, keep_completions=True)
-        results["checkpoint"] = str(ckpt)
-        atomic_write_text(out / f"{name}.json", to_json(results))
-        text = results_markdown(results)
-        atomic_write_text(out / f"{name}.md", text)
-        s = results["summary"]
-        print(f"{stage}: held-out accuracy {s['accuracy']:.1%} ± {s['accuracy_se']:.1%} on {s['problems']:,} problems "
-              f"({style} prompts{what})")
-        print(text, end="")
 
 
 def register(sub) -> None:

@@ -22,12 +22,11 @@ from nanoseek.cost import CPU_PRICE, HARDWARE, summarize_run
 from nanoseek.data.tasks import read_jsonl
 from nanoseek.errors import DataError, UserError
 from nanoseek.report.balance import expert_balance
+from nanoseek.speedrun import STAGES, state_problem
 from nanoseek.train.checkpoint import latest_checkpoint
 from nanoseek.train.log import read_log
 
 TRAINING = ("pretrain", "sft", "rl")
-# the speedrun's stages, in order (speedrun.json "stages")
-STAGES = ("tasks", "tokenizer", "tokens", "pretrain", "eval_pretrain", "sft", "eval_sft", "rl", "eval_rl", "report")
 STAGE_NAMES = {"pretrain": "pretraining", "sft": "SFT", "rl": "RL (GRPO)"}
 
 
@@ -162,14 +161,11 @@ def load_run(run_dir: str | Path) -> Run:
     sr = root / "speedrun.json"
     if sr.is_file():
         doc = read_json(sr)
-        if not isinstance(doc, dict):
-            raise DataError(f"{sr}: expected a JSON object (format_version, preset, stages, started, machine)")
-        if isinstance(doc.get("format_version"), int) and doc["format_version"] > 1:
-            raise DataError(f"{sr}: format_version {doc['format_version']} is newer than this nanoseek reads (1); "
-                            "upgrade nanoseek")
-        for key in ("stages", "machine", "preset"):
-            if key in doc and doc[key] is not None and not isinstance(doc[key], dict):
-                raise DataError(f"{sr}: \"{key}\" must be an object")
+        problem = state_problem(doc)  # the check `nanoseek speedrun` makes of its own state file
+        if problem is None and doc.get("machine") is not None and not isinstance(doc["machine"], dict):
+            problem = '"machine" must be an object'
+        if problem:
+            raise DataError(f"{sr}: not a speedrun state ({problem})")
         run.speedrun = doc
     if (root / "log.jsonl").is_file():
         records = read_run_log(root / "log.jsonl")

@@ -14,21 +14,25 @@ autocast; the model keeps its router and losses in fp32 itself.
 from __future__ import annotations
 
 import abc
-import json
 import math
+import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
+from nanoseek.cost import flops_per_token, mfu, peak_flops
 from nanoseek.errors import UserError
+from nanoseek.hf import load_model, write_model_files
 from nanoseek.model.moe import load_stats
 from nanoseek.train import distributed as D
-from nanoseek.train.checkpoint import (capture_rng, checkpoints_dir, clean_partial, latest_checkpoint,
-                                       load_train_state, restore_rng, save_checkpoint)
+from nanoseek.train.checkpoint import (LATEST, capture_rng, checkpoints_dir, clean_partial, latest_checkpoint,
+                                       load_train_state, restore_rng, save_checkpoint, saved_steps)
 from nanoseek.train.config import TrainConfig
 from nanoseek.train.log import RunLog, keep_aside
 from nanoseek.train.optim import build_optimizers, set_lr
@@ -109,154 +113,187 @@ def train(model: nn.Module, task: Task, cfg: TrainConfig, run_dir: str | Path, *
     optimizer, data position, RNG and step, so the continuation equals an uninterrupted run bit for bit.
     write_extra(dir) adds files to every checkpoint (the tokenizer). Only rank 0 logs and writes.
     """
-    from nanoseek.cost import flops_per_token, mfu, peak_flops
-
     cfg.validate()
-    info = info or D.DistInfo(device=torch.device("cpu"))
-    run_dir = Path(run_dir)
-    device = info.device
-    amp_dtype = torch.bfloat16 if cfg.dtype == "bfloat16" else None
-
-    state = None
-    if resume:
-        ckpt = latest_checkpoint(run_dir)
-        if ckpt is None:
-            raise FileNotFoundError(f"--resume: no checkpoint in {checkpoints_dir(run_dir)}; drop --resume to start")
-        task.check_model(ckpt)
-        state = load_train_state(ckpt)
-        if state.world_size != info.world_size and info.is_main:
-            # Weights and optimizer state are saved whole, and the loader's position is global, so this works;
-            # only the per-rank RNG streams cannot map one to one (rank r takes saved rank min(r, N-1)).
-            announce(f"note: {ckpt.name} was written by {state.world_size} process(es), this run has "
-                     f"{info.world_size}: the data continue where they stopped, but not bit for bit")
-        _load_weights(model, ckpt)
-    elif latest_checkpoint(run_dir) is not None:
-        raise ValueError(f"{run_dir} already holds a training run ({checkpoints_dir(run_dir)}); resume it or "
-                         "choose a new directory")
-    model.to(device).train()
-    if cfg.compile:
-        model.compile()  # in place: parameter names (checkpoints, optimizer state) stay unchanged
-    fwd = D.wrap(model, cfg.parallel, info)
-    optimizers = build_optimizers(model, name=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                  betas=(cfg.beta1, cfg.beta2), eps=cfg.adam_eps, muon_momentum=cfg.muon_momentum)
-    start = 0
-    if state is not None:
-        D.load_optimizer_state(model, optimizers, state.optimizer_state)
-        r = min(info.rank, state.world_size - 1)
-        task.load_state_dict(state.state["task_state"][r])
-        restore_rng(state.state["rng"][r], state.rng_tensors[r])
-        start = state.step
-    else:
-        _seed_all(cfg.seed)
-
-    tokens_per_step = task.tokens_per_batch * cfg.grad_accum * info.world_size if task.tokens_per_batch else None
-    fpt = flops_per_token(model.config, cfg.seq_len).total
-    peak, peak_src = (cfg.peak_flops * info.world_size, "--peak-flops") if cfg.peak_flops else (0.0, "")
-    has_routers = bool(getattr(model, "n_routers", 0))
-
-    log = None
-    if info.is_main:
-        clean_partial(run_dir)
-        if not cfg.peak_flops:
-            per_device, peak_src = peak_flops(device, amp_dtype or torch.float32)
-            peak = per_device * info.world_size
-        # a resumed run drops the records past its checkpoint; a new run starts a new log, keeping an old one
-        if not resume and (kept := keep_aside(run_dir)) is not None:
-            announce(f"note: {run_dir} held the log of an earlier run that wrote no checkpoint; kept it as {kept}")
-        log = RunLog(run_dir, truncate_after_step=start if resume else None)
-        sharded = sum(hasattr(p, "device_mesh") for p in model.parameters())  # FSDP2 DTensor shards
-        log.write("resume" if resume else "start", start, config=cfg.to_dict(), world_size=info.world_size,
-                  parallel=cfg.parallel if info.distributed else "none", sharded_params=sharded,
-                  tokens_per_step=tokens_per_step, flops_per_token=fpt, attention_flops="causal", peak_flops=peak,
-                  peak_source=peak_src,
-                  **({"checkpoint": str(state.path)} if state else {}))
-        announce(f"training log: {log.path}   checkpoints: {checkpoints_dir(run_dir)}"
-                 + (f"   (resumed from {state.path.name})" if state else ""))
-    bar = _progress_bar(cfg, start, tokens_per_step) if progress and info.is_main else None
-
-    result = TrainResult(step=start)
-    last_ckpt: Path | None = state.path if state else None
-    tok_s_ema = None
-    tokens_seen = int(state.state.get("tokens", 0)) if state else 0
+    run = _Run(model, task, cfg, Path(run_dir), info or D.DistInfo(device=torch.device("cpu")), resume, write_extra,
+               announce)
+    bar = _progress_bar(cfg, run.start, run.tokens_per_step) if progress and run.info.is_main else None
+    result = TrainResult(step=run.start)
     try:
-        for step in range(start + 1, cfg.steps + 1):
-            t0 = time.perf_counter()
-            lr = lr_at(step - 1, total=cfg.steps, peak=cfg.lr, warmup=cfg.warmup, schedule=cfg.schedule,
-                       min_ratio=cfg.min_lr_ratio, decay_frac=cfg.decay_frac)
-            set_lr(optimizers, lr)
-            step_metrics = _reduce_metrics(task.begin_step(model, step) or {}, info.world_size, device)
-            sums, counts, task_metrics, n_tokens = _accumulate(fwd, model, task, cfg, amp_dtype, device)
-            if counts is not None:  # expert load of the whole step: every rank balances on the same counts
-                counts = D.all_reduce_sum(counts)
-            grad_norm = _clip(model, cfg.grad_clip)
-            # One all-reduce gives every rank the same global figures, so all ranks stop together.
-            sums = D.all_reduce_sum(sums) / (cfg.grad_accum * info.world_size)
-            step_metrics.update(_reduce_metrics(task_metrics, info.world_size, device, cfg.grad_accum))
-            tokens_this_step = int(D.all_reduce_sum(n_tokens).item())
-            loss, gnorm = sums[0].item(), grad_norm.item()
-            if not (math.isfinite(loss) and math.isfinite(gnorm)):
-                raise TrainingDiverged(_diverged_message(step, loss, gnorm, last_ckpt, run_dir,
-                                                         _max_abs_weight(model)), step)
-            for opt in optimizers:
-                opt.step()
-            # fused AdamW writes the weights without bumping their version counters: bump them, so that code
-            # keyed on them (the engine's derived weights, RL rollouts from the live weights) sees the update
-            torch.autograd.graph.increment_version([p for p in model.parameters() if p.grad is not None])
-            for opt in optimizers:
-                opt.zero_grad(set_to_none=True)
-            if has_routers and counts is not None and cfg.bias_update_gamma > 0:
-                model.update_router_biases(counts, cfg.bias_update_gamma, cfg.bias_update_rule)
-            dt = time.perf_counter() - t0
-            tokens_seen += tokens_this_step
-            tok_s = tokens_this_step / dt
-            tok_s_ema = tok_s if tok_s_ema is None else 0.9 * tok_s_ema + 0.1 * tok_s
+        for step in range(run.start + 1, cfg.steps + 1):
+            done = run.step(step)
             result.step = step
-            result.losses.append(loss)
-            main_loss = sums[1].item()
-
-            if step % cfg.log_every == 0 or step == cfg.steps:
-                rec = _step_metrics(sums, counts, model, has_routers, step) if info.is_main else {}
-                if log is not None:
-                    log.write("train", step, loss=loss, lr=lr, grad_norm=gnorm, tokens=tokens_seen,
-                              tokens_per_s=tok_s, mfu=mfu(tok_s, fpt, peak), step_time=dt, **rec, **step_metrics)
-            if bar is not None:
-                bar.update(tokens_this_step if tokens_per_step else 1)
-                # the same names as log.jsonl's records: loss is the total (main + MTP + balance), main_loss the
-                # next-token loss, tokens_per_s the training steps' own rate (a moving average of the log's)
-                shown = {k: f"{step_metrics[k]:.4f}" for k in task.progress_metrics if k in step_metrics}
-                bar.set_postfix(step=step, loss=f"{loss:.4f}", main_loss=f"{main_loss:.4f}", **shown, lr=f"{lr:.2e}",
-                                tokens_per_s=f"{tok_s_ema:,.0f}", refresh=False)
-
-            if (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps:
-                result.eval = _evaluate(model, task, cfg, amp_dtype, device)
-                if log is not None and result.eval:
-                    log.write("eval", step, **result.eval)
-                    if bar is not None:
-                        bar.write(f"step {step}: " + "  ".join(f"{k} {v:.4f}" for k, v in result.eval.items()))
-            if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == cfg.steps:
-                # the loss and norm were finite before the update, but the update itself may not have been
-                bad = _non_finite(model)
-                if D.all_reduce_sum(torch.tensor(float(len(bad)), device=device)).item():
-                    raise TrainingDiverged(_non_finite_message(step, loss, gnorm, bad, last_ckpt), step)
-                last_ckpt = _checkpoint(run_dir, step, model, optimizers, task, cfg, info, write_extra,
-                                        tokens=tokens_seen, metrics={"loss": loss, "grad_norm": gnorm})
-                result.checkpoint = last_ckpt
-                if log is not None:
-                    log.write("checkpoint", step, path=str(last_ckpt))
-        if log is not None:
-            log.write("end", result.step, **{f"final_{k}": v for k, v in result.eval.items()})
+            result.losses.append(done.loss)
+            run.log_step(step, done, bar)
+            run.periodic(step, done, result, bar)
+        if run.log is not None:
+            run.log.write("end", result.step, **{f"final_{k}": v for k, v in result.eval.items()})
     except TrainingDiverged as e:
-        if log is not None:
-            log.write("diverged", e.step, message=str(e))
+        if run.log is not None:
+            run.log.write("diverged", e.step, message=str(e))
         raise
     finally:
         if bar is not None:
             bar.close()
-        if log is not None:
-            log.close()
-    if info.is_main and result.checkpoint is not None:
+        if run.log is not None:
+            run.log.close()
+    if run.info.is_main and result.checkpoint is not None:
         announce(f"final checkpoint: {result.checkpoint}")
     return result
+
+
+@dataclass
+class _StepDone:
+    """What one optimizer step measured."""
+    loss: float
+    grad_norm: float
+    lr: float
+    sums: torch.Tensor  # [loss, main, balance, mtp_1..D], averaged over micro-batches and ranks
+    counts: torch.Tensor | None  # expert counts of the whole step (all ranks), None for a dense model
+    metrics: dict[str, float]  # the task's, averaged
+    tokens: int  # trained on this step, all ranks
+    seconds: float
+
+
+class _Run:
+    """One call of `train`: set up (or resumed) at construction, then stepped; holds what the steps share."""
+
+    def __init__(self, model: nn.Module, task: Task, cfg: TrainConfig, run_dir: Path, info: D.DistInfo,
+                 resume: bool, write_extra: Callable[[Path], None] | None, announce: Callable[[str], None]):
+        self.model, self.task, self.cfg, self.run_dir, self.info = model, task, cfg, run_dir, info
+        self.write_extra = write_extra
+        self.device = info.device
+        self.amp_dtype = torch.bfloat16 if cfg.dtype == "bfloat16" else None
+        state = None
+        if resume:
+            ckpt = latest_checkpoint(run_dir)
+            if ckpt is None:
+                raise FileNotFoundError(f"--resume: no checkpoint in {checkpoints_dir(run_dir)}; drop --resume to start")
+            task.check_model(ckpt)
+            state = load_train_state(ckpt)
+            if state.world_size != info.world_size and info.is_main:
+                # Weights and optimizer state are saved whole, and the loader's position is global, so this works;
+                # only the per-rank RNG streams cannot map one to one (rank r takes saved rank min(r, N-1)).
+                announce(f"note: {ckpt.name} was written by {state.world_size} process(es), this run has "
+                         f"{info.world_size}: the data continue where they stopped, but not bit for bit")
+            _load_weights(model, ckpt)
+        elif latest_checkpoint(run_dir) is not None:
+            raise ValueError(f"{run_dir} already holds a training run ({checkpoints_dir(run_dir)}); resume it or "
+                             "choose a new directory")
+        model.to(self.device).train()
+        if cfg.compile:
+            model.compile()  # in place: parameter names (checkpoints, optimizer state) stay unchanged
+        self.fwd = D.wrap(model, cfg.parallel, info)
+        self.optimizers = build_optimizers(model, name=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                           betas=(cfg.beta1, cfg.beta2), eps=cfg.adam_eps,
+                                           muon_momentum=cfg.muon_momentum)
+        self.start = 0
+        if state is not None:
+            D.load_optimizer_state(model, self.optimizers, state.optimizer_state)
+            r = min(info.rank, state.world_size - 1)
+            task.load_state_dict(state.state["task_state"][r])
+            restore_rng(state.state["rng"][r], state.rng_tensors[r])
+            self.start = state.step
+        else:
+            _seed_all(cfg.seed)
+        self.last_ckpt: Path | None = state.path if state else None
+        self.tokens_seen = int(state.state.get("tokens", 0)) if state else 0
+        self.tok_s_ema: float | None = None
+        self.tokens_per_step = (task.tokens_per_batch * cfg.grad_accum * info.world_size if task.tokens_per_batch
+                                else None)
+        self.fpt = flops_per_token(model.config, cfg.seq_len).total
+        self.peak, peak_src = (cfg.peak_flops * info.world_size, "--peak-flops") if cfg.peak_flops else (0.0, "")
+        self.has_routers = bool(getattr(model, "n_routers", 0))
+        self.log = None
+        if info.is_main:
+            clean_partial(run_dir)
+            if not cfg.peak_flops:
+                per_device, peak_src = peak_flops(self.device, self.amp_dtype or torch.float32)
+                self.peak = per_device * info.world_size
+            # a resumed run drops the records past its checkpoint; a new run starts a new log, keeping an old one
+            if not resume and (kept := keep_aside(run_dir)) is not None:
+                announce(f"note: {run_dir} held the log of an earlier run that wrote no checkpoint; kept it as {kept}")
+            self.log = RunLog(run_dir, truncate_after_step=self.start if resume else None)
+            sharded = sum(hasattr(p, "device_mesh") for p in model.parameters())  # FSDP2 DTensor shards
+            self.log.write("resume" if resume else "start", self.start, config=cfg.to_dict(),
+                           world_size=info.world_size, parallel=cfg.parallel if info.distributed else "none",
+                           sharded_params=sharded, tokens_per_step=self.tokens_per_step, flops_per_token=self.fpt,
+                           attention_flops="causal", peak_flops=self.peak, peak_source=peak_src,
+                           **({"checkpoint": str(state.path)} if state else {}))
+            announce(f"training log: {self.log.path}   checkpoints: {checkpoints_dir(run_dir)}"
+                     + (f"   (resumed from {state.path.name})" if state else ""))
+
+    def step(self, step: int) -> _StepDone:
+        """One optimizer step: micro-batches, clip, the divergence check (before the update), update, bias."""
+        cfg, model, info, device = self.cfg, self.model, self.info, self.device
+        t0 = time.perf_counter()
+        lr = lr_at(step - 1, total=cfg.steps, peak=cfg.lr, warmup=cfg.warmup, schedule=cfg.schedule,
+                   min_ratio=cfg.min_lr_ratio, decay_frac=cfg.decay_frac)
+        set_lr(self.optimizers, lr)
+        step_metrics = _reduce_metrics(self.task.begin_step(model, step) or {}, info.world_size, device)
+        sums, counts, task_metrics, n_tokens = _accumulate(self.fwd, model, self.task, cfg, self.amp_dtype, device)
+        if counts is not None:  # expert load of the whole step: every rank balances on the same counts
+            counts = D.all_reduce_sum(counts)
+        grad_norm = _clip(model, cfg.grad_clip)
+        # One all-reduce gives every rank the same global figures, so all ranks stop together.
+        sums = D.all_reduce_sum(sums) / (cfg.grad_accum * info.world_size)
+        step_metrics.update(_reduce_metrics(task_metrics, info.world_size, device, cfg.grad_accum))
+        tokens = int(D.all_reduce_sum(n_tokens).item())
+        loss, gnorm = sums[0].item(), grad_norm.item()
+        if not (math.isfinite(loss) and math.isfinite(gnorm)):
+            raise TrainingDiverged(_diverged_message(step, loss, gnorm, self.last_ckpt, self.run_dir,
+                                                     _max_abs_weight(model)), step)
+        for opt in self.optimizers:
+            opt.step()
+        # fused AdamW writes the weights without bumping their version counters: bump them, so that code
+        # keyed on them (the engine's derived weights, RL rollouts from the live weights) sees the update
+        torch.autograd.graph.increment_version([p for p in model.parameters() if p.grad is not None])
+        for opt in self.optimizers:
+            opt.zero_grad(set_to_none=True)
+        if self.has_routers and counts is not None and cfg.bias_update_gamma > 0:
+            model.update_router_biases(counts, cfg.bias_update_gamma, cfg.bias_update_rule)
+        return _StepDone(loss, gnorm, lr, sums, counts, step_metrics, tokens, time.perf_counter() - t0)
+
+    def log_step(self, step: int, done: _StepDone, bar) -> None:
+        """The step's log record (every --log-every steps) and the progress bar."""
+        cfg = self.cfg
+        self.tokens_seen += done.tokens
+        tok_s = done.tokens / done.seconds
+        self.tok_s_ema = tok_s if self.tok_s_ema is None else 0.9 * self.tok_s_ema + 0.1 * tok_s
+        if step % cfg.log_every == 0 or step == cfg.steps:
+            rec = _step_metrics(done.sums, done.counts, self.model, self.has_routers, step) if self.info.is_main else {}
+            if self.log is not None:
+                self.log.write("train", step, loss=done.loss, lr=done.lr, grad_norm=done.grad_norm,
+                               tokens=self.tokens_seen, tokens_per_s=tok_s, mfu=mfu(tok_s, self.fpt, self.peak),
+                               step_time=done.seconds, **rec, **done.metrics)
+        if bar is not None:
+            bar.update(done.tokens if self.tokens_per_step else 1)
+            # the same names as log.jsonl's records: loss is the total (main + MTP + balance), main_loss the
+            # next-token loss, tokens_per_s the training steps' own rate (a moving average of the log's)
+            shown = {k: f"{done.metrics[k]:.4f}" for k in self.task.progress_metrics if k in done.metrics}
+            bar.set_postfix(step=step, loss=f"{done.loss:.4f}", main_loss=f"{done.sums[1].item():.4f}", **shown,
+                            lr=f"{done.lr:.2e}", tokens_per_s=f"{self.tok_s_ema:,.0f}", refresh=False)
+
+    def periodic(self, step: int, done: _StepDone, result: TrainResult, bar) -> None:
+        """Evaluation every --eval-every steps and a checkpoint every --checkpoint-every (both at the last)."""
+        cfg = self.cfg
+        if (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps:
+            result.eval = _evaluate(self.model, self.task, cfg, self.amp_dtype, self.device)
+            if self.log is not None and result.eval:
+                self.log.write("eval", step, **result.eval)
+                if bar is not None:
+                    bar.write(f"step {step}: " + "  ".join(f"{k} {v:.4f}" for k, v in result.eval.items()))
+        if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == cfg.steps:
+            # the loss and norm were finite before the update, but the update itself may not have been
+            bad = _non_finite(self.model)
+            if D.all_reduce_sum(torch.tensor(float(len(bad)), device=self.device)).item():
+                raise TrainingDiverged(_non_finite_message(step, done.loss, done.grad_norm, bad, self.last_ckpt),
+                                       step)
+            self.last_ckpt = _checkpoint(self.run_dir, step, self.model, self.optimizers, self.task, cfg, self.info,
+                                         self.write_extra, tokens=self.tokens_seen,
+                                         metrics={"loss": done.loss, "grad_norm": done.grad_norm})
+            result.checkpoint = self.last_ckpt
+            if self.log is not None:
+                self.log.write("checkpoint", step, path=str(self.last_ckpt))
 
 
 # ---- pieces of a step -------------------------------------------------------------------------------------
@@ -355,8 +392,6 @@ def _evaluate(model: nn.Module, task: Task, cfg: TrainConfig, amp_dtype, device)
 
 def _checkpoint(run_dir: Path, step: int, model: nn.Module, optimizers, task: Task, cfg: TrainConfig,
                 info: D.DistInfo, write_extra, tokens: int, metrics: dict[str, float]) -> Path:
-    from nanoseek.hf import write_model_files
-
     # Collectives first (every rank takes part), then rank 0 writes.
     task_states = D.gather_objects(task.state_dict())
     rng_js, rng_t = capture_rng()
@@ -386,23 +421,14 @@ def _snapshot(model: nn.Module, full_sd: dict[str, torch.Tensor]) -> nn.Module:
 
 
 def _load_weights(model: nn.Module, ckpt: Path) -> None:
-    from nanoseek.hf import load_model
-
     loaded = load_model(ckpt, dtype=torch.float32, device="cpu")
     model.load_state_dict(loaded.state_dict(), strict=True)
 
 
 def _seed_all(seed: int) -> None:
-    import random
-
-    import numpy as np
-
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-EXPLODING = 10.0  # a grad norm this many times the run's median before it: the weights are already off
 
 
 def _max_abs_weight(model: nn.Module) -> float | None:
@@ -435,77 +461,28 @@ def _non_finite_message(step: int, loss: float, gnorm: float, bad: list[str], la
 
 def _diverged_message(step: int, loss: float, gnorm: float, last_ckpt: Path | None, run_dir: Path,
                       weight_max: float | None = None) -> str:
-    """Say what is known about the checkpoints a user could resume from, and advise the newest one whose weights
-    did not already blow up.
+    """What diverged, and which checkpoint to resume from (docs/architecture.md §7.4 explains the choice).
 
-    A checkpoint written after step S holds the weights step S+1 ran on, so step S+1's loss and grad norm (the
-    diverged step itself when it is S+1; else log.jsonl) judge it; its own step's figures (state.json, else
-    log.jsonl) are reported too. A resumed run replays the same batches, so weights whose next step was
-    already non-finite (or exploding: over EXPLODING x the run's median grad norm) diverge again whatever the
-    new --lr: then an earlier checkpoint is the advice.
-    """
+    A checkpoint written after step S holds the weights step S+1 ran on: when S+1 is the step that diverged,
+    those weights are already off, and resuming from them replays the same batches into the same NaN."""
     what = f"loss is {loss}" if not math.isfinite(loss) else f"gradient norm is {gnorm}"
     head = f"training diverged at step {step}: {what}. Stopped before the optimizer update"
     if last_ckpt is None:
         return f"{head}; no checkpoint was written yet: restart with a lower --lr"
-    from nanoseek.train.checkpoint import LATEST, STATE_DIR, saved_steps
-    from nanoseek.train.log import LOG_NAME, read_log
-
-    log = [r for r in (read_log(run_dir) if (run_dir / LOG_NAME).exists() else []) if r.get("event") == "train"]
-    norms = {int(r["step"]): r.get("grad_norm") for r in log}
-    losses = {int(r["step"]): r.get("loss") for r in log}
-    norms[step], losses[step] = gnorm, loss
-
-    def num(x) -> float | None:
-        try:
-            return float(x)  # the log writes non-finite values as strings ("nan")
-        except (TypeError, ValueError):
-            return None
-
-    def judge(ckpt: Path) -> tuple[str, str | None]:
-        """(what is known about the checkpoint, why its weights are bad or None)"""
-        try:
-            st = json.loads((ckpt / STATE_DIR / "state.json").read_text())
-        except (OSError, ValueError):
-            st = {}
-        n = int(st.get("step", ckpt.name.removeprefix("step_") or 0))
-        before = sorted(x for k, v in norms.items() if k <= n and (x := num(v)) is not None and math.isfinite(x))
-        median = before[(len(before) - 1) // 2] if before else None  # the lower median: 2 steps, 1 spike
-        lo, g = num(st.get("loss", losses.get(n))), num(st.get("grad_norm", norms.get(n)))
-        known = ", ".join(k for k in (f"loss {lo:.4g}" if lo is not None else "",
-                                      f"gradient norm {g:.4g}" if g is not None else "") if k)
-        known = f"step {n}: {known or 'no loss or gradient norm in log.jsonl'}"
-        if median is not None:
-            known += f"; the run's median gradient norm up to it: {median:.4g}"
-        nxt = num(norms.get(n + 1))
-        if n + 1 == step:
-            wmax = f" (its largest |weight| is {weight_max:.3g})" if weight_max is not None else ""
-            return known, f"the step right after it, the first on its weights, is the one that diverged{wmax}"
-        if nxt is not None and (not math.isfinite(nxt) or (median is not None and nxt > EXPLODING * median)):
-            return known, (f"the first step on its weights (step {n + 1}) already had gradient norm {nxt:.4g}, over "
-                           f"{EXPLODING:g}x the median")
-        return known, None
-
-    known, bad = judge(last_ckpt)
-    msg = f"{head}. The last checkpoint is {last_ckpt} (untouched), written after {known}"
-    if bad is None:
-        return f"{msg}. Resume from it with --resume and a lower --lr"
-    msg += (f". But {bad}: resuming from it replays the same batches on the same weights and diverges again, "
-            "whatever the --lr")
-    kept = saved_steps(run_dir)
-    names = [p.name for p in kept]
-    for older in reversed(kept[:names.index(last_ckpt.name)] if last_ckpt.name in names else []):
-        o_known, o_bad = judge(older)
-        if o_bad is None:
-            return (f"{msg}. Resume from an earlier checkpoint, {older} ({o_known}): write '{older.name}' into "
-                    f"{last_ckpt.parent / LATEST}, then --resume with a lower --lr")
-    return (f"{msg}. No earlier checkpoint is kept that was sound (--keep-last keeps only the newest): restart "
-            "with a lower --lr")
+    if int(last_ckpt.name.removeprefix("step_")) != step - 1:
+        return f"{head}. The last checkpoint, {last_ckpt}, is untouched: resume from it with --resume and a lower --lr"
+    largest = f" (its largest |weight| is {weight_max:.3g})" if weight_max is not None else ""
+    msg = (f"{head}. The last checkpoint, {last_ckpt} (untouched), holds the weights this step ran on{largest}: "
+           "resuming from it diverges again, whatever the --lr")
+    names = [c.name for c in saved_steps(run_dir)]
+    earlier = saved_steps(run_dir)[:names.index(last_ckpt.name)] if last_ckpt.name in names else []
+    if not earlier:
+        return f"{msg}. No earlier checkpoint is kept (--keep-last): restart with a lower --lr"
+    return (f"{msg}. Resume from an earlier checkpoint, {earlier[-1]}: write '{earlier[-1].name}' into "
+            f"{last_ckpt.parent / LATEST}, then --resume with a lower --lr (docs/architecture.md §7.4)")
 
 
 def _progress_bar(cfg: TrainConfig, start: int, tokens_per_step: int | None):
-    from tqdm.auto import tqdm
-
     if not tokens_per_step:  # batches of varying length (RL): count steps
         return tqdm(total=cfg.steps, initial=start, unit="step", desc="train", dynamic_ncols=True, smoothing=0.1,
                     bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} steps [{elapsed}<{remaining}{postfix}]")

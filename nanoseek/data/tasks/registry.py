@@ -106,6 +106,26 @@ def generate(task: str | Task, split: str, n: int, difficulty: int | str | Seque
     return out
 
 
+
+def generate_up_to(task: str | Task, split: str, n: int, difficulty: int | str | Sequence[int] = 1, *,
+                   seed: int = 0, wording: str = "canonical") -> list[Problem]:
+    """`generate`'s n distinct problems, or all the split holds when that is fewer (a low level has few): a
+    longer list starts with a shorter one, so a bisection on the count finds the longest."""
+    try:
+        return generate(task, split, n, difficulty, seed=seed, wording=wording)
+    except DataError as e:
+        if e.param != "n":
+            raise
+    lo, hi = 0, n - 1  # lo: known to succeed (0 trivially), hi: the most that might
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        try:
+            generate(task, split, mid, difficulty, seed=seed, wording=wording)
+            lo = mid
+        except DataError:
+            hi = mid - 1
+    return generate(task, split, lo, difficulty, seed=seed, wording=wording) if lo else []
+
 def check_answer(problem: Problem, answer: str | None) -> bool:
     """Whether an extracted final answer solves `problem` (None, no answer, is wrong)."""
     return answer is not None and get_task(problem.task).check(problem, answer)
