@@ -7,11 +7,17 @@ turns every `nanoseek.errors.UserError` into one clear line on stderr and exit c
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
 import warnings
+from pathlib import Path
 
 import nanoseek
+from nanoseek.cli import chat, cost, data, evaluate, generate, model, report, rl, serve, sft, speedrun, tasks, train
 from nanoseek.errors import UserError
+from nanoseek.io import run_lock
+from nanoseek.runtime import tune_allocator
 
 EXIT_USAGE = 2
 # commands that write a run folder, and the argument naming it: one process at a time may write each folder
@@ -20,8 +26,6 @@ RUN_FOLDERS = {"pretrain": ("out", "--out"), "sft": ("out", "--out"), "rl": ("ou
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from nanoseek.cli import chat, cost, data, evaluate, generate, model, report, rl, serve, sft, speedrun, tasks, train
-
     parser = argparse.ArgumentParser(
         prog="nanoseek",
         description="Train, RL-tune and serve DeepSeek-V3-architecture models on a budget.",
@@ -39,7 +43,6 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_USAGE
-    from nanoseek.runtime import tune_allocator
 
     tune_allocator()
     try:
@@ -58,11 +61,6 @@ def main(argv: list[str] | None = None) -> int:
 def _run_lock(args: argparse.Namespace):
     """The lock on the run folder the command writes (none for other commands, for a path that is a file, which
     the command itself refuses, and for the other processes of a torchrun job: rank 0 holds it for them)."""
-    import contextlib
-    import os
-    from pathlib import Path
-
-    from nanoseek.io import run_lock
 
     attr, flag = RUN_FOLDERS.get(args.command, (None, None))
     path = getattr(args, attr, None) if attr else None

@@ -18,6 +18,7 @@ from typing import Callable, TextIO
 
 from nanoseek.cli.common import UserError, add_device_args
 from nanoseek.cli.generate import add_sampling_args, decode_utf8, load_engine, sampling_params
+from nanoseek.engine import ContextLengthError, EngineError
 from nanoseek.engine.engine import Engine
 from nanoseek.engine.reasoning import ReasoningSplitter
 from nanoseek.engine.sampling import SamplingParams
@@ -183,8 +184,6 @@ def read_message(read_line: Callable[[str], str]) -> str:
 
 def cmd_chat(args) -> None:
     """Interactive chat with streaming output (see nanoseek.engine.chat for the keys and commands)."""
-    from nanoseek.engine import ContextLengthError, EngineError
-
     params = sampling_params(args, skip_special_tokens=False)  # keep <think> / </think> in the text to split on
     engine = load_engine(args)
     if not hasattr(engine.tokenizer, "render_chat"):

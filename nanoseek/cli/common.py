@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 
 import torch
 
-from nanoseek.errors import UserError
+from nanoseek.data import tasks
+from nanoseek.errors import DataError, UserError
 from nanoseek.runtime import resolve_device  # noqa: F401  (every command's --device, here with its flags)
+from nanoseek.train.probe import AccuracyProbe
 
 DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
           "float16": "float16", "fp16": "float16"}
@@ -47,6 +50,17 @@ def positive_int(s: str) -> int:
     return v
 
 
+def k_values(text: str) -> list[int]:
+    """argparse type: the k of pass@k and maj@k, "1,4,8"."""
+    try:
+        ks = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"give k values such as 1,4,8, got {text!r}") from None
+    if not ks or min(ks) < 1:
+        raise argparse.ArgumentTypeError(f"k values must be positive integers, got {text!r}")
+    return ks
+
+
 def nonneg_int(s: str) -> int:
     """argparse type: an integer >= 0."""
     try:
@@ -61,10 +75,6 @@ def nonneg_int(s: str) -> int:
 def read_problems_arg(path: str, checker_spec: str) -> list:
     """The problems of a --problems FILE, with --checker (a name, or a JSON object) as the default checker;
     bad input of either becomes a UserError naming its flag."""
-    import json
-
-    from nanoseek.data import tasks
-    from nanoseek.errors import DataError
 
     try:
         checker = json.loads(checker_spec) if checker_spec.lstrip().startswith("{") else checker_spec
@@ -80,8 +90,6 @@ def read_problems_arg(path: str, checker_spec: str) -> list:
 def task_names(text: str, other: str = "") -> list[str]:
     """The built-in generated tasks a --task value names ("all", or comma-separated); other: what else the
     command takes instead, for the error message."""
-    from nanoseek.data import tasks
-
     names = tasks.generated_tasks() if text == "all" else [t.strip() for t in text.split(",") if t.strip()]
     for name in names:
         if name not in tasks.TASKS or not tasks.TASKS[name].generated:
@@ -104,9 +112,6 @@ def probe_from_args(args: argparse.Namespace, tokenizer, style: str, info):
     """The AccuracyProbe of --eval-problems-file, or None without one."""
     if not getattr(args, "eval_problems_file", None):
         return None
-    from nanoseek.data import tasks
-    from nanoseek.errors import DataError
-    from nanoseek.train.probe import AccuracyProbe
 
     try:
         problems = tasks.read_problems(args.eval_problems_file)

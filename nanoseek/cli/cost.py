@@ -8,7 +8,28 @@ import math
 import re
 from pathlib import Path
 
+import torch
+
+from nanoseek.config import PRESETS, ModelConfig, preset
+from nanoseek.cost import (
+    HARDWARE,
+    PART_LABELS,
+    TYPICAL_MFU,
+    apply_overrides,
+    cpu_hardware,
+    flops_per_token,
+    forward_flops,
+    gpu_hours,
+    hours_unit,
+    implied_mfu,
+    on_other_hardware,
+    peak_flops,
+    summarize_run,
+)
 from nanoseek.errors import UserError
+from nanoseek.model import count_params
+from nanoseek.train.checkpoint import latest_checkpoint
+from nanoseek.train.log import LOG_NAME, read_log
 from nanoseek.units import dollars, duration, flop, pct, plural, sci, si
 
 SUFFIXES = {"": 1, "K": 1e3, "M": 1e6, "B": 1e9, "G": 1e9, "T": 1e12}
@@ -75,9 +96,6 @@ def parse_mfu(text: str) -> float:
 
 def _hardware(args, need_cpu: bool, cpu_peak: tuple[float, str] | None = None) -> dict:
     """The table with the user's overrides; the "cpu" row measured here (about a second) unless given."""
-    import torch
-
-    from nanoseek.cost import HARDWARE, apply_overrides, cpu_hardware, peak_flops
 
     table = dict(HARDWARE)
     if need_cpu:
@@ -113,8 +131,6 @@ def _peak(hw, precision: str) -> float:
 
 
 def _model(args):
-    from nanoseek.config import ModelConfig, preset
-
     if args.checkpoint:
         return ModelConfig.load(args.checkpoint), f"checkpoint {args.checkpoint}"
     return preset(args.preset), f"preset {args.preset}"
@@ -128,9 +144,6 @@ def _default_seq_len(cfg) -> tuple[int, str]:
 
 
 def _print_model(cfg, source: str, seq_len: int, seq_note: str, mtp: bool, breakdown: bool):
-    from nanoseek.cost import PART_LABELS, flops_per_token, forward_flops
-    from nanoseek.model import count_params
-
     pc = count_params(cfg)
     D = cfg.num_nextn_predict_layers
     mtp_note = ((f", {D} MTP module{'s' * (D > 1)} counted (trained with the model; --no-mtp drops it)" if mtp
@@ -163,8 +176,6 @@ def _print_model(cfg, source: str, seq_len: int, seq_note: str, mtp: bool, break
 
 
 def _report_estimate(args, cfg, source: str) -> None:
-    from nanoseek.cost import TYPICAL_MFU, gpu_hours, implied_mfu, on_other_hardware
-
     seq_len, seq_note = (args.seq_len, "--seq-len") if args.seq_len else _default_seq_len(cfg)
     if args.tokens is None:
         if args.mfu or args.gpu_hours:
@@ -238,12 +249,6 @@ def _report_estimate(args, cfg, source: str) -> None:
 
 
 def _report_run(args) -> None:
-    from nanoseek.config import ModelConfig
-    from nanoseek.cost import TYPICAL_MFU, hours_unit, on_other_hardware, summarize_run
-    from nanoseek.model import count_params
-    from nanoseek.train.checkpoint import latest_checkpoint
-    from nanoseek.train.log import LOG_NAME, read_log
-
     run = Path(args.run)
     if not (run / LOG_NAME).is_file():
         hint = (" it holds a config.json: for a model directory use --checkpoint DIR --tokens N"
@@ -336,8 +341,6 @@ def cmd_cost(args) -> None:
 
 
 def register(sub) -> None:
-    from nanoseek.config import PRESETS
-
     p = sub.add_parser("cost", help="FLOPs, GPU-hours, days and dollars of training a model, or of a run",
                        description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run", nargs="?", metavar="RUN_DIR", help="a training run's directory: report its log")

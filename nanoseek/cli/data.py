@@ -7,12 +7,16 @@ import sys
 import time
 from pathlib import Path
 
+from tqdm import tqdm
+
 from nanoseek.cli.common import UserError, nonneg_int, positive_int
+from nanoseek.data.prepare import prepare
+from nanoseek.data.shards import check_tokenizer, has_checksums, open_split, read_manifest, verify_checksums
+from nanoseek.data.sources import BAD_FILE_POLICIES, TEXT_UNITS, Corpus, ReadOptions
+from nanoseek.tokenizer import MIN_VOCAB, Tokenizer, trainable_vocab
 
 
 def _add_read_args(p: argparse.ArgumentParser) -> None:
-    from nanoseek.data.sources import BAD_FILE_POLICIES, TEXT_UNITS
-
     p.add_argument("--input", "-i", nargs="+", action="extend", required=True, metavar="PATH",
                    help="text files, folders of them (recursive), .jsonl[.gz] or .parquet files; repeatable")
     p.add_argument("--field", default="text", help="JSONL: the field holding the text (default text)")
@@ -28,8 +32,6 @@ def _add_read_args(p: argparse.ArgumentParser) -> None:
 
 
 def _read_options(args):
-    from nanoseek.data.sources import ReadOptions
-
     return ReadOptions(field=args.field, column=args.column, text_unit=args.text_unit, max_docs=args.max_docs,
                        on_bad_file=args.on_bad_file)
 
@@ -44,10 +46,6 @@ def _report_bad_files(corpus_or_count, policy: str, docs: int | None = None) -> 
 
 def cmd_tokenizer_train(args) -> None:
     """Train a byte-level BPE tokenizer (HF tokenizers) with nanoseek's special tokens and chat template."""
-    from tqdm import tqdm
-
-    from nanoseek.data.sources import Corpus
-    from nanoseek.tokenizer import MIN_VOCAB, Tokenizer, trainable_vocab
 
     out = Path(args.output)
     if out.exists() and not out.is_dir():
@@ -81,8 +79,6 @@ def cmd_tokenizer_train(args) -> None:
 
 def cmd_data_prepare(args) -> None:
     """Tokenize a corpus into uint16/uint32 token shards with a manifest and a held-out validation split."""
-    from nanoseek.data.prepare import prepare
-
     t0 = time.perf_counter()
     m = prepare(args.input, args.tokenizer, args.output, val_fraction=args.val_fraction, val_docs=args.val_docs,
                 workers=args.workers, read=_read_options(args), shard_tokens=args.shard_tokens)
@@ -101,9 +97,6 @@ def cmd_data_prepare(args) -> None:
 def cmd_data_info(args) -> None:
     """Summarise a prepared data directory and verify it: manifest, shard sizes and checksums, token ids,
     tokenizer fingerprint."""
-    from nanoseek.data.shards import check_tokenizer, has_checksums, open_split, read_manifest, verify_checksums
-    from nanoseek.tokenizer import Tokenizer
-
     m = read_manifest(args.data)
     for split in m["splits"]:
         open_split(args.data, split, m)  # raises on missing or truncated shards, or ids past the vocabulary

@@ -2,24 +2,33 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
-from nanoseek.cli.common import (UserError, add_device_args, nonneg_int, positive_int, read_problems_arg,
-                                 resolve_device, resolve_dtype, task_names)
+import torch
+from tqdm.auto import tqdm
+
+from nanoseek.cli.common import (
+    UserError,
+    add_device_args,
+    k_values,
+    nonneg_int,
+    positive_int,
+    read_problems_arg,
+    resolve_device,
+    resolve_dtype,
+    task_names,
+)
+from nanoseek.data import tasks
+from nanoseek.engine import ContextLengthError, Engine, EngineError, load_tokenizer, resolve_checkpoint
+from nanoseek.engine.loading import generation_eos_ids
 from nanoseek.errors import DataError
-
-
-def _ks(text: str) -> list[int]:
-    try:
-        ks = [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"give k values such as 1,4,8, got {text!r}") from None
-    if not ks or min(ks) < 1:
-        raise argparse.ArgumentTypeError(f"k values must be positive integers, got {text!r}")
-    return ks
+from nanoseek.eval import completion_records, evaluate_tasks, results_markdown, validation_bpb
+from nanoseek.eval.metrics import to_json
+from nanoseek.hf import load_model
+from nanoseek.io import atomic_write_text
+from nanoseek.tokenizer import Tokenizer
 
 
 def _out_file(path: str | None, flag: str) -> Path | None:
@@ -36,8 +45,6 @@ def _out_file(path: str | None, flag: str) -> Path | None:
 def load_problems(args) -> list:
     """The problems of --problems FILE or of the built-in --task(s); when a split holds fewer distinct problems
     than --n at a low difficulty, all it holds, with a note."""
-    from nanoseek.data import tasks
-
     if args.problems:
         problems = read_problems_arg(args.problems, args.checker)
         return problems[:args.n] if args.n else problems
@@ -64,13 +71,6 @@ def cmd_eval(args) -> None:
     answers per problem) and majority-vote accuracy maj@k, generated in batches through the engine. Prints a
     markdown table; --out writes the results as JSON, --completions every sample as JSONL (which `nanoseek tasks
     check` reads back)."""
-    import torch
-
-    from nanoseek.engine import ContextLengthError, Engine, EngineError, load_tokenizer, resolve_checkpoint
-    from nanoseek.engine.loading import generation_eos_ids
-    from nanoseek.eval import completion_records, evaluate_tasks, results_markdown, validation_bpb
-    from nanoseek.eval.metrics import to_json
-    from nanoseek.io import atomic_write_text
 
     if not (args.data or args.task or args.problems):
         raise UserError("nothing to evaluate: give --data DIR (bits per byte), --task NAME or --problems FILE "
@@ -101,15 +101,12 @@ def cmd_eval(args) -> None:
     if tok is None:
         raise UserError(f"{ckpt} has no tokenizer.json: evaluation encodes prompts and counts bytes with the "
                         "checkpoint's tokenizer; copy it there", param="--checkpoint")
-    from nanoseek.hf import load_model
 
     # bits per byte as training computes it: fp32 weights, matmuls under autocast at --dtype
     model = load_model(ckpt, dtype=torch.float32 if args.data else dtype, device=device)
     report: dict = {"format_version": 1, "checkpoint": str(ckpt)}
     bpb = None
     if args.data:
-        from nanoseek.tokenizer import Tokenizer
-
         if not isinstance(tok, Tokenizer):
             raise UserError(f"{ckpt}'s tokenizer is not a nanoseek tokenizer; bits per byte needs one")
         seq_len = args.seq_len or min(model.config.max_position_embeddings, 512)
@@ -124,8 +121,6 @@ def cmd_eval(args) -> None:
             raise UserError(f"--checkpoint {e}") from None
         bar = None
         if sys.stderr.isatty():
-            from tqdm.auto import tqdm
-
             bar = tqdm(total=len(problems), unit="problem", desc="eval", file=sys.stderr)
 
         def progress(done: int, total: int) -> None:
@@ -189,7 +184,7 @@ def register(sub) -> None:
                                                      "(default 1)")
     g.add_argument("--n", type=positive_int, help="problems per task (default 200; with --problems: the first N)")
     g.add_argument("--samples", type=positive_int, default=1, help="answers sampled per problem (default 1)")
-    g.add_argument("--k", type=_ks, default=[1], help="k values for pass@k and maj@k, e.g. 1,4,8 (each at most "
+    g.add_argument("--k", type=k_values, default=[1], help="k values for pass@k and maj@k, e.g. 1,4,8 (each at most "
                                                       "--samples; default 1)")
     g.add_argument("--temperature", type=float, help="default 0 (greedy) for one sample, 1.0 for several")
     g.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default 1: off)")

@@ -9,6 +9,9 @@ import sys
 from pathlib import Path
 
 from nanoseek.cli.common import UserError, add_device_args, nonneg_int, positive_int, resolve_device, resolve_dtype
+from nanoseek.config import ModelConfig
+from nanoseek.engine import ContextLengthError, Engine, EngineError, SamplingError, SamplingParams, resolve_checkpoint
+from nanoseek.io import atomic_write_text
 
 FORMAT_VERSION = 1  # of the JSONL records `nanoseek generate` writes
 
@@ -56,8 +59,6 @@ def decode_utf8(data: bytes, name: str) -> str:
 
 
 def sampling_params(args, **extra):
-    from nanoseek.engine import SamplingError, SamplingParams
-
     try:
         return SamplingParams(max_new_tokens=args.max_tokens, temperature=args.temperature, top_k=args.top_k,
                               top_p=args.top_p, min_p=args.min_p, presence_penalty=args.presence_penalty,
@@ -68,9 +69,6 @@ def sampling_params(args, **extra):
 
 
 def load_engine(args):
-    from nanoseek.config import ModelConfig
-    from nanoseek.engine import Engine, EngineError, resolve_checkpoint
-
     device, dtype = resolve_device(args.device), resolve_dtype(args.dtype)
     try:
         ckpt = resolve_checkpoint(args.checkpoint)
@@ -153,8 +151,6 @@ def _logprob_json(tok, lps):
 
 def cmd_generate(args) -> None:
     """Generate for one or many prompts (batched) and write one JSON line per prompt."""
-    from nanoseek.engine import ContextLengthError, EngineError
-
     if args.output and Path(args.output).is_dir():
         raise UserError(f"-o/--output {args.output} is a directory; give the path of the JSONL file to write")
     if args.output and Path(args.output).parent.exists() and not Path(args.output).parent.is_dir():
@@ -202,8 +198,6 @@ def cmd_generate(args) -> None:
     except (EngineError, ContextLengthError) as e:
         raise UserError(str(e)) from None
     if args.output:
-        from nanoseek.io import atomic_write_text
-
         atomic_write_text(args.output, "".join(line + "\n" for line in out_lines))
         print(f"wrote {len(out_lines)} completions to {args.output}", file=sys.stderr)
     pre = total["prompt"] / total["prefill_s"] if total["prefill_s"] else 0.0

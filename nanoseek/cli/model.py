@@ -4,15 +4,26 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
+
+import torch
 
 import nanoseek
-from nanoseek.cli.common import (DTYPES, UserError, add_device_args, nonneg_int, positive_int, resolve_device,
-                                 resolve_dtype)
+from nanoseek.cli.common import (
+    DTYPES,
+    UserError,
+    add_device_args,
+    nonneg_int,
+    positive_int,
+    resolve_device,
+    resolve_dtype,
+)
+from nanoseek.config import PRESETS, ModelConfig, mla_serving, preset
+from nanoseek.engine import Engine, SamplingParams
+from nanoseek.model import count_params
+
 
 def _build_or_load(args):
-    import torch
-
-    from nanoseek.config import preset
 
     device, dtype = resolve_device(args.device), resolve_dtype(args.dtype)
     if getattr(args, "checkpoint", None):
@@ -28,9 +39,6 @@ def _build_or_load(args):
 
 def cmd_demo(args) -> None:
     """Forward + greedy generation on a tiny model: shows the whole model runs end to end."""
-    import torch
-
-    from nanoseek.model import count_params
 
     model, source = _build_or_load(args)
     cfg = model.config
@@ -48,8 +56,6 @@ def cmd_demo(args) -> None:
     print(f"forward over {args.prompt_tokens} tokens: logits {tuple(out.logits.shape)} in {t_fwd * 1e3:.1f} ms")
     print(f"expert load (tokens per expert, first MoE layer): {out.expert_counts[0].tolist()}")
     if args.new_tokens:
-        from nanoseek.engine import Engine, SamplingParams
-
         engine = Engine(model)  # the latent-cache engine `nanoseek generate` uses
         t0 = time.perf_counter()
         done = engine.generate(prompt[0].tolist(), SamplingParams(max_new_tokens=args.new_tokens, temperature=0))
@@ -64,9 +70,6 @@ def cmd_demo(args) -> None:
 def cmd_info(args) -> None:
     """Parameter counts and cache size of a preset or checkpoint (built on the meta device: no memory), and
     whether vLLM's MLA kernels serve its latent shape."""
-    from nanoseek.config import ModelConfig, mla_serving, preset
-    from nanoseek.model import count_params
-
     cfg = ModelConfig.load(args.checkpoint) if args.checkpoint else preset(args.preset)
     pc = count_params(cfg)
     cache = cfg.num_hidden_layers * (cfg.kv_lora_rank + cfg.qk_rope_head_dim)
@@ -89,8 +92,6 @@ def cmd_info(args) -> None:
 def _check_convert_paths(source: str, dest: str) -> None:
     """convert reads SOURCE and replaces DEST as a whole: refuse any DEST that would touch SOURCE (the same
     folder under any name, a folder inside it, or a folder that holds it)."""
-    from pathlib import Path
-
     src, dst = Path(source).resolve(), Path(dest).resolve()
     same = dst == src or (dst.exists() and src.exists() and os.path.samefile(dst, src))
     if same:
@@ -117,8 +118,6 @@ def cmd_convert(args) -> None:
 
 
 def register(sub) -> None:
-    from nanoseek.config import PRESETS
-
     p = sub.add_parser("demo", help="run a tiny model end to end: forward, routing stats, greedy tokens",
                        description=cmd_demo.__doc__)
     src = p.add_mutually_exclusive_group()

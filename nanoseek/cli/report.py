@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
+
+from nanoseek.report import write_report
 
 HELP = """\
 Writes RUN/report.md and its plots in RUN/plots/ from what a run folder holds: the config and parameter
@@ -17,16 +20,12 @@ RUN is the folder `nanoseek speedrun` writes, any part of it, or one training ru
 
 
 def cmd_report(args) -> None:
-    from nanoseek.report import write_report
-
     path = write_report(args.run, measure=not args.no_measure, announce=print)
     plots = sorted((Path(args.run) / "plots").glob("*.png"))
     print(f"wrote {path}" + (f" and {len(plots)} plot(s) in {path.parent / 'plots'}" if plots else ""))
 
 
 def register(sub) -> None:
-    import argparse
-
     p = sub.add_parser("report", help="the report card of a run: report.md with costs, metrics, plots, answers",
                        description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run", metavar="RUN", help="a run folder (nanoseek speedrun) or a training run's --out directory")

@@ -17,7 +17,6 @@ from nanoseek.train.grpo import GRPOConfig, GRPOTask, frozen_copy
 from nanoseek.train.pretrain import check_model_tokenizer
 from nanoseek.train.stage import run_stage, stage_settings
 
-
 NOT_FOR_RL = {
     "seq_len": "a sequence is a prompt and its completion, which --max-new-tokens bounds (the rollout engine "
                "sizes itself to the longest prompt)",

@@ -9,7 +9,11 @@ import os
 import socket
 import sys
 
+import torch
+
 from nanoseek.cli.common import UserError, add_device_args, nonneg_int, positive_int, resolve_device, resolve_dtype
+from nanoseek.engine import Engine, EngineError, resolve_checkpoint
+from nanoseek.serve import ServerConfig, create_app, serve
 
 
 def _is_loopback(host: str) -> bool:
@@ -57,10 +61,6 @@ def check_address(host: str, port: int) -> None:
 def cmd_serve(args) -> None:
     """Serve a checkpoint over HTTP: /v1/chat/completions, /v1/completions, /v1/models, /health, /metrics
     and the chat page at /."""
-    import torch
-
-    from nanoseek.engine import Engine, EngineError, resolve_checkpoint
-    from nanoseek.serve import ServerConfig, create_app, serve
 
     if args.threads:
         torch.set_num_threads(args.threads)

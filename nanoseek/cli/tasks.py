@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from collections import defaultdict
 from pathlib import Path
 
-from nanoseek.cli.common import UserError, nonneg_int, positive_int, read_problems_arg, task_names
+from nanoseek.cli.common import UserError, k_values, nonneg_int, positive_int, read_problems_arg, task_names
+from nanoseek.data import rewards, tasks
+from nanoseek.data.rewards import DEFAULT_WEIGHTS
 from nanoseek.errors import DataError
+from nanoseek.eval import metrics
+from nanoseek.io import atomic_write_text
 
 FORMATS = ("problems", "sft", "text")
 
@@ -22,8 +25,6 @@ def _flag_error(e: DataError, flags: dict[str, str]) -> UserError:
 
 def cmd_list(args) -> None:
     """List the built-in tasks with their difficulty levels and an example prompt."""
-    from nanoseek.data import tasks
-
     for name in tasks.generated_tasks():
         t = tasks.TASKS[name]
         example = tasks.generate(t, "train", 1, 1, seed=0)[0]
@@ -37,8 +38,6 @@ def cmd_list(args) -> None:
 
 def cmd_show(args) -> None:
     """Print a few problems with their worked solutions, as pretraining text shows them."""
-    from nanoseek.data import tasks
-
     flags = {"difficulty": "--difficulty", "n": "--n", "split": "--split"}
     for name in task_names(args.task):
         try:
@@ -54,8 +53,6 @@ def cmd_show(args) -> None:
 def cmd_generate(args) -> None:
     """Generate problems of the built-in tasks and write them as problems JSONL (RL, evaluation), SFT chat
     JSONL with worked reasoning, or pretraining text."""
-    from nanoseek.data import tasks
-
     flags = {"difficulty": "--difficulty", "n": "--n", "split": "--split", "group": "--group", "style": "--style"}
     out = Path(args.out)
     if out.is_dir():
@@ -97,9 +94,6 @@ def _completion_text(rec: dict, where: str) -> str:
 def cmd_check(args) -> None:
     """Score completions against problems: accuracy, format, pass@k and maj@k per task, as a markdown table
     (and JSON). Completions are matched to problems by their "prompt"."""
-    from nanoseek.data import rewards, tasks
-    from nanoseek.eval import metrics
-
     problems = read_problems_arg(args.problems, args.checker)
     try:
         scorer = rewards.Rewards(args.reward, seed=args.seed)
@@ -148,30 +142,14 @@ def cmd_check(args) -> None:
         print("note: no completion contains </think>; decode with special tokens kept (skip_special_tokens="
               "False) or the reasoning and the answer cannot be told apart", file=sys.stderr)
     if args.json:
-        from nanoseek.io import atomic_write_text
-
         atomic_write_text(args.json, metrics.to_json({"rows": rows, "reward": repr(scorer), "ks": ks}))
         print(f"wrote {args.json}")
     if args.out:
-        from nanoseek.io import atomic_write_text
-
         atomic_write_text(args.out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in scored))
         print(f"wrote {len(scored):,} scored completions to {args.out}")
 
 
-def _ks(text: str) -> list[int]:
-    try:
-        ks = [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"give k values such as 1,4,8, got {text!r}") from None
-    if not ks or min(ks) < 1:
-        raise argparse.ArgumentTypeError(f"k values must be positive integers, got {text!r}")
-    return ks
-
-
 def register(sub) -> None:
-    from nanoseek.data.rewards import DEFAULT_WEIGHTS
-
     p = sub.add_parser("tasks", help="verifiable reasoning tasks: list, generate data, score completions",
                        description="The built-in verifiable task suite (and your own JSONL problems).")
     tsub = p.add_subparsers(dest="tasks_command", metavar="SUBCOMMAND", required=True)
@@ -220,7 +198,7 @@ def register(sub) -> None:
                         "'{\"name\": \"numeric\", \"tolerance\": 0.01}' (default exact)")
     t.add_argument("--reward", default=DEFAULT_WEIGHTS, help=f"rewards and weights (default {DEFAULT_WEIGHTS})")
     t.add_argument("--seed", type=nonneg_int, default=0, help="seed of the random reward (default 0)")
-    t.add_argument("--k", type=_ks, default=[1], help="k values for pass@k and maj@k, e.g. 1,4,8 (default 1)")
+    t.add_argument("--k", type=k_values, default=[1], help="k values for pass@k and maj@k, e.g. 1,4,8 (default 1)")
     t.add_argument("--json", metavar="FILE", help="also write the table as JSON")
     t.add_argument("--out", "-o", metavar="FILE", help="write every completion with its answer and rewards")
     t.set_defaults(func=cmd_check)

@@ -141,7 +141,8 @@ def _section_cost(run: Run, rows: list[StageCost]) -> list[str]:
                   "lrrrrrrl")
     peaks = sorted({f"{flop(r.peak)}/s ({_esc(r.peak_source)})" for r in trained if r.peak})
     out += ["", f"Cost: wall time x processes at {price_note}. Training FLOPs: tokens x FLOPs per token of the "
-            "stage's checkpoint config with causal attention, as the training logs and `nanoseek cost` count them. RL counts its training passes over the sampled completions, not the sampling "
+            "stage's checkpoint config with causal attention, as the training logs and `nanoseek cost` count them. "
+            "RL counts its training passes over the sampled completions, not the sampling "
             "itself. "
             "MFU stepping is the median over logged steps; MFU wall divides by the whole wall time, start-up, "
             "evaluation and checkpoints included." + (f" Peak used: {', '.join(peaks)}." if peaks else ""), ""]

@@ -31,8 +31,17 @@ from nanoseek.errors import UserError
 from nanoseek.hf import load_model, write_model_files
 from nanoseek.model.moe import load_stats
 from nanoseek.train import distributed as D
-from nanoseek.train.checkpoint import (LATEST, capture_rng, checkpoints_dir, clean_partial, latest_checkpoint,
-                                       load_train_state, restore_rng, save_checkpoint, saved_steps)
+from nanoseek.train.checkpoint import (
+    LATEST,
+    capture_rng,
+    checkpoints_dir,
+    clean_partial,
+    latest_checkpoint,
+    load_train_state,
+    restore_rng,
+    save_checkpoint,
+    saved_steps,
+)
 from nanoseek.train.config import TrainConfig
 from nanoseek.train.log import RunLog, keep_aside
 from nanoseek.train.optim import build_optimizers, set_lr
@@ -167,7 +176,8 @@ class _Run:
         if resume:
             ckpt = latest_checkpoint(run_dir)
             if ckpt is None:
-                raise FileNotFoundError(f"--resume: no checkpoint in {checkpoints_dir(run_dir)}; drop --resume to start")
+                raise FileNotFoundError(f"--resume: no checkpoint in {checkpoints_dir(run_dir)}; drop --resume to "
+                                        "start")
             task.check_model(ckpt)
             state = load_train_state(ckpt)
             if state.world_size != info.world_size and info.is_main:
