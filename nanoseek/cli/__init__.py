@@ -61,7 +61,6 @@ def main(argv: list[str] | None = None) -> int:
 def _run_lock(args: argparse.Namespace):
     """The lock on the run folder the command writes (none for other commands, for a path that is a file, which
     the command itself refuses, and for the other processes of a torchrun job: rank 0 holds it for them)."""
-
     attr, flag = RUN_FOLDERS.get(args.command, (None, None))
     path = getattr(args, attr, None) if attr else None
     if path is None or Path(path).is_file() or os.environ.get("RANK", "0") != "0":

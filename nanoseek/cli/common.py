@@ -9,7 +9,7 @@ import json
 import torch
 
 from nanoseek.data import tasks
-from nanoseek.errors import DataError, UserError
+from nanoseek.errors import UserError
 from nanoseek.runtime import resolve_device  # noqa: F401  (every command's --device, here with its flags)
 from nanoseek.train.probe import AccuracyProbe
 
@@ -29,13 +29,17 @@ def resolve_dtype(name: str):
 
 
 @contextlib.contextmanager
-def for_flag(name: str):
-    """A user error raised while reading a flag's value names the flag: `--checkpoint run/x: no config.json`."""
+def for_flag(flag: str | dict[str, str]):
+    """A user error raised while a flag's value is read names the flag: `--checkpoint run/x: no config.json`.
+    With {library param: flag}, the error's param says which flag it was: `--difficulty: difficulty 9 ...`."""
     try:
         yield
     except UserError as e:
-        if e.param is None:
-            e.message, e.param = f"{name} {e.message}", name
+        if isinstance(flag, dict):
+            if e.param in flag:
+                e.message, e.param = f"{flag[e.param]}: {e.message}", flag[e.param]
+        elif e.param is None or not e.param.startswith("-"):
+            e.message, e.param = f"{flag} {e.message}", flag
         raise
 
 
@@ -75,16 +79,13 @@ def nonneg_int(s: str) -> int:
 def read_problems_arg(path: str, checker_spec: str) -> list:
     """The problems of a --problems FILE, with --checker (a name, or a JSON object) as the default checker;
     bad input of either becomes a UserError naming its flag."""
-
     try:
         checker = json.loads(checker_spec) if checker_spec.lstrip().startswith("{") else checker_spec
         tasks.make_checker(checker)
     except (ValueError, json.JSONDecodeError) as e:
         raise UserError(f"--checker: {e}", param="--checker") from None
-    try:
+    with for_flag("--problems"):
         return tasks.read_problems(path, default_checker=checker)
-    except DataError as e:
-        raise UserError(f"--problems {e}", param="--problems") from None
 
 
 def task_names(text: str, other: str = "") -> list[str]:
@@ -113,10 +114,8 @@ def probe_from_args(args: argparse.Namespace, tokenizer, style: str, info):
     if not getattr(args, "eval_problems_file", None):
         return None
 
-    try:
+    with for_flag("--eval-problems-file"):
         problems = tasks.read_problems(args.eval_problems_file)
-    except DataError as e:
-        raise UserError(f"--eval-problems-file {e}", param="--eval-problems-file") from None
     if style == "chat" and not hasattr(tokenizer, "render_chat"):
         raise UserError("--eval-problems-file asks in the chat template, which needs a nanoseek tokenizer",
                         param="--eval-problems-file")

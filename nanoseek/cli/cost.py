@@ -11,21 +11,9 @@ from pathlib import Path
 import torch
 
 from nanoseek.config import PRESETS, ModelConfig, preset
-from nanoseek.cost import (
-    HARDWARE,
-    PART_LABELS,
-    TYPICAL_MFU,
-    apply_overrides,
-    cpu_hardware,
-    flops_per_token,
-    forward_flops,
-    gpu_hours,
-    hours_unit,
-    implied_mfu,
-    on_other_hardware,
-    peak_flops,
-    summarize_run,
-)
+from nanoseek.cost import (HARDWARE, PART_LABELS, TYPICAL_MFU, apply_overrides, cpu_hardware, flops_per_token,
+                           forward_flops, gpu_hours, hours_unit, implied_mfu, on_other_hardware, peak_flops,
+                           summarize_run)
 from nanoseek.errors import UserError
 from nanoseek.model import count_params
 from nanoseek.train.checkpoint import latest_checkpoint
@@ -96,7 +84,6 @@ def parse_mfu(text: str) -> float:
 
 def _hardware(args, need_cpu: bool, cpu_peak: tuple[float, str] | None = None) -> dict:
     """The table with the user's overrides; the "cpu" row measured here (about a second) unless given."""
-
     table = dict(HARDWARE)
     if need_cpu:
         table["cpu"] = cpu_hardware(*(cpu_peak or peak_flops(torch.device("cpu"), torch.bfloat16)))

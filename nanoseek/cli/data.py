@@ -46,7 +46,6 @@ def _report_bad_files(corpus_or_count, policy: str, docs: int | None = None) -> 
 
 def cmd_tokenizer_train(args) -> None:
     """Train a byte-level BPE tokenizer (HF tokenizers) with nanoseek's special tokens and chat template."""
-
     out = Path(args.output)
     if out.exists() and not out.is_dir():
         raise UserError(f"--output {out} is a file; give a directory")

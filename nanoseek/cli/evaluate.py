@@ -9,21 +9,11 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from nanoseek.cli.common import (
-    UserError,
-    add_device_args,
-    k_values,
-    nonneg_int,
-    positive_int,
-    read_problems_arg,
-    resolve_device,
-    resolve_dtype,
-    task_names,
-)
+from nanoseek.cli.common import (UserError, add_device_args, for_flag, k_values, nonneg_int, positive_int,
+                                 read_problems_arg, resolve_device, resolve_dtype, task_names)
 from nanoseek.data import tasks
-from nanoseek.engine import ContextLengthError, Engine, EngineError, load_tokenizer, resolve_checkpoint
+from nanoseek.engine import ContextLengthError, Engine, load_tokenizer, resolve_checkpoint
 from nanoseek.engine.loading import generation_eos_ids
-from nanoseek.errors import DataError
 from nanoseek.eval import completion_records, evaluate_tasks, results_markdown, validation_bpb
 from nanoseek.eval.metrics import to_json
 from nanoseek.hf import load_model
@@ -52,10 +42,8 @@ def load_problems(args) -> list:
     n = args.n or 200
     out = []
     for name in names:
-        try:
+        with for_flag({"difficulty": "--difficulty"}):
             tasks.parse_difficulty(args.difficulty, name)
-        except DataError as e:
-            raise UserError(f"--difficulty: {e}", param="--difficulty") from None
         found = tasks.generate_up_to(name, args.split, n, args.difficulty, seed=args.seed)
         if len(found) < n:
             print(f"note: the {args.split} split holds only {len(found)} distinct {name} problems at difficulty "
@@ -71,7 +59,6 @@ def cmd_eval(args) -> None:
     answers per problem) and majority-vote accuracy maj@k, generated in batches through the engine. Prints a
     markdown table; --out writes the results as JSON, --completions every sample as JSONL (which `nanoseek tasks
     check` reads back)."""
-
     if not (args.data or args.task or args.problems):
         raise UserError("nothing to evaluate: give --data DIR (bits per byte), --task NAME or --problems FILE "
                         "(task accuracy), or both")
@@ -92,10 +79,8 @@ def cmd_eval(args) -> None:
     if args.after_turns and len(problems) < 2:
         raise UserError("--after-turns asks other problems of the set first: give at least two problems",
                         param="--after-turns")
-    try:
+    with for_flag("--checkpoint"):
         ckpt = resolve_checkpoint(args.checkpoint)
-    except EngineError as e:
-        raise UserError(f"--checkpoint {e}", param="--checkpoint") from None
     device, dtype = resolve_device(args.device), resolve_dtype(args.dtype)
     tok = load_tokenizer(ckpt)
     if tok is None:
@@ -115,10 +100,8 @@ def cmd_eval(args) -> None:
         report["bpb"] = {"data": str(args.data), **bpb}
         model.to(dtype)
     if problems:
-        try:
+        with for_flag("--checkpoint"):
             engine = Engine(model, tok, eos_token_ids=generation_eos_ids(ckpt), max_batch=args.batch_size)
-        except EngineError as e:
-            raise UserError(f"--checkpoint {e}") from None
         bar = None
         if sys.stderr.isatty():
             bar = tqdm(total=len(problems), unit="problem", desc="eval", file=sys.stderr)
@@ -135,8 +118,6 @@ def cmd_eval(args) -> None:
         except ContextLengthError as e:
             fix = "lower --max-tokens or --after-turns" if args.after_turns else "lower --max-tokens"
             raise UserError(f"{e} ({fix})", param="--max-tokens") from None
-        except EngineError as e:
-            raise UserError(str(e)) from None
         finally:
             if bar is not None:
                 bar.close()

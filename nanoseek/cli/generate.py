@@ -8,9 +8,10 @@ import os
 import sys
 from pathlib import Path
 
-from nanoseek.cli.common import UserError, add_device_args, nonneg_int, positive_int, resolve_device, resolve_dtype
+from nanoseek.cli.common import (UserError, add_device_args, for_flag, nonneg_int, positive_int, resolve_device,
+                                 resolve_dtype)
 from nanoseek.config import ModelConfig
-from nanoseek.engine import ContextLengthError, Engine, EngineError, SamplingError, SamplingParams, resolve_checkpoint
+from nanoseek.engine import Engine, SamplingParams, resolve_checkpoint
 from nanoseek.io import atomic_write_text
 
 FORMAT_VERSION = 1  # of the JSONL records `nanoseek generate` writes
@@ -59,28 +60,21 @@ def decode_utf8(data: bytes, name: str) -> str:
 
 
 def sampling_params(args, **extra):
-    try:
-        return SamplingParams(max_new_tokens=args.max_tokens, temperature=args.temperature, top_k=args.top_k,
-                              top_p=args.top_p, min_p=args.min_p, presence_penalty=args.presence_penalty,
-                              frequency_penalty=args.frequency_penalty, repetition_penalty=args.repetition_penalty,
-                              seed=args.seed, **extra).validate()
-    except SamplingError as e:
-        raise UserError(str(e)) from None
+    return SamplingParams(max_new_tokens=args.max_tokens, temperature=args.temperature, top_k=args.top_k,
+                          top_p=args.top_p, min_p=args.min_p, presence_penalty=args.presence_penalty,
+                          frequency_penalty=args.frequency_penalty, repetition_penalty=args.repetition_penalty,
+                          seed=args.seed, **extra).validate()
 
 
 def load_engine(args):
     device, dtype = resolve_device(args.device), resolve_dtype(args.dtype)
-    try:
+    with for_flag("--checkpoint"):  # no model there
         ckpt = resolve_checkpoint(args.checkpoint)
-    except EngineError as e:  # no model there
-        raise UserError(f"--checkpoint {e}") from None
     if args.speculative and ModelConfig.load(ckpt).num_nextn_predict_layers == 0:
         raise UserError(f"--speculative needs an MTP module and {ckpt} has none (num_nextn_predict_layers = 0)")
-    try:
+    with for_flag("--checkpoint"):  # e.g. a malformed generation_config.json
         return Engine.load(ckpt, dtype=dtype, device=device, compile=args.compile, speculative=args.speculative,
                            max_batch=getattr(args, "batch_size", 32))
-    except EngineError as e:  # e.g. a malformed generation_config.json
-        raise UserError(f"--checkpoint {e}") from None
 
 
 # ---- generate --------------------------------------------------------------------------------------------
@@ -166,37 +160,34 @@ def cmd_generate(args) -> None:
     out_lines: list[str] = []
     sink = None if args.output else sys.stdout
     total = {"prompt": 0, "new": 0, "prefill_s": 0.0, "decode_s": 0.0, "drafted": 0, "accepted": 0}
-    try:
-        ids = [_prompt_ids(engine, it, args.chat, args.system) for it in items]
-        for start in range(0, len(items), args.batch_size):
-            batch = ids[start:start + args.batch_size]
-            outs = engine.generate(batch, params)
-            st = engine.stats
-            total["prompt"] += st.prompt_tokens
-            total["new"] += st.generated_tokens
-            total["prefill_s"] += st.prefill_seconds
-            total["decode_s"] += st.decode_seconds
-            total["drafted"] += st.drafted
-            total["accepted"] += st.accepted
-            for o in outs:
-                item = items[start + o.index]
-                rec = {"format_version": FORMAT_VERSION, "index": start + o.index, **item, "text": o.text,
-                       "finish_reason": o.finish_reason, "stop_reason": o.stop_reason,
-                       "prompt_tokens": len(o.prompt_ids), "completion_tokens": len(o.token_ids),
-                       "token_ids": o.token_ids}
-                if o.logprobs is not None:
-                    rec["logprobs"] = _logprob_json(engine.tokenizer, o.logprobs)
-                if o.prompt_logprobs is not None:
-                    rec["prompt_logprobs"] = _logprob_json(engine.tokenizer, o.prompt_logprobs)
-                if args.speculative:
-                    rec["acceptance_rate"] = o.acceptance_rate
-                line = json.dumps(rec, ensure_ascii=False)
-                if sink is not None:
-                    print(line, file=sink, flush=True)
-                else:
-                    out_lines.append(line)
-    except (EngineError, ContextLengthError) as e:
-        raise UserError(str(e)) from None
+    ids = [_prompt_ids(engine, it, args.chat, args.system) for it in items]
+    for start in range(0, len(items), args.batch_size):
+        batch = ids[start:start + args.batch_size]
+        outs = engine.generate(batch, params)
+        st = engine.stats
+        total["prompt"] += st.prompt_tokens
+        total["new"] += st.generated_tokens
+        total["prefill_s"] += st.prefill_seconds
+        total["decode_s"] += st.decode_seconds
+        total["drafted"] += st.drafted
+        total["accepted"] += st.accepted
+        for o in outs:
+            item = items[start + o.index]
+            rec = {"format_version": FORMAT_VERSION, "index": start + o.index, **item, "text": o.text,
+                   "finish_reason": o.finish_reason, "stop_reason": o.stop_reason,
+                   "prompt_tokens": len(o.prompt_ids), "completion_tokens": len(o.token_ids),
+                   "token_ids": o.token_ids}
+            if o.logprobs is not None:
+                rec["logprobs"] = _logprob_json(engine.tokenizer, o.logprobs)
+            if o.prompt_logprobs is not None:
+                rec["prompt_logprobs"] = _logprob_json(engine.tokenizer, o.prompt_logprobs)
+            if args.speculative:
+                rec["acceptance_rate"] = o.acceptance_rate
+            line = json.dumps(rec, ensure_ascii=False)
+            if sink is not None:
+                print(line, file=sink, flush=True)
+            else:
+                out_lines.append(line)
     if args.output:
         atomic_write_text(args.output, "".join(line + "\n" for line in out_lines))
         print(f"wrote {len(out_lines)} completions to {args.output}", file=sys.stderr)

@@ -9,22 +9,14 @@ from pathlib import Path
 import torch
 
 import nanoseek
-from nanoseek.cli.common import (
-    DTYPES,
-    UserError,
-    add_device_args,
-    nonneg_int,
-    positive_int,
-    resolve_device,
-    resolve_dtype,
-)
+from nanoseek.cli.common import (DTYPES, UserError, add_device_args, nonneg_int, positive_int, resolve_device,
+                                 resolve_dtype)
 from nanoseek.config import PRESETS, ModelConfig, mla_serving, preset
 from nanoseek.engine import Engine, SamplingParams
 from nanoseek.model import count_params
 
 
 def _build_or_load(args):
-
     device, dtype = resolve_device(args.device), resolve_dtype(args.dtype)
     if getattr(args, "checkpoint", None):
         model = nanoseek.load_model(args.checkpoint, dtype=dtype, device=device)
@@ -39,7 +31,6 @@ def _build_or_load(args):
 
 def cmd_demo(args) -> None:
     """Forward + greedy generation on a tiny model: shows the whole model runs end to end."""
-
     model, source = _build_or_load(args)
     cfg = model.config
     pc = count_params(cfg)

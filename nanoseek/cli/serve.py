@@ -11,8 +11,9 @@ import sys
 
 import torch
 
-from nanoseek.cli.common import UserError, add_device_args, nonneg_int, positive_int, resolve_device, resolve_dtype
-from nanoseek.engine import Engine, EngineError, resolve_checkpoint
+from nanoseek.cli.common import (UserError, add_device_args, for_flag, nonneg_int, positive_int, resolve_device,
+                                 resolve_dtype)
+from nanoseek.engine import Engine, resolve_checkpoint
 from nanoseek.serve import ServerConfig, create_app, serve
 
 
@@ -61,7 +62,6 @@ def check_address(host: str, port: int) -> None:
 def cmd_serve(args) -> None:
     """Serve a checkpoint over HTTP: /v1/chat/completions, /v1/completions, /v1/models, /health, /metrics
     and the chat page at /."""
-
     if args.threads:
         torch.set_num_threads(args.threads)
     check_address(args.host, args.port)
@@ -69,15 +69,13 @@ def cmd_serve(args) -> None:
     if not _is_loopback(args.host) and not api_key:
         print(f"nanoseek serve: warning: listening on {args.host} without an API key: anyone who can reach this "
               "port can use the model (set --api-key or NANOSEEK_API_KEY)", file=sys.stderr)
-    try:
+    with for_flag("--checkpoint"):
         ckpt = resolve_checkpoint(args.checkpoint)
         engine = Engine.load(ckpt, dtype=resolve_dtype(args.dtype), device=resolve_device(args.device),
                              compile=args.compile, speculative=args.speculative, max_batch=args.max_batch,
                              max_len=args.max_len, cache_memory=args.cache_memory * 2**20 if args.cache_memory else None,
                              max_waiting=args.max_waiting, step_tokens=args.step_tokens,
                              prefix_caching=not args.no_prefix_caching)
-    except EngineError as e:
-        raise UserError(f"--checkpoint {e}") from None
     name = args.model_name or ckpt.resolve().name
     config = ServerConfig(model_name=name, api_key=api_key, cors_origins=tuple(args.cors_origin or ()),
                           max_body_bytes=args.max_body_bytes, max_tokens_limit=args.max_tokens_limit)

@@ -7,20 +7,13 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-from nanoseek.cli.common import UserError, k_values, nonneg_int, positive_int, read_problems_arg, task_names
+from nanoseek.cli.common import UserError, for_flag, k_values, nonneg_int, positive_int, read_problems_arg, task_names
 from nanoseek.data import rewards, tasks
 from nanoseek.data.rewards import DEFAULT_WEIGHTS
-from nanoseek.errors import DataError
 from nanoseek.eval import metrics
 from nanoseek.io import atomic_write_text
 
 FORMATS = ("problems", "sft", "text")
-
-
-def _flag_error(e: DataError, flags: dict[str, str]) -> UserError:
-    """A library DataError re-raised with the command's flag as its param."""
-    param = flags.get(e.param or "", e.param)
-    return UserError(f"{param}: {e}" if param and param.startswith("-") else str(e), param=param)
 
 
 def cmd_list(args) -> None:
@@ -40,11 +33,9 @@ def cmd_show(args) -> None:
     """Print a few problems with their worked solutions, as pretraining text shows them."""
     flags = {"difficulty": "--difficulty", "n": "--n", "split": "--split"}
     for name in task_names(args.task):
-        try:
+        with for_flag(flags):
             problems = tasks.generate(name, args.split, args.n, args.difficulty, seed=args.seed, unique=False,
                                       wording=args.wording)
-        except DataError as e:
-            raise _flag_error(e, flags) from None
         for p in problems:
             print(f"# {name}, difficulty {p.difficulty}, {args.split}, id {p.id}")
             print(tasks.render_text(p, args.style), end="\n\n")
@@ -59,12 +50,10 @@ def cmd_generate(args) -> None:
         raise UserError(f"--out {out} is a directory; give a file name", param="--out")
     problems = []
     for name in task_names(args.task):
-        try:
+        with for_flag(flags):
             problems += tasks.generate(name, args.split, args.n, args.difficulty, seed=args.seed,
                                        unique=not args.allow_repeats, wording=args.wording)
-        except DataError as e:
-            raise _flag_error(e, flags) from None
-    try:
+    with for_flag(flags):
         if args.format == "problems":
             count, what = tasks.write_problems(problems, out), "problems"
         elif args.format == "sft":
@@ -72,8 +61,6 @@ def cmd_generate(args) -> None:
         else:
             count = tasks.write_text(problems, out, style=args.style, group=args.group)
             what = f"{args.style} text documents ({len(problems)} problems)"
-    except DataError as e:
-        raise _flag_error(e, flags) from None
     print(f"wrote {count:,} {what} ({args.task}, {args.split} split, difficulty {args.difficulty}, seed "
           f"{args.seed}) to {out}")
 
@@ -95,19 +82,15 @@ def cmd_check(args) -> None:
     """Score completions against problems: accuracy, format, pass@k and maj@k per task, as a markdown table
     (and JSON). Completions are matched to problems by their "prompt"."""
     problems = read_problems_arg(args.problems, args.checker)
-    try:
+    with for_flag({"reward": "--reward"}):
         scorer = rewards.Rewards(args.reward, seed=args.seed)
-    except DataError as e:
-        raise _flag_error(e, {"reward": "--reward"}) from None
     by_prompt = {}
     for p in problems:
         by_prompt.setdefault(p.prompt, p)
     samples: dict[str, list] = defaultdict(list)
     scored, think_seen, n = [], 0, 0
-    try:
+    with for_flag("--completions"):
         records = list(tasks.read_jsonl(args.completions))
-    except DataError as e:
-        raise UserError(f"--completions {e}", param="--completions") from None
     for where, rec in records:
         if not isinstance(rec, dict) or not isinstance(rec.get("prompt"), str):
             raise UserError(f'--completions {where}: expected an object with "prompt" and the completion',

@@ -31,17 +31,8 @@ from nanoseek.errors import UserError
 from nanoseek.hf import load_model, write_model_files
 from nanoseek.model.moe import load_stats
 from nanoseek.train import distributed as D
-from nanoseek.train.checkpoint import (
-    LATEST,
-    capture_rng,
-    checkpoints_dir,
-    clean_partial,
-    latest_checkpoint,
-    load_train_state,
-    restore_rng,
-    save_checkpoint,
-    saved_steps,
-)
+from nanoseek.train.checkpoint import (LATEST, capture_rng, checkpoints_dir, clean_partial, latest_checkpoint,
+                                       load_train_state, restore_rng, save_checkpoint, saved_steps)
 from nanoseek.train.config import TrainConfig
 from nanoseek.train.log import RunLog, keep_aside
 from nanoseek.train.optim import build_optimizers, set_lr
