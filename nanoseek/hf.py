@@ -313,4 +313,25 @@ def _interleave_rope_rows(cfg: ModelConfig, sd: dict[str, torch.Tensor]) -> dict
     return out
 
 
-__all__ = ["load_model", "save_model", "write_model_files", "to_hf_state_dict", "dequantize_fp8", "CheckpointError"]
+def convert(source: str | os.PathLike, dest: str | os.PathLike, dtype: torch.dtype = torch.bfloat16,
+            max_shard_bytes: int = 5 << 30) -> Path:
+    """Import a Hugging Face DeepseekV3 directory (sharded, fused-expert or FP8) and write it to `dest` in the
+    plain layout. The source is only read: a `dest` that is the source (under any name), lies inside it or
+    holds it is refused with a CheckpointError before anything is read."""
+    src, dst = Path(source).resolve(), Path(dest).resolve()
+    if dst == src or (dst.exists() and src.exists() and os.path.samefile(dst, src)):
+        raise CheckpointError(f"DEST {dest} is the source directory {source}: convert never writes over its input; "
+                              "give a new directory", param="dest")
+    if src in dst.parents:
+        raise CheckpointError(f"DEST {dest} is inside the source directory {source}: convert never writes into its "
+                              "input; give a directory outside it", param="dest")
+    if dst in src.parents:
+        raise CheckpointError(f"DEST {dest} holds the source directory {source}: converting would replace that "
+                              "folder, source included; give a directory outside it", param="dest")
+    if dst.exists() and not dst.is_dir():
+        raise CheckpointError(f"DEST {dest} is a file; give a directory", param="dest")
+    model = load_model(source, dtype=dtype, device="cpu")
+    return save_model(model, dest, max_shard_bytes=max_shard_bytes)
+
+
+__all__ = ["convert", "load_model", "save_model", "write_model_files", "to_hf_state_dict", "dequantize_fp8", "CheckpointError"]

@@ -493,7 +493,7 @@ def test_cli_check_warns_when_special_tokens_were_dropped(tmp_path, capsys):
     (["tasks", "check", "--problems", "P", "--completions", "X", "--reward", "style"], "--reward: unknown reward 'style'"),
     (["tasks", "check", "--problems", "P", "--completions", "X", "--checker", "fuzzy"], "--checker: unknown checker"),
     (["tasks", "check", "--problems", "P", "--completions", "BADLINE"], r"--completions .*c.jsonl:2: not valid JSON"),
-    (["tasks", "check", "--problems", "P", "--completions", "OTHER"], "its prompt is not in --problems"),
+    (["tasks", "check", "--problems", "P", "--completions", "OTHER"], "its prompt is not one of the problems"),
     (["tasks", "check", "--problems", "P", "--completions", "NOTEXT"], 'no completion: expected "completion"'),
     (["tasks", "check", "--problems", "LATIN1", "--completions", "X"], r"--problems .*l1.jsonl: cannot read it .*utf-8"),
 ])

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import os
 import time
-from pathlib import Path
 
 import torch
 
 import nanoseek
-from nanoseek.cli.common import (DTYPES, UserError, add_device_args, nonneg_int, positive_int, resolve_device,
-                                 resolve_dtype)
+from nanoseek.cli.common import DTYPES, add_device_args, nonneg_int, positive_int, resolve_device, resolve_dtype
 from nanoseek.config import PRESETS, ModelConfig, mla_serving, preset
 from nanoseek.engine import Engine, SamplingParams
+from nanoseek.hf import convert
 from nanoseek.model import count_params
 
 
@@ -80,31 +78,10 @@ def cmd_info(args) -> None:
         print(f"{k:<{width}}  {v}")
 
 
-def _check_convert_paths(source: str, dest: str) -> None:
-    """convert reads SOURCE and replaces DEST as a whole: refuse any DEST that would touch SOURCE (the same
-    folder under any name, a folder inside it, or a folder that holds it)."""
-    src, dst = Path(source).resolve(), Path(dest).resolve()
-    same = dst == src or (dst.exists() and src.exists() and os.path.samefile(dst, src))
-    if same:
-        raise UserError(f"DEST {dest} is the source directory {source}: convert never writes over its input; "
-                        "give a new directory", param="dest")
-    if src in dst.parents:
-        raise UserError(f"DEST {dest} is inside the source directory {source}: convert never writes into its "
-                        "input; give a directory outside it", param="dest")
-    if dst in src.parents:
-        raise UserError(f"DEST {dest} holds the source directory {source}: converting would replace that folder, "
-                        "source included; give a directory outside it", param="dest")
-    if dst.exists() and not dst.is_dir():
-        raise UserError(f"DEST {dest} is a file; give a directory", param="dest")
-
-
 def cmd_convert(args) -> None:
     """Import a Hugging Face DeepseekV3 directory (sharded, fused-expert or FP8) and write the plain layout.
     The source is only read: DEST must be a new or other directory, neither the source nor inside it."""
-    _check_convert_paths(args.source, args.dest)
-    device, dtype = resolve_device("cpu"), resolve_dtype(args.dtype)
-    model = nanoseek.load_model(args.source, dtype=dtype, device=device)
-    path = nanoseek.save_model(model, args.dest, max_shard_bytes=int(args.max_shard_gb * 2**30))
+    path = convert(args.source, args.dest, resolve_dtype(args.dtype), max_shard_bytes=int(args.max_shard_gb * 2**30))
     print(f"wrote {path} ({args.dtype})")
 
 

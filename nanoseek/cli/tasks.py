@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import sys
-from collections import defaultdict
 from pathlib import Path
 
 from nanoseek.cli.common import UserError, for_flag, k_values, nonneg_int, positive_int, read_problems_arg, task_names
 from nanoseek.data import rewards, tasks
 from nanoseek.data.rewards import DEFAULT_WEIGHTS
 from nanoseek.eval import metrics
+from nanoseek.eval.completions import score_completions
 from nanoseek.io import atomic_write_text
 
 FORMATS = ("problems", "sft", "text")
@@ -65,67 +65,24 @@ def cmd_generate(args) -> None:
           f"{args.seed}) to {out}")
 
 
-def _completion_text(rec: dict, where: str) -> str:
-    """The completion of a record: "completion" or "text" (raw, special tokens kept), or OpenAI-style
-    "content" with "reasoning_content" / "reasoning" put back between <think> tags."""
-    for field in ("completion", "text"):
-        if isinstance(rec.get(field), str):
-            return rec[field]
-    if isinstance(rec.get("content"), str):
-        reasoning = rec.get("reasoning_content", rec.get("reasoning"))
-        return rec["content"] if reasoning is None else f"<think>{reasoning}</think>{rec['content']}"
-    raise UserError(f'--completions {where}: no completion: expected "completion", "text" or "content"',
-                    param="--completions")
-
-
 def cmd_check(args) -> None:
     """Score completions against problems: accuracy, format, pass@k and maj@k per task, as a markdown table
     (and JSON). Completions are matched to problems by their "prompt"."""
     problems = read_problems_arg(args.problems, args.checker)
     with for_flag({"reward": "--reward"}):
         scorer = rewards.Rewards(args.reward, seed=args.seed)
-    by_prompt = {}
-    for p in problems:
-        by_prompt.setdefault(p.prompt, p)
-    samples: dict[str, list] = defaultdict(list)
-    scored, think_seen, n = [], 0, 0
     with for_flag("--completions"):
         records = list(tasks.read_jsonl(args.completions))
-    for where, rec in records:
-        if not isinstance(rec, dict) or not isinstance(rec.get("prompt"), str):
-            raise UserError(f'--completions {where}: expected an object with "prompt" and the completion',
-                            param="--completions")
-        problem = by_prompt.get(rec["prompt"])
-        if problem is None:
-            raise UserError(f"--completions {where}: its prompt is not in --problems {args.problems}: "
-                            f"{rec['prompt'][:80]!r}", param="--completions")
-        text = _completion_text(rec, where)
-        think_seen += "</think>" in text
-        n += 1
-        answer = rewards.extract_answer(text, rec["prompt"])
-        s = scorer.scores(problem.prompt, text, problem)
-        correct = tasks.check_answer(problem, answer)
-        samples[problem.id].append((problem, metrics.Sample(correct, tasks.answer_key(problem, answer)), s))
-        scored.append({"id": problem.id, "task": problem.task, "prompt": problem.prompt, "completion": text,
-                       "answer": answer, "correct": correct, **s})
-    if n == 0:
+        rows, scored, with_think = score_completions(problems, records, scorer, args.k)
+    if not scored:
         raise UserError(f"--completions {args.completions}: no completions in the file", param="--completions")
-    ks = sorted(set(args.k))
-    rows = []
-    groups: dict[str, list] = defaultdict(list)
-    for lst in samples.values():
-        groups[lst[0][0].task].append(lst)
-    for label, lsts in [*sorted(groups.items()), *([("all", list(samples.values()))] if len(groups) > 1 else [])]:
-        row = {"task": label, **metrics.summarize([[x[1] for x in lst] for lst in lsts], ks)}
-        for name in [*scorer.weights, "reward"]:  # the accuracy reward is the accuracy column already
-            row[name] = row[name] if name in row else sum(x[2][name] for lst in lsts for x in lst) / sum(len(lst) for lst in lsts)
-        rows.append(row)
     print(metrics.markdown_table(rows), end="")
-    if think_seen == 0:
+    if with_think == 0:
         print("note: no completion contains </think>; decode with special tokens kept (skip_special_tokens="
               "False) or the reasoning and the answer cannot be told apart", file=sys.stderr)
     if args.json:
-        atomic_write_text(args.json, metrics.to_json({"rows": rows, "reward": repr(scorer), "ks": ks}))
+        doc = {"rows": rows, "reward": repr(scorer), "ks": sorted(set(args.k))}
+        atomic_write_text(args.json, metrics.to_json(doc))
         print(f"wrote {args.json}")
     if args.out:
         atomic_write_text(args.out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in scored))
