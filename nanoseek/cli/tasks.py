@@ -97,7 +97,8 @@ def _completion_text(rec: dict, where: str) -> str:
 def cmd_check(args) -> None:
     """Score completions against problems: accuracy, format, pass@k and maj@k per task, as a markdown table
     (and JSON). Completions are matched to problems by their "prompt"."""
-    from nanoseek.data import rewards, tasks
+    from nanoseek.data import tasks
+    from nanoseek.train import rewards
     from nanoseek.eval import metrics
 
     problems = read_problems_arg(args.problems, args.checker)
@@ -170,7 +171,7 @@ def _ks(text: str) -> list[int]:
 
 
 def register(sub) -> None:
-    from nanoseek.data.rewards import DEFAULT_WEIGHTS
+    from nanoseek.train.rewards import DEFAULT_WEIGHTS
 
     p = sub.add_parser("tasks", help="verifiable reasoning tasks: list, generate data, score completions",
                        description="The built-in verifiable task suite (and your own JSONL problems).")

@@ -170,7 +170,7 @@ class GRPOTask(Task):
     def __init__(self, cfg: GRPOConfig, tokenizer, train_problems: list, eval_problems: list, *,
                  device: torch.device, rank: int = 0, world_size: int = 1, reference: nn.Module | None = None,
                  rewards=None):
-        from nanoseek.data.rewards import Rewards
+        from nanoseek.train.rewards import Rewards
 
         self.cfg, self.tok, self.device, self.rank, self.world = cfg, tokenizer, device, rank, world_size
         self.train_problems, self.eval_problems = train_problems, eval_problems
@@ -266,7 +266,7 @@ class GRPOTask(Task):
                  completion_len=sum(lengths) / len(lengths), completion_len_max=float(max(lengths)),
                  truncated=sum(o.finish_reason == "length" for o in outs) / len(outs))
         if "accuracy" not in self.rewards.weights:  # the control run still reports what it does to accuracy
-            from nanoseek.data.rewards import accuracy_reward
+            from nanoseek.train.rewards import accuracy_reward
 
             m["reward_accuracy"] = sum(accuracy_reward("", o.text, problems[i // G]) for i, o in enumerate(outs)) / len(outs)
         m["trained_fraction"] = len(self.trained) / len(self.rollouts)
@@ -370,7 +370,7 @@ class GRPOTask(Task):
     @torch.no_grad()
     def evaluate(self, model: nn.Module, cfg: GRPOConfig) -> dict[str, float]:
         """Greedy accuracy on the validation problems (this rank's share; counts summed over ranks)."""
-        from nanoseek.data.rewards import accuracy_reward
+        from nanoseek.train.rewards import accuracy_reward
         from nanoseek.engine import SamplingParams
 
         mine = self.eval_problems[self.rank::self.world]

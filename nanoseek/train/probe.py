@@ -16,7 +16,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from nanoseek.data.rewards import score
+from nanoseek.train.rewards import score
 from nanoseek.data.tasks import Problem, prompt_ids
 from nanoseek.train import distributed as D
 
