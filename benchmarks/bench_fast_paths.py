@@ -83,6 +83,7 @@ def main() -> None:
         cfg.num_nextn_predict_layers = 0
     torch.manual_seed(0)
     model = nanoseek.DeepSeekV3(cfg)
+    model.aux_loss_alpha = 1e-4  # the training default, as the loop sets it
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
     gen = torch.Generator().manual_seed(0)
     times: dict[str, list[float]] = {name: [] for name in VARIANTS}
@@ -93,7 +94,7 @@ def main() -> None:
             with switched_off(VARIANTS[name]):
                 t0 = time.perf_counter()
                 with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.dtype == "bfloat16"):
-                    out = model(ids[:, :-1], targets=ids[:, 1:], aux_loss_alpha=1e-4)
+                    out = model(ids[:, :-1], targets=ids[:, 1:])
                 out.loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
                 opt.step()

@@ -110,7 +110,7 @@ def test_bias_update_moves_expert_load_towards_balance():
 
     def imbalance():
         with torch.no_grad():
-            c = model(ids, return_stats=True).expert_counts[:n_main].float()  # MTP needs targets: main only
+            c = model.hidden_states(ids).expert_counts[:n_main].float()  # MTP needs targets: main only
         return (c.max(1).values / c.mean(1)), c
 
     before, _ = imbalance()
@@ -139,7 +139,7 @@ def test_a_router_started_skewed_comes_into_balance(rule, gamma, steps):
 
     def counts(step):
         with torch.no_grad():
-            return model(batches[step % len(batches)], return_stats=True).expert_counts[:n_main].float()
+            return model.hidden_states(batches[step % len(batches)]).expert_counts[:n_main].float()
 
     assert min(load_stats(counts(0))[0]) > 2.0  # badly skewed at the start
     window, history = [], []  # MaxVio of the loads summed over the last 8 steps (one batch alone is noisy)
@@ -298,9 +298,8 @@ def test_chunked_head_loss_matches_plain_cross_entropy_and_its_gradients():
     model = _model().eval()
     ids = torch.randint(0, 256, (2, 10))
     with torch.no_grad():
-        out = model(ids, targets=ids, return_logits=True)
-        assert torch.allclose(out.main_loss, F.cross_entropy(out.logits.flatten(0, 1), ids.flatten()), atol=1e-5)
-        assert model(ids, targets=ids).logits is None
+        out = model(ids, targets=ids)
+        assert torch.allclose(out.main_loss, F.cross_entropy(model(ids).flatten(0, 1), ids.flatten()), atol=1e-5)
 
 
 def test_bf16_head_loss_equals_cross_entropy_over_the_bf16_logits_even_when_a_target_underflows():

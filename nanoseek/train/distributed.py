@@ -15,9 +15,10 @@ Expert parallelism (experts split across ranks with all-to-all token exchange) i
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
@@ -126,6 +127,19 @@ def grad_sync(fwd: nn.Module, sync: bool) -> contextlib.AbstractContextManager:
     if hasattr(fwd, "set_requires_gradient_sync"):  # FSDP2
         fwd.set_requires_gradient_sync(sync)
     return contextlib.nullcontext()
+
+
+def call_as_forward(fwd: nn.Module, fn: Callable[..., Any], *args: Any) -> Any:
+    """fn(model, *args) as a training forward of `fwd` (the module `wrap` returned): the wrappers act only
+    around `forward` (DDP prepares the gradient all-reduce, FSDP2 gathers the root's weights, the head's
+    included), so fn stands in for the model's forward for this one call. For a loss that needs something
+    other than the model's forward computes, e.g. RL's log-probabilities from `hidden_states`."""
+    model = getattr(fwd, "module", fwd)  # DDP holds the model as .module; FSDP2 and one process: fwd itself
+    model.forward = functools.partial(fn, model)  # an instance attribute shadows the class's forward
+    try:
+        return fwd(*args)
+    finally:
+        del model.forward
 
 
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:

@@ -133,6 +133,7 @@ def train(model: nn.Module, task: Task, cfg: TrainConfig, run_dir: str | Path, *
         raise ValueError(f"{run_dir} already holds a training run ({checkpoints_dir(run_dir)}); resume it or "
                          "choose a new directory")
     model.to(device).train()
+    model.mtp_weight, model.aux_loss_alpha = cfg.mtp_weight, cfg.aux_loss_alpha  # the losses' weights (training only)
     if cfg.compile:
         model.compile()  # in place: parameter names (checkpoints, optimizer state) stay unchanged
     fwd = D.wrap(model, cfg.parallel, info)

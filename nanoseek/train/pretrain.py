@@ -48,7 +48,7 @@ class PretrainTask(Task):
 
     def loss(self, model: nn.Module, batch, cfg: TrainConfig):
         x, y = batch
-        return model(x, targets=y, mtp_weight=cfg.mtp_weight, aux_loss_alpha=cfg.aux_loss_alpha)
+        return model(x, targets=y)
 
     def describe_eval(self, cfg: TrainConfig) -> str:
         """What an evaluation reads, in one line (the command prints it at the start)."""

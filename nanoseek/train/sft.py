@@ -142,8 +142,7 @@ class SFTTask(Task):
     def loss(self, model: nn.Module, batch, cfg: TrainConfig) -> SFTLoss:
         if cfg.grad_accum != self.cfg.grad_accum:
             raise ValueError("SFTTask was built for another --grad-accum than the loop runs with")
-        out = model(batch.x, targets=batch.y, attn_mask=batch.mask, mtp_weight=cfg.mtp_weight,
-                    aux_loss_alpha=cfg.aux_loss_alpha)
+        out = model(batch.x, targets=batch.y, attn_mask=batch.mask)
         # out.*_loss are means over this micro-batch's targets: back to sums, then over the step's count
         main = out.main_loss * (batch.targets * self._main_scale)
         mtp = [m * (n * s) for m, n, s in zip(out.mtp_losses, batch.mtp_targets, self._mtp_scale)]
