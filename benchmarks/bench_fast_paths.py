@@ -36,9 +36,9 @@ import torch.nn.functional as F
 @contextlib.contextmanager
 def switched_off(paths: set[str]):
     """The named fast paths replaced by their plain versions for the duration."""
-    from nanoseek.model import layers, loss, mla
+    from nanoseek.model import attention, layers, loss
 
-    saved = mla.CAUSAL_BLOCKS, loss._target_logprob, layers.RMSNorm.forward
+    saved = attention.CAUSAL_BLOCKS, loss._target_logprob, layers.RMSNorm.forward
     shipped_logprob = loss._target_logprob
 
     def max_pass(logits, probs, target, check_on_host=None, counted=None):
@@ -48,7 +48,7 @@ def switched_off(paths: set[str]):
         return F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).to(x.dtype) * self.weight
 
     if "causal blocks" in paths:
-        mla.CAUSAL_BLOCKS = 1 << 62
+        attention.CAUSAL_BLOCKS = 1 << 62
     if "max pass" in paths:
         loss._target_logprob = max_pass
     if "rmsnorm" in paths:
@@ -56,7 +56,7 @@ def switched_off(paths: set[str]):
     try:
         yield
     finally:
-        mla.CAUSAL_BLOCKS, loss._target_logprob, layers.RMSNorm.forward = saved
+        attention.CAUSAL_BLOCKS, loss._target_logprob, layers.RMSNorm.forward = saved
 
 
 VARIANTS = {"shipped": set(), "no causal blocks": {"causal blocks"}, "loss max pass": {"max pass"},

@@ -393,14 +393,14 @@ def test_causal_attention_in_query_blocks_equals_the_whole_square(monkeypatch, b
     """Causal self-attention split into query blocks, each against the keys up to its last query, gives what
     the fused kernel gives over the whole square, values and gradients, for ragged blocks too (7 queries in 2,
     3 or 7 blocks)."""
-    from nanoseek.model import mla
+    from nanoseek.model import attention
 
-    monkeypatch.setattr(mla, "CAUSAL_BLOCKS", blocks)
+    monkeypatch.setattr(attention, "CAUSAL_BLOCKS", blocks)
     torch.manual_seed(1)
     q, k, v = (torch.randn(2, 3, 7, d, requires_grad=True) for d in (12, 12, 8))
     ref = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=0.3)
     g_ref = torch.autograd.grad(ref.square().sum(), (q, k, v))
-    got = mla.matmul_attention(q, k, v, None, True, 0.3)
+    got = attention.matmul_attention(q, k, v, None, True, 0.3)
     g_got = torch.autograd.grad(got.square().sum(), (q, k, v))
     torch.testing.assert_close(got, ref, atol=1e-5, rtol=0)
     for a, b in zip(g_got, g_ref):
@@ -412,7 +412,7 @@ def test_matmul_attention_equals_the_fused_kernel(case):
     """The CPU attention path (two matmuls around a softmax) computes what scaled_dot_product_attention does,
     values and gradients, for training (causal, which runs in query blocks), a given bool mask (padding) and new
     tokens over a longer cached context; in bf16 within bf16 rounding."""
-    from nanoseek.model.mla import matmul_attention, use_matmul_attention
+    from nanoseek.model.attention import matmul_attention, use_matmul_attention
 
     torch.manual_seed(0)
     B, H, S, T, D, Dv = 2, 3, 5, 5 if case != "cache" else 9, 12, 8
