@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import gc
 import os
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -23,6 +24,8 @@ from typing import Any, Callable
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.distributed.device_mesh import init_device_mesh
+from torch.nn.parallel import DistributedDataParallel as DDP
 
 
 @dataclass(frozen=True)
@@ -67,8 +70,6 @@ def teardown(clean: bool = True) -> None:
     SIGABRT, "terminate called without an active exception", after a finished 2-process run). After an
     error there is no barrier: the other ranks may never reach it."""
     if dist.is_available() and dist.is_initialized():
-        import gc
-
         gc.collect()
         if clean:
             dist.barrier()
@@ -82,12 +83,9 @@ def wrap(model: nn.Module, mode: str, info: DistInfo) -> nn.Module:
     if not info.distributed:
         return model
     if mode == "ddp":
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
         return DDP(model, device_ids=[info.device.index] if info.device.type == "cuda" else None)
     if mode == "fsdp":
-        from torch.distributed.device_mesh import init_device_mesh
-        from torch.distributed.fsdp import fully_shard
+        from torch.distributed.fsdp import fully_shard  # imported on use: see _options
 
         mesh = init_device_mesh(info.device.type, (info.world_size,))
         for layer in model.model.layers:
@@ -108,7 +106,7 @@ def full_weights(model: nn.Module):
     """Every parameter of `model` whole for the duration (FSDP2: all-gathered, resharded on exit), so that code
     outside the training forward can read them: RL rollouts generate from the live training weights. A no-op
     for an unsharded model (one process, DDP). Every rank must enter it (it all-gathers)."""
-    from torch.distributed.fsdp import FSDPModule
+    from torch.distributed.fsdp import FSDPModule  # imported on use: see _options
 
     sharded = [m for m in model.modules() if isinstance(m, FSDPModule)]
     for m in sharded:
@@ -175,6 +173,8 @@ def barrier() -> None:
 
 
 def _options():
+    # torch.distributed's FSDP and checkpoint modules take ~0.5-1 s to import, which `nanoseek --help` (it
+    # imports this module) and every one-process run would pay: they are imported where they are used.
     from torch.distributed.checkpoint.state_dict import StateDictOptions
 
     return StateDictOptions(full_state_dict=True, cpu_offload=True)

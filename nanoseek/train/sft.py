@@ -25,8 +25,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from nanoseek.data.chat import IGNORE_INDEX, PackedChat, Row, file_digest, read_chat, split_validation
-from nanoseek.errors import DataError
+from nanoseek.errors import DataError, TokenizerError
+from nanoseek.tokenizer import fingerprint_of
 from nanoseek.train.config import TrainConfig, _f
+from nanoseek.train.distributed import all_reduce_sum
 from nanoseek.train.loop import Task
 
 STATE_VERSION = 1
@@ -183,8 +185,6 @@ class SFTTask(Task):
     def evaluate(self, model: nn.Module, cfg: TrainConfig) -> dict[str, float]:
         """Validation loss (nats per assistant token) and token accuracy (the argmax is the assistant's token).
         Every rank runs the same number of forwards (rows past the end are padding), as FSDP needs."""
-        from nanoseek.train.distributed import all_reduce_sum
-
         probed = self.probe(model) if self.probe is not None else {}
         if self.val is None:
             return probed
@@ -209,9 +209,6 @@ class SFTTask(Task):
     # ---- checkpoints ------------------------------------------------------------------------------------
     def check_model(self, model_dir: str | Path) -> None:
         """The model must have learned the ids of the tokenizer the conversations are rendered with."""
-        from nanoseek.errors import TokenizerError
-        from nanoseek.tokenizer import fingerprint_of
-
         fp = fingerprint_of(model_dir)
         if fp != self.tokenizer.fingerprint():
             raise TokenizerError(f"{model_dir} carries tokenizer {fp or '(none: no tokenizer.json)'}, but the "
