@@ -331,9 +331,9 @@ class GRPOTask(Task):
                 chunk = self.trained[i:i + self.cfg.batch_size]
                 x, y, mask = self._tensors(chunk)
                 with _autocast(self.device, self.cfg.dtype):
-                    T = self.cfg.temperature
-                    lp = D.call_as_forward(model, policy_logprobs, x, y, T).token_logprobs if policy else None
-                    ref = (D.call_as_forward(self.reference, policy_logprobs, x, y, T).token_logprobs
+                    t = self.cfg.temperature
+                    lp = D.call_as_forward(model, policy_logprobs, x, y, t).token_logprobs if policy else None
+                    ref = (D.call_as_forward(self.reference, policy_logprobs, x, y, t).token_logprobs
                            if self.reference is not None else None)
                 for b, r in enumerate(chunk):
                     sel = mask[b]
