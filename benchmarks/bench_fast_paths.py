@@ -36,9 +36,9 @@ import torch.nn.functional as F
 @contextlib.contextmanager
 def switched_off(paths: set[str]):
     """The named fast paths replaced by their plain versions for the duration."""
-    from nanoseek.model import layers, loss, mla
+    from nanoseek.model import attention, layers, loss
 
-    saved = mla.CAUSAL_BLOCKS, loss._target_logprob, layers.RMSNorm.forward
+    saved = attention.CAUSAL_BLOCKS, loss._target_logprob, layers.RMSNorm.forward
     shipped_logprob = loss._target_logprob
 
     def max_pass(logits, probs, target, check_on_host=None, counted=None):
@@ -48,7 +48,7 @@ def switched_off(paths: set[str]):
         return F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).to(x.dtype) * self.weight
 
     if "causal blocks" in paths:
-        mla.CAUSAL_BLOCKS = 1 << 62
+        attention.CAUSAL_BLOCKS = 1 << 62
     if "max pass" in paths:
         loss._target_logprob = max_pass
     if "rmsnorm" in paths:
@@ -56,7 +56,7 @@ def switched_off(paths: set[str]):
     try:
         yield
     finally:
-        mla.CAUSAL_BLOCKS, loss._target_logprob, layers.RMSNorm.forward = saved
+        attention.CAUSAL_BLOCKS, loss._target_logprob, layers.RMSNorm.forward = saved
 
 
 VARIANTS = {"shipped": set(), "no causal blocks": {"causal blocks"}, "loss max pass": {"max pass"},
@@ -83,6 +83,7 @@ def main() -> None:
         cfg.num_nextn_predict_layers = 0
     torch.manual_seed(0)
     model = nanoseek.DeepSeekV3(cfg)
+    model.aux_loss_alpha = 1e-4  # the training default, as the loop sets it
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
     gen = torch.Generator().manual_seed(0)
     times: dict[str, list[float]] = {name: [] for name in VARIANTS}
@@ -93,7 +94,7 @@ def main() -> None:
             with switched_off(VARIANTS[name]):
                 t0 = time.perf_counter()
                 with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.dtype == "bfloat16"):
-                    out = model(ids[:, :-1], targets=ids[:, 1:], aux_loss_alpha=1e-4)
+                    out = model(ids[:, :-1], targets=ids[:, 1:])
                 out.loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
                 opt.step()

@@ -66,7 +66,7 @@ def run_trl(args, out: Path) -> list[dict]:
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    from nanoseek.data.rewards import accuracy_reward, format_reward
+    from nanoseek.train.rewards import accuracy_reward, format_reward
     from nanoseek.data.tasks import chat_messages, read_problems
     from nanoseek.engine.loading import resolve_checkpoint
 

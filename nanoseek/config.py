@@ -18,6 +18,7 @@ from typing import Any
 
 from nanoseek import schema
 from nanoseek.errors import ConfigError
+from nanoseek.io import atomic_write_text
 
 
 @dataclass
@@ -211,8 +212,6 @@ class ModelConfig:
         return cls.from_hf_dict(d, where=str(p))
 
     def save(self, path: str | os.PathLike) -> None:
-        from nanoseek.io import atomic_write_text
-
         p = Path(path)
         if p.is_dir():
             p = p / "config.json"

@@ -23,6 +23,8 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
+from nanoseek.errors import RunInUseError, UserError
+
 try:
     import fcntl
 except ImportError:  # not POSIX: no locks, so stale temporaries are left alone
@@ -163,8 +165,6 @@ def run_lock(path: str | os.PathLike, name: str = "") -> Iterator[None]:
     """Hold an exclusive lock on the run folder `path` (created if missing) for the duration; a second writer
     gets RunInUseError naming the process that holds it. `name`: how the user named the folder (a flag), for
     the message. A folder this call created and nothing else wrote to is removed again."""
-    from nanoseek.errors import RunInUseError, UserError
-
     path = Path(path)
     if fcntl is None:
         yield

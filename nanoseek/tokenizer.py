@@ -26,6 +26,8 @@ from pathlib import Path
 from typing import Iterable
 
 import numpy as np
+from tokenizers import Regex, decoders, models, pre_tokenizers, trainers
+from tokenizers import Tokenizer as HFTokenizer
 
 from nanoseek.errors import TokenizerError
 from nanoseek.io import atomic_write_text
@@ -148,8 +150,6 @@ class Tokenizer:
 
     def __init__(self, tok):
         """Wrap a `tokenizers.Tokenizer` that has all of `SPECIAL_TOKENS` as special added tokens."""
-        from tokenizers import Tokenizer as HFTokenizer
-
         self._tok = tok  # specials in the input text are parsed (chat templates, HF parity)
         self.path: Path | None = None  # the directory or file it was loaded from, if it was
         missing = [s for s in SPECIAL_TOKENS if tok.token_to_id(s) is None]
@@ -171,9 +171,6 @@ class Tokenizer:
               show_progress: bool = False) -> "Tokenizer":
         """Train byte-level BPE on `texts`; the result may be smaller than `vocab_size` on a small corpus.
         max_digits: the longest run of digits one token may hold (see split_pattern)."""
-        from tokenizers import Regex, decoders, models, pre_tokenizers, trainers
-        from tokenizers import Tokenizer as HFTokenizer
-
         if vocab_size < MIN_VOCAB:
             raise TokenizerError(f"--vocab-size {vocab_size} is too small: it needs at least {MIN_VOCAB} "
                                  f"({len(SPECIAL_TOKENS)} special tokens + 256 bytes)", param="--vocab-size")
@@ -205,8 +202,6 @@ class Tokenizer:
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Tokenizer":
         """Load a directory holding tokenizer.json (as `save` writes it), or a tokenizer.json file."""
-        from tokenizers import Tokenizer as HFTokenizer
-
         path = Path(path)
         file = path / "tokenizer.json" if path.is_dir() else path
         if not file.is_file():
@@ -252,8 +247,6 @@ class Tokenizer:
 
     @classmethod
     def from_json(cls, text: str) -> "Tokenizer":
-        from tokenizers import Tokenizer as HFTokenizer
-
         return cls(HFTokenizer.from_str(text))
 
     # ---- properties -----------------------------------------------------------------------------------

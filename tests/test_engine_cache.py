@@ -96,7 +96,7 @@ def test_cached_mtp_drafts_equal_the_mtp_forward(device, dtype):
     ids = torch.randint(0, cfg.vocab_size, (2, T), device=device)
     mtp = model.mtp[0]
     with torch.no_grad():  # the definition, as the training forward computes it
-        h = model(ids, return_stats=True).hidden
+        h = model.hidden_states(ids).hidden
         cos, sin = model.rotary(torch.arange(T - 1, device=device), dtype)
         h1, _ = mtp(h[:, :-1], model.model.embed_tokens(ids[:, 1:]), cos, sin)
         want = model.lm_head(mtp.shared_head.norm(h1))  # [2, T-1, V]: draft for token t+2 at position t

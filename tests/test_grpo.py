@@ -104,6 +104,7 @@ def _run_api(setup, tmp_path, steps, **kw):
     model = nanoseek.load_model(ckpt, dtype=torch.float32)
     cfg = GRPOConfig(steps=steps, dtype="float32", eval_every=0, checkpoint_every=0, peak_flops=1e12,
                      eval_problems=4, **kw)
+    cfg.grad_accum = cfg.micro_batches(1)
     task = GRPOTask(cfg, tok, problems, problems[:4], device=torch.device("cpu"), rewards=StartsWithDigit())
     train(model, task, cfg, tmp_path / "run", progress=False, announce=lambda *a: None)
     return [r for r in read_log(tmp_path / "run") if r["event"] == "train"]
@@ -166,6 +167,7 @@ def test_the_rollout_engine_fits_every_prompt_of_a_long_problems_file(setup):
     short = generate("arithmetic", "train", 300, [1, 2, 3])
     longer = generate("word_problem", "train", 3, 3)
     cfg = GRPOConfig(steps=1, dtype="float32", eval_every=0, checkpoint_every=0, eval_problems=1, max_new_tokens=6)
+    cfg.grad_accum = cfg.micro_batches(1)
     task = GRPOTask(cfg, tok, short + longer, short[:1], device=torch.device("cpu"), rewards=StartsWithDigit())
     need = max(len(task._prompt_ids(p)) for p in longer) + cfg.max_new_tokens
     assert need > max(len(task._prompt_ids(p)) for p in short[:256]) + cfg.max_new_tokens

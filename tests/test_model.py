@@ -110,7 +110,7 @@ def test_bias_update_moves_expert_load_towards_balance():
 
     def imbalance():
         with torch.no_grad():
-            c = model(ids, return_stats=True).expert_counts[:n_main].float()  # MTP needs targets: main only
+            c = model.hidden_states(ids).expert_counts[:n_main].float()  # MTP needs targets: main only
         return (c.max(1).values / c.mean(1)), c
 
     before, _ = imbalance()
@@ -139,7 +139,7 @@ def test_a_router_started_skewed_comes_into_balance(rule, gamma, steps):
 
     def counts(step):
         with torch.no_grad():
-            return model(batches[step % len(batches)], return_stats=True).expert_counts[:n_main].float()
+            return model.hidden_states(batches[step % len(batches)]).expert_counts[:n_main].float()
 
     assert min(load_stats(counts(0))[0]) > 2.0  # badly skewed at the start
     window, history = [], []  # MaxVio of the loads summed over the last 8 steps (one batch alone is noisy)
@@ -298,9 +298,8 @@ def test_chunked_head_loss_matches_plain_cross_entropy_and_its_gradients():
     model = _model().eval()
     ids = torch.randint(0, 256, (2, 10))
     with torch.no_grad():
-        out = model(ids, targets=ids, return_logits=True)
-        assert torch.allclose(out.main_loss, F.cross_entropy(out.logits.flatten(0, 1), ids.flatten()), atol=1e-5)
-        assert model(ids, targets=ids).logits is None
+        out = model(ids, targets=ids)
+        assert torch.allclose(out.main_loss, F.cross_entropy(model(ids).flatten(0, 1), ids.flatten()), atol=1e-5)
 
 
 def test_bf16_head_loss_equals_cross_entropy_over_the_bf16_logits_even_when_a_target_underflows():
@@ -394,14 +393,14 @@ def test_causal_attention_in_query_blocks_equals_the_whole_square(monkeypatch, b
     """Causal self-attention split into query blocks, each against the keys up to its last query, gives what
     the fused kernel gives over the whole square, values and gradients, for ragged blocks too (7 queries in 2,
     3 or 7 blocks)."""
-    from nanoseek.model import mla
+    from nanoseek.model import attention
 
-    monkeypatch.setattr(mla, "CAUSAL_BLOCKS", blocks)
+    monkeypatch.setattr(attention, "CAUSAL_BLOCKS", blocks)
     torch.manual_seed(1)
     q, k, v = (torch.randn(2, 3, 7, d, requires_grad=True) for d in (12, 12, 8))
     ref = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=0.3)
     g_ref = torch.autograd.grad(ref.square().sum(), (q, k, v))
-    got = mla.matmul_attention(q, k, v, None, True, 0.3)
+    got = attention.matmul_attention(q, k, v, None, True, 0.3)
     g_got = torch.autograd.grad(got.square().sum(), (q, k, v))
     torch.testing.assert_close(got, ref, atol=1e-5, rtol=0)
     for a, b in zip(g_got, g_ref):
@@ -413,7 +412,7 @@ def test_matmul_attention_equals_the_fused_kernel(case):
     """The CPU attention path (two matmuls around a softmax) computes what scaled_dot_product_attention does,
     values and gradients, for training (causal, which runs in query blocks), a given bool mask (padding) and new
     tokens over a longer cached context; in bf16 within bf16 rounding."""
-    from nanoseek.model.mla import matmul_attention, use_matmul_attention
+    from nanoseek.model.attention import matmul_attention, use_matmul_attention
 
     torch.manual_seed(0)
     B, H, S, T, D, Dv = 2, 3, 5, 5 if case != "cache" else 9, 12, 8

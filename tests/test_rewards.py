@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from nanoseek.data import rewards, tasks
-from nanoseek.data.rewards import (Rewards, accuracy_reward, extract_answer, extract_plain_answer, format_reward,
+from nanoseek.data import tasks
+from nanoseek.train import rewards
+from nanoseek.train.rewards import (Rewards, accuracy_reward, extract_answer, extract_plain_answer, format_reward,
                                    parse_weights, random_reward, split_completion)
 from nanoseek.errors import DataError
 from nanoseek.tokenizer import Tokenizer

@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 import nanoseek
-import nanoseek.data.rewards
+import nanoseek.train.rewards
 from nanoseek.cli import main as cli
 from nanoseek.config import preset
 from nanoseek.data.chat import (IGNORE_INDEX, ChatData, PackedChat, inputs_and_targets, normalize_messages, pack,
@@ -270,7 +270,7 @@ def test_sft_logs_held_out_task_accuracy_at_each_evaluation(ckpt, sft_file, tmp_
     def answers(prompts):  # the starting model's greedy answers, from a probe over exactly these prompts
         asked = [tasks.Problem("custom", q, "?", {"checker": "exact"}) for q in prompts]
         probe = AccuracyProbe(asked, Tokenizer.load(ckpt), style="chat", device=torch.device("cpu"))
-        return [nanoseek.data.rewards.extract_answer(t) for t in probe.completions(nanoseek.load_model(ckpt))]
+        return [nanoseek.train.rewards.extract_answer(t) for t in probe.completions(nanoseek.load_model(ckpt))]
 
     many = [f"Say {i}." for i in range(40)]
     prompts = [q for q, a in zip(many, answers(many)) if a][:6]  # a random model sometimes opens <think>

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 import nanoseek
 from nanoseek.config import preset
 from nanoseek.model.loss import linear_logprobs
+from nanoseek.train.grpo import policy_logprobs
 from nanoseek.train.config import TrainConfig
 from nanoseek.train.log import read_log
 from nanoseek.train.loop import Task, train
@@ -36,7 +37,7 @@ class VariableTask(Task):
 
     def loss(self, model, batch, cfg):
         x, y = batch
-        out = model(x, targets=y, mtp_weight=0.0)
+        out = model(x, targets=y)
         out.tokens = int((y != -100).sum())
         out.metrics = {"kl": torch.tensor(float(out.tokens)), "clip_frac": 0.5}
         return out
@@ -73,7 +74,7 @@ def test_chunked_token_logprobs_equal_full_logits_and_their_gradients():
     ids = torch.randint(0, 256, (3, 12))
     targets = ids.roll(-1, 1)
     targets[0, :4] = -100
-    out = model(ids, targets=targets, logprobs=True)
+    out = policy_logprobs(model, ids, targets, 1.0)  # as GRPO calls it
     assert out.loss is None and out.token_logprobs.shape == (3, 12)
     g = torch.randn(3, 12)
     got = torch.autograd.grad((out.token_logprobs * g).sum(), [model.lm_head.weight, model.model.norm.weight])

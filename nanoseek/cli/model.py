@@ -40,9 +40,10 @@ def cmd_demo(args) -> None:
     prompt = torch.randint(0, cfg.vocab_size, (1, args.prompt_tokens), generator=g).to(device)
     with torch.no_grad():
         t0 = time.perf_counter()
-        out = model(prompt, return_stats=True)
+        out = model.hidden_states(prompt)
+        logits = model.lm_head(out.hidden)
         t_fwd = time.perf_counter() - t0
-    print(f"forward over {args.prompt_tokens} tokens: logits {tuple(out.logits.shape)} in {t_fwd * 1e3:.1f} ms")
+    print(f"forward over {args.prompt_tokens} tokens: logits {tuple(logits.shape)} in {t_fwd * 1e3:.1f} ms")
     print(f"expert load (tokens per expert, first MoE layer): {out.expert_counts[0].tolist()}")
     if args.new_tokens:
         engine = Engine(model)  # the latent-cache engine `nanoseek generate` uses

@@ -68,6 +68,7 @@ def cmd_rl(args: argparse.Namespace) -> None:
         say(f"model: {start}: {pc.total / 1e6:.2f}M parameters ({pc.active / 1e6:.2f}M active); task: "
             f"{cfg.problems or cfg.task} (difficulty {cfg.difficulty}), {len(train_problems)} training problems, "
             f"{len(eval_problems)} validation; rewards: {cfg.reward}; device: {info.device} x {info.world_size}")
+        cfg.grad_accum = cfg.micro_batches(info.world_size)
         task = GRPOTask(cfg, tok, train_problems, eval_problems, device=info.device, rank=info.rank,
                         world_size=info.world_size, reference=reference)
         say(f"GRPO ({cfg.loss_type}): {cfg.prompts_per_step} prompts x {cfg.group_size} completions per "

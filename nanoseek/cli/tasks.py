@@ -7,11 +7,12 @@ import sys
 from pathlib import Path
 
 from nanoseek.cli.common import UserError, for_flag, k_values, nonneg_int, positive_int, read_problems_arg, task_names
-from nanoseek.data import rewards, tasks
-from nanoseek.data.rewards import DEFAULT_WEIGHTS
+from nanoseek.data import tasks
 from nanoseek.eval import metrics
 from nanoseek.eval.completions import score_completions
 from nanoseek.io import atomic_write_text
+from nanoseek.train import rewards
+from nanoseek.train.rewards import DEFAULT_WEIGHTS
 
 FORMATS = ("problems", "sft", "text")
 

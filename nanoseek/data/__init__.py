@@ -1,4 +1,7 @@
-"""Corpora -> token shards -> packed batches (see shards.py for the on-disk format)."""
+"""Data: corpora -> token shards -> packed batches for pretraining (sources reads corpora, prepare tokenizes
+them, shards is the on-disk format, loader packs the batches), chat conversations for SFT (chat), and the
+verifiable tasks with their checkers and worked solutions (tasks/). The rewards that score RL rollouts
+against those checkers are nanoseek.train.rewards."""
 
 from nanoseek.errors import DataError
 from nanoseek.data.loader import PackedLoader

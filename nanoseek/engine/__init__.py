@@ -1,5 +1,9 @@
 """Generation: a scheduler over a persistent latent KV cache (continuous batching, chunked prefill, prefix
-reuse), sampling, speculative decoding with the MTP module, streaming detokenization."""
+reuse), sampling, speculative decoding with the MTP module, streaming detokenization.
+
+engine (the `Engine` API), scheduler (which requests run when), runner (the model's steps over the cache),
+cache (the latent KV pool), request (one request's state), sampling, speculative, detokenize, reasoning
+(<think> apart from the answer), loading (a checkpoint's directory and tokenizer)."""
 
 from nanoseek.engine.engine import Engine, RunStats
 from nanoseek.engine.loading import load_tokenizer, resolve_checkpoint

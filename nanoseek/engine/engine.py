@@ -36,6 +36,7 @@ from nanoseek.engine.sampling import Sampler, SamplingParams
 from nanoseek.engine.scheduler import Scheduler
 from nanoseek.engine.speculative import MTPSpeculator
 from nanoseek.errors import ContextLengthError, EngineError
+from nanoseek.hf import load_model
 
 DEFAULT_CACHE_MEMORY = 256 * 2**20  # bytes of latent cache allocated at start, unless told otherwise
 
@@ -169,8 +170,6 @@ class Engine:
              device: torch.device | str | None = None, **kwargs) -> "Engine":
         """A checkpoint directory (or a training run's, for its latest checkpoint): the model (nanoseek or
         Hugging Face layout) and its tokenizer.json, if any."""
-        from nanoseek.hf import load_model
-
         path = resolve_checkpoint(path)
         model = load_model(path, dtype=dtype, device=device)
         kwargs.setdefault("eos_token_ids", generation_eos_ids(path))

@@ -6,7 +6,10 @@ import json
 import warnings
 from pathlib import Path
 
+from tokenizers import Tokenizer as HFTokenizer
+
 from nanoseek.errors import EngineError, TokenizerError
+from nanoseek.tokenizer import SPECIAL_TOKENS, Tokenizer, encode_ids, fingerprint_json
 
 
 class _RawTokenizer:
@@ -16,8 +19,6 @@ class _RawTokenizer:
         self._tok = tok
 
     def encode(self, text: str) -> list[int]:
-        from nanoseek.tokenizer import encode_ids
-
         return encode_ids(self._tok, text)
 
     def decode(self, ids, skip_special_tokens: bool = False) -> str:
@@ -62,10 +63,6 @@ def load_tokenizer(path: str | Path):
     file = Path(path) / "tokenizer.json"
     if not file.is_file():
         return None
-    from tokenizers import Tokenizer as HFTokenizer
-
-    from nanoseek.tokenizer import SPECIAL_TOKENS, Tokenizer
-
     try:
         raw = HFTokenizer.from_file(str(file))
     except Exception as e:  # tokenizers raises a bare Exception for any malformed file
@@ -86,8 +83,6 @@ def tokenizer_mismatch(path: str | Path, tok) -> str | None:
     """Why `tok` (path/tokenizer.json) looks like another tokenizer than the one the model in `path` learned, or
     None: tokenizer_config.json records the fingerprint of the tokenizer saved with it (nanoseek writes it), and
     a model nanoseek trained has exactly its tokenizer's vocabulary size."""
-    from nanoseek.tokenizer import Tokenizer, fingerprint_json
-
     path = Path(path)
 
     def field(name: str, key: str):

@@ -12,7 +12,7 @@ pass@k and maj@k (nanoseek.eval.metrics) per task.
 
 Every problem is asked as the chat prompt of `nanoseek.data.tasks.chat_messages(problem, with_solution=False)`
 and its samples are decoded with special tokens kept, so <think>...</think> stay visible to the answer
-extraction (`nanoseek.data.rewards.extract_answer`). There is one generation path: the requests go through
+extraction (`nanoseek.train.rewards.extract_answer`). There is one generation path: the requests go through
 the engine's scheduler, all samples of a chunk of problems at once (samples of a prompt share its cached
 prefix). Sample j of problem i is seeded from (seed, i, j), so a result does not depend on the batch size.
 """
@@ -24,7 +24,7 @@ import time
 from collections import defaultdict
 from typing import Any, Callable, Iterable, Sequence
 
-from nanoseek.data.rewards import score
+from nanoseek.train.rewards import score
 from nanoseek.data.tasks import PROMPT_STYLES, Problem, chat_messages, earlier_problems, earlier_turns, prompt_ids
 from nanoseek.eval.metrics import Sample, markdown_table, summarize
 

@@ -12,9 +12,10 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any, Iterable, Sequence
 
-from nanoseek.data import rewards, tasks
+from nanoseek.data import tasks
 from nanoseek.errors import DataError
 from nanoseek.eval import metrics
+from nanoseek.train import rewards
 
 
 def completion_text(record: dict[str, Any], where: str) -> str:

@@ -3,7 +3,7 @@
 Keys and values come from a small latent c^KV (kv_lora_rank wide) plus one rotary key k^R shared by all
 heads; queries come from the input directly (q_proj) or through their own low-rank latent c^Q (q_a_proj,
 q_a_layernorm, q_b_proj). This module computes attention in the expanded form: the latent is projected up to
-per-head keys and values (kv_b_proj) and fused SDPA attends over them. Training uses it, and so does
+per-head keys and values (kv_b_proj) and `nanoseek.model.attention` attends over them. Training uses it, and so does
 generation for prefill, where the `cache` hook stores the new tokens' latents and returns the cached context
 to attend over; decode steps take the absorbed form instead (nanoseek.model.inference, docs/architecture.md §3.2).
 
@@ -15,11 +15,11 @@ from __future__ import annotations
 from typing import Protocol
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from nanoseek.config import ModelConfig
-from nanoseek.model.layers import RMSNorm, compute_dtype
+from nanoseek.model.attention import attention
+from nanoseek.model.layers import RMSNorm
 from nanoseek.model.rope import apply_rope, softmax_scale
 
 
@@ -97,81 +97,5 @@ class MLA(nn.Module):
         k_nope, v = self.kv_b_proj(latent).view(B, T, H, self.nope_dim + self.v_dim).split(
             [self.nope_dim, self.v_dim], dim=-1)
         k = torch.cat((k_nope, k_rope.unsqueeze(2).expand(B, T, H, self.rope_dim)), dim=-1).transpose(1, 2)
-        v = v.transpose(1, 2)
-        dropout = self.dropout if training else 0.0
-        if use_matmul_attention(q, k, dropout):
-            return matmul_attention(q, k, v, attn_mask, is_causal, self.scale)
-        # PyTorch's fused CPU attention kernel needs equal q/k and v head sizes; padding v with zeros and
-        # slicing the output is exact and ~2x faster than the fallback (docs/performance.md §5.2).
-        pad = self.qk_dim - self.v_dim if self.v_dim < self.qk_dim else 0
-        if pad:
-            v = F.pad(v, (0, pad))
-        o = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal, dropout_p=dropout,
-                                           scale=self.scale)
-        return o[..., : self.v_dim] if pad else o
-
-
-# On a CPU, PyTorch's fused attention kernel runs far below the matmul peak at MLA's head sizes (d_qk 48 in
-# cpu-small): two batched matmuls around one softmax take half its time forward + backward in bf16 and a
-# little less in fp32 (docs/performance.md §5.2), as long as the [B, H, S, T] scores are small enough to hold.
-# GPUs, long contexts and attention dropout take the fused kernel.
-MATMUL_ATTENTION_MAX_SCORES = 1 << 24
-
-
-def use_matmul_attention(q: torch.Tensor, k: torch.Tensor, dropout: float) -> bool:
-    B, H, S, _ = q.shape
-    return q.device.type == "cpu" and dropout == 0.0 and B * H * S * k.shape[-2] <= MATMUL_ATTENTION_MAX_SCORES
-
-
-def matmul_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None,
-                     is_causal: bool, scale: float) -> torch.Tensor:
-    """softmax(q k^T * scale, masked) v, as scaled_dot_product_attention computes it (is_causal: query i sees
-    keys 0..i; attn_mask bool, True = may attend). Scores and probabilities are in the matmul dtype (bf16 under
-    autocast, as transformers' eager attention has them); the softmax does its arithmetic in fp32."""
-    dtype = compute_dtype(q)
-    with torch.autocast(q.device.type, enabled=False):
-        q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
-        # the mask as an additive bias ([.., S, T], H times smaller than the scores), added in place: no pass
-        # over the scores in the backward
-        bias, blind = None, None  # blind: the queries that may attend to nothing, if any
-        if is_causal:  # query i sees keys 0..i: every query sees something
-            S, T = q.shape[-2], k.shape[-2]
-            bias = torch.full((S, T), float("-inf"), dtype=dtype, device=q.device).triu_(1)
-            if S == T and S >= CAUSAL_BLOCKS:
-                return _causal_blocks(q * scale, k, v, bias)
-        elif attn_mask is not None:
-            # A query that may attend to nothing (padding) gets zeros, as the fused kernel gives, not NaN: its
-            # row is left unmasked and its output zeroed.
-            sees = attn_mask.any(dim=-1, keepdim=True)
-            blocked = attn_mask.logical_not()
-            if not bool(sees.all()):
-                blind = sees.logical_not()
-                blocked &= sees
-            bias = torch.zeros(blocked.shape, dtype=dtype, device=q.device).masked_fill_(blocked, float("-inf"))
-        scores = torch.matmul(q * scale, k.transpose(-2, -1))
-        if bias is not None:
-            scores.add_(bias)
-        out = torch.matmul(torch.softmax(scores, dim=-1), v)
-        return out if blind is None else out.masked_fill(blind, 0.0)
-
-
-# Causal self-attention in query blocks: block j (queries a..b) needs only keys 0..b, so the masked upper
-# triangle is neither multiplied, nor added to, nor soft-maxed, forward or backward. Two blocks do 3/4 of the
-# full square's work: one layer's attention, forward + backward at 8 x 8 heads x 256 tokens, 2 threads, took
-# ~10-15% less time in fp32 and about the same in bf16; four and eight blocks were slower in bf16 (the smaller
-# bf16 matmuls lose more than the skipped work saves) (docs/performance.md §5.2).
-CAUSAL_BLOCKS = 2
-
-
-def _causal_blocks(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """softmax(q k^T + bias) v for causal self-attention (q already scaled, bias [S, S] the causal -inf mask),
-    computed over CAUSAL_BLOCKS blocks of queries, each against the keys up to its last query."""
-    S = q.shape[-2]
-    rows = -(-S // CAUSAL_BLOCKS)
-    outs = []
-    for a in range(0, S, rows):
-        b = min(a + rows, S)
-        scores = torch.matmul(q[..., a:b, :], k[..., :b, :].transpose(-2, -1))
-        scores.add_(bias[a:b, :b])
-        outs.append(torch.matmul(torch.softmax(scores, dim=-1), v[..., :b, :]))
-    return torch.cat(outs, dim=-2)
+        return attention(q, k, v.transpose(1, 2), attn_mask, is_causal, self.scale,
+                         self.dropout if training else 0.0)

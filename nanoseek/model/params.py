@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from nanoseek.config import ModelConfig
+from nanoseek.model.transformer import DeepSeekV3
 
 
 @dataclass(frozen=True)
@@ -28,8 +29,6 @@ class ParamCounts:
 
 def count_params(config: ModelConfig) -> ParamCounts:
     """Exact counts from the module tree, built on the meta device (nothing is allocated)."""
-    from nanoseek.model.transformer import DeepSeekV3
-
     with torch.device("meta"):
         model = DeepSeekV3(config)
     seen: set[int] = set()

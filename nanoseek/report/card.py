@@ -492,7 +492,7 @@ def _pick(samples: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
 
 
 def _section_answers(run: Run) -> list[str]:
-    from nanoseek.data.rewards import split_completion
+    from nanoseek.train.rewards import split_completion
 
     out = ["## The final model's answers", ""]
     stage = next((s for s in ("rl", *reversed([x for x in run.answers if x != "rl"])) if s in run.answers), None)

@@ -5,10 +5,10 @@
     app = create_app(Engine.load("ckpt"), ServerConfig(model_name="my-model"))   # any ASGI server runs it
 
 `nanoseek serve --checkpoint DIR` does the same from the command line. Modules: app (routes, limits, auth,
-CORS), chat and completions (the two generation endpoints), schemas (request bodies), loop (the engine
-thread), streaming (one request's generation, SSE, disconnects), errors (OpenAI's error shape), metrics
-(Prometheus text), tokens (logprob token texts), server (uvicorn in a thread or in the foreground), static/
-(the page).
+CORS), chat and completions (the two generation endpoints), fields (what the two share: sampling parameters,
+usage, finish_reason), schemas (request bodies), loop (the engine thread), streaming (one request's
+generation, SSE, disconnects), errors (OpenAI's error shape), metrics (Prometheus text), tokens (logprob token
+texts), server (uvicorn in a thread or in the foreground), static/ (the page).
 """
 
 from nanoseek.serve.app import ServerConfig, create_app

@@ -15,29 +15,10 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 
 from nanoseek.engine.reasoning import ReasoningSplitter
-from nanoseek.engine.sampling import SamplingParams
 from nanoseek.serve.errors import error_response
+from nanoseek.serve.fields import finish, sampling_params, usage
 from nanoseek.serve.schemas import ChatCompletionRequest
 from nanoseek.serve.streaming import SSE_DONE, ClientGone, EngineFailed, Generation, SSEResponse, new_id, sse
-
-
-def sampling_params(body, max_new_tokens: int, **extra) -> SamplingParams:
-    """The engine's parameters from the fields chat and completions share."""
-    seed = None if body.seed is None else body.seed % 2**64
-    return SamplingParams(
-        max_new_tokens=max_new_tokens, temperature=body.temperature, top_k=max(body.top_k, 0), top_p=body.top_p,
-        min_p=body.min_p, presence_penalty=body.presence_penalty, frequency_penalty=body.frequency_penalty,
-        repetition_penalty=body.repetition_penalty, seed=seed, stop=body.stop_list(),
-        stop_token_ids=list(body.stop_token_ids or []), ignore_eos=body.ignore_eos, **extra)
-
-
-def usage(prompt_tokens: int, completion_tokens: int, cached: int) -> dict:
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens, "prompt_tokens_details": {"cached_tokens": cached}}
-
-
-def finish(reason: str | None) -> str | None:
-    return "stop" if reason == "abort" else reason  # an abort the client sees came from the server's side
 
 
 async def create(state, body: ChatCompletionRequest, request: Request) -> Response:

@@ -16,8 +16,8 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 
 from nanoseek.errors import EngineError
-from nanoseek.serve.chat import finish, sampling_params, usage
 from nanoseek.serve.errors import error_response
+from nanoseek.serve.fields import finish, sampling_params, usage
 from nanoseek.serve.schemas import CompletionRequest
 from nanoseek.serve.streaming import SSE_DONE, ClientGone, EngineFailed, Generation, SSEResponse, new_id, sse
 

@@ -12,6 +12,7 @@ from functools import lru_cache
 
 from nanoseek.engine.reasoning import THINK, THINK_END
 from nanoseek.engine.sampling import TokenLogprob
+from nanoseek.tokenizer import byte_to_unicode
 
 
 class TokenTexts:
@@ -91,8 +92,6 @@ def _byte_decoder(tokenizer):
     """token id -> raw bytes for a byte-level BPE tokenizer (GPT-2's alphabet); None if it is not one."""
     if tokenizer is None or not hasattr(tokenizer, "id_to_token"):
         return None
-    from nanoseek.tokenizer import byte_to_unicode
-
     decode = {c: b for b, c in byte_to_unicode().items()}
     specials = set((getattr(tokenizer, "special_ids", None) or {}).values())
 

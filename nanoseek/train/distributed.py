@@ -15,13 +15,17 @@ Expert parallelism (experts split across ranks with all-to-all token exchange) i
 from __future__ import annotations
 
 import contextlib
+import functools
+import gc
 import os
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.distributed.device_mesh import init_device_mesh
+from torch.nn.parallel import DistributedDataParallel as DDP
 
 
 @dataclass(frozen=True)
@@ -66,8 +70,6 @@ def teardown(clean: bool = True) -> None:
     SIGABRT, "terminate called without an active exception", after a finished 2-process run). After an
     error there is no barrier: the other ranks may never reach it."""
     if dist.is_available() and dist.is_initialized():
-        import gc
-
         gc.collect()
         if clean:
             dist.barrier()
@@ -81,12 +83,9 @@ def wrap(model: nn.Module, mode: str, info: DistInfo) -> nn.Module:
     if not info.distributed:
         return model
     if mode == "ddp":
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
         return DDP(model, device_ids=[info.device.index] if info.device.type == "cuda" else None)
     if mode == "fsdp":
-        from torch.distributed.device_mesh import init_device_mesh
-        from torch.distributed.fsdp import fully_shard
+        from torch.distributed.fsdp import fully_shard  # imported on use: see _options
 
         mesh = init_device_mesh(info.device.type, (info.world_size,))
         for layer in model.model.layers:
@@ -107,7 +106,7 @@ def full_weights(model: nn.Module):
     """Every parameter of `model` whole for the duration (FSDP2: all-gathered, resharded on exit), so that code
     outside the training forward can read them: RL rollouts generate from the live training weights. A no-op
     for an unsharded model (one process, DDP). Every rank must enter it (it all-gathers)."""
-    from torch.distributed.fsdp import FSDPModule
+    from torch.distributed.fsdp import FSDPModule  # imported on use: see _options
 
     sharded = [m for m in model.modules() if isinstance(m, FSDPModule)]
     for m in sharded:
@@ -126,6 +125,19 @@ def grad_sync(fwd: nn.Module, sync: bool) -> contextlib.AbstractContextManager:
     if hasattr(fwd, "set_requires_gradient_sync"):  # FSDP2
         fwd.set_requires_gradient_sync(sync)
     return contextlib.nullcontext()
+
+
+def call_as_forward(fwd: nn.Module, fn: Callable[..., Any], *args: Any) -> Any:
+    """fn(model, *args) as a training forward of `fwd` (the module `wrap` returned): the wrappers act only
+    around `forward` (DDP prepares the gradient all-reduce, FSDP2 gathers the root's weights, the head's
+    included), so fn stands in for the model's forward for this one call. For a loss that needs something
+    other than the model's forward computes, e.g. RL's log-probabilities from `hidden_states`."""
+    model = getattr(fwd, "module", fwd)  # DDP holds the model as .module; FSDP2 and one process: fwd itself
+    model.forward = functools.partial(fn, model)  # an instance attribute shadows the class's forward
+    try:
+        return fwd(*args)
+    finally:
+        del model.forward
 
 
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
@@ -161,6 +173,8 @@ def barrier() -> None:
 
 
 def _options():
+    # torch.distributed's FSDP and checkpoint modules take ~0.5-1 s to import, which `nanoseek --help` (it
+    # imports this module) and every one-process run would pay: they are imported where they are used.
     from torch.distributed.checkpoint.state_dict import StateDictOptions
 
     return StateDictOptions(full_state_dict=True, cpu_offload=True)

@@ -33,12 +33,19 @@ from typing import Any
 import torch
 from torch import nn
 
+from nanoseek.data.tasks import chat_messages
+from nanoseek.engine import Engine, SamplingParams
+from nanoseek.engine.cache import LatentPool
 from nanoseek.engine.sampling import GREEDY_BELOW
 from nanoseek.errors import DataError
+from nanoseek.model import DeepSeekV3
+from nanoseek.model.layers import compute_dtype
+from nanoseek.model.loss import linear_logprobs
 from nanoseek.train import distributed as D
 from nanoseek.train.config import TrainConfig, _f
-from nanoseek.train.schedule import SCHEDULES
 from nanoseek.train.loop import Task
+from nanoseek.train.rewards import Rewards, accuracy_reward
+from nanoseek.train.schedule import SCHEDULES
 
 LOSS_TYPES = ("grpo", "dr_grpo", "dapo")
 STATE_VERSION = 1  # of the task state a checkpoint keeps
@@ -106,6 +113,15 @@ class GRPOConfig(TrainConfig):
              f"({self.checkpoint_every}) must be a multiple of --updates-per-generation ({u})")
         return self
 
+    def completions_per_rank(self, world_size: int) -> int:
+        """Completions each process samples and trains on per generation."""
+        return self.prompts_per_step // world_size * self.group_size
+
+    def micro_batches(self, world_size: int) -> int:
+        """The grad_accum a GRPO run takes: every completion of a step, in micro-batches of batch_size (set it
+        when building the config, once the number of processes is known)."""
+        return math.ceil(self.completions_per_rank(world_size) / self.batch_size)
+
     @property
     def eps_high(self) -> float:
         if self.clip_eps_high is not None:
@@ -153,6 +169,30 @@ def aggregate(per_token: torch.Tensor, mask: torch.Tensor, loss_type: str, norm:
     return masked.sum() / norm
 
 
+@dataclass
+class PolicyOutput:
+    """What the policy's forward gives the loss, and the loss gives the training loop."""
+    token_logprobs: torch.Tensor  # [B, T] log pi(target) per position (0 where the target is masked)
+    token_entropy: torch.Tensor  # [B, T] entropy of the next-token distribution
+    balance_loss: torch.Tensor | None = None  # training mode with aux_loss_alpha > 0
+    expert_counts: torch.Tensor | None = None  # [n_routers, E]
+    loss: torch.Tensor | None = None  # set by GRPOTask.loss, as are the two below
+    metrics: dict | None = None
+    tokens: int | None = None
+
+
+def policy_logprobs(model: DeepSeekV3, x: torch.Tensor, y: torch.Tensor, temperature: float) -> PolicyOutput:
+    """Log-probabilities of the targets y under the policy at `temperature` (logits / temperature, as a sampler
+    at that temperature draws from), and the entropies, chunked through the output head so the full logits are
+    never formed. Run it through `D.call_as_forward`: it reads the head's weight, which FSDP gathers only
+    around a forward."""
+    out = model.hidden_states(x)
+    h = out.hidden
+    scaled = h if temperature == 1.0 else h / temperature  # (h / t) W^T = logits / t
+    lp, entropy = linear_logprobs(scaled, model.lm_head.weight, y, compute_dtype(h))
+    return PolicyOutput(lp, entropy, out.balance_loss, out.expert_counts)
+
+
 # ---- rollouts -------------------------------------------------------------------------------------------------
 @dataclass
 class Rollout:
@@ -170,16 +210,17 @@ class GRPOTask(Task):
     def __init__(self, cfg: GRPOConfig, tokenizer, train_problems: list, eval_problems: list, *,
                  device: torch.device, rank: int = 0, world_size: int = 1, reference: nn.Module | None = None,
                  rewards=None):
-        from nanoseek.data.rewards import Rewards
-
         self.cfg, self.tok, self.device, self.rank, self.world = cfg, tokenizer, device, rank, world_size
         self.train_problems, self.eval_problems = train_problems, eval_problems
         if cfg.prompts_per_step % world_size:
             raise ValueError(f"--prompts-per-step ({cfg.prompts_per_step}) must be a multiple of the number of "
                              f"processes ({world_size}): each generates its share")
+        if cfg.grad_accum != cfg.micro_batches(world_size):
+            raise ValueError(f"--grad-accum is {cfg.grad_accum}, but GRPO trains every completion of a step in "
+                             f"{cfg.micro_batches(world_size)} micro-batch(es) of --batch-size: set "
+                             "cfg.grad_accum = cfg.micro_batches(world_size) when building the config")
         self.rewards = rewards or Rewards(cfg.reward, seed=cfg.seed)
-        self.n_seq = cfg.prompts_per_step // world_size * cfg.group_size  # completions per step on this rank
-        cfg.grad_accum = math.ceil(self.n_seq / cfg.batch_size)  # micro-batches: every completion, each step
+        self.n_seq = cfg.completions_per_rank(world_size)
         self.tokens_per_batch = None  # completions vary in length: each micro-batch counts its own
         self.reference = reference
         self.engine = None
@@ -187,21 +228,21 @@ class GRPOTask(Task):
         self.trained: list[Rollout] = []  # the ones the optimizer steps train on (see _to_train)
         self.micro: list[list[Rollout]] = []
         self.norm = 1.0
+        self.fresh = False
 
     # ---- the step hook: generate, score, compute advantages and the old policy's log-probabilities ------
     def begin_step(self, model: nn.Module, step: int) -> dict[str, float] | None:
         cfg = self.cfg
         metrics = None
-        if (step - 1) % cfg.updates_per_generation == 0:
+        # the first update on a generation's rollouts measures how far the engine's log-probabilities are
+        self.fresh = (step - 1) % cfg.updates_per_generation == 0
+        if self.fresh:
             metrics = self._generate(model, (step - 1) // cfg.updates_per_generation)
         self.micro = spread(self.trained, cfg.grad_accum)
         return metrics
 
     def _engine(self, model: nn.Module):
         if self.engine is None:
-            from nanoseek.engine import Engine
-            from nanoseek.engine.cache import LatentPool
-
             # every prompt a step may draw must fit (a sample of the first few missed a task's longer prompts
             # further down a mixed problems file)
             longest = max(len(self._prompt_ids(p)) for p in self.train_problems + self.eval_problems)
@@ -212,8 +253,6 @@ class GRPOTask(Task):
         return self.engine
 
     def _prompt_ids(self, problem) -> list[int]:
-        from nanoseek.data.tasks import chat_messages
-
         return self.tok.render_chat(chat_messages(problem, with_solution=False), add_generation_prompt=True)[0]
 
     def _problems_for(self, generation: int) -> list:
@@ -231,8 +270,6 @@ class GRPOTask(Task):
 
     @torch.no_grad()
     def _generate(self, model: nn.Module, generation: int) -> dict[str, float]:
-        from nanoseek.engine import SamplingParams
-
         cfg = self.cfg
         problems = self._problems_for(generation)
         prompts = [self._prompt_ids(p) for p in problems]
@@ -266,14 +303,8 @@ class GRPOTask(Task):
                  completion_len=sum(lengths) / len(lengths), completion_len_max=float(max(lengths)),
                  truncated=sum(o.finish_reason == "length" for o in outs) / len(outs))
         if "accuracy" not in self.rewards.weights:  # the control run still reports what it does to accuracy
-            from nanoseek.data.rewards import accuracy_reward
-
             m["reward_accuracy"] = sum(accuracy_reward("", o.text, problems[i // G]) for i, o in enumerate(outs)) / len(outs)
         m["trained_fraction"] = len(self.trained) / len(self.rollouts)
-        if cfg.temperature == 1.0 and cfg.updates_per_generation > 1:  # else the loss measures it
-            diffs = [abs(a - b) for r in self.trained for a, b in zip(r.engine_logp, r.old_logp.tolist())]
-            m["logprob_mismatch"] = sum(diffs) / max(len(diffs), 1)
-            m["logprob_mismatch_max"] = max(diffs, default=0.0)
         return m
 
     def _to_train(self) -> list[Rollout]:
@@ -300,9 +331,9 @@ class GRPOTask(Task):
                 chunk = self.trained[i:i + self.cfg.batch_size]
                 x, y, mask = self._tensors(chunk)
                 with _autocast(self.device, self.cfg.dtype):
-                    lp = (model(x, targets=y, logprobs=True, temperature=self.cfg.temperature).token_logprobs
-                          if policy else None)
-                    ref = (self.reference(x, targets=y, logprobs=True, temperature=self.cfg.temperature).token_logprobs
+                    t = self.cfg.temperature
+                    lp = D.call_as_forward(model, policy_logprobs, x, y, t).token_logprobs if policy else None
+                    ref = (D.call_as_forward(self.reference, policy_logprobs, x, y, t).token_logprobs
                            if self.reference is not None else None)
                 for b, r in enumerate(chunk):
                     sel = mask[b]
@@ -327,33 +358,23 @@ class GRPOTask(Task):
     def next_batch(self, model: nn.Module):
         return self.micro.pop(0)
 
-    def loss(self, model: nn.Module, chunk: list[Rollout], cfg: GRPOConfig):
+    def loss(self, model: nn.Module, chunk: list[Rollout], cfg: GRPOConfig) -> PolicyOutput:
         x, y, mask = self._tensors(chunk)
-        out = model(x, targets=y, logprobs=True, temperature=cfg.temperature, aux_loss_alpha=cfg.aux_loss_alpha)
+        out = D.call_as_forward(model, policy_logprobs, x, y, cfg.temperature)
         lp = out.token_logprobs
         adv = torch.tensor([r.advantage for r in chunk], device=lp.device)[:, None].expand_as(lp)
         metrics = {}
         fmask = mask.float()
         n_tok = fmask.sum().clamp(min=1)
-        if chunk[0].old_logp is None:  # one update per generation: pi_old is this very policy
-            old = lp.detach()
-            if cfg.temperature == 1.0:  # the engine reports raw log-probabilities: comparable at temperature 1
-                engine = torch.zeros_like(old)
-                for b, r in enumerate(chunk):
-                    engine[b][mask[b]] = torch.tensor(r.engine_logp, dtype=old.dtype, device=old.device)
-                diff = (old - engine).abs() * fmask
-                metrics["logprob_mismatch"] = diff.sum() / n_tok
-                metrics["logprob_mismatch_max"] = diff.max()
-        else:
-            old = torch.zeros_like(lp)
-            for b, r in enumerate(chunk):
-                old[b][mask[b]] = r.old_logp.to(lp.device)
+        # one update per generation: pi_old is this very policy; else it was scored right after sampling
+        old = lp.detach() if chunk[0].old_logp is None else _padded([r.old_logp for r in chunk], lp, mask)
+        if self.fresh and cfg.temperature == 1.0:  # the engine reports raw log-probabilities: comparable at 1
+            diff = (old - _padded([r.engine_logp for r in chunk], old, mask)).abs() * fmask
+            metrics["logprob_mismatch"] = diff.sum() / n_tok
+            metrics["logprob_mismatch_max"] = diff.max()
         per_token, clipped = surrogate(lp, old, adv, cfg.clip_eps, cfg.eps_high)
         if cfg.beta > 0:
-            ref = torch.zeros_like(lp)
-            for b, r in enumerate(chunk):
-                ref[b][mask[b]] = r.ref_logp.to(lp.device)
-            kl = kl_k3(lp, ref)
+            kl = kl_k3(lp, _padded([r.ref_logp for r in chunk], lp, mask))
             per_token = per_token + cfg.beta * kl
             metrics["kl"] = (kl.detach() * fmask).sum() / n_tok
         # the loop divides each micro-batch's loss by grad_accum and averages ranks: undo both, so that the
@@ -370,9 +391,6 @@ class GRPOTask(Task):
     @torch.no_grad()
     def evaluate(self, model: nn.Module, cfg: GRPOConfig) -> dict[str, float]:
         """Greedy accuracy on the validation problems (this rank's share; counts summed over ranks)."""
-        from nanoseek.data.rewards import accuracy_reward
-        from nanoseek.engine import SamplingParams
-
         mine = self.eval_problems[self.rank::self.world]
         right = 0.0
         if mine:
@@ -423,6 +441,15 @@ def frozen_copy(model: nn.Module) -> nn.Module:
     for p in ref.parameters():
         p.requires_grad_(False)
     return ref
+
+
+def _padded(values: list, like: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per-rollout values of the completion tokens (a list or tensor each) laid out like `like` [B, T], at the
+    completion positions `mask` marks; zeros elsewhere."""
+    out = torch.zeros_like(like)
+    for b, v in enumerate(values):
+        out[b][mask[b]] = torch.as_tensor(v, dtype=like.dtype, device=like.device)
+    return out
 
 
 def _autocast(device: torch.device, dtype: str):

@@ -181,6 +181,8 @@ class _Run:
             raise ValueError(f"{run_dir} already holds a training run ({checkpoints_dir(run_dir)}); resume it or "
                              "choose a new directory")
         model.to(self.device).train()
+        # the losses' weights (training settings, not saved with the model)
+        model.mtp_weight, model.aux_loss_alpha = cfg.mtp_weight, cfg.aux_loss_alpha
         if cfg.compile:
             model.compile()  # in place: parameter names (checkpoints, optimizer state) stay unchanged
         self.fwd = D.wrap(model, cfg.parallel, info)

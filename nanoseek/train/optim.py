@@ -64,7 +64,7 @@ def _full(t: torch.Tensor) -> torch.Tensor:
 def _like(full: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
     """`full` laid out like `ref`: for a DTensor, this rank's shard (every rank holds the same `full`)."""
     if hasattr(ref, "device_mesh"):
-        from torch.distributed.tensor import distribute_tensor
+        from torch.distributed.tensor import distribute_tensor  # ~1 s to import: only FSDP runs need it
 
         return distribute_tensor(full, ref.device_mesh, ref.placements, src_data_rank=None)
     return full

@@ -12,7 +12,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nanoseek.data.loader import PackedLoader
+from nanoseek.errors import TokenizerError
+from nanoseek.hf import write_generation_config
+from nanoseek.tokenizer import Tokenizer, fingerprint_of
 from nanoseek.train.config import TrainConfig
+from nanoseek.train.distributed import all_reduce_sum
 from nanoseek.train.loop import Task
 
 
@@ -21,9 +26,6 @@ class PretrainTask(Task):
 
     def __init__(self, data_dir: str | Path, cfg: TrainConfig, *, device: torch.device, rank: int = 0,
                  world_size: int = 1, tokenizer=None, probe=None):
-        from nanoseek.data.loader import PackedLoader
-        from nanoseek.tokenizer import Tokenizer
-
         data_dir = Path(data_dir)
         tokenizer = tokenizer or Tokenizer.load(data_dir / "tokenizer")
         self.data_dir, self.tokenizer = data_dir, tokenizer
@@ -48,7 +50,7 @@ class PretrainTask(Task):
 
     def loss(self, model: nn.Module, batch, cfg: TrainConfig):
         x, y = batch
-        return model(x, targets=y, mtp_weight=cfg.mtp_weight, aux_loss_alpha=cfg.aux_loss_alpha)
+        return model(x, targets=y)
 
     def describe_eval(self, cfg: TrainConfig) -> str:
         """What an evaluation reads, in one line (the command prints it at the start)."""
@@ -65,8 +67,6 @@ class PretrainTask(Task):
                 f"{self.val_batch}{f' x {ws} processes' if ws > 1 else ''} x {cfg.seq_len} tokens{note}")
 
     def evaluate(self, model: nn.Module, cfg: TrainConfig) -> dict[str, float]:
-        from nanoseek.train.distributed import all_reduce_sum
-
         out = {}
         if self.val is not None:
             batches = ((x.to(self.device), y.to(self.device)) for x, y in self.val.iter_eval(cfg.eval_batches))
@@ -86,9 +86,6 @@ def check_model_tokenizer(model_dir: str | Path, tokenizer, data_dir: str | Path
     """A model trained on one tokenizer's ids must not continue on another's: compare the fingerprint of the
     tokenizer the model directory carries (every nanoseek checkpoint does) with the data's. Raises
     TokenizerError naming both fingerprints and where each came from."""
-    from nanoseek.errors import TokenizerError
-    from nanoseek.tokenizer import fingerprint_of
-
     model_dir, data_dir = Path(model_dir), Path(data_dir)
     data_fp = tokenizer.fingerprint()
     data_src = getattr(tokenizer, "path", None) or data_dir / "tokenizer"
@@ -131,7 +128,5 @@ def metrics_from_sums(s: torch.Tensor) -> dict[str, float]:
 def write_tokenizer_files(tok, directory: Path) -> None:
     """Every checkpoint carries its tokenizer, and a generation_config.json that stops at the chat template's
     end of turn as well as at end of text (HF generate, vLLM and SGLang read it)."""
-    from nanoseek.hf import write_generation_config
-
     tok.save(directory)
     write_generation_config(directory, bos_token_id=tok.bos_id, eos_token_ids=tok.stop_ids, pad_token_id=tok.pad_id)

@@ -16,9 +16,11 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from nanoseek.data.rewards import score
 from nanoseek.data.tasks import Problem, prompt_ids
+from nanoseek.engine import Engine, SamplingParams
+from nanoseek.engine.cache import LatentPool
 from nanoseek.train import distributed as D
+from nanoseek.train.rewards import score
 
 
 class AccuracyProbe:
@@ -33,9 +35,6 @@ class AccuracyProbe:
 
     def _engine(self, model: nn.Module):
         if self.engine is None:
-            from nanoseek.engine import Engine
-            from nanoseek.engine.cache import LatentPool
-
             longest = max((len(x) for x in self.ids), default=1)
             max_len = min(model.config.max_position_embeddings, longest + self.max_new_tokens + 8)
             rows = max(1, min(self.max_batch, len(self.ids)))
@@ -46,8 +45,6 @@ class AccuracyProbe:
     @torch.no_grad()
     def completions(self, model: nn.Module) -> list[str]:
         """The greedy completions (special tokens kept) of this rank's problems."""
-        from nanoseek.engine import SamplingParams
-
         if not self.ids:
             return []
         stop_ids = [self.tok.bos_id] if self.style == "plain" and getattr(self.tok, "bos_id", None) is not None \

@@ -25,8 +25,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from nanoseek.data.chat import IGNORE_INDEX, PackedChat, Row, file_digest, read_chat, split_validation
-from nanoseek.errors import DataError
+from nanoseek.errors import DataError, TokenizerError
+from nanoseek.tokenizer import fingerprint_of
 from nanoseek.train.config import TrainConfig, _f
+from nanoseek.train.distributed import all_reduce_sum
 from nanoseek.train.loop import Task
 
 STATE_VERSION = 1
@@ -142,8 +144,7 @@ class SFTTask(Task):
     def loss(self, model: nn.Module, batch, cfg: TrainConfig) -> SFTLoss:
         if cfg.grad_accum != self.cfg.grad_accum:
             raise ValueError("SFTTask was built for another --grad-accum than the loop runs with")
-        out = model(batch.x, targets=batch.y, attn_mask=batch.mask, mtp_weight=cfg.mtp_weight,
-                    aux_loss_alpha=cfg.aux_loss_alpha)
+        out = model(batch.x, targets=batch.y, attn_mask=batch.mask)
         # out.*_loss are means over this micro-batch's targets: back to sums, then over the step's count
         main = out.main_loss * (batch.targets * self._main_scale)
         mtp = [m * (n * s) for m, n, s in zip(out.mtp_losses, batch.mtp_targets, self._mtp_scale)]
@@ -184,8 +185,6 @@ class SFTTask(Task):
     def evaluate(self, model: nn.Module, cfg: TrainConfig) -> dict[str, float]:
         """Validation loss (nats per assistant token) and token accuracy (the argmax is the assistant's token).
         Every rank runs the same number of forwards (rows past the end are padding), as FSDP needs."""
-        from nanoseek.train.distributed import all_reduce_sum
-
         probed = self.probe(model) if self.probe is not None else {}
         if self.val is None:
             return probed
@@ -210,9 +209,6 @@ class SFTTask(Task):
     # ---- checkpoints ------------------------------------------------------------------------------------
     def check_model(self, model_dir: str | Path) -> None:
         """The model must have learned the ids of the tokenizer the conversations are rendered with."""
-        from nanoseek.errors import TokenizerError
-        from nanoseek.tokenizer import fingerprint_of
-
         fp = fingerprint_of(model_dir)
         if fp != self.tokenizer.fingerprint():
             raise TokenizerError(f"{model_dir} carries tokenizer {fp or '(none: no tokenizer.json)'}, but the "

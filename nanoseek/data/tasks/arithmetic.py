@@ -16,8 +16,7 @@ from __future__ import annotations
 
 import random
 
-from nanoseek.data.tasks.checkers import format_number, parse_number
-from nanoseek.data.tasks.problem import Problem, Solution, Task
+from nanoseek.data.tasks.problem import IntegerTask, Problem, Solution
 from nanoseek.data.tasks.wordings import held_out, train
 
 # difficulty -> (digits per operand (at most), number of terms, operators, digits of the second factor of a product)
@@ -227,7 +226,7 @@ def render_expression(terms: list[int], ops: list[str], rng: random.Random) -> s
     return sep.join(parts)
 
 
-class Arithmetic(Task):
+class Arithmetic(IntegerTask):
     name = "arithmetic"
     summary = "multi-digit +, -, * with schoolbook column work"
     levels = tuple(
@@ -267,14 +266,6 @@ class Arithmetic(Task):
         key = " ".join(map(str, sorted(terms))) + f" {ops[0]}" if n_terms == 2 and ops[0] in "+*" else text
         return self.make(f"What is {text}?", steps[-1][3], key, difficulty, terms=terms, ops=ops)
 
-    def check(self, problem: Problem, answer: str) -> bool:
-        v = parse_number(answer)
-        return v is not None and v == int(problem.answer)
-
-    def answer_key(self, problem: Problem, answer: str) -> str | None:
-        v = parse_number(answer)
-        return None if v is None else format_number(v)
-
     def solve(self, problem: Problem) -> Solution:
         terms, ops = problem.meta["terms"], problem.meta["ops"]
         steps = evaluation_steps(terms, ops)
@@ -301,7 +292,7 @@ DIGIT_SUM_FRAMES = (
                "Find what the digits of {n} add up to."))
 
 
-class DigitSum(Task):
+class DigitSum(IntegerTask):
     name = "digit_sum"
     summary = "the sum of the digits of a number"
     levels = tuple(f"a number with {d} digits" for d in range(2, 10))
@@ -313,14 +304,6 @@ class DigitSum(Task):
     def sample(self, rng: random.Random, difficulty: int) -> Problem:
         n = rng.randint(10 ** difficulty, 10 ** (difficulty + 1) - 1)
         return self.make(f"What is the sum of the digits of {n}?", sum(_digits(n)), str(n), difficulty, number=n)
-
-    def check(self, problem: Problem, answer: str) -> bool:
-        v = parse_number(answer)
-        return v is not None and v == int(problem.answer)
-
-    def answer_key(self, problem: Problem, answer: str) -> str | None:
-        v = parse_number(answer)
-        return None if v is None else format_number(v)
 
     def solve(self, problem: Problem) -> Solution:
         digits = [int(c) for c in str(problem.meta["number"])]

@@ -235,7 +235,7 @@ def render_text(problem: Problem, style: str = "plain") -> str:
 
 def plain_prompt(problem: Problem) -> str:
     """What to give a model trained only on plain-style text: the prompt line; it continues with the steps
-    and an "Answer:" line (read it with `nanoseek.data.rewards.extract_plain_answer`)."""
+    and an "Answer:" line (read it with `nanoseek.train.rewards.extract_plain_answer`)."""
     return f"{problem.prompt}\n"
 
 

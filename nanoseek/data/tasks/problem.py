@@ -16,6 +16,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
+from nanoseek.data.tasks.checkers import format_number, parse_number
 from nanoseek.data.tasks.wordings import Frame, rephrase
 
 SPLITS = ("train", "val", "test")
@@ -125,6 +126,19 @@ class Task:
 
     def make(self, prompt: str, answer: Any, key: str, difficulty: int, **meta: Any) -> Problem:
         return Problem(self.name, prompt, str(answer), {"key": key, "difficulty": difficulty, **meta})
+
+
+class IntegerTask(Task):
+    """A task whose answer is a whole number: any spelling of its value is right ("1,234", "1234.0"), and
+    majority voting compares values."""
+
+    def check(self, problem: Problem, answer: str) -> bool:
+        v = parse_number(answer)
+        return v is not None and v == int(problem.answer)
+
+    def answer_key(self, problem: Problem, answer: str) -> str | None:
+        v = parse_number(answer)
+        return None if v is None else format_number(v)
 
 
 def plural(n: int, one: str, many: str) -> str:

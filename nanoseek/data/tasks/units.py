@@ -13,8 +13,7 @@ from __future__ import annotations
 import random
 
 from nanoseek.data.tasks.arithmetic import work, work_scale, work_unscale
-from nanoseek.data.tasks.checkers import format_number, parse_number
-from nanoseek.data.tasks.problem import Problem, Solution, Task, plural
+from nanoseek.data.tasks.problem import IntegerTask, Problem, Solution, plural
 from nanoseek.data.tasks.wordings import held_out, train
 
 # (big unit, its plural, small unit, its plural, small units per big unit)
@@ -57,7 +56,7 @@ UNITS_FRAMES = (
                "Work out how many {want} there are in {have}.", "Put {have} into {want}."))
 
 
-class Units(Task):
+class Units(IntegerTask):
     name = "units"
     summary = "convert between units with whole numbers"
     levels = UNITS_LEVELS
@@ -97,14 +96,6 @@ class Units(Task):
             prompt = f"How many {smalls} are in {have}?"
             answer, key = amount * factor + extra, f"{amount} {bigs} {extra} -> {smalls}"
         return self.make(prompt, answer, key, difficulty, steps=steps, amount=amount, extra=extra, reverse=reverse)
-
-    def check(self, problem: Problem, answer: str) -> bool:
-        v = parse_number(answer)
-        return v is not None and v == int(problem.answer)
-
-    def answer_key(self, problem: Problem, answer: str) -> str | None:
-        v = parse_number(answer)
-        return None if v is None else format_number(v)
 
     def solve(self, problem: Problem) -> Solution:
         m = problem.meta

@@ -12,8 +12,7 @@ from __future__ import annotations
 import random
 
 from nanoseek.data.tasks.arithmetic import work
-from nanoseek.data.tasks.checkers import format_number, parse_number
-from nanoseek.data.tasks.problem import Problem, Solution, Task
+from nanoseek.data.tasks.problem import IntegerTask, Problem, Solution
 from nanoseek.data.tasks.wordings import held_out, train
 
 NAMES = ("Mia", "Tom", "Ana", "Ben", "Lea", "Sam", "Eva", "Max", "Zoe", "Leo", "Ada", "Kai")
@@ -90,7 +89,7 @@ WORD_LEVELS = {1: (1, 20, 9, False), 2: (2, 20, 9, False), 3: (2, 50, 20, True),
                5: (4, 99, 30, True)}
 
 
-class WordProblem(Task):
+class WordProblem(IntegerTask):
     name = "word_problem"
     summary = "a count changed by a short story of events (+, -, boxes of k)"
     levels = tuple(f"{e} event{'s' if e > 1 else ''}, start up to {s}, changes up to {c}" +
@@ -141,14 +140,6 @@ class WordProblem(Task):
         sentences.append(f"How many {items} does {name} have now?")
         key = f"{start} " + " ".join("".join(map(str, e)) if e[0] != "box" else f"+{e[1]}x{e[2]}" for e in events)
         return self.make(" ".join(sentences), count, key, difficulty, start=start, events=events)
-
-    def check(self, problem: Problem, answer: str) -> bool:
-        v = parse_number(answer)
-        return v is not None and v == int(problem.answer)
-
-    def answer_key(self, problem: Problem, answer: str) -> str | None:
-        v = parse_number(answer)
-        return None if v is None else format_number(v)
 
     def solve(self, problem: Problem) -> Solution:
         count, events = problem.meta["start"], problem.meta["events"]
