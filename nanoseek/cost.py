@@ -29,9 +29,11 @@ applies, so the peak is a matmul measured on this device in this dtype (`measure
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -267,6 +269,30 @@ def hours_unit(rows: list[HardwareCost]) -> tuple[str, float]:
     """("GPU-hours", 1), or ("GPU-seconds", 3600) when every figure is under an hour (a small run's are)."""
     most = max((h for r in rows for h in r.hours if h is not None), default=0.0)
     return ("GPU-seconds", 3600.0) if most < 1 else ("GPU-hours", 1.0)
+
+
+def read_hardware_file(table: dict[str, Hardware], path: str | Path, *, keep_cpu: bool = True
+                       ) -> dict[str, Hardware]:
+    """The table with the entries of a JSON file of overrides (`apply_overrides`); keep_cpu=False drops a "cpu"
+    entry (it changes the measured row, which a table without one does not have). ConfigError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path} does not exist")
+    try:
+        overrides = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ConfigError(f"{path} is not valid JSON ({e})") from None
+    if not keep_cpu and isinstance(overrides, dict):
+        overrides = {k: v for k, v in overrides.items() if str(k).lower() != "cpu"}
+    return apply_overrides(table, overrides, str(path))
+
+
+def pretraining_context(config: ModelConfig) -> tuple[int, str]:
+    """(the context a config was pretrained at, where that comes from): a YaRN config was pretrained at its
+    original context and extended later (DeepSeek-V3 section 4.3)."""
+    if config.rope_scaling and config.rope_type == "yarn":
+        return int(config.rope_scaling["original_max_position_embeddings"]), "the pre-training context before YaRN"
+    return config.max_position_embeddings, "max_position_embeddings"
 
 
 def table_peak(device_name: str, dtype: torch.dtype) -> float | None:

@@ -1,4 +1,5 @@
-"""How figures read, in the terminal and in the report card alike: counts, FLOPs, dollars, durations, shares.
+"""How figures read, in the terminal and in the report card alike: counts, FLOPs, dollars, durations, shares;
+and counts as people write them (14.8T, 500B, 2e12) read back.
 
     si(14.8e12) -> "14.8T"      flop(2.6e11) -> "260 GFLOP"     dollars(5.3e6) -> "$5.3M"
     duration(5400) -> "1.5 h"   pct(0.413) -> "41.3%"           sci(2.664e6) -> "2.66e6"
@@ -7,6 +8,12 @@
 from __future__ import annotations
 
 import math
+import re
+
+from nanoseek.errors import UserError
+
+SUFFIXES = {"": 1, "K": 1e3, "M": 1e6, "B": 1e9, "G": 1e9, "T": 1e12}
+MAX_COUNT = 1e30  # tokens or GPU-hours: a million times any run's, and far from float overflow in the products
 
 
 def _scaled(x: float, units: tuple[tuple[str, float], ...]) -> str:
@@ -65,3 +72,21 @@ def plural(n: int, word: str, words: str | None = None) -> str:
 def pct(x: float) -> str:
     """A share as a percentage: 41.3%, 0.0%; two significant digits below 0.1% (0.042%)."""
     return f"{100 * x:.1f}%" if abs(x) >= 0.001 or x == 0 else f"{100 * x:.2g}%"
+
+
+def parse_count(text: str, param: str, integer: bool = True) -> float:
+    """'14.8T', '500B', '1.5M', '2e12', '2,664K' -> a positive number (an int >= 1 if `integer`); a UserError
+    naming `param` otherwise."""
+    m = re.fullmatch(r"\s*([0-9][0-9_,]*(?:\.[0-9]*)?(?:[eE][+-]?[0-9]+)?)\s*([a-zA-Z]?)\s*", text)
+    if text.strip().startswith("-"):
+        raise UserError(f"{param} must be positive, got {text}", param=param)
+    if not m or m.group(2).upper() not in SUFFIXES:
+        raise UserError(f"{param}: cannot read {text!r}; write a number with an optional K, M, B or T suffix "
+                        "(14.8T, 500B, 1.5M, 2e12)", param=param)
+    value = float(m.group(1).replace(",", "").replace("_", "")) * SUFFIXES[m.group(2).upper()]
+    if not value <= MAX_COUNT:  # inf too: 1e400 reads as inf
+        raise UserError(f"{param} {text} is too large: at most 1e30 (figures past it overflow the "
+                        "FLOP counts)", param=param)
+    if value < (1 if integer else 0) or value == 0:
+        raise UserError(f"{param} must be {'at least 1' if integer else 'positive'}, got {text}", param=param)
+    return round(value) if integer else value

@@ -145,7 +145,7 @@ def test_implied_mfu_round_trips(capsys, mfu):
 
 
 def test_token_counts_and_breakdown(capsys):
-    from nanoseek.cli.cost import parse_count
+    from nanoseek.units import parse_count
 
     assert parse_count("14.8T", "--tokens") == 14_800_000_000_000
     assert parse_count("500B", "--tokens") == 500_000_000_000

@@ -3,25 +3,22 @@
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import re
 from pathlib import Path
 
 import torch
 
+from nanoseek.cli.common import for_flag
 from nanoseek.config import PRESETS, ModelConfig, preset
-from nanoseek.cost import (HARDWARE, PART_LABELS, TYPICAL_MFU, apply_overrides, cpu_hardware, flops_per_token,
-                           forward_flops, gpu_hours, hours_unit, implied_mfu, on_other_hardware, peak_flops,
-                           summarize_run)
+from nanoseek.cost import (HARDWARE, PART_LABELS, TYPICAL_MFU, cpu_hardware, flops_per_token, forward_flops, gpu_hours,
+                           hours_unit, implied_mfu, on_other_hardware, peak_flops, pretraining_context,
+                           read_hardware_file, summarize_run)
 from nanoseek.errors import UserError
 from nanoseek.model import count_params
 from nanoseek.train.checkpoint import latest_checkpoint
 from nanoseek.train.log import LOG_NAME, read_log
-from nanoseek.units import dollars, duration, flop, pct, plural, sci, si
+from nanoseek.units import dollars, duration, flop, parse_count, pct, plural, sci, si
 
-SUFFIXES = {"": 1, "K": 1e3, "M": 1e6, "B": 1e9, "G": 1e9, "T": 1e12}
-MAX_COUNT = 1e30  # tokens or GPU-hours: a million times any run's, and far from float overflow in the products
 MAX_SEQ_LEN = 1 << 30
 DEFAULT_CLUSTERS = (8, 256, 2048)
 # Published figures to print beside ours: DeepSeek-V3 technical report, table 1 (pre-training only).
@@ -39,8 +36,8 @@ Counts FLOPs per token from the architecture and turns a token budget into GPU-h
 
 How it counts: a matmul is 2 FLOPs per multiply-add; training = 3 x forward (the backward pass computes
 gradients for activations and for weights, 2 x forward). Attention is counted causal: a token of a T-long
-sequence attends to (T + 1) / 2 keys on average. (Training logs count all T keys, as nanoGPT and PaLM do, so
-their MFU compares across projects; RUN_DIR reports convert.) MTP modules are counted when the config has
+sequence attends to (T + 1) / 2 keys on average, as the training logs count it too (logs written before
+2026-12-06 counted all T keys, as nanoGPT and PaLM do; RUN_DIR reports convert them). MTP modules are counted when the config has
 them: DeepSeek-V3 trained with one, so its GPU-hours include it (~4% of its FLOPs); --no-mtp leaves them out.
 MFU is relative to the dense peak (vendors' "with sparsity" figures are 2x these) of --precision.
 Token counts: 14.8T, 500B, 1.5M, 2e12.
@@ -48,24 +45,6 @@ Token counts: 14.8T, 500B, 1.5M, 2e12.
 
 
 # ---- parsing ------------------------------------------------------------------------------------------------
-
-def parse_count(text: str, param: str, integer: bool = True) -> float:
-    """'14.8T', '500B', '1.5M', '2e12', '2,664K' -> a positive number (an int >= 1 if `integer`); a UserError
-    naming `param` otherwise."""
-    m = re.fullmatch(r"\s*([0-9][0-9_,]*(?:\.[0-9]*)?(?:[eE][+-]?[0-9]+)?)\s*([a-zA-Z]?)\s*", text)
-    if text.strip().startswith("-"):
-        raise UserError(f"{param} must be positive, got {text}", param=param)
-    if not m or m.group(2).upper() not in SUFFIXES:
-        raise UserError(f"{param}: cannot read {text!r}; write a number with an optional K, M, B or T suffix "
-                        "(14.8T, 500B, 1.5M, 2e12)", param=param)
-    value = float(m.group(1).replace(",", "").replace("_", "")) * SUFFIXES[m.group(2).upper()]
-    if not value <= MAX_COUNT:  # inf too: 1e400 reads as inf
-        raise UserError(f"{param} {text} is too large: at most 1e30 (figures past it overflow the "
-                        "FLOP counts)", param=param)
-    if value < (1 if integer else 0) or value == 0:
-        raise UserError(f"{param} must be {'at least 1' if integer else 'positive'}, got {text}", param=param)
-    return round(value) if integer else value
-
 
 def parse_mfu(text: str) -> float:
     """'0.4' or '40%' -> 0.4, within (0, 1]."""
@@ -88,16 +67,8 @@ def _hardware(args, need_cpu: bool, cpu_peak: tuple[float, str] | None = None) -
     if need_cpu:
         table["cpu"] = cpu_hardware(*(cpu_peak or peak_flops(torch.device("cpu"), torch.bfloat16)))
     if args.hardware_file:
-        path = Path(args.hardware_file)
-        if not path.is_file():
-            raise UserError(f"--hardware-file {path} does not exist", param="--hardware-file")
-        try:
-            overrides = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise UserError(f"--hardware-file {path} is not valid JSON ({e})", param="--hardware-file") from None
-        if not need_cpu and isinstance(overrides, dict):  # a "cpu" entry changes the measured row: none here
-            overrides = {k: v for k, v in overrides.items() if str(k).lower() != "cpu"}
-        table = apply_overrides(table, overrides, f"--hardware-file {path}")
+        with for_flag("--hardware-file"):
+            table = read_hardware_file(table, args.hardware_file, keep_cpu=need_cpu)
     return table
 
 
@@ -121,13 +92,6 @@ def _model(args):
     if args.checkpoint:
         return ModelConfig.load(args.checkpoint), f"checkpoint {args.checkpoint}"
     return preset(args.preset), f"preset {args.preset}"
-
-
-def _default_seq_len(cfg) -> tuple[int, str]:
-    # A YaRN config was pre-trained at its original context and extended later (DeepSeek-V3 section 4.3).
-    if cfg.rope_scaling and cfg.rope_type == "yarn":
-        return int(cfg.rope_scaling["original_max_position_embeddings"]), "the pre-training context before YaRN"
-    return cfg.max_position_embeddings, "max_position_embeddings"
 
 
 def _print_model(cfg, source: str, seq_len: int, seq_note: str, mtp: bool, breakdown: bool):
@@ -163,7 +127,7 @@ def _print_model(cfg, source: str, seq_len: int, seq_note: str, mtp: bool, break
 
 
 def _report_estimate(args, cfg, source: str) -> None:
-    seq_len, seq_note = (args.seq_len, "--seq-len") if args.seq_len else _default_seq_len(cfg)
+    seq_len, seq_note = (args.seq_len, "--seq-len") if args.seq_len else pretraining_context(cfg)
     if args.tokens is None:
         if args.mfu or args.gpu_hours:
             raise UserError("--mfu and --gpu-hours need --tokens (the token budget, e.g. 14.8T)", param="--tokens")
