@@ -13,7 +13,7 @@ import torch
 import nanoseek
 from nanoseek.cli import main
 from nanoseek.config import preset
-from nanoseek.engine import Delta, Engine, SamplingParams
+from nanoseek.engine import ContextLengthError, Conversation, Delta, Engine, SamplingParams
 from nanoseek.cli.chat import DIM, RESET, ChatSession
 from nanoseek.engine.reasoning import ReasoningSplitter
 from nanoseek.tokenizer import Tokenizer
@@ -173,3 +173,31 @@ def test_reasoning_splitter_handles_tags_inside_pieces():
     assert s.feed("a<think>b") == [("answer", "a"), ("reasoning", "b")]
     assert s.feed("c</think>d<think>") == [("reasoning", "c"), ("answer", "d")]
     assert s.thinking
+
+
+def test_a_conversation_from_python_keeps_answers_not_reasoning_and_refuses_a_full_context(ckpt):
+    """The Python API under `nanoseek chat`: each answer streams as reasoning and answer pieces; the history
+    keeps the answers only; a conversation that fills the context raises before generating and keeps nothing."""
+    eng = Engine.load(ckpt)
+    chat = Conversation(_Scripted(eng, ["<think>3+4", "=7</think>", " 7"]), SamplingParams(max_new_tokens=8),
+                        system="Answer briefly.")
+    pieces = list(chat.ask("What is 3 + 4?"))
+    assert pieces == [("reasoning", "3+4"), ("reasoning", "=7"), ("answer", " 7")]
+    assert chat.messages == [{"role": "user", "content": "What is 3 + 4?"}, {"role": "assistant", "content": "7"}]
+    assert chat.last.new_tokens == 3 and chat.last.finish == "stop"
+    assert chat.last.prompt_tokens == len(eng.encode_chat([{"role": "system", "content": "Answer briefly."},
+                                                          {"role": "user", "content": "What is 3 + 4?"}]))
+    # a real engine: greedy pieces joined are the completion the engine gives for the same prompt
+    chat = Conversation(eng, SamplingParams(max_new_tokens=6, temperature=0, skip_special_tokens=False))
+    text = "".join(t for _, t in chat.ask("hello"))
+    ids = eng.encode_chat([{"role": "user", "content": "hello"}])
+    done = eng.generate(ids, SamplingParams(max_new_tokens=6, temperature=0, skip_special_tokens=False))
+    assert text == done.text.replace("<think>", "").replace("</think>", "")
+    # a question longer than the context: refused, nothing kept
+    before = list(chat.messages)
+    for question in ("word " * eng.max_len, "word " * (eng.max_len // 2 - 20)):  # too long; fills it
+        with pytest.raises(ContextLengthError, match="more than the context|fills the context"):
+            list(chat.ask(question))
+    assert chat.messages == before
+    chat.clear()
+    assert chat.messages == []

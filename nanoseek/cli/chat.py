@@ -9,18 +9,16 @@ Ctrl-C stops the answer being written and returns to the prompt; Ctrl-D or /quit
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import math
 import os
 import sys
-import time
 from typing import Callable, TextIO
 
 from nanoseek.cli.common import UserError, add_device_args
 from nanoseek.cli.generate import add_sampling_args, decode_utf8, load_engine, sampling_params
 from nanoseek.engine import ContextLengthError, EngineError
+from nanoseek.engine.conversation import Conversation
 from nanoseek.engine.engine import Engine
-from nanoseek.engine.reasoning import ReasoningSplitter
 from nanoseek.engine.sampling import SamplingParams
 
 DIM, RESET = "\x1b[2m", "\x1b[0m"
@@ -36,11 +34,17 @@ Ctrl-C stops the current answer."""
 
 
 class ChatSession:
+    """The terminal around a Conversation: /commands, dimmed reasoning, Ctrl-C, a status line per answer."""
+
     def __init__(self, engine: Engine, params: SamplingParams, *, system: str | None = None,
                  out: TextIO = sys.stdout, color: bool = False):
-        self.engine, self.params, self.system = engine, params, system
+        self.conversation = Conversation(engine, params, system=system)
+        self.engine, self.params = engine, params
         self.out, self.color = out, color
-        self.messages: list[dict] = []
+
+    @property
+    def messages(self) -> list[dict]:
+        return self.conversation.messages
 
     # ---- output helpers --------------------------------------------------------------------------------
     def _write(self, text: str, style: str = "") -> None:
@@ -58,10 +62,10 @@ class ChatSession:
         if name in ("quit", "exit"):
             return False
         if name == "clear":
-            self.messages.clear()
+            self.conversation.clear()
             self.note("conversation cleared")
         elif name == "system":
-            self.system = arg or None
+            self.conversation.system = arg or None
             self.note(f"system prompt set: {arg}" if arg else "system prompt removed")
         elif name == "temperature":
             if arg:
@@ -83,56 +87,40 @@ class ChatSession:
     # ---- one turn --------------------------------------------------------------------------------------
     def respond(self, user_text: str) -> str:
         """Stream the assistant's answer to user_text; returns the answer (reasoning excluded)."""
-        self.messages.append({"role": "user", "content": user_text})
-        convo = ([{"role": "system", "content": self.system}] if self.system else []) + self.messages
-        ids = self.engine.encode_chat(convo)
-        room = self.engine.max_len - len(ids)
-        if room <= 0:
-            self.messages.pop()
-            self.note(f"the conversation ({len(ids)} tokens) fills the context of {self.engine.max_len} tokens; "
-                      "/clear to start over")
-            return ""
-        params = dataclasses.replace(self.params, max_new_tokens=min(self.params.max_new_tokens, room))
-        splitter = ReasoningSplitter()
-        answer, n_tokens, finish = [], 0, None
         last_written = ""  # the reasoning's last character, "" once the answer has begun
-        t0 = time.perf_counter()
-        stream = self.engine.stream(ids, params)
+        stopped = False
+        pieces = self.conversation.ask(user_text)
         try:
-            for delta in stream:
-                n_tokens += len(delta.token_ids)
-                for kind, text in splitter.feed(delta.text):
-                    if kind == "reasoning":
-                        self._write(text, DIM)
-                        last_written = text[-1:] or last_written
-                        continue
-                    if last_written:
-                        # the answer on a line of its own, labelled where no dimming tells it from the reasoning
-                        self._write(("" if last_written == "\n" else "\n") + ("" if self.color else "answer: "))
-                        text, last_written = text.lstrip(), ""
-                    answer.append(text)
-                    self._write(text)
-                finish = delta.finish_reason
+            for kind, text in pieces:
+                if kind == "reasoning":
+                    self._write(text, DIM)
+                    last_written = text[-1:] or last_written
+                    continue
+                if last_written:
+                    # the answer on a line of its own, labelled where no dimming tells it from the reasoning
+                    self._write(("" if last_written == "\n" else "\n") + ("" if self.color else "answer: "))
+                    text, last_written = text.lstrip(), ""
+                self._write(text)
+        except ContextLengthError as e:
+            self.note(f"{e}; /clear to start over")
+            return ""
         except KeyboardInterrupt:
-            stream.close()
-            finish = "interrupted"
+            stopped = True
             self._write("\n")
             self.note("[stopped]")
-        dt = time.perf_counter() - t0
-        text = "".join(answer).strip()
-        self.messages.append({"role": "assistant", "content": text})
-        if finish != "interrupted":
+        finally:
+            pieces.close()  # keeps the answer so far, also when Ctrl-C came while it was being written
+        turn = self.conversation.last
+        if not stopped:
             self._write("\n")
-            extra = ""
             rate = self.engine.stats.acceptance_rate
-            if rate is not None:
-                extra = f", {rate:.0%} of drafts accepted"
-            cut = " (max tokens reached)" if finish == "length" else ""
+            extra = f", {rate:.0%} of drafts accepted" if rate is not None else ""
+            cut = " (max tokens reached)" if turn.finish == "length" else ""
             # the conversation so far is in the engine's prefix cache: only the new turn is computed
             reused = self.engine.stats.cached_tokens
-            self.note(f"[{len(ids)} prompt tokens ({reused} reused from the cache), {n_tokens} new{cut}, "
-                      f"{n_tokens / dt if dt else 0:.0f} tok/s{extra}]")
-        return text
+            self.note(f"[{turn.prompt_tokens} prompt tokens ({reused} reused from the cache), {turn.new_tokens} new"
+                      f"{cut}, {turn.new_tokens / turn.seconds if turn.seconds else 0:.0f} tok/s{extra}]")
+        return self.messages[-1]["content"]
 
     # ---- the loop --------------------------------------------------------------------------------------
     def run(self, read_line: Callable[[str], str]) -> None:
