@@ -12,13 +12,12 @@ import asyncio
 import time
 
 from fastapi import Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 
 from nanoseek.engine.reasoning import ReasoningSplitter
-from nanoseek.serve.errors import error_response
 from nanoseek.serve.fields import finish, sampling_params, usage
 from nanoseek.serve.schemas import ChatCompletionRequest
-from nanoseek.serve.streaming import SSE_DONE, ClientGone, EngineFailed, Generation, SSEResponse, new_id, sse
+from nanoseek.serve.streaming import SSE_DONE, EngineFailed, Generation, new_id, respond, sse
 
 
 async def create(state, body: ChatCompletionRequest, request: Request) -> Response:
@@ -39,18 +38,8 @@ async def create(state, body: ChatCompletionRequest, request: Request) -> Respon
         return ids, state.make_requests(rid, ids, params, body.n)
 
     ids, reqs = await asyncio.to_thread(prepare)
-    gen = Generation(state.loop, reqs, arrival)
-    gen.start()
     answer = Answer(state, body, rid, ids, reqs)
-    if body.stream:
-        return SSEResponse(answer.stream(gen), on_close=gen.close)
-    try:
-        await gen.run(request.receive, answer.add)
-    except ClientGone:
-        return Response(status_code=499)
-    except EngineFailed as e:
-        return error_response(500, str(e), type="server_error")
-    return JSONResponse(answer.message())
+    return await respond(state.loop, reqs, arrival, request, answer, answer.message, body.stream)
 
 
 class Answer:

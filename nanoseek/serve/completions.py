@@ -13,13 +13,12 @@ import asyncio
 import time
 
 from fastapi import Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 
 from nanoseek.errors import EngineError
-from nanoseek.serve.errors import error_response
 from nanoseek.serve.fields import finish, sampling_params, usage
 from nanoseek.serve.schemas import CompletionRequest
-from nanoseek.serve.streaming import SSE_DONE, ClientGone, EngineFailed, Generation, SSEResponse, new_id, sse
+from nanoseek.serve.streaming import SSE_DONE, EngineFailed, Generation, new_id, respond, sse
 
 
 async def create(state, body: CompletionRequest, request: Request) -> Response:
@@ -60,18 +59,8 @@ async def create(state, body: CompletionRequest, request: Request) -> Response:
         return ids_list, reqs
 
     ids_list, reqs = await asyncio.to_thread(prepare)
-    gen = Generation(state.loop, reqs, arrival)
-    gen.start()
     out = Choices(state, body, rid, prompts, ids_list, reqs)
-    if body.stream:
-        return SSEResponse(out.stream(gen), on_close=gen.close)
-    try:
-        await gen.run(request.receive, out.add)
-    except ClientGone:
-        return Response(status_code=499)
-    except EngineFailed as e:
-        return error_response(500, str(e), type="server_error")
-    return JSONResponse(out.response())
+    return await respond(state.loop, reqs, arrival, request, out, out.response, body.stream)
 
 
 class Choices:

@@ -14,10 +14,11 @@ import uuid
 from typing import AsyncIterator, Callable
 
 import anyio
-from starlette.responses import StreamingResponse
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from nanoseek.engine.request import Delta, Request
+from nanoseek.serve.errors import error_response
 from nanoseek.serve.loop import EngineFailure, EngineLoop
 
 
@@ -130,3 +131,21 @@ class SSEResponse(StreamingResponse):
             if aclose is not None:
                 with anyio.CancelScope(shield=True):
                     await aclose()
+
+
+async def respond(loop: EngineLoop, requests: list[Request], arrival: float, request, out, body: Callable[[], dict],
+                 stream: bool) -> Response:
+    """Run one HTTP request's generation and answer it, as both generation endpoints do: a Server-Sent
+    Events stream of `out.stream(gen)`, or once done the JSON `body()` (what `out.add` collected from each
+    Delta); 499 when the client left first, 500 when the engine failed."""
+    gen = Generation(loop, requests, arrival)
+    gen.start()
+    if stream:
+        return SSEResponse(out.stream(gen), on_close=gen.close)
+    try:
+        await gen.run(request.receive, out.add)
+    except ClientGone:
+        return Response(status_code=499)
+    except EngineFailed as e:
+        return error_response(500, str(e), type="server_error")
+    return JSONResponse(body())
