@@ -24,9 +24,10 @@ import time
 from collections import defaultdict
 from typing import Any, Callable, Iterable, Sequence
 
-from nanoseek.train.rewards import score
 from nanoseek.data.tasks import PROMPT_STYLES, Problem, chat_messages, earlier_problems, earlier_turns, prompt_ids
+from nanoseek.engine import SamplingParams
 from nanoseek.eval.metrics import Sample, markdown_table, summarize
+from nanoseek.train.rewards import score
 
 FORMAT_VERSION = 1
 
@@ -60,8 +61,6 @@ def evaluate_tasks(engine, problems: Sequence[Problem], *, samples: int = 1, k: 
     format, finish_reason, tokens)}. A row holds problems, samples, accuracy, pass@k and maj@k, format_rate (well
     formed samples), truncated_rate (samples cut by max_new_tokens) and mean_tokens.
     """
-    from nanoseek.engine import SamplingParams
-
     problems = list(problems)
     if not problems:
         raise ValueError("no problems to evaluate")

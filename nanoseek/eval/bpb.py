@@ -10,6 +10,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from nanoseek.data.loader import PackedLoader
+from nanoseek.data.shards import read_manifest
+from nanoseek.errors import DataError
+from nanoseek.tokenizer import Tokenizer
+from nanoseek.train.distributed import all_reduce_sum
+from nanoseek.train.pretrain import eval_sums, metrics_from_sums
+
 
 def validation_bpb(model: nn.Module, data_dir: str | Path, *, seq_len: int, batch_size: int = 8,
                    max_batches: int = 20, tokenizer=None, dtype: str | torch.dtype = "float32",
@@ -21,13 +28,6 @@ def validation_bpb(model: nn.Module, data_dir: str | Path, *, seq_len: int, batc
     (TokenizerError when they differ). Raises DataError when the split has not one window of seq_len + 1.
     Under torchrun every rank calls it and gets the global figures.
     """
-    from nanoseek.data.loader import PackedLoader
-    from nanoseek.data.shards import read_manifest
-    from nanoseek.errors import DataError
-    from nanoseek.tokenizer import Tokenizer
-    from nanoseek.train.distributed import all_reduce_sum
-    from nanoseek.train.pretrain import eval_sums, metrics_from_sums
-
     data_dir = Path(data_dir)
     tokenizer = tokenizer or Tokenizer.load(data_dir / "tokenizer")
     amp = getattr(torch, dtype) if isinstance(dtype, str) else dtype

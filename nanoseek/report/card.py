@@ -31,6 +31,7 @@ from nanoseek.report.balance import SETTLE, TARGET, WINDOW
 from nanoseek.report.decode import measure_decode
 from nanoseek.report.facts import fact_accuracy
 from nanoseek.report.runfolder import STAGE_NAMES, TRAINING, Run, StageCost, load_run, machine_price, stage_costs
+from nanoseek.train.rewards import split_completion
 from nanoseek.units import dollars, duration, flop, pct, si
 
 PLOT_NAMES = ("loss.png", "task_accuracy.png", "grpo_reward.png", "grpo_length.png", "expert_load_pretrain.png",
@@ -492,8 +493,6 @@ def _pick(samples: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
 
 
 def _section_answers(run: Run) -> list[str]:
-    from nanoseek.train.rewards import split_completion
-
     out = ["## The final model's answers", ""]
     stage = next((s for s in ("rl", *reversed([x for x in run.answers if x != "rl"])) if s in run.answers), None)
     if stage is None:
