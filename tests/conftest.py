@@ -57,3 +57,16 @@ def randomize_(model, bias_std: float = 0.5) -> None:
 @pytest.fixture
 def tiny_config():
     return preset("tiny")
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory):
+    """`nanoseek speedrun --preset smoke` once per test session: (its run folder, its stdout). The whole pipeline
+    for real (tasks, tokenizer, tokens, pretrain, sft, rl, the evaluations and the report), shared by the speedrun's
+    tests and the report card's. Tests that change the folder work on a copy (test_speedrun's rerun excepted)."""
+    from train_helpers import nanoseek_cmd, run
+
+    out = tmp_path_factory.mktemp("speedrun") / "run"
+    r = run(nanoseek_cmd("speedrun", str(out), "--preset", "smoke"), timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return out, r.stdout
