@@ -1,6 +1,7 @@
-"""What `nanoseek pretrain` checks and says (issue 8: 1, 5, 6, 8, 9, 10, 13): tokenizer fingerprints on every
-path that combines a model with token data, an old log kept aside, a small validation split, the warm-up
-default, progress-bar names, --model values, and the divergence advice."""
+"""What `nanoseek pretrain` checks and says: tokenizer fingerprints on every path that combines a model with token
+data, an old log kept aside, a small validation split, the warm-up default, progress-bar names, --model values,
+the divergence advice, non-finite settings and weights, and one writer per run folder. (The section headers name
+the issues each check came from.)"""
 
 from __future__ import annotations
 
