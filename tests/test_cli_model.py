@@ -13,18 +13,18 @@ import nanoseek
 from nanoseek.cli import main
 from nanoseek.config import preset
 
-from cli_helpers import cli_run
+from cli_helpers import cli_error, cli_run
 
 
 def run(*args):
     return subprocess.run([sys.executable, "-m", "nanoseek.cli", *args], capture_output=True, text=True, timeout=300)
 
 
-def test_version_and_help():
-    r = run("--version")
+def test_version_and_help(capsys):
+    r = run("--version")  # the command as a process
     assert r.returncode == 0 and nanoseek.__version__ in r.stdout
-    r = run("--help")
-    assert r.returncode == 0 and "demo" in r.stdout
+    rc, out, _ = cli_run(capsys, ["--help"])
+    assert rc == 0 and "demo" in out
 
 
 def test_demo_runs_and_saves_a_checkpoint_transformers_can_load(tmp_path, capsys):
@@ -77,16 +77,13 @@ def test_convert_dequantizes_an_fp8_checkpoint(tmp_path):
         assert torch.equal(back[name], want), name
 
 
-def test_bad_input_exits_2_with_a_message(tmp_path):
-    r = run("demo", "--checkpoint", str(tmp_path / "missing"))
+def test_bad_input_exits_2_with_a_message(tmp_path, capsys):
+    r = run("demo", "--checkpoint", str(tmp_path / "missing"))  # a process: its stderr holds the message alone
     assert r.returncode == 2 and "not a directory" in r.stderr and "Traceback" not in r.stderr
-    r = run("demo", "--preset", "nope")
-    assert r.returncode == 2 and "invalid choice" in r.stderr
-    r = run("demo", "--new-tokens", "-3")
-    assert r.returncode == 2 and "must be an integer >= 0" in r.stderr
+    cli_error(capsys, ["demo", "--preset", "nope"], "invalid choice")
+    cli_error(capsys, ["demo", "--new-tokens", "-3"], "must be an integer >= 0")
     (tmp_path / "empty").mkdir()
-    r = run("convert", str(tmp_path / "empty"), str(tmp_path / "out"))
-    assert r.returncode == 2 and "config.json" in r.stderr
+    cli_error(capsys, ["convert", str(tmp_path / "empty"), str(tmp_path / "out")], "config.json")
     assert not (tmp_path / "out").exists()
 
 

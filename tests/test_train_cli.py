@@ -227,6 +227,7 @@ def test_a_run_folder_takes_one_writer_at_a_time(data, tmp_path, capsys):
     assert cli(["pretrain", "--data", str(data), "--out", str(run), *TINY, "--steps", "2"]) == 0
 
 
+@pytest.mark.slow
 def test_two_runs_started_together_into_one_folder_one_is_refused(data, tmp_path):
     run = tmp_path / "run"
     cmd = nanoseek_cmd("pretrain", "--data", str(data), "--out", str(run), *TINY, "--steps", "6")
