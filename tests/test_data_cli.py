@@ -278,6 +278,7 @@ def test_written_files_get_the_umask_permissions(corpus, tok, tmp_path, mask):
         assert _modes(tmp_path / root) == {("d", 0o777 & ~mask), ("f", 0o666 & ~mask)}, root
 
 
+@pytest.mark.slow
 def test_stale_temporaries_of_a_killed_prepare_are_removed(corpus, tok, tmp_path):
     out = tmp_path / "data"
     # a writer killed inside atomic_dir (as SIGKILL during `data prepare` leaves it), and one still writing

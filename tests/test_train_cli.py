@@ -202,6 +202,7 @@ def test_a_checkpoint_holding_non_finite_weights_is_refused_naming_the_tensor(da
 
 
 # ---- issue 22.3: one writer per run folder -------------------------------------------------------------------------
+@pytest.mark.slow
 def test_a_run_folder_takes_one_writer_at_a_time(data, tmp_path, capsys):
     """While one process trains into a folder, every command that would write there is refused at once, naming
     that process; the lock goes with the process, also when it is SIGKILLed."""
