@@ -35,6 +35,23 @@ def _one_thread():
     torch.set_num_threads(n)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _one_matmul_peak():
+    """A training run given no --peak-flops measures this CPU's matmul peak for its MFU (a warm-up and half a second
+    of 2048 x 2048 matmuls): the in-process runs of this session measure it once per device and dtype and share it.
+    (Processes the tests start measure their own.)"""
+    import functools
+
+    from nanoseek import cost
+
+    real = getattr(cost, "measure_matmul_peak", None)
+    if real is not None:
+        cost.measure_matmul_peak = functools.cache(real)
+    yield
+    if real is not None:
+        cost.measure_matmul_peak = real
+
+
 @pytest.fixture(autouse=True)
 def _deterministic():
     torch.manual_seed(0)
@@ -57,3 +74,22 @@ def randomize_(model, bias_std: float = 0.5) -> None:
 @pytest.fixture
 def tiny_config():
     return preset("tiny")
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory):
+    """`nanoseek speedrun --preset smoke` once per test session: (its run folder, its stdout). The whole pipeline
+    for real (tasks, tokenizer, tokens, pretrain, sft, rl, the evaluations and the report), shared by the speedrun's
+    tests and the report card's. Tests that change the folder work on a copy (test_speedrun's rerun excepted).
+    It runs in this process, as the speedrun runs its own stages: a new process would import torch again."""
+    import contextlib
+    import io
+
+    from nanoseek.cli import main
+
+    out = tmp_path_factory.mktemp("speedrun") / "run"
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        rc = main(["speedrun", str(out), "--preset", "smoke"])
+    assert rc == 0, stdout.getvalue()[-3000:]
+    return out, stdout.getvalue()

@@ -1,8 +1,11 @@
-"""The `nanoseek` command's model subcommands, driven as a user would."""
+"""The `nanoseek` command's model subcommands, driven as a user would: demo, info (with whether vLLM's MLA kernels
+serve a shape), convert (never over its input)."""
 
+import hashlib
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import torch
 
@@ -10,16 +13,18 @@ import nanoseek
 from nanoseek.cli import main
 from nanoseek.config import preset
 
+from cli_helpers import cli_error, cli_run
+
 
 def run(*args):
     return subprocess.run([sys.executable, "-m", "nanoseek.cli", *args], capture_output=True, text=True, timeout=300)
 
 
-def test_version_and_help():
-    r = run("--version")
+def test_version_and_help(capsys):
+    r = run("--version")  # the command as a process
     assert r.returncode == 0 and nanoseek.__version__ in r.stdout
-    r = run("--help")
-    assert r.returncode == 0 and "demo" in r.stdout
+    rc, out, _ = cli_run(capsys, ["--help"])
+    assert rc == 0 and "demo" in out
 
 
 def test_demo_runs_and_saves_a_checkpoint_transformers_can_load(tmp_path, capsys):
@@ -72,14 +77,49 @@ def test_convert_dequantizes_an_fp8_checkpoint(tmp_path):
         assert torch.equal(back[name], want), name
 
 
-def test_bad_input_exits_2_with_a_message(tmp_path):
-    r = run("demo", "--checkpoint", str(tmp_path / "missing"))
+def test_bad_input_exits_2_with_a_message(tmp_path, capsys):
+    r = run("demo", "--checkpoint", str(tmp_path / "missing"))  # a process: its stderr holds the message alone
     assert r.returncode == 2 and "not a directory" in r.stderr and "Traceback" not in r.stderr
-    r = run("demo", "--preset", "nope")
-    assert r.returncode == 2 and "invalid choice" in r.stderr
-    r = run("demo", "--new-tokens", "-3")
-    assert r.returncode == 2 and "must be an integer >= 0" in r.stderr
+    cli_error(capsys, ["demo", "--preset", "nope"], "invalid choice")
+    cli_error(capsys, ["demo", "--new-tokens", "-3"], "must be an integer >= 0")
     (tmp_path / "empty").mkdir()
-    r = run("convert", str(tmp_path / "empty"), str(tmp_path / "out"))
-    assert r.returncode == 2 and "config.json" in r.stderr
+    cli_error(capsys, ["convert", str(tmp_path / "empty"), str(tmp_path / "out")], "config.json")
     assert not (tmp_path / "out").exists()
+
+
+def _digest(d: Path) -> dict[str, str]:
+    return {str(p.relative_to(d)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(d.rglob("*"))
+            if p.is_file()}
+
+
+# ---- convert never writes over its input (8.2) ----------------------------------------------------------------
+def test_convert_refuses_any_destination_that_touches_the_source(tmp_path, capsys):
+    src = tmp_path / "models" / "fp32"
+    assert main(["demo", "--new-tokens", "0", "--save", str(src)]) == 0
+    before = _digest(src)
+    (tmp_path / "link").symlink_to(src)
+    for dest, what in [(src, "is the source directory"), (tmp_path / "link", "is the source directory"),
+                       (src / "bf16", "inside the source directory"), (src.parent, "holds the source directory"),
+                       (tmp_path, "holds the source directory")]:
+        rc, _, err = cli_run(capsys, ["convert", str(src), str(dest)])
+        assert rc == 2 and what in err, (dest, err)
+    assert _digest(src) == before and sorted(p.name for p in src.parent.iterdir()) == ["fp32"]
+    rc, out, _ = cli_run(capsys, ["convert", str(src), str(tmp_path / "bf16")])
+    assert rc == 0 and _digest(src) == before
+    assert json.loads((tmp_path / "bf16" / "config.json").read_text())["torch_dtype"] == "bfloat16"
+
+
+# ---- info: vLLM's MLA kernels, the GPU presets (8.16) ---------------------------------------------------------
+def test_info_says_whether_vllm_mla_kernels_serve_the_shape(tmp_path, capsys):
+    rc, out, _ = cli_run(capsys, ["info", "--preset", "cpu-small"])
+    assert rc == 0 and "served by vLLM's MLA kernels" in out and "no: latent 64 + 16 = 80" in out
+    assert "576 on CPU and 320, 512 or 576 on its GPU backends" in out
+    for name, total in [("gpu-0.5b", "509,780,736"), ("gpu-3b", "2,994,347,520")]:
+        rc, out, _ = cli_run(capsys, ["info", "--preset", name])
+        assert rc == 0 and "yes: latent 512 + 64 = 576" in out and total in out
+        cfg = preset(name)  # fine-grained MoE, first layer dense, one MTP module, DeepSeek's head shapes
+        assert (cfg.first_k_dense_replace, cfg.num_nextn_predict_layers, cfg.n_routed_experts) == (1, 1, 64)
+        assert (cfg.qk_nope_head_dim, cfg.v_head_dim) == (128, 128)
+    nanoseek.ModelConfig(**{**preset("tiny").__dict__, "kv_lora_rank": 256, "extra": {}}).validate().save(tmp_path)
+    rc, out, _ = cli_run(capsys, ["info", "--checkpoint", str(tmp_path)])  # 256 + 8 = 264: no
+    assert rc == 0 and "no: latent 256 + 8 = 264" in out

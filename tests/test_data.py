@@ -18,6 +18,8 @@ from nanoseek.data import DataError, PackedLoader, prepare, read_manifest
 from nanoseek.data.prepare import doc_hash
 from nanoseek.tokenizer import SPECIAL_TOKENS, Tokenizer
 
+from cli_helpers import cli_error
+
 WORDS = ("the of and to in is was for on that with as by at from model token expert latent attention "
          "router shard loader batch window epoch seed rank café naïve über 東京 数据 🙂 λ ∑").split()
 
@@ -286,14 +288,6 @@ def _no_output(path: Path) -> bool:
     return not path.exists() and not any(p.name.startswith(f".{path.name}.") for p in path.parent.iterdir())
 
 
-def _fails(capsys, argv, msg) -> None:
-    capsys.readouterr()
-    assert cli.main(argv) == 2
-    err = capsys.readouterr().err
-    assert msg in err, err
-    assert "Traceback" not in err
-
-
 def test_prepare_bad_input_cli(tok_dir, formats, tmp_path, capsys):
     out = tmp_path / "out"
     bad = tmp_path / "bad"
@@ -318,17 +312,17 @@ def test_prepare_bad_input_cli(tok_dir, formats, tmp_path, capsys):
         ([str(formats["jsonl"])], ["--val-fraction", "1.5"], "--val-fraction"),
     ]
     for inputs, extra, msg in cases:
-        _fails(capsys, ["data", "prepare", "--input", *inputs, "--tokenizer", str(tok_dir), "--output", str(out),
-                        *extra], msg)
+        cli_error(capsys, ["data", "prepare", "--input", *inputs, "--tokenizer", str(tok_dir), "--output", str(out),
+                           *extra], msg)
         assert _no_output(out), (inputs, extra)
-    _fails(capsys, ["data", "prepare", "--input", str(formats["jsonl"]), "--tokenizer", str(tmp_path / "notok"),
-                    "--output", str(out)], "no tokenizer")
+    cli_error(capsys, ["data", "prepare", "--input", str(formats["jsonl"]), "--tokenizer", str(tmp_path / "notok"),
+                       "--output", str(out)], "no tokenizer")
     assert _no_output(out)
     # an existing folder that is not a data directory is never replaced
     (out / "keep.txt").parent.mkdir()
     (out / "keep.txt").write_text("mine")
-    _fails(capsys, ["data", "prepare", "--input", str(formats["jsonl"]), "--tokenizer", str(tok_dir),
-                    "--output", str(out)], "not a nanoseek data directory")
+    cli_error(capsys, ["data", "prepare", "--input", str(formats["jsonl"]), "--tokenizer", str(tok_dir),
+                       "--output", str(out)], "not a nanoseek data directory")
     assert (out / "keep.txt").read_text() == "mine" and len(list(out.iterdir())) == 1
 
 
@@ -337,15 +331,15 @@ def test_fingerprint_mismatch_and_truncated_shard_cli(data_dir, tok_dir, tmp_pat
 
     assert cli.main(["data", "info", str(data_dir), "--tokenizer", str(tok_dir)]) == 0
     other = Tokenizer.train(make_docs(100, seed=9), 350).save(tmp_path / "other")
-    _fails(capsys, ["data", "info", str(data_dir), "--tokenizer", str(other)], "tokenizer mismatch")
+    cli_error(capsys, ["data", "info", str(data_dir), "--tokenizer", str(other)], "tokenizer mismatch")
     copy = tmp_path / "copy"
     shutil.copytree(data_dir, copy)
     shard = copy / read_manifest(copy)["splits"]["train"]["shards"][1]["file"]
     shard.write_bytes(shard.read_bytes()[:-2])
-    _fails(capsys, ["data", "info", str(copy)], "truncated")
+    cli_error(capsys, ["data", "info", str(copy)], "truncated")
     with pytest.raises(DataError, match="truncated"):
         PackedLoader(copy, "train", 16, 2)
-    _fails(capsys, ["data", "info", str(tmp_path / "absent")], "does not exist")
+    cli_error(capsys, ["data", "info", str(tmp_path / "absent")], "does not exist")
     # re-preparing over an existing data directory replaces it atomically
     assert cli.main(["data", "prepare", "--input", str(_write(tmp_path / "s.jsonl", DOCS[:20])), "--tokenizer",
                      str(tok_dir), "--output", str(copy), "--val-docs", "2"]) == 0

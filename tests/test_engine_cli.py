@@ -1,4 +1,5 @@
-"""`nanoseek generate` and `nanoseek chat`, driven as a user would: flags, files, stdin, scripted chat input."""
+"""`nanoseek generate` and `nanoseek chat`, driven as a user would: flags, files, stdin, scripted chat input; bad
+input (exit 2 with one message, or, in chat, the session kept) and a checkpoint's unreadable or mismatched tokenizer."""
 
 import io
 import json
@@ -17,6 +18,8 @@ from nanoseek.engine import ContextLengthError, Conversation, Delta, Engine, Sam
 from nanoseek.cli.chat import DIM, RESET, ChatSession
 from nanoseek.engine.reasoning import ReasoningSplitter
 from nanoseek.tokenizer import Tokenizer
+
+from cli_helpers import cli_run
 
 
 CORPUS = ["The quick brown fox jumps over the lazy dog. Héllo wörld 中文 🙂.", "Another line of text."] * 20
@@ -201,3 +204,118 @@ def test_a_conversation_from_python_keeps_answers_not_reasoning_and_refuses_a_fu
     assert chat.messages == before
     chat.clear()
     assert chat.messages == []
+
+
+def test_chat_help_lists_the_chat_commands(capsys):
+    rc, out, _ = cli_run(capsys, ["chat", "--help"])
+    assert rc == 0
+    for cmd in ("/clear", "/system", "/temperature", "/help", "/quit", '"""'):
+        assert cmd in out
+
+
+# ---- generate: bad input exits 2 with one message (8.11) -------------------------------------------------------
+def test_generate_bad_input(ckpt, tmp_path, capsys, monkeypatch):
+    base = ["generate", "--checkpoint", str(ckpt), "--max-tokens", "2", "--temperature", "0"]
+    rc, _, err = cli_run(capsys, base, stdin=b"caf\xe9 au lait\n", monkeypatch=monkeypatch)
+    assert rc == 2 and "stdin is not UTF-8 text (byte 0xe9 on line 1)" in err
+    latin = tmp_path / "latin1.txt"
+    latin.write_bytes(b"fine\ncaf\xe9\n")
+    rc, _, err = cli_run(capsys, [*base, "--prompts-file", str(latin)])
+    assert rc == 2 and f"--prompts-file {latin} is not UTF-8 text (byte 0xe9 on line 2)" in err
+    rc, _, err = cli_run(capsys, [*base, "--prompt", "x", "-o", str(tmp_path)])
+    assert rc == 2 and "is a directory" in err and not list(tmp_path.parent.glob(f".{tmp_path.name}.*"))
+    rc, _, err = cli_run(capsys, [*base, "--prompt", "x", "--seed", str(1 << 64)])
+    assert rc == 2 and "--seed" in err and "2^64-1" in err
+    rc, out, err = cli_run(capsys, [*base, "--prompt", "x", "--seed", str((1 << 64) - 1)])
+    assert rc == 0, err
+    msgs = tmp_path / "m.jsonl"
+    for bad in ('{"messages": [{"role": "user"}]}', '{"messages": [{"content": "hi"}]}',
+                '{"messages": [{"role": "user", "content": 5}]}', '{"messages": ["hi"]}'):
+        msgs.write_text('{"prompt": "ok"}\n' + bad + "\n")
+        rc, _, err = cli_run(capsys, [*base, "--prompts-file", str(msgs)])
+        assert rc == 2 and "line 2: messages[0] must be an object with a \"role\" and a \"content\" string" in err
+
+
+def test_generate_samples_underflowing_values_greedily_and_refuses_non_finite_ones(ckpt, capsys):
+    """temperature / top_p / repetition_penalty of 1e-300 (5e-324) overflow float32 in the sampler (issue 22.2):
+    they answer (tiny temperatures and top_p greedily); inf and nan exit 2 naming the setting."""
+    base = ["generate", "--checkpoint", str(ckpt), "--max-tokens", "4", "--prompt", "The quick", "--seed", "1"]
+    rc, greedy, err = cli_run(capsys, [*base, "--temperature", "0"])
+    assert rc == 0, err
+    for flags in (["--temperature", "1e-300"], ["--temperature", "5e-324"], ["--temperature", "1", "--top-p", "1e-300"],
+                  ["--temperature", "1", "--top-p", "5e-324"], ["--temperature", "0.7", "--repetition-penalty", "1e-300"]):
+        rc, out, err = cli_run(capsys, [*base, *flags])
+        assert rc == 0, (flags, err)
+        if "--repetition-penalty" not in flags:
+            assert json.loads(out)["token_ids"] == json.loads(greedy)["token_ids"], flags
+    for flag, value in (("--temperature", "inf"), ("--temperature", "nan"), ("--top-p", "nan"), ("--min-p", "nan"),
+                        ("--repetition-penalty", "inf"), ("--presence-penalty", "inf"), ("--frequency-penalty", "nan")):
+        rc, _, err = cli_run(capsys, [*base, flag, value])
+        assert rc == 2 and flag[2:].replace("-", "_") in err and "finite" in err, (flag, value, err)
+
+
+# ---- a checkpoint's tokenizer: unreadable, or not the model's (issue 22.8 and its small things) --------------------
+@pytest.mark.parametrize("garbage", [b'{"version": 1, 5: 3}', b"[]", b'{"model": 5}', b"", b"\x89PNG\r\n\x00\xff",
+                                     b'{"model": {"type": "BPE", "vocab": [1, 2]}}'])
+def test_a_garbage_tokenizer_json_is_one_message_in_every_command(ckpt, tmp_path, capsys, garbage):
+    bad = tmp_path / "model"
+    shutil.copytree(ckpt, bad)
+    (bad / "tokenizer.json").write_bytes(garbage)
+    for argv in (["generate", "--checkpoint", str(bad), "--prompt", "x", "--max-tokens", "1"],
+                 ["eval", "--checkpoint", str(bad), "--task", "arithmetic", "--n", "1", "--max-tokens", "1"],
+                 ["rl", "--checkpoint", str(bad), "--task", "arithmetic", "--out", str(tmp_path / "rl")]):
+        rc, _, err = cli_run(capsys, argv)
+        assert rc == 2 and f"{bad / 'tokenizer.json'} is not a readable tokenizer" in err, (argv, err)
+
+
+def test_a_tokenizer_that_is_not_the_models_is_warned_about(ckpt, tmp_path, capsys):
+    """A checkpoint whose tokenizer files were swapped for another tokenizer's (smaller, larger, or only
+    tokenizer.json) loads with a warning; its own tokenizer loads without one."""
+    base = ["generate", "--max-tokens", "2", "--prompt", "The quick", "--temperature", "0"]
+    rc, _, err = cli_run(capsys, [*base, "--checkpoint", str(ckpt)])
+    assert rc == 0 and "warning" not in err, err
+    for vocab, files in ((280, ("tokenizer.json",)), (280, ("tokenizer.json", "tokenizer_config.json")),
+                         (320, ("tokenizer.json", "tokenizer_config.json"))):
+        other = Tokenizer.train(["Something else entirely, in other words."] * 30 + CORPUS[:2], vocab_size=vocab)
+        swapped = tmp_path / f"{vocab}-{len(files)}"
+        shutil.copytree(ckpt, swapped)
+        other.save(tmp_path / "other")
+        for f in files:
+            shutil.copy(tmp_path / "other" / f, swapped / f)
+        rc, _, err = cli_run(capsys, [*base, "--checkpoint", str(swapped)])
+        assert "nanoseek generate: warning: " in err, (vocab, files, err)
+        assert ("come from different tokenizers" if len(files) == 1 else
+                f"its tokenizer has {other.vocab_size} tokens but the model 300") in err, err
+
+
+# ---- chat: a bad value is refused, an error in an answer never ends the session (8.11, 8.12) -------------------
+def test_chat_refuses_bad_values_and_survives_errors(ckpt, capsys, monkeypatch):
+    from nanoseek.cli import chat
+
+    seen: list[list[str]] = []
+    real_render = Tokenizer.render_chat
+
+    def spy(self, messages, **kw):  # what each answer is conditioned on
+        seen.append([m["content"] for m in messages])
+        return real_render(self, messages, **kw)
+
+    class Splitter(chat.ReasoningSplitter):  # a fault in the middle of the second answer
+        def feed(self, text):
+            if seen and seen[-1][-1] == "second":
+                raise RuntimeError("injected fault")
+            return super().feed(text)
+
+    monkeypatch.setattr(Tokenizer, "render_chat", spy)
+    monkeypatch.setattr(chat, "ReasoningSplitter", Splitter)
+    script = b"first\n/temperature nan\n/temperature -1\ncaf\xe9\nsecond\nthird\n/temperature\n/quit\n"
+    rc, out, err = cli_run(capsys, ["chat", "--checkpoint", str(ckpt), "--max-tokens", "3", "--color", "never",
+                                    "--temperature", "0"], stdin=script, monkeypatch=monkeypatch)
+    assert rc == 0, err
+    assert out.count("/temperature needs a number >= 0 (0 = greedy), got") == 2
+    assert "that input is not UTF-8 text (byte 0xe9 on line 1)" in out and "that message was not sent" in out
+    assert "[error during the answer: RuntimeError: injected fault]" in out
+    assert "the conversation before it is kept" in out
+    assert "temperature 0" in out  # the session went on to the end; nan never reached the sampler
+    # the third answer saw the first exchange and not the failed message
+    assert [c for c in seen[-1] if c in ("first", "second", "third")] == ["first", "third"]
+    assert len(seen[-1]) == 3

@@ -4,7 +4,6 @@ calls (an RL trainer's update) are used, and speculative decoding's compiled ste
 
 import pytest
 import torch
-from torch._dynamo.utils import counters
 
 import nanoseek
 from nanoseek.config import preset
@@ -18,6 +17,8 @@ def _logprobs(outs):
 
 
 def _compiles():
+    from torch._dynamo.utils import counters  # here, not at the top: importing dynamo costs the quick subset ~2 s
+
     return counters["stats"]["unique_graphs"], counters["frames"]["total"]
 
 

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import math
 import shutil
-import signal
-import subprocess
 
 import pytest
 import torch
@@ -23,7 +21,8 @@ from nanoseek.train.log import read_log
 from nanoseek.train.loop import train
 from nanoseek.train.pretrain import write_tokenizer_files
 
-from train_helpers import dying_in_checkpoint, nanoseek_cmd, run, train_records
+from cli_helpers import cli_error
+from train_helpers import assert_resumes_bit_for_bit, dying_in_checkpoint, nanoseek_cmd, run, train_records
 
 
 # ---- the math -------------------------------------------------------------------------------------------------
@@ -204,9 +203,7 @@ def test_rl_command_logs_rewards_and_refuses_bad_input(setup, tmp_path, capsys):
                      (["--grad-accum", "2"], "--grad-accum does not apply to rl"),
                      (["--mtp-weight", "0.1"], "--mtp-weight does not apply to rl"),
                      (["--eval-batches", "3"], "--eval-batches does not apply to rl")):
-        assert cli(_rl_args(ckpt, tmp_path / "bad", *bad)) == 2
-        err = capsys.readouterr().err
-        assert msg in err and "Traceback" not in err, (bad, err)
+        cli_error(capsys, _rl_args(ckpt, tmp_path / "bad", *bad), msg)
 
 
 @pytest.fixture(scope="module")
@@ -222,35 +219,27 @@ def mtp_ckpt(setup, tmp_path_factory):
     return ckpt
 
 
+@pytest.mark.slow
 def test_rl_resume_after_sigkill_during_a_checkpoint_write_is_bit_for_bit(mtp_ckpt, tmp_path):
     """Killed while writing its second checkpoint (the files in the temporary folder, not yet in place), the run
     resumes from the first and ends exactly where the uninterrupted one does: logs, weights, optimizer state."""
     steps = 12
     args = lambda out, *x: nanoseek_cmd(*_rl_args(mtp_ckpt, out, "--steps", str(steps), "--checkpoint-every", "4",
                                                   "--eval-every", "6", "--lr", "1e-3", *x))  # noqa: E731
-    full, killed = tmp_path / "full", tmp_path / "killed"
-    r = run(args(full))
-    assert r.returncode == 0, r.stderr[-2000:]
-    r = subprocess.run(args(killed), env=dying_in_checkpoint(tmp_path, 8), capture_output=True, text=True,
-                       timeout=240)
-    assert r.returncode == -signal.SIGKILL, r.stderr[-2000:]
-    assert list((killed / "checkpoints").glob(".step_0000008.*.tmp"))  # it died inside the write
-    assert (killed / "checkpoints" / "latest").read_text().strip() == "step_0000004"
-    assert train_records(killed)[-1]["step"] == 8
-    r = run(args(killed, "--resume"))
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert "resumed from step_0000004" in r.stdout
-    a, b = train_records(full), train_records(killed)
-    assert [x["step"] for x in b] == list(range(1, steps + 1))
-    for key in ("loss", "grad_norm", "reward", "completion_len", "clip_fraction", "entropy"):
-        assert [x[key] for x in b] == [x[key] for x in a], key
-    evals = lambda recs: [(x["step"], x["val_accuracy"]) for x in recs if x["event"] == "eval"]  # noqa: E731
-    assert evals(read_log(killed)) == evals(read_log(full))
-    last = full / f"checkpoints/step_{steps:07d}", killed / f"checkpoints/step_{steps:07d}"
-    for name in ("model.safetensors", "train_state/optimizer.safetensors"):
-        wa, wb = load_file(str(last[0] / name)), load_file(str(last[1] / name))
-        assert wa.keys() == wb.keys() and all((wa[k] == wb[k]).all() for k in wa), name
-    assert not any(k.startswith("mtp.") for k in load_file(str(last[0] / "train_state/optimizer.safetensors")))
+
+    def killed_in_the_write(out):
+        assert list((out / "checkpoints").glob(".step_0000008.*.tmp"))  # it died inside the write
+        assert (out / "checkpoints" / "latest").read_text().strip() == "step_0000004"
+        assert train_records(out)[-1]["step"] == 8
+
+    full, _, stdout = assert_resumes_bit_for_bit(
+        args, tmp_path, steps, dying_in_checkpoint(tmp_path, 8),
+        train_keys=("loss", "grad_norm", "reward", "completion_len", "clip_fraction", "entropy"),
+        eval_keys=("val_accuracy",), files=("model.safetensors", "train_state/optimizer.safetensors"),
+        check_killed=killed_in_the_write)
+    assert "resumed from step_0000004" in stdout
+    last = full / f"checkpoints/step_{steps:07d}"
+    assert not any(k.startswith("mtp.") for k in load_file(str(last / "train_state/optimizer.safetensors")))
 
 
 def test_a_copied_rl_run_resumes_and_other_problems_are_refused(mtp_ckpt, tmp_path, capsys):
@@ -274,9 +263,8 @@ def test_a_copied_rl_run_resumes_and_other_problems_are_refused(mtp_ckpt, tmp_pa
     assert "resumed from step_0000002" in capsys.readouterr().out
     assert [x["step"] for x in train_records(b / "rl")] == [1, 2, 3, 4]
     write_problems(generate("arithmetic", "train", 16, 1, seed=7), b / "other.jsonl")
-    assert rl(b, b / "other.jsonl", "--steps", "6", "--resume") == 2
-    err = capsys.readouterr().err
-    assert "other problems" in err and "Traceback" not in err
+    cli_error(capsys, _rl_args(mtp_ckpt, b / "rl", "--problems", str(b / "other.jsonl"), "--checkpoint-every", "2",
+                               "--eval-every", "2", "--steps", "6", "--resume"), "other problems")
     # a built-in task's problems follow from the settings: a resume may ask for more steps (a larger pool)
     c = tmp_path / "c" / "rl"
     assert cli(_rl_args(mtp_ckpt, c, "--steps", "2", "--checkpoint-every", "2", "--eval-every", "2")) == 0

@@ -209,6 +209,7 @@ def taught():
         yield s, openai.OpenAI(base_url=s.url + "/v1", api_key="unused", max_retries=0, timeout=60)
 
 
+@pytest.mark.slow  # the taught model trains for ~5 s first; the page's browser test (slow) shares it
 def test_reasoning_goes_to_reasoning_content_in_messages_and_deltas(taught):
     server, client = taught
     msgs = [{"role": "user", "content": "hi"}]

@@ -61,6 +61,7 @@ def test_serve_says_a_busy_port_or_a_foreign_host_before_loading_the_model(capsy
     assert "--host 192.0.2.1 is not an address of this machine" in err and "serve: model" not in err, err
 
 
+@pytest.mark.slow
 def test_serve_runs_as_a_process_with_a_key_and_stops_on_ctrl_c():
     port = _free_port()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "NANOSEEK_API_KEY": "sk-local"}

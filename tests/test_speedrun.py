@@ -1,14 +1,12 @@
 """`nanoseek speedrun --preset smoke` end to end: every artefact exists and loads (tokenizer, each stage's
 checkpoint, report.md with its plots, a chat answer from the final model through the engine), a rerun does no
-stage twice, an interrupted run continues from the stage it stopped in, and bad input exits 2."""
+stage twice, an interrupted run continues from the stage it stopped in, and bad input exits 2. The smoke run
+itself is conftest's smoke_run, which test_report reads too."""
 
 from __future__ import annotations
 
 import json
 import shutil
-import signal
-import subprocess
-import time
 
 import pytest
 
@@ -17,22 +15,15 @@ from nanoseek.speedrun import STAGES
 from nanoseek.data import tasks
 from nanoseek.train.log import read_log
 
-from train_helpers import nanoseek_cmd, run, subprocess_env
+from train_helpers import dying_after_log, killed, nanoseek_cmd, run
 
 
-@pytest.fixture(scope="module")
-def smoke(tmp_path_factory):
-    out = tmp_path_factory.mktemp("speedrun") / "run"
-    r = run(nanoseek_cmd("speedrun", str(out), "--preset", "smoke"), timeout=600)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    return out, r.stdout
-
-
-def test_every_artefact_exists_and_loads(smoke):
+@pytest.mark.slow
+def test_every_artefact_exists_and_loads(smoke_run):
     from nanoseek.engine import Engine, SamplingParams
     from nanoseek.tokenizer import Tokenizer
 
-    out, stdout = smoke
+    out, stdout = smoke_run
     state = json.loads((out / "speedrun.json").read_text())
     assert [s for s in STAGES if state["stages"][s]["done"]] == list(STAGES)
     assert all(state["stages"][s]["seconds"] >= 0 for s in STAGES)
@@ -76,8 +67,9 @@ def test_every_artefact_exists_and_loads(smoke):
     assert answer.finish_reason in ("stop", "length") and answer.token_ids
 
 
-def test_a_rerun_does_no_stage_twice(smoke):
-    out, _ = smoke
+@pytest.mark.slow
+def test_a_rerun_does_no_stage_twice(smoke_run):
+    out, _ = smoke_run
     before = json.loads((out / "speedrun.json").read_text())["stages"]
     mtimes = {s: (out / s / "log.jsonl").stat().st_mtime for s in ("pretrain", "sft", "rl")}
     r = run(nanoseek_cmd("speedrun", str(out), "--preset", "smoke"), timeout=300)
@@ -89,37 +81,29 @@ def test_a_rerun_does_no_stage_twice(smoke):
     assert mtimes == {s: (out / s / "log.jsonl").stat().st_mtime for s in ("pretrain", "sft", "rl")}
 
 
+@pytest.mark.slow
 def test_an_interrupted_run_continues_where_it_stopped(tmp_path):
     out = tmp_path / "run"
     cmd = nanoseek_cmd("speedrun", str(out), "--preset", "smoke")
-    proc = subprocess.Popen(cmd, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 240
-    try:  # kill it once SFT has written a checkpoint
-        while time.monotonic() < deadline and proc.poll() is None:
-            if list((out / "sft" / "checkpoints").glob("step_*")):
-                proc.send_signal(signal.SIGKILL)
-                break
-            time.sleep(0.02)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    killed(cmd, dying_after_log(tmp_path, "checkpoint", stage="sft"))  # right after SFT's first checkpoint
     state = json.loads((out / "speedrun.json").read_text())["stages"]
-    assert state["pretrain"]["done"] and not state.get("rl", {}).get("done")
-    sft_was_done = state.get("sft", {}).get("done", False)
+    assert state["pretrain"]["done"] and not state.get("sft", {}).get("done")
+    first = sorted((out / "sft" / "checkpoints").glob("step_*"))
+    assert len(first) == 1
     r = run(cmd, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "stage 4/10 pretrain" not in r.stdout  # finished stages are skipped
-    if not sft_was_done:  # killed inside SFT: it continues from its checkpoint instead of starting over
-        assert "stage 6/10 sft" in r.stdout and "resumed from step_" in r.stdout
+    # killed inside SFT: it continues from its checkpoint instead of starting over
+    assert "stage 6/10 sft" in r.stdout and f"resumed from {first[0].name}" in r.stdout
     state = json.loads((out / "speedrun.json").read_text())["stages"]
     assert all(state[s]["done"] for s in STAGES)
 
 
-def test_a_run_copied_elsewhere_and_killed_in_rl_continues_its_rl(smoke, tmp_path):
+@pytest.mark.slow
+def test_a_run_copied_elsewhere_and_killed_in_rl_continues_its_rl(smoke_run, tmp_path):
     """RL resumes (its optimizer holds no state for the MTP module, which GRPO never trains) from a run folder
     that was moved: the problems file has another path now, and the same problems in it."""
-    out, _ = smoke
+    out, _ = smoke_run
     copy = tmp_path / "copy"
     shutil.copytree(out, copy)
     doc = json.loads((copy / "speedrun.json").read_text())

@@ -1,11 +1,15 @@
-"""Shared by the training tests: a real tokenizer + token shards built through the CLI, and log readers."""
+"""Shared by the training tests: a real tokenizer + token shards built through the CLI, log readers, and the
+SIGKILL-and-resume harness (a process that kills itself at a known point, then the bit-for-bit comparison)."""
 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
+
+from safetensors.torch import load_file
 
 import nanoseek
 from nanoseek.cli import main as cli
@@ -57,13 +61,21 @@ def run(cmd: list[str], timeout: float = 240) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, env=subprocess_env(), capture_output=True, text=True, timeout=timeout)
 
 
+def _with_startup_hook(root: Path, name: str, code: str) -> dict[str, str]:
+    """subprocess_env() for a nanoseek process that runs `code` at start-up: a sitecustomize.py in its own folder
+    under `root`, ahead on PYTHONPATH (Python imports it before anything else)."""
+    hook = root / name
+    hook.mkdir(parents=True, exist_ok=True)
+    (hook / "sitecustomize.py").write_text(code)
+    env = subprocess_env()
+    env["PYTHONPATH"] = str(hook) + os.pathsep + env["PYTHONPATH"]
+    return env
+
+
 def dying_in_checkpoint(root: Path, step: int) -> dict[str, str]:
     """subprocess_env() for a nanoseek process that SIGKILLs itself while it writes checkpoint `step`: its files
-    are in the temporary folder, not yet renamed into place (a sitecustomize.py in `root` wraps the atomic
-    write; Python runs it at start-up)."""
-    hook = root / f"die-in-step-{step}"
-    hook.mkdir(parents=True, exist_ok=True)
-    (hook / "sitecustomize.py").write_text(f'''\
+    are in the temporary folder, not yet renamed into place (the hook wraps the atomic write)."""
+    return _with_startup_hook(root, f"die-in-step-{step}", f'''\
 import contextlib, os, signal
 import nanoseek.train.checkpoint as checkpoint
 
@@ -80,6 +92,66 @@ def atomic_dir(path):
 
 checkpoint.atomic_dir = atomic_dir
 ''')
-    env = subprocess_env()
-    env["PYTHONPATH"] = str(hook) + os.pathsep + env["PYTHONPATH"]
-    return env
+
+
+def dying_after_log(root: Path, event: str, step: int | None = None, stage: str | None = None) -> dict[str, str]:
+    """subprocess_env() for a nanoseek process that SIGKILLs itself right after it appends the `event` record of
+    `step` (of any step if None) to a log.jsonl (only to STAGE/log.jsonl if `stage` is given, as in a speedrun's
+    folder): a kill at a known point of the run, however fast or slow the machine (the hook wraps RunLog.write,
+    which flushes each record before it returns)."""
+    return _with_startup_hook(root, f"die-after-{stage}-{event}-{step}", f'''\
+import os, signal
+from nanoseek.train.log import RunLog
+
+_write = RunLog.write
+
+
+def write(self, event, step, **metrics):
+    rec = _write(self, event, step, **metrics)
+    if event == {event!r} and {step!r} in (None, step) and {stage!r} in (None, self.path.parent.name):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return rec
+
+
+RunLog.write = write
+''')
+
+
+def killed(cmd: list[str], env: dict[str, str], timeout: float = 240) -> subprocess.CompletedProcess:
+    """Run cmd under one of the dying_* environments and check that it died by its SIGKILL."""
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert r.returncode == -signal.SIGKILL, (r.returncode, r.stderr[-2000:])
+    return r
+
+
+def assert_resumes_bit_for_bit(args, tmp_path: Path, steps: int, kill_env: dict[str, str], train_keys, eval_keys,
+                               files=("model.safetensors",), check_killed=None) -> tuple[Path, Path, str]:
+    """The SIGKILL-and-resume check: `args(out, *extra)` (a nanoseek command line writing run folder `out`) runs
+    whole into tmp_path/full, and into tmp_path/killed under `kill_env` (it dies part way) and then again with
+    --resume. The resumed run's train records (steps 1..`steps`, `train_keys`), eval records (`eval_keys`) and
+    last checkpoint's `files` equal the uninterrupted run's exactly. `check_killed(run_folder)` may check what
+    the killed run left before it resumes. Returns (full, killed, the resume's stdout)."""
+    full, cut = tmp_path / "full", tmp_path / "killed"
+    r = run(args(full))
+    assert r.returncode == 0, r.stderr[-2000:]
+    killed(args(cut), kill_env)
+    assert train_records(cut)[-1]["step"] < steps  # it really died mid-run
+    if check_killed is not None:
+        check_killed(cut)
+    r = run(args(cut, "--resume"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "resumed from step_" in r.stdout
+
+    a, b = train_records(full), train_records(cut)
+    assert [x["step"] for x in b] == list(range(1, steps + 1))  # records past the checkpoint were replaced
+    for key in train_keys:
+        assert [x[key] for x in b] == [x[key] for x in a], key  # exactly equal, not approximately
+    evals = lambda recs: [tuple(x[k] for k in ("step", *eval_keys)) for x in recs if x["event"] == "eval"]  # noqa: E731
+    assert evals(read_log(cut)) == evals(read_log(full))
+    for name in files:
+        last = f"checkpoints/step_{steps:07d}/{name}"
+        wa, wb = load_file(str(full / last)), load_file(str(cut / last))
+        assert wa.keys() == wb.keys(), name
+        for k in wa:
+            assert (wa[k] == wb[k]).all(), (name, k)
+    return full, cut, r.stdout

@@ -23,6 +23,7 @@ from nanoseek.data.prepare import DEFAULT_VAL_TOKENS, MAX_VAL_SHARE
 from nanoseek.schema import MANIFEST_FIELDS, SHARD_FIELDS, SPLIT
 from nanoseek.train.config import TrainConfig
 
+from cli_helpers import cli_error
 from train_helpers import REPO, subprocess_env
 
 LATIN1 = "Caf\xe9 cr\xe8me, na\xefve d\xe9j\xe0 vu. ".encode("latin-1")
@@ -58,16 +59,6 @@ def data(corpus, tok, tmp_path_factory) -> Path:
     return out
 
 
-def _fails(capsys, argv, *needles) -> str:
-    capsys.readouterr()
-    assert cli(argv) == 2, argv
-    err = capsys.readouterr().err
-    for n in needles:
-        assert n in err, (n, err)
-    assert "Traceback" not in err
-    return err
-
-
 def _copy(src: Path, dst: Path) -> Path:
     import shutil
 
@@ -93,7 +84,7 @@ def test_manifest_records_a_sha256_per_shard_and_info_verifies_it(data, tmp_path
     ids = np.fromfile(shard, dtype=np.uint16)
     ids[5:9] = ids[5:9][::-1].copy() + 1
     ids.tofile(shard)
-    _fails(capsys, ["data", "info", str(bad)], f"shard {shard} is corrupt", "SHA-256", "nanoseek data prepare")
+    cli_error(capsys, ["data", "info", str(bad)], f"shard {shard} is corrupt", "SHA-256", "nanoseek data prepare")
 
 
 def test_token_ids_past_the_vocabulary_are_refused_before_training(data, tmp_path, capsys, monkeypatch):
@@ -103,10 +94,10 @@ def test_token_ids_past_the_vocabulary_are_refused_before_training(data, tmp_pat
     ids = np.fromfile(shard, dtype=np.uint16)
     ids[17] = 65535  # same size, an id no embedding row has
     ids.tofile(shard)
-    _fails(capsys, ["data", "info", str(bad)], f"shard {shard} is corrupt", "id 65535", "400 ids")
+    cli_error(capsys, ["data", "info", str(bad)], f"shard {shard} is corrupt", "id 65535", "400 ids")
     # pretrain stops with the same message instead of an IndexError from the embedding
-    _fails(capsys, ["pretrain", "--data", str(bad), "--out", str(tmp_path / "run"), "--preset", "tiny", "--steps", "1",
-                    "--seq-len", "16", "--batch-size", "2"], "id 65535", "is corrupt")
+    cli_error(capsys, ["pretrain", "--data", str(bad), "--out", str(tmp_path / "run"), "--preset", "tiny", "--steps", "1",
+                       "--seq-len", "16", "--batch-size", "2"], "id 65535", "is corrupt")
     assert not (tmp_path / "run" / "checkpoints").exists()
     # a split too big to scan at open is checked window by window as batches read it
     from nanoseek.data import shards
@@ -114,8 +105,8 @@ def test_token_ids_past_the_vocabulary_are_refused_before_training(data, tmp_pat
     monkeypatch.setattr(shards, "SCAN_BYTES", 0)
     for sh in m["splits"]["train"]["shards"]:
         np.full(sh["tokens"], 65535, dtype=np.uint16).tofile(bad / sh["file"])
-    _fails(capsys, ["pretrain", "--data", str(bad), "--out", str(tmp_path / "run2"), "--preset", "tiny", "--steps",
-                    "1", "--seq-len", "16", "--batch-size", "2"], "has id 65535", "is corrupt")
+    cli_error(capsys, ["pretrain", "--data", str(bad), "--out", str(tmp_path / "run2"), "--preset", "tiny", "--steps",
+                       "1", "--seq-len", "16", "--batch-size", "2"], "has id 65535", "is corrupt")
     assert not (tmp_path / "run2" / "checkpoints").exists()
 
 
@@ -134,7 +125,7 @@ def test_version_1_manifests_are_read_with_a_note(data, tmp_path, capsys):
     # version 2 without a checksum is a broken manifest, not an old one
     m["version"] = 2
     (old / "manifest.json").write_text(json.dumps(m))
-    _fails(capsys, ["data", "info", str(old)], "field 'splits.train.shards[0].sha256' is missing")
+    cli_error(capsys, ["data", "info", str(old)], "field 'splits.train.shards[0].sha256' is missing")
 
 
 # ---- the manifest's schema (issue 8.10) ----------------------------------------------------------------------
@@ -177,7 +168,7 @@ def test_every_manifest_field_is_checked_against_its_schema(data, tmp_path, caps
         m = copy.deepcopy(good)
         _set(m, path, value)
         (root / "manifest.json").write_text(json.dumps(m))
-        err = _fails(capsys, ["data", "info", str(root)], "manifest")
+        err = cli_error(capsys, ["data", "info", str(root)], "manifest")
         want = name if name not in ("format", "version") else ("token-shard manifest" if name == "format"
                                                                   else "format version")
         assert want in err, (path, value, err)
@@ -186,15 +177,15 @@ def test_every_manifest_field_is_checked_against_its_schema(data, tmp_path, caps
             "splits.val.shards[0].sha256", "bos_id", "total_tokens"} <= checked
     # the whole manifest not an object, and sums that do not add up
     (root / "manifest.json").write_text("[1, 2]")
-    _fails(capsys, ["data", "info", str(root)], "not a nanoseek token-shard manifest")
+    cli_error(capsys, ["data", "info", str(root)], "not a nanoseek token-shard manifest")
     m = copy.deepcopy(good)
     m["splits"]["train"]["tokens"] += 1
     (root / "manifest.json").write_text(json.dumps(m))
-    _fails(capsys, ["data", "info", str(root)], "field 'splits.train.tokens'", "not the sum over its shards")
+    cli_error(capsys, ["data", "info", str(root)], "field 'splits.train.tokens'", "not the sum over its shards")
     m = copy.deepcopy(good)
     m["vocab_size"] = 70000  # uint16 shards cannot hold those ids
     (root / "manifest.json").write_text(json.dumps(m))
-    _fails(capsys, ["data", "info", str(root)], "field 'dtype'")
+    cli_error(capsys, ["data", "info", str(root)], "field 'dtype'")
     (root / "manifest.json").write_text(json.dumps(good))
     assert cli(["data", "info", str(root)]) == 0
 
@@ -235,8 +226,8 @@ def test_non_utf8_files_error_skip_or_replace(corpus, tok, tmp_path, capsys):
     (docs / "image.bin").write_bytes(b"\x89PNG\x00\x00binary")  # binary files in folders are always skipped
     for cmd in (["tokenizer", "train", "--vocab-size", "300"], ["data", "prepare", "--tokenizer", str(tok)]):
         out = str(tmp_path / cmd[0])
-        err = _fails(capsys, [*cmd, "--input", str(docs), "--output", out], "latin1.txt is not UTF-8 text",
-                     "--on-bad-file skip", "--on-bad-file replace")
+        err = cli_error(capsys, [*cmd, "--input", str(docs), "--output", out], "latin1.txt is not UTF-8 text",
+                        "--on-bad-file skip", "--on-bad-file replace")
         assert "0xe9 at byte 9003" in err and not Path(out).exists()
         assert cli([*cmd, "--input", str(docs), "--output", out, "--on-bad-file", "skip"]) == 0
         assert "1 file(s) held text that is not UTF-8: left out (--on-bad-file skip)" in capsys.readouterr().out
@@ -247,8 +238,8 @@ def test_non_utf8_files_error_skip_or_replace(corpus, tok, tmp_path, capsys):
     assert m["total_documents"] == 41  # 40 + the decoded one
     # JSONL lines too (line mode: only the bad line is left out)
     (tmp_path / "x.jsonl").write_bytes(b'{"text": "good"}\n{"text": "' + LATIN1 + b'"}\n{"text": "also good"}\n')
-    _fails(capsys, ["data", "prepare", "--input", str(tmp_path / "x.jsonl"), "--tokenizer", str(tok), "--output",
-                    str(tmp_path / "j"), "--val-docs", "1"], "x.jsonl is not UTF-8 text", "line 2")
+    cli_error(capsys, ["data", "prepare", "--input", str(tmp_path / "x.jsonl"), "--tokenizer", str(tok), "--output",
+                       str(tmp_path / "j"), "--val-docs", "1"], "x.jsonl is not UTF-8 text", "line 2")
     assert cli(["data", "prepare", "--input", str(tmp_path / "x.jsonl"), "--tokenizer", str(tok), "--output",
                 str(tmp_path / "j"), "--val-docs", "1", "--on-bad-file", "skip"]) == 0
     assert json.loads((tmp_path / "j" / "manifest.json").read_text())["total_documents"] == 2
@@ -256,8 +247,8 @@ def test_non_utf8_files_error_skip_or_replace(corpus, tok, tmp_path, capsys):
 
 # ---- vocabulary size (issue 8.11) --------------------------------------------------------------------------
 def test_vocab_size_is_bounded_by_memory_and_by_the_corpus(corpus, tmp_path, capsys):
-    _fails(capsys, ["tokenizer", "train", "--input", str(corpus), "--vocab-size", "1000000000", "--output",
-                    str(tmp_path / "t")], "--vocab-size 1,000,000,000 is more than nanoseek trains")
+    cli_error(capsys, ["tokenizer", "train", "--input", str(corpus), "--vocab-size", "1000000000", "--output",
+                       str(tmp_path / "t")], "--vocab-size 1,000,000,000 is more than nanoseek trains")
     assert not (tmp_path / "t").exists()
     # below the memory cap but past what 60 KB of text can yield: trained for what it can, with a note
     assert cli(["tokenizer", "train", "--input", str(corpus), "--vocab-size", "2000000", "--output",
@@ -287,6 +278,7 @@ def test_written_files_get_the_umask_permissions(corpus, tok, tmp_path, mask):
         assert _modes(tmp_path / root) == {("d", 0o777 & ~mask), ("f", 0o666 & ~mask)}, root
 
 
+@pytest.mark.slow
 def test_stale_temporaries_of_a_killed_prepare_are_removed(corpus, tok, tmp_path):
     out = tmp_path / "data"
     # a writer killed inside atomic_dir (as SIGKILL during `data prepare` leaves it), and one still writing

@@ -1,6 +1,7 @@
-"""What `nanoseek pretrain` checks and says (issue 8: 1, 5, 6, 8, 9, 10, 13): tokenizer fingerprints on every
-path that combines a model with token data, an old log kept aside, a small validation split, the warm-up
-default, progress-bar names, --model values, and the divergence advice."""
+"""What `nanoseek pretrain` checks and says: tokenizer fingerprints on every path that combines a model with token
+data, an old log kept aside, a small validation split, the warm-up default, progress-bar names, --model values,
+the divergence advice, non-finite settings and weights, and one writer per run folder. (The section headers name
+the issues each check came from.)"""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from nanoseek.cli import main as cli
 from nanoseek.tokenizer import Tokenizer
 from nanoseek.train.log import read_log
 
+from cli_helpers import cli_error
 from train_helpers import REPO, build_data, nanoseek_cmd, subprocess_env, train_records
 
 TINY = ["--preset", "tiny", "--seq-len", "32", "--batch-size", "2", "--eval-batches", "1", "--eval-every", "0"]
@@ -49,42 +51,32 @@ def run_a(data, tmp_path_factory) -> Path:
     return run
 
 
-def _fails(capsys, argv, *needles) -> str:
-    capsys.readouterr()
-    assert cli(argv) == 2, argv
-    err = capsys.readouterr().err
-    for n in needles:
-        assert n in err, (n, err)
-    assert "Traceback" not in err
-    return err
-
-
 # ---- 8.1: tokenizer fingerprints ------------------------------------------------------------------------------
 def test_a_model_and_data_of_different_tokenizers_are_refused(data, other, run_a, tmp_path, capsys):
     ckpt = run_a / "checkpoints" / "step_0000002"
     fa, fb = Tokenizer.load(data / "tokenizer").fingerprint(), Tokenizer.load(other / "tokenizer").fingerprint()
     assert fa != fb and Tokenizer.load(other / "tokenizer").vocab_size == 512
     # --init-from: the checkpoint's own tokenizer files against the data's
-    _fails(capsys, ["pretrain", "--data", str(other), "--out", str(tmp_path / "x"), "--init-from", str(ckpt),
-                    *TINY, "--steps", "1"], "tokenizer mismatch", fa, fb, str(ckpt / "tokenizer.json"),
-           str(other / "tokenizer"))
+    cli_error(capsys, ["pretrain", "--data", str(other), "--out", str(tmp_path / "x"), "--init-from", str(ckpt),
+                       *TINY, "--steps", "1"], "tokenizer mismatch", fa, fb, str(ckpt / "tokenizer.json"),
+              str(other / "tokenizer"))
     assert not (tmp_path / "x" / "checkpoints").exists()
     # --resume: the run's latest checkpoint against the data given now
-    _fails(capsys, ["pretrain", "--data", str(other), "--out", str(run_a), "--resume", "--steps", "3"],
-           "tokenizer mismatch", fa, fb)
+    cli_error(capsys, ["pretrain", "--data", str(other), "--out", str(run_a), "--resume", "--steps", "3"],
+              "tokenizer mismatch", fa, fb)
     assert [r["step"] for r in train_records(run_a)] == [1, 2]
     # a model directory without tokenizer files cannot be checked: refused, saying how to fix it
     bare = shutil.copytree(ckpt, tmp_path / "bare")
     for f in bare.glob("tokenizer*.json"):
         f.unlink()
-    _fails(capsys, ["pretrain", "--data", str(data), "--out", str(tmp_path / "y"), "--init-from", str(bare), *TINY,
-                    "--steps", "1"], f"{bare} has no tokenizer.json", "copy")
+    cli_error(capsys, ["pretrain", "--data", str(data), "--out", str(tmp_path / "y"), "--init-from", str(bare), *TINY,
+                       "--steps", "1"], f"{bare} has no tokenizer.json", "copy")
     # the loader: a data directory whose tokenizer/ was swapped for another one
     swapped = shutil.copytree(data, tmp_path / "swapped")
     shutil.rmtree(swapped / "tokenizer")
     shutil.copytree(other / "tokenizer", swapped / "tokenizer")
-    _fails(capsys, ["pretrain", "--data", str(swapped), "--out", str(tmp_path / "z"), *TINY, "--steps", "1"],
-           "tokenizer mismatch", fa, fb, str(swapped / "manifest.json"))
+    cli_error(capsys, ["pretrain", "--data", str(swapped), "--out", str(tmp_path / "z"), *TINY, "--steps", "1"],
+              "tokenizer mismatch", fa, fb, str(swapped / "manifest.json"))
     # the matching pair still trains
     assert cli(["pretrain", "--data", str(data), "--out", str(tmp_path / "ok"), "--init-from", str(ckpt), *TINY,
                 "--steps", "1"]) == 0
@@ -110,12 +102,12 @@ def test_new_run_keeps_an_old_log_and_defaults_fit_a_short_run(data, tmp_path, c
     assert "tokens_per_s=" in bar and "tok/s" not in bar and "tok_s" not in bar
     # shortening or lengthening on resume keeps a valid schedule; an explicit warm-up longer than the run is refused
     assert cli(["pretrain", "--data", str(data), "--out", str(run), "--resume", "--steps", "6"]) == 0
-    _fails(capsys, ["pretrain", "--data", str(data), "--out", str(tmp_path / "r2"), *TINY, "--steps", "5",
-                    "--warmup-steps", "20"], "--warmup-steps (20) must not exceed --steps (5)")
+    cli_error(capsys, ["pretrain", "--data", str(data), "--out", str(tmp_path / "r2"), *TINY, "--steps", "5",
+                       "--warmup-steps", "20"], "--warmup-steps (20) must not exceed --steps (5)")
     for bad in ("rope_theta=nan", "rope_theta=NaN", "rms_norm_eps=abc", "rope_scaling=yarn"):
         key = bad.split("=")[0]
-        _fails(capsys, ["pretrain", "--data", str(data), "--out", str(tmp_path / "r3"), *TINY, "--steps", "1",
-                        "--model", bad], f"field '{key}'")
+        cli_error(capsys, ["pretrain", "--data", str(data), "--out", str(tmp_path / "r3"), *TINY, "--steps", "1",
+                           "--model", bad], f"field '{key}'")
 
 
 # ---- 8.6: a validation split smaller than one batch is evaluated on what there is ------------------------------
@@ -150,14 +142,14 @@ def test_divergence_names_what_is_known_and_the_checkpoint_to_resume_from(data, 
     assert cli([*common, *TINY, "--steps", "4", "--checkpoint-every", "2", "--dtype", "float32"]) == 0
     sound = run / "checkpoints" / "step_0000004"
     # --lr 1e6 from step 5: step 5 still runs on sound weights, its update wrecks them, step 6 is NaN
-    err = _fails(capsys, [*common, "--resume", "--steps", "8", "--lr", "1e6"], "training diverged at step 6")
+    err = cli_error(capsys, [*common, "--resume", "--steps", "8", "--lr", "1e6"], "training diverged at step 6")
     assert f"The last checkpoint, {sound}, is untouched: resume from it with --resume and a lower --lr" in err
     # the same with a checkpoint after every step: step 5's checkpoint holds the wrecked weights
-    err = _fails(capsys, [*common, "--resume", "--steps", "8", "--lr", "1e6", "--checkpoint-every", "1"],
-                 "training diverged at step 6", "step_0000005 (untouched), holds the weights this step ran on (its "
-                 "largest |weight| is", "diverges again, whatever the --lr",
-                 f"Resume from an earlier checkpoint, {sound}",
-                 f"write 'step_0000004' into {run / 'checkpoints' / 'latest'}")
+    err = cli_error(capsys, [*common, "--resume", "--steps", "8", "--lr", "1e6", "--checkpoint-every", "1"],
+                    "training diverged at step 6", "step_0000005 (untouched), holds the weights this step ran on (its "
+                    "largest |weight| is", "diverges again, whatever the --lr",
+                    f"Resume from an earlier checkpoint, {sound}",
+                    f"write 'step_0000004' into {run / 'checkpoints' / 'latest'}")
     assert re.search(r"largest \|weight\| is \d[\d.]*e\+0[5-9]", err)  # ~lr-sized weights, not ~0.1
     # following the advice works
     (run / "checkpoints" / "latest").write_text("step_0000004\n")
@@ -169,8 +161,8 @@ def test_divergence_names_what_is_known_and_the_checkpoint_to_resume_from(data, 
 @pytest.mark.parametrize("flag", ["--lr=inf", "--lr=nan", "--adam-eps=0", "--adam-eps=-1e-8", "--weight-decay=inf",
                                   "--grad-clip=nan", "--mtp-weight=-inf", "--peak-flops=inf", "--min-lr-ratio=nan"])
 def test_settings_that_are_not_finite_numbers_are_refused(data, tmp_path, capsys, flag):
-    _fails(capsys, ["pretrain", "--data", str(data), "--out", str(tmp_path / "r"), *TINY, "--steps", "1", flag],
-           flag.split("=")[0])
+    cli_error(capsys, ["pretrain", "--data", str(data), "--out", str(tmp_path / "r"), *TINY, "--steps", "1", flag],
+              flag.split("=")[0])
     assert not (tmp_path / "r" / "checkpoints").exists()
 
 
@@ -180,8 +172,8 @@ def test_an_update_that_blows_up_the_weights_writes_no_checkpoint(data, tmp_path
     run = tmp_path / "run"
     common = ["pretrain", "--data", str(data), "--out", str(run), *TINY, "--dtype", "float32"]
     assert cli([*common, "--steps", "2", "--checkpoint-every", "1"]) == 0
-    err = _fails(capsys, [*common, "--resume", "--steps", "3", "--lr", "1e40"], "training diverged at step 3",
-                 "NaN or inf in the weights", f"{run / 'checkpoints' / 'step_0000002'}, is untouched")
+    err = cli_error(capsys, [*common, "--resume", "--steps", "3", "--lr", "1e40"], "training diverged at step 3",
+                    "NaN or inf in the weights", f"{run / 'checkpoints' / 'step_0000002'}, is untouched")
     assert err.strip().splitlines()[-1].startswith("nanoseek pretrain: error: training diverged at step 3")
     assert (run / "checkpoints" / "latest").read_text().strip() == "step_0000002"
     assert not (run / "checkpoints" / "step_0000003").exists()
@@ -203,10 +195,11 @@ def test_a_checkpoint_holding_non_finite_weights_is_refused_naming_the_tensor(da
     for argv in (["pretrain", "--data", str(data), "--out", str(run), "--resume", "--steps", "3"],
                  ["pretrain", "--data", str(data), "--out", str(tmp_path / "b"), *TINY[2:], "--init-from", str(ckpt)],
                  ["generate", "--checkpoint", str(run), "--prompt", "x", "--max-tokens", "1"]):
-        _fails(capsys, argv, f"tensor {name} holds NaN or inf values")
+        cli_error(capsys, argv, f"tensor {name} holds NaN or inf values")
 
 
 # ---- issue 22.3: one writer per run folder -------------------------------------------------------------------------
+@pytest.mark.slow
 def test_a_run_folder_takes_one_writer_at_a_time(data, tmp_path, capsys):
     """While one process trains into a folder, every command that would write there is refused at once, naming
     that process; the lock goes with the process, also when it is SIGKILLed."""
@@ -224,7 +217,7 @@ def test_a_run_folder_takes_one_writer_at_a_time(data, tmp_path, capsys):
                      ["sft", "--checkpoint", str(run), "--data", str(tmp_path / "chats.jsonl"), "--out", str(run)],
                      ["rl", "--checkpoint", str(run), "--task", "arithmetic", "--out", str(run)],
                      ["speedrun", str(run), "--preset", "smoke"]):
-            _fails(capsys, argv, f"{run} is in use by another nanoseek process (pid {first.pid})")
+            cli_error(capsys, argv, f"{run} is in use by another nanoseek process (pid {first.pid})")
         assert first.poll() is None  # the first run goes on
     finally:
         first.kill()
@@ -232,6 +225,7 @@ def test_a_run_folder_takes_one_writer_at_a_time(data, tmp_path, capsys):
     assert cli(["pretrain", "--data", str(data), "--out", str(run), *TINY, "--steps", "2"]) == 0
 
 
+@pytest.mark.slow
 def test_two_runs_started_together_into_one_folder_one_is_refused(data, tmp_path):
     run = tmp_path / "run"
     cmd = nanoseek_cmd("pretrain", "--data", str(data), "--out", str(run), *TINY, "--steps", "6")
