@@ -290,7 +290,7 @@ def test_a_tokenizer_that_is_not_the_models_is_warned_about(ckpt, tmp_path, caps
 
 # ---- chat: a bad value is refused, an error in an answer never ends the session (8.11, 8.12) -------------------
 def test_chat_refuses_bad_values_and_survives_errors(ckpt, capsys, monkeypatch):
-    from nanoseek.cli import chat
+    from nanoseek.engine import conversation
 
     seen: list[list[str]] = []
     real_render = Tokenizer.render_chat
@@ -299,14 +299,14 @@ def test_chat_refuses_bad_values_and_survives_errors(ckpt, capsys, monkeypatch):
         seen.append([m["content"] for m in messages])
         return real_render(self, messages, **kw)
 
-    class Splitter(chat.ReasoningSplitter):  # a fault in the middle of the second answer
+    class Splitter(conversation.ReasoningSplitter):  # a fault in the middle of the second answer
         def feed(self, text):
             if seen and seen[-1][-1] == "second":
                 raise RuntimeError("injected fault")
             return super().feed(text)
 
     monkeypatch.setattr(Tokenizer, "render_chat", spy)
-    monkeypatch.setattr(chat, "ReasoningSplitter", Splitter)
+    monkeypatch.setattr(conversation, "ReasoningSplitter", Splitter)
     script = b"first\n/temperature nan\n/temperature -1\ncaf\xe9\nsecond\nthird\n/temperature\n/quit\n"
     rc, out, err = cli_run(capsys, ["chat", "--checkpoint", str(ckpt), "--max-tokens", "3", "--color", "never",
                                     "--temperature", "0"], stdin=script, monkeypatch=monkeypatch)
