@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from nanoseek.report import write_report
 
 HELP = """\
 Writes RUN/report.md and its plots in RUN/plots/ from what a run folder holds: the config and parameter
@@ -20,6 +19,8 @@ RUN is the folder `nanoseek speedrun` writes, any part of it, or one training ru
 
 
 def cmd_report(args) -> None:
+    from nanoseek.report import write_report  # matplotlib, ~0.3 s: not at every other command's start
+
     path = write_report(args.run, measure=not args.no_measure, announce=print)
     plots = sorted((Path(args.run) / "plots").glob("*.png"))
     print(f"wrote {path}" + (f" and {len(plots)} plot(s) in {path.parent / 'plots'}" if plots else ""))

@@ -14,7 +14,6 @@ import torch
 from nanoseek.cli.common import (UserError, add_device_args, for_flag, nonneg_int, positive_int, resolve_device,
                                  resolve_dtype)
 from nanoseek.engine import Engine, resolve_checkpoint
-from nanoseek.serve import ServerConfig, create_app, serve
 
 
 def _is_loopback(host: str) -> bool:
@@ -62,6 +61,8 @@ def check_address(host: str, port: int) -> None:
 def cmd_serve(args) -> None:
     """Serve a checkpoint over HTTP: /v1/chat/completions, /v1/completions, /v1/models, /health, /metrics
     and the chat page at /."""
+    from nanoseek.serve import ServerConfig, create_app, serve  # fastapi, uvicorn: ~0.3 s, for serve only
+
     if args.threads:
         torch.set_num_threads(args.threads)
     check_address(args.host, args.port)

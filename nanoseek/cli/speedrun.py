@@ -26,7 +26,6 @@ from nanoseek.cli.common import UserError
 from nanoseek.config import preset as model_preset
 from nanoseek.cost import HARDWARE, TYPICAL_MFU, flops_per_token, on_other_hardware
 from nanoseek.model import count_params
-from nanoseek.report import write_report
 from nanoseek.speedrun import PRESETS, STAGES, Preset, State, evaluate_stage, run_paths, write_tasks
 from nanoseek.train.checkpoint import latest_checkpoint
 from nanoseek.units import dollars, pct, sci, si
@@ -97,6 +96,8 @@ def cmd_speedrun(args: argparse.Namespace) -> None:
             elif stage.startswith("eval_"):
                 evaluate_stage(stage[5:], preset, run, paths)
             elif stage == "report":
+                from nanoseek.report import write_report  # matplotlib, ~0.3 s: not at every command's start
+
                 state.finish(stage, 0.0)  # the report lists the stages' times, its own included so far
                 print(f"wrote {write_report(run)}")
         except BaseException:
