@@ -71,6 +71,7 @@ def _linked_plots(md: str) -> list[str]:
 
 
 # ---- on real command output ---------------------------------------------------------------------------------
+@pytest.mark.slow  # the whole card with its measured decode and every plot: ~5 s
 def test_report_of_a_whole_run(run, tmp_path, capsys, monkeypatch):
     run = _copy(run, tmp_path / "run")
     # the final model evaluated again by hand, its samples beside the results (`nanoseek eval --completions`)
@@ -294,6 +295,7 @@ def _long_log(steps: int, every: int = 1) -> list[dict]:
     return recs
 
 
+@pytest.mark.slow  # draws every plot of a 5,000-step log: ~3 s
 def test_plots_of_long_runs_and_sparse_expert_loads():
     import io
 
