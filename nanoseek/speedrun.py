@@ -22,12 +22,9 @@ from typing import Any
 import torch
 
 from nanoseek.data import tasks
-from nanoseek.engine import Engine, resolve_checkpoint
-from nanoseek.engine.loading import generation_eos_ids, load_tokenizer
 from nanoseek.errors import UserError
-from nanoseek.eval import evaluate_tasks, results_markdown
+from nanoseek.eval import evaluate_checkpoint, results_markdown
 from nanoseek.eval.metrics import to_json
-from nanoseek.hf import load_model
 from nanoseek.io import atomic_write_text
 
 FORMAT_VERSION = 1
@@ -252,19 +249,17 @@ def evaluate_stage(stage: str, preset: Preset, run: Path, paths: dict[str, Path]
     """Held-out test accuracy of a stage's model: the pretrained model in its own plain format, the others in
     the chat template, also on questions worded as training never worded them; results (with every completion)
     in RUN/eval/STAGE.json (and STAGE_heldout_wordings.json) and a table in STAGE.md."""
-
-    ckpt = resolve_checkpoint(run / stage)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = load_model(ckpt, dtype=torch.bfloat16 if device == "cuda" else torch.float32, device=device)
-    engine = Engine(model, load_tokenizer(ckpt), eos_token_ids=generation_eos_ids(ckpt), max_batch=64)
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
     style = "plain" if stage == "pretrain" else "chat"
     sets = [(stage, paths["test"], "")] + \
         ([(f"{stage}_heldout_wordings", paths["heldout"], ", in wordings kept out of training")] if style == "chat" else [])
     out = run / "eval"
     for name, path, what in sets:
-        results = evaluate_tasks(engine, tasks.read_problems(path), max_new_tokens=preset.eval_max_tokens,
-                                 style=style, keep_completions=True)
-        results["checkpoint"] = str(ckpt)
+        report = evaluate_checkpoint(run / stage, tasks.read_problems(path), device=device, dtype=dtype,
+                                     batch_size=64, max_new_tokens=preset.eval_max_tokens, style=style,
+                                     keep_completions=True)
+        results = {**report["tasks"], "checkpoint": report["checkpoint"]}
         atomic_write_text(out / f"{name}.json", to_json(results))
         text = results_markdown(results)
         atomic_write_text(out / f"{name}.md", text)

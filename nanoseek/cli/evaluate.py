@@ -6,19 +6,15 @@ import json
 import sys
 from pathlib import Path
 
-import torch
 from tqdm.auto import tqdm
 
 from nanoseek.cli.common import (UserError, add_device_args, for_flag, k_values, nonneg_int, positive_int,
                                  read_problems_arg, resolve_device, resolve_dtype, task_names)
 from nanoseek.data import tasks
-from nanoseek.engine import ContextLengthError, Engine, load_tokenizer, resolve_checkpoint
-from nanoseek.engine.loading import generation_eos_ids
-from nanoseek.eval import completion_records, evaluate_tasks, results_markdown, validation_bpb
+from nanoseek.engine import ContextLengthError, resolve_checkpoint
+from nanoseek.eval import completion_records, evaluate_checkpoint, results_markdown
 from nanoseek.eval.metrics import to_json
-from nanoseek.hf import load_model
 from nanoseek.io import atomic_write_text
-from nanoseek.tokenizer import Tokenizer
 
 
 def _out_file(path: str | None, flag: str) -> Path | None:
@@ -80,47 +76,29 @@ def cmd_eval(args) -> None:
         raise UserError("--after-turns asks other problems of the set first: give at least two problems",
                         param="--after-turns")
     with for_flag("--checkpoint"):
-        ckpt = resolve_checkpoint(args.checkpoint)
-    device, dtype = resolve_device(args.device), resolve_dtype(args.dtype)
-    tok = load_tokenizer(ckpt)
-    if tok is None:
-        raise UserError(f"{ckpt} has no tokenizer.json: evaluation encodes prompts and counts bytes with the "
-                        "checkpoint's tokenizer; copy it there", param="--checkpoint")
+        resolve_checkpoint(args.checkpoint)  # a clear error before any work
+    bar = tqdm(total=len(problems), unit="problem", desc="eval", file=sys.stderr) if (
+        problems and sys.stderr.isatty()) else None
 
-    # bits per byte as training computes it: fp32 weights, matmuls under autocast at --dtype
-    model = load_model(ckpt, dtype=torch.float32 if args.data else dtype, device=device)
-    report: dict = {"format_version": 1, "checkpoint": str(ckpt)}
-    bpb = None
-    if args.data:
-        if not isinstance(tok, Tokenizer):
-            raise UserError(f"{ckpt}'s tokenizer is not a nanoseek tokenizer; bits per byte needs one")
-        seq_len = args.seq_len or min(model.config.max_position_embeddings, 512)
-        bpb = validation_bpb(model, args.data, seq_len=seq_len, batch_size=args.eval_batch_size,
-                             max_batches=args.eval_batches, tokenizer=tok, dtype=dtype)
-        report["bpb"] = {"data": str(args.data), **bpb}
-        model.to(dtype)
-    if problems:
-        with for_flag("--checkpoint"):
-            engine = Engine(model, tok, eos_token_ids=generation_eos_ids(ckpt), max_batch=args.batch_size)
-        bar = None
-        if sys.stderr.isatty():
-            bar = tqdm(total=len(problems), unit="problem", desc="eval", file=sys.stderr)
+    def progress(done: int, total: int) -> None:
+        if bar is not None:
+            bar.update(done - bar.n)
 
-        def progress(done: int, total: int) -> None:
-            if bar is not None:
-                bar.update(done - bar.n)
-
-        try:
-            results = evaluate_tasks(engine, problems, samples=args.samples, k=args.k, temperature=args.temperature,
-                                     top_p=args.top_p, max_new_tokens=args.max_tokens, seed=args.seed,
-                                     keep_completions=out_comp is not None, style=args.style,
-                                     after_turns=args.after_turns, progress=progress)
-        except ContextLengthError as e:
-            fix = "lower --max-tokens or --after-turns" if args.after_turns else "lower --max-tokens"
-            raise UserError(f"{e} ({fix})", param="--max-tokens") from None
-        finally:
-            if bar is not None:
-                bar.close()
+    try:
+        report = evaluate_checkpoint(
+            args.checkpoint, problems, data=args.data, seq_len=args.seq_len, eval_batch_size=args.eval_batch_size,
+            eval_batches=args.eval_batches, device=resolve_device(args.device), dtype=resolve_dtype(args.dtype),
+            batch_size=args.batch_size, progress=progress, samples=args.samples, k=args.k,
+            temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_tokens, seed=args.seed,
+            keep_completions=out_comp is not None, style=args.style, after_turns=args.after_turns)
+    except ContextLengthError as e:
+        fix = "lower --max-tokens or --after-turns" if args.after_turns else "lower --max-tokens"
+        raise UserError(f"{e} ({fix})", param="--max-tokens") from None
+    finally:
+        if bar is not None:
+            bar.close()
+    bpb, results = report.get("bpb"), report.get("tasks")
+    if results is not None:
         records = completion_records(results)
         results.pop("problems", None)
         report["tasks"] = results
