@@ -1,4 +1,5 @@
-"""`nanoseek generate` (one-shot and scripted generation, JSONL out) and `nanoseek chat` (interactive)."""
+"""`nanoseek generate`: one-shot and scripted generation, JSONL out; and the sampling flags and engine loading
+that `nanoseek chat` shares."""
 
 from __future__ import annotations
 
@@ -199,7 +200,6 @@ def cmd_generate(args) -> None:
           file=sys.stderr)
 
 
-# ---- chat ------------------------------------------------------------------------------------------------
 def register(sub) -> None:
     p = sub.add_parser("generate", help="generate from prompts (args, file or stdin) and write JSONL",
                        description=cmd_generate.__doc__)
