@@ -259,8 +259,8 @@ def test_metrics_are_prometheus_text_with_latency_histograms(server, client):
     assert sum(finished.values()) >= 2
 
 
-def test_api_key_is_required_when_set(engine):
-    with running(engine, api_key="sk-test") as s:
+def test_api_key_is_required_when_set():
+    with running(Engine.load(random_checkpoint()), api_key="sk-test") as s:
         bad = openai.OpenAI(base_url=s.url + "/v1", api_key="wrong", max_retries=0)
         with pytest.raises(openai.AuthenticationError) as e:
             bad.models.list()
@@ -282,7 +282,8 @@ def test_cors_is_off_unless_origins_are_given(engine, server):
     assert "access-control-allow-origin" not in headers
     pre = {**origin, "Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "content-type"}
     assert "access-control-allow-origin" not in request(server, "OPTIONS", "/v1/chat/completions", headers=pre)[2]
-    with running(engine, cors_origins=("http://elsewhere.test",), api_key="k") as s:
+    own = Engine.load(random_checkpoint())  # one engine per running server
+    with running(own, cors_origins=("http://elsewhere.test",), api_key="k") as s:
         status, _, headers = request(s, "OPTIONS", "/v1/chat/completions", headers=pre)
         assert status == 200 and headers["access-control-allow-origin"] == "http://elsewhere.test"
         _, _, headers = request(s, "GET", "/v1/models", headers={**origin, "Authorization": "Bearer k"})
@@ -316,3 +317,12 @@ def test_completions_stream_with_echo_logprobs_and_usage_equals_the_plain_answer
     status, raw, _ = post(server, "/v1/completions", {"prompt": "Hi", "max_tokens": 0, "echo": True, "stream": True})
     events = sse_events(raw)
     assert events[-1] == "[DONE]" and "".join(e["choices"][0]["text"] for e in events[:-1]) == "Hi"
+
+
+def test_two_servers_never_step_one_engine(engine, server):
+    """A second app on an engine another running server steps is refused at start: two engine threads would
+    race inside one scheduler (a server error under load, not a clean failure)."""
+    with pytest.raises(RuntimeError, match="already stepped by another running server"):
+        with running(engine):
+            pass
+    assert request(server, "GET", "/health")[0] == 200  # the first server is untouched

@@ -30,7 +30,7 @@ from nanoseek.errors import ContextLengthError, EngineError, UserError
 from nanoseek.serve.chat import create as create_chat
 from nanoseek.serve.completions import create as create_completion
 from nanoseek.serve.errors import error_bytes, error_response, from_user_error, from_validation_error
-from nanoseek.serve.loop import EngineLoop
+from nanoseek.serve.loop import EngineLoop, check_not_stepped
 from nanoseek.serve.metrics import Metrics
 from nanoseek.serve.schemas import ChatCompletionRequest, CompletionRequest, ModelCard, ModelList
 from nanoseek.serve.tokens import TokenTexts
@@ -118,6 +118,7 @@ def create_app(engine, config: ServerConfig | None = None, loop: EngineLoop | No
     """The server for one engine. `loop`: an EngineLoop over it (default: a new one, started and stopped with
     the app)."""
     config = config or ServerConfig()
+    check_not_stepped(engine, loop)  # before any server starts: two engine threads would race
     loop = loop or EngineLoop(engine, Metrics())
     state = ServerState(engine, config, loop)
 

@@ -17,12 +17,15 @@ import asyncio
 import logging
 import threading
 import time
+import weakref
 from dataclasses import dataclass, field
 
 from nanoseek.engine.request import Delta, Request
 from nanoseek.serve.metrics import Metrics
 
 log = logging.getLogger("nanoseek.serve")
+# engine -> (a weak reference to) the EngineLoop stepping it: two loops on one engine would race in its scheduler
+_STEPPED_BY: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 @dataclass
@@ -43,6 +46,15 @@ class _Watch:
     last: dict = field(default_factory=dict)  # request id -> time of its last token
 
 
+def check_not_stepped(engine, by: EngineLoop | None = None) -> None:
+    """RuntimeError when a running EngineLoop (other than `by`) already steps this engine."""
+    ref = _STEPPED_BY.get(engine)
+    owner = ref() if ref is not None else None
+    if owner is not None and owner is not by and owner.alive:
+        raise RuntimeError("this Engine is already stepped by another running server; give each app its own "
+                           "Engine (steps of one engine from two threads would race)")
+
+
 class EngineLoop:
     def __init__(self, engine, metrics: Metrics | None = None, idle_wait: float = 0.1):
         self.engine = engine
@@ -57,6 +69,10 @@ class EngineLoop:
 
     # ---- lifecycle ---------------------------------------------------------------------------------------
     def start(self) -> None:
+        """Start the engine thread. RuntimeError when another running EngineLoop already steps this engine (two
+        apps on one Engine): give each app its own Engine."""
+        check_not_stepped(self.engine, self)
+        _STEPPED_BY[self.engine] = weakref.ref(self)  # not keeping the loop (which holds the engine) alive
         if self._thread is None or not self._thread.is_alive():
             self._stop.clear()
             self._thread = threading.Thread(target=self._run, name="nanoseek-engine", daemon=True)
