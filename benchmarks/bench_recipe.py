@@ -58,23 +58,17 @@ def prepare(workdir: Path) -> dict[str, Path]:
     paths = speedrun.run_paths(workdir)
     if not (paths["tokens"] / "manifest.json").is_file():
         speedrun.write_tasks(preset, paths)
-        nanoseek("tokenizer", "train", "--input", str(paths["corpus"]), "--vocab-size", str(preset.vocab_size),
-                 "--max-digits", str(preset.max_digits), "--output", str(paths["tok"]), "--text-unit", "paragraph")
-        nanoseek("data", "prepare", "--input", str(paths["corpus"]), "--tokenizer", str(paths["tok"]), "--output",
-                 str(paths["tokens"]), "--text-unit", "paragraph")
+        nanoseek(*speedrun.stage_command("tokenizer", preset, workdir))
+        nanoseek(*speedrun.stage_command("tokens", preset, workdir))
     return paths
 
 
 def pretrain_args(paths: dict[str, Path], out: Path, variant: str, steps: int, evals: int) -> list[str]:
     from nanoseek import speedrun
 
-    preset = speedrun.PRESETS["cpu"]
-    base = dict(preset.pretrain)
-    base.update(steps=steps, eval_every=max(1, steps // evals), checkpoint_every=steps)
-    args = ["pretrain", "--data", str(paths["tokens"]), "--out", str(out), "--preset", preset.model]
-    args += [f"--model={k}={json.dumps(v)}" for k, v in preset.model_overrides.items()]
-    for k, v in base.items():
-        args += [f"--{k.replace('_', '-')}", str(v)]
+    args = speedrun.stage_command("pretrain", speedrun.PRESETS["cpu"], paths["tokens"].parent, steps=steps,
+                                  eval_every=max(1, steps // evals), checkpoint_every=steps)
+    args[args.index("--out") + 1] = str(out)
     return args + VARIANTS[variant]  # later flags (and a later --model of the same field) win
 
 
@@ -121,8 +115,7 @@ def main() -> None:
         out = workdir / "runs" / v
         subprocess.run(["rm", "-rf", str(out)], check=True)
         t0 = time.perf_counter()
-        nanoseek(*pretrain_args(paths, out, v, budget[v], args.evals), "--eval-problems-file", str(paths["probe"]),
-                 stdout=subprocess.DEVNULL)
+        nanoseek(*pretrain_args(paths, out, v, budget[v], args.evals), stdout=subprocess.DEVNULL)
         wall = time.perf_counter() - t0
         res = workdir / "runs" / f"{v}.test.json"
         nanoseek("eval", "--checkpoint", str(out), "--problems", str(paths["test"]), "--style", "plain",

@@ -207,6 +207,40 @@ def run_paths(run: Path) -> dict[str, Path]:
             "probe": data / "probe.jsonl", "tok": run / "tokenizer", "tokens": run / "tokens"}
 
 
+def stage_command(stage: str, preset: Preset, run: Path, *, data: list[str] | None = None, resume: bool = False,
+                  **changes: Any) -> list[str]:
+    """The `nanoseek` command line (without the program name) that runs a stage as the speedrun does:
+    "tokenizer", "tokens", "pretrain", "sft" or "rl". data: the user's own pretraining corpus; resume: continue
+    the stage's run in RUN/STAGE; changes: settings of a training stage that replace the preset's (steps=...)."""
+    paths = run_paths(run)
+    if stage == "tokenizer":
+        return ["tokenizer", "train", "--input", str(paths["corpus"]), *(data or []), "--vocab-size",
+                str(preset.vocab_size), "--max-digits", str(preset.max_digits), "--output", str(paths["tok"]),
+                "--text-unit", "paragraph"]
+    if stage == "tokens":
+        return ["data", "prepare", "--input", *(data or [str(paths["corpus"])]), "--tokenizer", str(paths["tok"]),
+                "--output", str(paths["tokens"]), "--text-unit", "paragraph"]
+    argv = [stage, "--out", str(run / stage)]
+    if stage == "pretrain":
+        argv += ["--data", str(paths["tokens"]), "--preset", preset.model, "--eval-problems-file",
+                 str(paths["probe"])]
+        if not resume:  # a resumed run keeps its model
+            argv += [f"--model={k}={json.dumps(v)}" for k, v in preset.model_overrides.items()]
+    elif stage == "sft":
+        argv += ["--checkpoint", str(run / "pretrain"), "--data", str(paths["sft"]), "--eval-problems-file",
+                 str(paths["probe"])]
+    elif stage == "rl":
+        argv += ["--checkpoint", str(run / "sft"), "--problems", str(paths["rl"]), "--eval-problems-file",
+                 str(paths["val"])]
+    else:
+        raise ValueError(f"no command runs stage {stage!r}")
+    argv += ["--resume"] if resume else []
+    flags = {**{"pretrain": preset.pretrain, "sft": preset.sft, "rl": preset.rl}[stage], **changes}
+    for k, v in flags.items():
+        argv += [f"--{k.replace('_', '-')}", str(v)]
+    return argv
+
+
 def write_tasks(preset: Preset, paths: dict[str, Path]) -> None:
     """Every problem file of the run. Training data asks each problem in one of the tasks' training wordings;
     the test set asks held-out problems in those wordings, the held-out set in wordings kept out of training."""

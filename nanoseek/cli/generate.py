@@ -12,7 +12,7 @@ from pathlib import Path
 from nanoseek.cli.common import (UserError, add_device_args, for_flag, nonneg_int, positive_int, resolve_device,
                                  resolve_dtype)
 from nanoseek.config import ModelConfig
-from nanoseek.engine import Engine, SamplingParams, resolve_checkpoint
+from nanoseek.engine import Engine, RunStats, SamplingParams, resolve_checkpoint
 from nanoseek.io import atomic_write_text
 
 FORMAT_VERSION = 1  # of the JSONL records `nanoseek generate` writes
@@ -160,18 +160,11 @@ def cmd_generate(args) -> None:
                         "directory's files into the checkpoint)")
     out_lines: list[str] = []
     sink = None if args.output else sys.stdout
-    total = {"prompt": 0, "new": 0, "prefill_s": 0.0, "decode_s": 0.0, "drafted": 0, "accepted": 0}
+    total = RunStats()
     ids = [_prompt_ids(engine, it, args.chat, args.system) for it in items]
     for start in range(0, len(items), args.batch_size):
-        batch = ids[start:start + args.batch_size]
-        outs = engine.generate(batch, params)
-        st = engine.stats
-        total["prompt"] += st.prompt_tokens
-        total["new"] += st.generated_tokens
-        total["prefill_s"] += st.prefill_seconds
-        total["decode_s"] += st.decode_seconds
-        total["drafted"] += st.drafted
-        total["accepted"] += st.accepted
+        outs = engine.generate(ids[start:start + args.batch_size], params)
+        total += engine.stats
         for o in outs:
             item = items[start + o.index]
             rec = {"format_version": FORMAT_VERSION, "index": start + o.index, **item, "text": o.text,
@@ -192,12 +185,11 @@ def cmd_generate(args) -> None:
     if args.output:
         atomic_write_text(args.output, "".join(line + "\n" for line in out_lines))
         print(f"wrote {len(out_lines)} completions to {args.output}", file=sys.stderr)
-    pre = total["prompt"] / total["prefill_s"] if total["prefill_s"] else 0.0
-    dec = total["new"] / total["decode_s"] if total["decode_s"] else 0.0
-    acc = f", {total['accepted'] / total['drafted']:.0%} of drafts accepted" if total["drafted"] else ""
-    print(f"{len(items)} prompt(s): {total['prompt']} prompt tokens ({pre:,.0f} tok/s prefill), {total['new']} new "
-          f"tokens ({dec:,.0f} tok/s decode){acc}; latent cache {engine.stats.cache_bytes_per_token} B/token",
-          file=sys.stderr)
+    pre = total.prompt_tokens / total.prefill_seconds if total.prefill_seconds else 0.0
+    acc = f", {total.acceptance_rate:.0%} of drafts accepted" if total.drafted else ""
+    print(f"{len(items)} prompt(s): {total.prompt_tokens} prompt tokens ({pre:,.0f} tok/s prefill), "
+          f"{total.generated_tokens} new tokens ({total.decode_tokens_per_second:,.0f} tok/s decode){acc}; latent "
+          f"cache {total.cache_bytes_per_token} B/token", file=sys.stderr)
 
 
 def register(sub) -> None:

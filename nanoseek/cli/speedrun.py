@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import inspect
-import json
 import subprocess
 import sys
 import time
@@ -26,7 +25,8 @@ from nanoseek.cli.common import UserError
 from nanoseek.config import preset as model_preset
 from nanoseek.cost import HARDWARE, TYPICAL_MFU, flops_per_token, on_other_hardware
 from nanoseek.model import count_params
-from nanoseek.speedrun import PRESETS, STAGES, Preset, State, evaluate_stage, run_paths, write_tasks
+from nanoseek.speedrun import (PRESETS, STAGES, Preset, State, evaluate_stage, run_paths, stage_command,
+                               write_tasks)
 from nanoseek.train.checkpoint import latest_checkpoint
 from nanoseek.units import dollars, pct, sci, si
 
@@ -83,16 +83,11 @@ def cmd_speedrun(args: argparse.Namespace) -> None:
         try:
             if stage == "tasks":
                 write_tasks(preset, paths)
-            elif stage == "tokenizer":
-                inputs = [str(paths["corpus"])] + (data or [])
-                run_command(stage, ["tokenizer", "train", "--input", *inputs, "--vocab-size",
-                                    str(preset.vocab_size), "--max-digits", str(preset.max_digits), "--output",
-                                    str(paths["tok"]), "--text-unit", "paragraph"])
-            elif stage == "tokens":
-                run_command(stage, ["data", "prepare", "--input", *(data or [str(paths["corpus"])]), "--tokenizer",
-                                    str(paths["tok"]), "--output", str(paths["tokens"]), "--text-unit", "paragraph"])
+            elif stage in ("tokenizer", "tokens"):
+                run_command(stage, stage_command(stage, preset, run, data=data))
             elif stage in ("pretrain", "sft", "rl"):
-                _train_stage(stage, preset, run, paths, run_command)
+                resume = latest_checkpoint(run / stage) is not None
+                run_command(stage, stage_command(stage, preset, run, resume=resume), distributed=True)
             elif stage.startswith("eval_"):
                 evaluate_stage(stage[5:], preset, run, paths)
             elif stage == "report":
@@ -126,28 +121,6 @@ def _announce_cost(preset: Preset, name: str) -> None:
         print(f"  its pretraining ({sci(flops)} FLOPs) on {row.hardware.name} at {pct(TYPICAL_MFU)} MFU: "
               f"{si(hours)} GPU-hours, {dollars(hours * row.price)} (nanoseek cost --preset {preset.model} "
               f"--tokens {tokens:.3g})")
-
-
-def _train_stage(stage: str, preset: Preset, run: Path, paths: dict[str, Path], run_command) -> None:
-    out = run / stage
-    flags = {"pretrain": preset.pretrain, "sft": preset.sft, "rl": preset.rl}[stage]
-    argv = [stage, "--out", str(out)]
-    if stage == "pretrain":
-        argv += ["--data", str(paths["tokens"]), "--preset", preset.model, "--eval-problems-file", str(paths["probe"])]
-        argv += [f"--model={k}={json.dumps(v)}" for k, v in preset.model_overrides.items()]
-    elif stage == "sft":
-        argv += ["--checkpoint", str(run / "pretrain"), "--data", str(paths["sft"]), "--eval-problems-file",
-                 str(paths["probe"])]
-    else:
-        argv += ["--checkpoint", str(run / "sft"), "--problems", str(paths["rl"]), "--eval-problems-file",
-                 str(paths["val"])]
-    if latest_checkpoint(out) is not None:
-        argv.append("--resume")
-        if stage == "pretrain":  # a resumed run keeps its model
-            argv = [a for a in argv if not a.startswith("--model=")]
-    for k, v in flags.items():
-        argv += [f"--{k.replace('_', '-')}", str(v)]
-    run_command(stage, argv, distributed=True)
 
 
 def register(sub) -> None:

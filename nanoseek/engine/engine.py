@@ -69,6 +69,12 @@ class RunStats:
     def acceptance_rate(self) -> float | None:
         return self.accepted / self.drafted if self.drafted else None
 
+    def __add__(self, other: RunStats) -> RunStats:
+        """Two calls' figures together (the counts and times summed; the cache sizes are the later call's)."""
+        summed = {f: getattr(self, f) + getattr(other, f) for f in ("requests", "prompt_tokens", "cached_tokens",
+                  "generated_tokens", "prefill_seconds", "decode_seconds", "steps", "drafted", "accepted")}
+        return RunStats(**summed, cache_bytes=other.cache_bytes, cache_bytes_per_token=other.cache_bytes_per_token)
+
 
 class GenerationFailed(RuntimeError):
     """A request of a generate/stream call failed inside the engine (not an input error: the log has why)."""
