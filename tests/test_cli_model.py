@@ -123,3 +123,13 @@ def test_info_says_whether_vllm_mla_kernels_serve_the_shape(tmp_path, capsys):
     nanoseek.ModelConfig(**{**preset("tiny").__dict__, "kv_lora_rank": 256, "extra": {}}).validate().save(tmp_path)
     rc, out, _ = cli_run(capsys, ["info", "--checkpoint", str(tmp_path)])  # 256 + 8 = 264: no
     assert rc == 0 and "no: latent 256 + 8 = 264" in out
+
+
+def test_output_into_a_closed_pipe_ends_quietly(tmp_path):
+    """`nanoseek ... | head`: when the reader goes away the command stops without a traceback."""
+    p = subprocess.Popen([sys.executable, "-m", "nanoseek.cli", "tasks", "show", "--task", "all", "--n", "200"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # ~180 KB, more than a pipe holds
+    p.stdout.read(100)
+    p.stdout.close()
+    err = p.stderr.read().decode()
+    assert p.wait(timeout=120) == 141 and err == "", err

@@ -20,6 +20,7 @@ from nanoseek.io import run_lock
 from nanoseek.runtime import tune_allocator
 
 EXIT_USAGE = 2
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a tool killed by it
 # commands that write a run folder, and the argument naming it: one process at a time may write each folder
 RUN_FOLDERS = {"pretrain": ("out", "--out"), "sft": ("out", "--out"), "rl": ("out", "--out"),
                "speedrun": ("run", "RUN")}
@@ -55,6 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (`| head`): stop quietly, as other command-line tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush cannot fail again
+        return EXIT_BROKEN_PIPE
     return 0
 
 
