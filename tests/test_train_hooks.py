@@ -39,7 +39,9 @@ class VariableTask(Task):
         x, y = batch
         out = model(x, targets=y)
         out.tokens = int((y != -100).sum())
-        out.metrics = {"kl": torch.tensor(float(out.tokens)), "clip_frac": 0.5}
+        n = len([c for c in self.calls if c[0] == "batch"]) - 1
+        out.metrics = {"kl": torch.tensor(float(out.tokens)), "clip_frac": 0.5, "ratio_max": float(10 - n),
+                       "ratio_min": float(n)}
         return out
 
     def state_dict(self):
@@ -66,6 +68,8 @@ def test_begin_step_metrics_and_tokens_from_batches(tmp_path):
     assert [r["reward"] for r in recs] == [1.0, 2.0, 3.0] and [r["length_max"] for r in recs] == [3.0, 6.0, 9.0]
     assert [r["kl"] for r in recs] == [t / 2 for t in step_tokens]  # averaged over the 2 micro-batches
     assert all(r["clip_frac"] == 0.5 for r in recs)
+    # a loss's *_max / *_min metrics are the step's max / min over its micro-batches, not their sum
+    assert [r["ratio_max"] for r in recs] == [10.0, 8.0, 6.0] and [r["ratio_min"] for r in recs] == [0.0, 2.0, 4.0]
 
 
 def test_chunked_token_logprobs_equal_full_logits_and_their_gradients():

@@ -168,6 +168,21 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     return done[-1][1] if done else None
 
 
+def resume_point(run_dir: str | Path, resume: bool) -> Path | None:
+    """The one place that decides between a new run and a resumed one: the checkpoint a resumed run continues
+    from, or None for a new run. CheckpointError when resume finds no checkpoint, or a new run would write over
+    a run's checkpoints."""
+    run_dir = Path(run_dir)
+    ckpt = latest_checkpoint(run_dir)
+    if resume and ckpt is None:
+        raise CheckpointError(f"--resume: {run_dir} has no checkpoint to resume from; drop --resume to start a new "
+                              "run", param="--resume")
+    if not resume and ckpt is not None:
+        raise CheckpointError(f"--out {run_dir} already holds a training run ({ckpt.name}); pass --resume to "
+                              "continue it, or choose a new --out", param="--out")
+    return ckpt
+
+
 def saved_train_config(ckpt: str | Path) -> dict[str, Any]:
     """The TrainConfig fields a checkpoint was written with (reads only state.json)."""
     state_file = Path(ckpt) / STATE_DIR / "state.json"

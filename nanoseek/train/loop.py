@@ -31,8 +31,8 @@ from nanoseek.errors import UserError
 from nanoseek.hf import load_model, write_model_files
 from nanoseek.model.moe import load_stats
 from nanoseek.train import distributed as D
-from nanoseek.train.checkpoint import (LATEST, capture_rng, checkpoints_dir, clean_partial, latest_checkpoint,
-                                       load_train_state, restore_rng, save_checkpoint, saved_steps)
+from nanoseek.train.checkpoint import (LATEST, capture_rng, checkpoints_dir, clean_partial, load_train_state,
+                                       restore_rng, resume_point, save_checkpoint, saved_steps)
 from nanoseek.train.config import TrainConfig
 from nanoseek.train.log import RunLog, keep_aside
 from nanoseek.train.optim import build_optimizers, set_lr
@@ -164,11 +164,8 @@ class _Run:
         self.device = info.device
         self.amp_dtype = torch.bfloat16 if cfg.dtype == "bfloat16" else None
         state = None
-        if resume:
-            ckpt = latest_checkpoint(run_dir)
-            if ckpt is None:
-                raise FileNotFoundError(f"--resume: no checkpoint in {checkpoints_dir(run_dir)}; drop --resume to "
-                                        "start")
+        ckpt = resume_point(run_dir, resume)
+        if ckpt is not None:
             task.check_model(ckpt)
             state = load_train_state(ckpt)
             if state.world_size != info.world_size and info.is_main:
@@ -177,9 +174,6 @@ class _Run:
                 announce(f"note: {ckpt.name} was written by {state.world_size} process(es), this run has "
                          f"{info.world_size}: the data continue where they stopped, but not bit for bit")
             _load_weights(model, ckpt)
-        elif latest_checkpoint(run_dir) is not None:
-            raise ValueError(f"{run_dir} already holds a training run ({checkpoints_dir(run_dir)}); resume it or "
-                             "choose a new directory")
         model.to(self.device).train()
         # the losses' weights (training settings, not saved with the model)
         model.mtp_weight, model.aux_loss_alpha = cfg.mtp_weight, cfg.aux_loss_alpha
@@ -308,7 +302,7 @@ def _accumulate(fwd: nn.Module, model: nn.Module, task: Task, cfg: TrainConfig, 
                 ) -> tuple[torch.Tensor, torch.Tensor | None, dict[str, torch.Tensor], torch.Tensor]:
     """Run the micro-batches of one step. Returns (sums [loss, main, balance, mtp_1..D] over micro-batches,
     expert counts [n_routers, E] summed over micro-batches of this rank, or None for a dense model, the task's
-    metrics summed over micro-batches, the tokens trained on)."""
+    metrics summed over micro-batches (those named *_max / *_min: their max / min), the tokens trained on)."""
     sums, counts, metrics = None, None, {}
     tokens = torch.zeros((), dtype=torch.int64, device=device)
     for micro in range(cfg.grad_accum):
@@ -328,15 +322,20 @@ def _accumulate(fwd: nn.Module, model: nn.Module, task: Task, cfg: TrainConfig, 
             counts = c.detach() if counts is None else counts + c.detach()
         for k, v in (getattr(out, "metrics", None) or {}).items():
             v = torch.as_tensor(v, dtype=torch.float32, device=device).detach().reshape(())
-            metrics[k] = metrics[k] + v if k in metrics else v
+            metrics[k] = v if k not in metrics else _combine(k)(metrics[k], v)
         n = getattr(out, "tokens", None)
         tokens += task.tokens_per_batch if n is None else torch.as_tensor(n, device=device).to(torch.int64)
     return sums, counts, metrics, tokens
 
 
+def _combine(name: str):
+    """How a named metric of two micro-batches combines: the max / min for *_max / *_min, else the sum."""
+    return torch.maximum if name.endswith("_max") else torch.minimum if name.endswith("_min") else torch.add
+
+
 def _reduce_metrics(metrics: dict, world_size: int, device: torch.device, n_micro: int = 1) -> dict[str, float]:
     """Average named scalars over micro-batches (they come summed) and ranks; names ending in _max / _min take
-    the max / min over ranks instead (already per step). Every rank passes the same names."""
+    the max / min over ranks instead (already the step's max / min). Every rank passes the same names."""
     if not metrics:
         return {}
     names = sorted(metrics)

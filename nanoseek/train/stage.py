@@ -18,7 +18,7 @@ from torch import nn
 from nanoseek.errors import UserError
 from nanoseek.runtime import resolve_device
 from nanoseek.train import distributed as D
-from nanoseek.train.checkpoint import latest_checkpoint, saved_train_config
+from nanoseek.train.checkpoint import resume_point, saved_train_config
 from nanoseek.train.config import TrainConfig, merge_for_resume
 from nanoseek.train.loop import Task, train
 from nanoseek.train.pretrain import write_tokenizer_files
@@ -33,20 +33,12 @@ def stage_settings(out: Path, resume: bool, given: dict[str, Any], cls: type[Tra
     no checkpoint, when a new run would overwrite one, and for any setting that fails validation."""
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; give a directory for the run", param="--out")
-    ckpt = latest_checkpoint(out)
+    ckpt = resume_point(out, resume)
     try:
         if resume:
-            if ckpt is None:
-                raise UserError(f"--resume: {out} has no checkpoint to resume from; drop --resume to start a new run",
-                                param="--resume")
             cfg, changes = merge_for_resume(saved_train_config(ckpt), given, cls)
         else:
-            if ckpt is not None:
-                raise UserError(f"--out {out} already holds a training run ({ckpt.name}); pass --resume to continue "
-                                "it, or choose a new --out", param="--out")
             cfg, changes = cls(**given).validate(), {}
-    except UserError:
-        raise
     except ValueError as e:  # a setting's validation: the message names the flag
         raise UserError(str(e)) from e
     return cfg, changes, ckpt
