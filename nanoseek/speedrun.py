@@ -22,8 +22,9 @@ from typing import Any
 import torch
 
 from nanoseek.data import tasks
+from nanoseek.engine import Engine, resolve_checkpoint
 from nanoseek.errors import UserError
-from nanoseek.eval import evaluate_checkpoint, results_markdown
+from nanoseek.eval import evaluate_tasks, results_markdown
 from nanoseek.eval.metrics import to_json
 from nanoseek.io import atomic_write_text
 
@@ -289,11 +290,11 @@ def evaluate_stage(stage: str, preset: Preset, run: Path, paths: dict[str, Path]
     sets = [(stage, paths["test"], "")] + \
         ([(f"{stage}_heldout_wordings", paths["heldout"], ", in wordings kept out of training")] if style == "chat" else [])
     out = run / "eval"
+    engine = Engine.load(run / stage, dtype=dtype, device=device, max_batch=64)  # one load for both sets
     for name, path, what in sets:
-        report = evaluate_checkpoint(run / stage, tasks.read_problems(path), device=device, dtype=dtype,
-                                     batch_size=64, max_new_tokens=preset.eval_max_tokens, style=style,
-                                     keep_completions=True)
-        results = {**report["tasks"], "checkpoint": report["checkpoint"]}
+        results = evaluate_tasks(engine, tasks.read_problems(path), max_new_tokens=preset.eval_max_tokens,
+                                 style=style, keep_completions=True)
+        results["checkpoint"] = str(resolve_checkpoint(run / stage))
         atomic_write_text(out / f"{name}.json", to_json(results))
         text = results_markdown(results)
         atomic_write_text(out / f"{name}.md", text)

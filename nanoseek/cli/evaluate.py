@@ -76,7 +76,7 @@ def cmd_eval(args) -> None:
         raise UserError("--after-turns asks other problems of the set first: give at least two problems",
                         param="--after-turns")
     with for_flag("--checkpoint"):
-        resolve_checkpoint(args.checkpoint)  # a clear error before any work
+        ckpt = resolve_checkpoint(args.checkpoint)  # named by its flag, before any work
     bar = tqdm(total=len(problems), unit="problem", desc="eval", file=sys.stderr) if (
         problems and sys.stderr.isatty()) else None
 
@@ -86,7 +86,7 @@ def cmd_eval(args) -> None:
 
     try:
         report = evaluate_checkpoint(
-            args.checkpoint, problems, data=args.data, seq_len=args.seq_len, eval_batch_size=args.eval_batch_size,
+            ckpt, problems, data=args.data, seq_len=args.seq_len, eval_batch_size=args.eval_batch_size,
             eval_batches=args.eval_batches, device=resolve_device(args.device), dtype=resolve_dtype(args.dtype),
             batch_size=args.batch_size, progress=progress, samples=args.samples, k=args.k,
             temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_tokens, seed=args.seed,
