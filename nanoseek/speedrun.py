@@ -32,7 +32,6 @@ FORMAT_VERSION = 1
 STAGES = ("tasks", "tokenizer", "tokens", "pretrain", "eval_pretrain", "sft", "eval_sft", "rl", "eval_rl", "report")
 
 
-
 @dataclass(frozen=True)
 class Preset:
     """Everything a speedrun does, by name. minutes: expected wall time of each stage on the machine the

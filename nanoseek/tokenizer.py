@@ -36,6 +36,8 @@ FORMAT_VERSION = 1
 SPECIAL_TOKENS = ["<|bos|>", "<|eos|>", "<|pad|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>",
                   "<think>", "</think>"]
 ROLES = ("system", "user", "assistant")
+
+
 # GPT-4's (cl100k) pre-tokenization split, which DeepSeek-V3's tokenizer also follows: contractions, letter
 # runs with one leading non-letter, digit groups of at most 3, punctuation runs, newlines, spaces. Splitting
 # before BPE keeps merges from crossing word boundaries; the digit cap keeps numbers compositional.
@@ -69,6 +71,7 @@ def trainable_vocab(requested: int, *, text_bytes: int | None = None, min_freque
     if text_bytes is not None:
         return min(requested, MIN_VOCAB + text_bytes // max(min_frequency, 1))
     return requested
+
 
 # The same format as a Jinja template for tokenizer_config.json (HF apply_chat_template, vLLM).
 CHAT_TEMPLATE = (

@@ -18,8 +18,6 @@ from nanoseek.io import atomic_write_text
 FORMAT_VERSION = 1  # of the JSONL records `nanoseek generate` writes
 
 
-
-
 def add_sampling_args(p: argparse.ArgumentParser, temperature: float, max_tokens: int) -> None:
     g = p.add_argument_group("sampling")
     g.add_argument("--max-tokens", "--max-new-tokens", dest="max_tokens", type=positive_int, default=max_tokens,

@@ -226,7 +226,6 @@ class Corpus:
                 yield v or "", f.size * (rows + i + 1) // total_rows
             rows += len(values)
 
-
     def _decode(self, b: bytes, path: Path, where: str = "") -> str:
         """UTF-8 text of one document; "" (an empty document: left out) when it is not UTF-8 and the policy is
         skip."""

@@ -7,7 +7,6 @@ import torch.nn.functional as F
 from torch import nn
 
 
-
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float = 1e-6):
         super().__init__()

@@ -106,7 +106,6 @@ def generate(task: str | Task, split: str, n: int, difficulty: int | str | Seque
     return out
 
 
-
 def generate_up_to(task: str | Task, split: str, n: int, difficulty: int | str | Sequence[int] = 1, *,
                    seed: int = 0, wording: str = "canonical") -> list[Problem]:
     """`generate`'s n distinct problems, or all the split holds when that is fewer (a low level has few): a
@@ -125,6 +124,7 @@ def generate_up_to(task: str | Task, split: str, n: int, difficulty: int | str |
         except DataError:
             hi = mid - 1
     return generate(task, split, lo, difficulty, seed=seed, wording=wording) if lo else []
+
 
 def check_answer(problem: Problem, answer: str | None) -> bool:
     """Whether an extracted final answer solves `problem` (None, no answer, is wrong)."""
