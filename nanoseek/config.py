@@ -313,6 +313,23 @@ def mla_serving(cfg: ModelConfig) -> str:
     return (f"no: latent {shape}; {known}. The gpu-* presets use DeepSeek's 512 + 64 = 576")
 
 
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """KEY=VALUE strings -> ModelConfig field overrides; values are JSON (numbers, null, true) or plain strings.
+    vocab_size is not among them: it always comes from the tokenizer."""
+    fields = {f.name for f in dataclasses.fields(ModelConfig)} - {"extra", "vocab_size"}
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or key not in fields:
+            raise ConfigError(f"{item!r}: expected KEY=VALUE with KEY a ModelConfig field (e.g. "
+                              "num_nextn_predict_layers=0); vocab_size always comes from the tokenizer")
+        try:
+            out[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key] = raw
+    return out
+
+
 def preset(name: str, **overrides: Any) -> ModelConfig:
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")

@@ -66,6 +66,21 @@ WEIGHT_PARTS = ("q_proj", "kv_a_proj", "kv_b_proj", "o_proj", "dense_ffn", "rout
                 "router", "norms")
 
 
+def part_label(config: ModelConfig, part: str, seq_len: int) -> str:
+    """PART_LABELS[part] with what this config makes of it (no q-lora, how many dense layers, top-k of n)."""
+    label = PART_LABELS[part]
+    if part == "q_proj":
+        return label + (" (q_a + q_b)" if config.q_lora_rank else " (q_proj, no q-lora)")
+    if part == "attention":
+        return label + f" (causal, T={seq_len:,})"
+    if part == "dense_ffn":
+        n = min(config.first_k_dense_replace, config.num_hidden_layers)
+        return label + f" ({n} layer{'s' * (n != 1)})"
+    if part == "routed_experts":
+        return f"MoE routed experts (top-{config.num_experts_per_tok} of {config.n_routed_experts})"
+    return label
+
+
 def attention_forward_flops(config: ModelConfig, seq_len: int, causal: bool = True) -> int:
     """One MLA layer's attention core (scores + value sum), forward, per token, averaged over a sequence."""
     width = config.num_attention_heads * (config.qk_head_dim + config.v_head_dim)

@@ -90,3 +90,15 @@ def parse_count(text: str, param: str, integer: bool = True) -> float:
     if value < (1 if integer else 0) or value == 0:
         raise UserError(f"{param} must be {'at least 1' if integer else 'positive'}, got {text}", param=param)
     return round(value) if integer else value
+
+
+def parse_fraction(text: str, param: str) -> float:
+    """'0.4' or '40%' -> 0.4, within (0, 1] (an MFU, a share); a UserError naming `param` otherwise."""
+    t = text.strip()
+    try:
+        v = float(t[:-1]) / 100 if t.endswith("%") else float(t)
+    except ValueError:
+        raise UserError(f"{param}: cannot read {text!r}; give a fraction such as 0.4, or 40%", param=param) from None
+    if not (0 < v <= 1):
+        raise UserError(f"{param} must be in (0, 1] (a fraction: 0.4 or 40% for 40%), got {text}", param=param)
+    return v

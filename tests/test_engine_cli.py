@@ -82,6 +82,29 @@ def test_generate_prompts_from_args_file_and_stdin(ckpt, tmp_path, capsys, monke
     assert json.loads(out)["token_ids"] == want.token_ids
 
 
+def test_prompt_files_and_completion_records_from_python(ckpt):
+    """What `nanoseek generate` runs, through the library: a prompt file's lines, batched, as versioned records
+    in prompt order, equal to generating each prompt alone."""
+    from nanoseek.engine import Engine, SamplingParams
+    from nanoseek.engine.prompts import FORMAT_VERSION, generate_batches, parse_prompts
+    from nanoseek.errors import UserError
+
+    items = parse_prompts('one\n\n{"prompt": "two"}\n{"messages": [{"role": "user", "content": "hi"}]}\nfour\n',
+                          "prompts.txt")
+    assert items[0] == {"prompt": "one"} and "messages" in items[2] and len(items) == 4
+    engine = Engine.load(ckpt)
+    params = SamplingParams(max_new_tokens=4, temperature=0)
+    batches = list(generate_batches(engine, items, params, batch_size=3))
+    assert [len(records) for records, _ in batches] == [3, 1]
+    records = [r for rs, _ in batches for r in rs]
+    assert [r["index"] for r in records] == [0, 1, 2, 3] and {r["format_version"] for r in records} == {FORMAT_VERSION}
+    assert sum(stats.generated_tokens for _, stats in batches) == sum(r["completion_tokens"] for r in records)
+    alone = engine.generate([engine.tokenizer.encode("four")], params)[0]
+    assert records[3]["prompt"] == "four" and records[3]["token_ids"] == alone.token_ids
+    with pytest.raises(UserError, match=r"prompts.txt line 2: messages\[0\] must be an object"):
+        parse_prompts('ok\n{"messages": ["hi"]}\n', "prompts.txt")
+
+
 def test_generate_rejects_bad_requests(ckpt, tmp_path, capsys):
     for bad in ("0", "-5"):
         with pytest.raises(SystemExit) as e:
@@ -100,6 +123,7 @@ def test_generate_rejects_bad_requests(ckpt, tmp_path, capsys):
     assert rc == 2 and "top_p" in err
 
 
+@pytest.mark.slow  # a process of its own: ~5 s, most of it importing torch
 def test_chat_scripted_session(ckpt):
     """The real command with piped input: commands, a multi-line block, a continued line, then /quit."""
     script = ('/system Be terse.\nHello there\n/temperature 0\n"""\nline one\nline two\n"""\n'

@@ -54,11 +54,11 @@ def test_serve_says_a_busy_port_or_a_foreign_host_before_loading_the_model(capsy
         port = busy.getsockname()[1]
         assert main(["serve", "--checkpoint", ckpt, "--port", str(port)]) == 2
         err = capsys.readouterr().err
-        assert f"cannot listen on 127.0.0.1:{port}" in err and "choose another --port" in err, err
+        assert f"cannot listen on 127.0.0.1:{port}" in err and "choose another port" in err, err
         assert "nanoseek serve: model" not in err  # said before the model loads (then a line names it)
     assert main(["serve", "--checkpoint", ckpt, "--host", "192.0.2.1", "--port", str(port)]) == 2  # TEST-NET-1
     err = capsys.readouterr().err
-    assert "--host 192.0.2.1 is not an address of this machine" in err and "serve: model" not in err, err
+    assert "--host: 192.0.2.1 is not an address of this machine" in err and "serve: model" not in err, err
 
 
 @pytest.mark.slow

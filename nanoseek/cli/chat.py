@@ -15,7 +15,8 @@ import sys
 from typing import Callable, TextIO
 
 from nanoseek.cli.common import UserError, add_device_args
-from nanoseek.cli.generate import add_sampling_args, decode_utf8, load_engine, sampling_params
+from nanoseek.cli.generate import add_sampling_args, load_engine, sampling_params
+from nanoseek.engine.prompts import decode_utf8
 from nanoseek.engine import ContextLengthError, EngineError
 from nanoseek.engine.conversation import Conversation
 from nanoseek.engine.engine import Engine

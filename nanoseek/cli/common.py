@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
+from pathlib import Path
 
 import torch
 
@@ -76,13 +76,24 @@ def nonneg_int(s: str) -> int:
     return v
 
 
+def output_file(path: str | None, flag: str) -> Path | None:
+    """A file the command will write, checked before any work: not a directory, in a directory (or a new one)."""
+    if path is None:
+        return None
+    p = Path(path)
+    if p.is_dir():
+        raise UserError(f"{flag} {p} is a directory; give a file name", param=flag)
+    if p.parent.exists() and not p.parent.is_dir():
+        raise UserError(f"{flag} {p}: {p.parent} is a file, not a directory", param=flag)
+    return p
+
+
 def read_problems_arg(path: str, checker_spec: str) -> list:
     """The problems of a --problems FILE, with --checker (a name, or a JSON object) as the default checker;
     bad input of either becomes a UserError naming its flag."""
     try:
-        checker = json.loads(checker_spec) if checker_spec.lstrip().startswith("{") else checker_spec
-        tasks.make_checker(checker)
-    except (ValueError, json.JSONDecodeError) as e:
+        checker = tasks.make_checker(checker_spec)
+    except ValueError as e:
         raise UserError(f"--checker: {e}", param="--checker") from None
     with for_flag("--problems"):
         return tasks.read_problems(path, default_checker=checker)

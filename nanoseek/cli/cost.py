@@ -10,14 +10,14 @@ import torch
 
 from nanoseek.cli.common import for_flag
 from nanoseek.config import PRESETS, ModelConfig, preset
-from nanoseek.cost import (HARDWARE, PART_LABELS, TYPICAL_MFU, cpu_hardware, flops_per_token, forward_flops, gpu_hours,
-                           hours_unit, implied_mfu, on_other_hardware, peak_flops, pretraining_context,
+from nanoseek.cost import (HARDWARE, TYPICAL_MFU, cpu_hardware, flops_per_token, forward_flops, gpu_hours,
+                           hours_unit, implied_mfu, on_other_hardware, part_label, peak_flops, pretraining_context,
                            read_hardware_file, summarize_run)
 from nanoseek.errors import UserError
 from nanoseek.model import count_params
 from nanoseek.train.checkpoint import latest_checkpoint
 from nanoseek.train.log import LOG_NAME, read_log
-from nanoseek.units import dollars, duration, flop, parse_count, pct, plural, sci, si
+from nanoseek.units import dollars, duration, flop, parse_count, parse_fraction, pct, plural, sci, si
 
 MAX_SEQ_LEN = 1 << 30
 DEFAULT_CLUSTERS = (8, 256, 2048)
@@ -42,21 +42,6 @@ them: DeepSeek-V3 trained with one, so its GPU-hours include it (~4% of its FLOP
 MFU is relative to the dense peak (vendors' "with sparsity" figures are 2x these) of --precision.
 Token counts: 14.8T, 500B, 1.5M, 2e12.
 """
-
-
-# ---- parsing ------------------------------------------------------------------------------------------------
-
-def parse_mfu(text: str) -> float:
-    """'0.4' or '40%' -> 0.4, within (0, 1]."""
-    t = text.strip()
-    try:
-        v = float(t[:-1]) / 100 if t.endswith("%") else float(t)
-    except ValueError:
-        raise UserError(f"--mfu: cannot read {text!r}; give a fraction such as 0.4, or 40%", param="--mfu") from None
-    if not (0 < v <= 1):
-        raise UserError(f"--mfu must be in (0, 1] (a fraction of the peak: 0.4 or 40% for 40%), got {text}",
-                        param="--mfu")
-    return v
 
 
 # ---- the pieces ---------------------------------------------------------------------------------------------
@@ -110,18 +95,8 @@ def _print_model(cfg, source: str, seq_len: int, seq_note: str, mtp: bool, break
         total = sum(parts.values())
         print(f"\n{'forward FLOPs per token':<46}{'':>10}{'share':>8}")
         for k, v in parts.items():
-            label = PART_LABELS[k]
-            if k == "q_proj":
-                label += " (q_a + q_b)" if cfg.q_lora_rank else " (q_proj, no q-lora)"
-            elif k == "attention":
-                label += f" (causal, T={seq_len:,})"
-            elif k == "dense_ffn":
-                n = min(cfg.first_k_dense_replace, cfg.num_hidden_layers)
-                label += f" ({n} layer{'s' * (n != 1)})"
-            elif k == "routed_experts":
-                label = f"MoE routed experts (top-{cfg.num_experts_per_tok} of {cfg.n_routed_experts})"
             if v:
-                print(f"  {label:<44}{flop(v):>10}{pct(v / total):>8}")
+                print(f"  {part_label(cfg, k, seq_len):<44}{flop(v):>10}{pct(v / total):>8}")
         print(f"  {'total (training: 3x)':<44}{flop(total):>10}{'100%':>8}\n")
     return f
 
@@ -139,7 +114,7 @@ def _report_estimate(args, cfg, source: str) -> None:
         raise UserError("give exactly one of --mfu M (the MFU to assume) or --gpu-hours H (a claimed figure, to "
                         f"find the MFU it implies); typical for large runs: --mfu {TYPICAL_MFU:g}",
                         param="--mfu" if args.mfu is None else "--gpu-hours")
-    mfu = parse_mfu(args.mfu) if args.mfu is not None else None
+    mfu = parse_fraction(args.mfu, "--mfu") if args.mfu is not None else None
     claimed = parse_count(args.gpu_hours, "--gpu-hours", integer=False) if args.gpu_hours is not None else None
     if claimed is not None and not args.gpu:
         raise UserError("--gpu-hours needs --gpu (the hardware the claimed hours were spent on)", param="--gpu")
@@ -214,7 +189,7 @@ def _report_run(args) -> None:
         s = summarize_run(read_log(run), cfg)
     except ValueError as e:
         raise UserError(f"cannot read {run / LOG_NAME}: {e}", param="RUN_DIR") from None
-    typical = parse_mfu(args.mfu) if args.mfu else TYPICAL_MFU
+    typical = parse_fraction(args.mfu, "--mfu") if args.mfu else TYPICAL_MFU
     state = "finished" if s.finished else "no end record (still running, or stopped)"
     print(f"run {run}: {s.steps:,} steps, {state}" + (f", resumed {s.resumes}x" if s.resumes else ""))
     procs = plural(s.world_size, 'process', 'processes')

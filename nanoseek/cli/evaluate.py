@@ -9,23 +9,12 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from nanoseek.cli.common import (UserError, add_device_args, for_flag, k_values, nonneg_int, positive_int,
-                                 read_problems_arg, resolve_device, resolve_dtype, task_names)
+                                 output_file, read_problems_arg, resolve_device, resolve_dtype, task_names)
 from nanoseek.data import tasks
 from nanoseek.engine import ContextLengthError, resolve_checkpoint
 from nanoseek.eval import completion_records, evaluate_checkpoint, results_markdown
 from nanoseek.eval.metrics import to_json
 from nanoseek.io import atomic_write_text
-
-
-def _out_file(path: str | None, flag: str) -> Path | None:
-    if path is None:
-        return None
-    p = Path(path)
-    if p.is_dir():
-        raise UserError(f"{flag} {p} is a directory; give a file name", param=flag)
-    if p.parent.exists() and not p.parent.is_dir():
-        raise UserError(f"{flag} {p}: {p.parent} is a file, not a directory", param=flag)
-    return p
 
 
 def load_problems(args) -> list:
@@ -63,8 +52,8 @@ def cmd_eval(args) -> None:
     if max(args.k) > args.samples:
         raise UserError(f"--k {max(args.k)} needs at least that many --samples per problem (got --samples "
                         f"{args.samples})", param="--k")
-    out_json, out_md = _out_file(args.out, "--out"), _out_file(args.markdown, "--markdown")
-    out_comp = _out_file(args.completions, "--completions")
+    out_json, out_md = output_file(args.out, "--out"), output_file(args.markdown, "--markdown")
+    out_comp = output_file(args.completions, "--completions")
     if args.data and not Path(args.data).is_dir():
         raise UserError(f"--data {args.data} is not a directory: give the output of `nanoseek data prepare`",
                         param="--data")

@@ -9,14 +9,12 @@ import os
 import sys
 from pathlib import Path
 
-from nanoseek.cli.common import (UserError, add_device_args, for_flag, nonneg_int, positive_int, resolve_device,
+from nanoseek.cli.common import (UserError, add_device_args, for_flag, nonneg_int, output_file, positive_int, resolve_device,
                                  resolve_dtype)
 from nanoseek.config import ModelConfig
 from nanoseek.engine import Engine, RunStats, SamplingParams, resolve_checkpoint
+from nanoseek.engine.prompts import decode_utf8, generate_batches, parse_prompts
 from nanoseek.io import atomic_write_text
-
-FORMAT_VERSION = 1  # of the JSONL records `nanoseek generate` writes
-
 
 def add_sampling_args(p: argparse.ArgumentParser, temperature: float, max_tokens: int) -> None:
     g = p.add_argument_group("sampling")
@@ -48,16 +46,6 @@ def seed_int(s: str) -> int:
     return v
 
 
-def decode_utf8(data: bytes, name: str) -> str:
-    """Text input as UTF-8, or a UserError naming the source, line and byte (never a traceback later on)."""
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = data[:e.start].count(b"\n") + 1
-        raise UserError(f"{name} is not UTF-8 text (byte 0x{data[e.start]:02x} on line {line}); convert it, e.g. "
-                        "with `iconv -f latin1 -t utf-8`") from None
-
-
 def sampling_params(args, **extra):
     return SamplingParams(max_new_tokens=args.max_tokens, temperature=args.temperature, top_k=args.top_k,
                           top_p=args.top_p, min_p=args.min_p, presence_penalty=args.presence_penalty,
@@ -83,71 +71,23 @@ def _read_prompts(args) -> list[dict]:
     source = args.prompts_file
     if source is None and not items and not sys.stdin.isatty():
         source = "-"
-    if source is not None:
-        if source == "-":
-            raw = sys.stdin.buffer.read() if hasattr(sys.stdin, "buffer") else sys.stdin.read().encode()
-            lines = decode_utf8(raw, "stdin").splitlines()
-            name = "stdin"
-        else:
-            path = Path(source)
-            if not path.is_file():
-                raise UserError(f"--prompts-file {path}: no such file")
-            lines = decode_utf8(path.read_bytes(), f"--prompts-file {path}").splitlines()
-            name = str(path)
-        for n, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            if line.lstrip().startswith("{"):
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise UserError(f"{name} line {n}: not valid JSON ({e.msg}); write one object per line like "
-                                    '{"prompt": "..."} or {"messages": [...]}, or plain text lines') from None
-                if not isinstance(obj, dict) or not (isinstance(obj.get("prompt"), str) or
-                                                     isinstance(obj.get("messages"), list)):
-                    raise UserError(f'{name} line {n}: expected {{"prompt": "..."}} or {{"messages": [...]}}')
-                for i, msg in enumerate(obj.get("messages") or []):
-                    if not (isinstance(msg, dict) and isinstance(msg.get("role"), str)
-                            and isinstance(msg.get("content"), str)):
-                        raise UserError(f'{name} line {n}: messages[{i}] must be an object with a "role" and a '
-                                        f'"content" string, like {{"role": "user", "content": "Hi"}}; got {msg!r:.80}')
-                items.append(obj)
-            else:
-                items.append({"prompt": line})
+    if source == "-":
+        raw = sys.stdin.buffer.read() if hasattr(sys.stdin, "buffer") else sys.stdin.read().encode()
+        items += parse_prompts(decode_utf8(raw, "stdin"), "stdin")
+    elif source is not None:
+        path = Path(source)
+        if not path.is_file():
+            raise UserError(f"--prompts-file {path}: no such file")
+        items += parse_prompts(decode_utf8(path.read_bytes(), f"--prompts-file {path}"), str(path))
     if not items:
         raise UserError("no prompts: pass --prompt TEXT, --prompts-file FILE (one per line, or JSONL), or pipe "
                         "prompts into stdin")
     return items
 
 
-def _prompt_ids(engine, item: dict, chat: bool, system: str | None) -> list[int]:
-    if "messages" in item:
-        return engine.encode_chat(item["messages"])
-    if chat:
-        msgs = [{"role": "system", "content": system}] if system else []
-        msgs.append({"role": "user", "content": item["prompt"]})
-        return engine.encode_chat(msgs)
-    return engine.tokenizer.encode(item["prompt"])
-
-
-def _logprob_json(tok, lps):
-    if lps is None:
-        return None
-
-    def name(i):
-        return tok.decode([i]) if tok is not None else None
-
-    return [None if lp is None else {"token_id": lp.token_id, "token": name(lp.token_id), "logprob": lp.logprob,
-                                     "top": [{"token_id": i, "token": name(i), "logprob": v} for i, v in lp.top]}
-            for lp in lps]
-
-
 def cmd_generate(args) -> None:
     """Generate for one or many prompts (batched) and write one JSON line per prompt."""
-    if args.output and Path(args.output).is_dir():
-        raise UserError(f"-o/--output {args.output} is a directory; give the path of the JSONL file to write")
-    if args.output and Path(args.output).parent.exists() and not Path(args.output).parent.is_dir():
-        raise UserError(f"-o/--output {args.output}: {Path(args.output).parent} is a file, not a directory")
+    output_file(args.output, "-o/--output")
     for p in args.prompt or []:
         decode_utf8(os.fsencode(p), "--prompt")  # undecodable command-line bytes arrive as surrogates
     items = _read_prompts(args)
@@ -157,29 +97,16 @@ def cmd_generate(args) -> None:
         raise UserError(f"{args.checkpoint} has no tokenizer.json: text prompts need one (copy the tokenizer "
                         "directory's files into the checkpoint)")
     out_lines: list[str] = []
-    sink = None if args.output else sys.stdout
     total = RunStats()
-    ids = [_prompt_ids(engine, it, args.chat, args.system) for it in items]
-    for start in range(0, len(items), args.batch_size):
-        outs = engine.generate(ids[start:start + args.batch_size], params)
-        total += engine.stats
-        for o in outs:
-            item = items[start + o.index]
-            rec = {"format_version": FORMAT_VERSION, "index": start + o.index, **item, "text": o.text,
-                   "finish_reason": o.finish_reason, "stop_reason": o.stop_reason,
-                   "prompt_tokens": len(o.prompt_ids), "completion_tokens": len(o.token_ids),
-                   "token_ids": o.token_ids}
-            if o.logprobs is not None:
-                rec["logprobs"] = _logprob_json(engine.tokenizer, o.logprobs)
-            if o.prompt_logprobs is not None:
-                rec["prompt_logprobs"] = _logprob_json(engine.tokenizer, o.prompt_logprobs)
-            if args.speculative:
-                rec["acceptance_rate"] = o.acceptance_rate
+    for records, stats in generate_batches(engine, items, params, batch_size=args.batch_size, chat=args.chat,
+                                           system=args.system):
+        total += stats
+        for rec in records:
             line = json.dumps(rec, ensure_ascii=False)
-            if sink is not None:
-                print(line, file=sink, flush=True)
-            else:
+            if args.output:
                 out_lines.append(line)
+            else:
+                print(line, flush=True)
     if args.output:
         atomic_write_text(args.output, "".join(line + "\n" for line in out_lines))
         print(f"wrote {len(out_lines)} completions to {args.output}", file=sys.stderr)

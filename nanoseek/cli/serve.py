@@ -3,26 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import errno
-import ipaddress
 import os
-import socket
 import sys
 
 import torch
 
-from nanoseek.cli.common import (UserError, add_device_args, for_flag, nonneg_int, positive_int, resolve_device,
+from nanoseek.cli.common import (add_device_args, for_flag, nonneg_int, positive_int, resolve_device,
                                  resolve_dtype)
 from nanoseek.engine import Engine, resolve_checkpoint
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def port_number(s: str) -> int:
@@ -36,38 +24,18 @@ def port_number(s: str) -> int:
     return v
 
 
-def check_address(host: str, port: int) -> None:
-    """Bind host:port once and let it go, before the model loads (which can take minutes): a port in use or an
-    address that is not this machine's is said at once, not after the load."""
-    try:
-        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
-    except (socket.gaierror, UnicodeError) as e:
-        raise UserError(f"--host {host}: not an address of this machine ({e}); use 127.0.0.1 or 0.0.0.0",
-                        param="--host") from None
-    with socket.socket(family, kind, proto) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds it
-        try:
-            s.bind(address)
-        except OSError as e:
-            if e.errno == errno.EADDRNOTAVAIL:
-                raise UserError(f"--host {host} is not an address of this machine ({e.strerror}); use 127.0.0.1, "
-                                "0.0.0.0 or one of its own addresses", param="--host") from None
-            fix = ("choose another --port, or stop what is using it" if e.errno == errno.EADDRINUSE else
-                   "ports below 1024 need privileges: choose a higher --port" if e.errno == errno.EACCES else
-                   "check --host and --port")
-            raise UserError(f"cannot listen on {host}:{port} ({e.strerror}): {fix}", param="--port") from None
-
-
 def cmd_serve(args) -> None:
     """Serve a checkpoint over HTTP: /v1/chat/completions, /v1/completions, /v1/models, /health, /metrics
     and the chat page at /."""
-    from nanoseek.serve import ServerConfig, create_app, serve  # fastapi, uvicorn: ~0.3 s, for serve only
+    # fastapi, uvicorn: ~0.3 s, for serve only
+    from nanoseek.serve import ServerConfig, check_address, create_app, is_loopback, serve
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    check_address(args.host, args.port)
+    with for_flag({"host": "--host", "port": "--port"}):
+        check_address(args.host, args.port)
     api_key = args.api_key or os.environ.get("NANOSEEK_API_KEY") or None
-    if not _is_loopback(args.host) and not api_key:
+    if not is_loopback(args.host) and not api_key:
         print(f"nanoseek serve: warning: listening on {args.host} without an API key: anyone who can reach this "
               "port can use the model (set --api-key or NANOSEEK_API_KEY)", file=sys.stderr)
     with for_flag("--checkpoint"):

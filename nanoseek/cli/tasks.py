@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
-from nanoseek.cli.common import UserError, for_flag, k_values, nonneg_int, positive_int, read_problems_arg, task_names
+from nanoseek.cli.common import (UserError, for_flag, k_values, nonneg_int, output_file, positive_int,
+                                 read_problems_arg, task_names)
 from nanoseek.data import tasks
 from nanoseek.eval import metrics
 from nanoseek.eval.completions import score_completions
@@ -46,9 +46,7 @@ def cmd_generate(args) -> None:
     """Generate problems of the built-in tasks and write them as problems JSONL (RL, evaluation), SFT chat
     JSONL with worked reasoning, or pretraining text."""
     flags = {"difficulty": "--difficulty", "n": "--n", "split": "--split", "group": "--group", "style": "--style"}
-    out = Path(args.out)
-    if out.is_dir():
-        raise UserError(f"--out {out} is a directory; give a file name", param="--out")
+    out = output_file(args.out, "--out")
     problems = []
     for name in task_names(args.task):
         with for_flag(flags):

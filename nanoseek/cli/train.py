@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
 from pathlib import Path
-from typing import Any
 
 import torch
 
-from nanoseek.cli.common import UserError, add_probe_args, probe_from_args
-from nanoseek.config import PRESETS, ModelConfig, preset
+from nanoseek.cli.common import UserError, add_probe_args, for_flag, probe_from_args
+from nanoseek.config import PRESETS, ModelConfig, parse_overrides, preset
 from nanoseek.hf import load_model
 from nanoseek.model import DeepSeekV3, count_params
 from nanoseek.tokenizer import Tokenizer
@@ -41,7 +38,9 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
         model_cfg, source = ModelConfig.load(args.init_from), args.init_from
         check_model_tokenizer(args.init_from, tok, data)
     else:
-        model_cfg, source = preset(args.preset, **{**_model_overrides(args.model), "vocab_size": tok.vocab_size,
+        with for_flag("--model"):
+            overrides = parse_overrides(args.model)
+        model_cfg, source = preset(args.preset, **{**overrides, "vocab_size": tok.vocab_size,
                                                    "bos_token_id": tok.bos_id, "eos_token_id": tok.eos_id,
                                                    "pad_token_id": tok.pad_id}), f"preset {args.preset}"
     if model_cfg.vocab_size < tok.vocab_size:
@@ -66,22 +65,6 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
         return model, task
 
     run_stage(cfg, out, resume=args.resume, changes=changes, tokenizer=tok, build=build)
-
-
-def _model_overrides(items: list[str]) -> dict[str, Any]:
-    """--model KEY=VALUE pairs -> ModelConfig overrides; values are JSON (numbers, null, true) or plain strings."""
-    fields = {f.name for f in dataclasses.fields(ModelConfig)} - {"extra", "vocab_size"}
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep or key not in fields:
-            raise UserError(f"--model {item!r}: expected KEY=VALUE with KEY a ModelConfig field (e.g. "
-                            "num_nextn_predict_layers=0); vocab_size always comes from the tokenizer")
-        try:
-            out[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            out[key] = raw
-    return out
 
 
 def register(sub) -> None:

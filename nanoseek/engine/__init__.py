@@ -3,8 +3,8 @@ reuse), sampling, speculative decoding with the MTP module, streaming detokeniza
 
 engine (the `Engine` API), scheduler (which requests run when), runner (the model's steps over the cache),
 cache (the latent KV pool), request (one request's state), sampling, speculative, detokenize, reasoning
-(<think> apart from the answer), conversation (a chat's turns over the engine), loading (a checkpoint's
-directory and tokenizer)."""
+(<think> apart from the answer), conversation (a chat's turns over the engine), prompts (prompt files in,
+completion records out), loading (a checkpoint's directory and tokenizer)."""
 
 from nanoseek.engine.conversation import Conversation
 from nanoseek.engine.engine import Engine, RunStats

@@ -13,6 +13,7 @@ texts), server (uvicorn in a thread or in the foreground), static/ (the page).
 
 from nanoseek.serve.app import ServerConfig, create_app
 from nanoseek.serve.loop import EngineLoop
-from nanoseek.serve.server import ServerThread, serve
+from nanoseek.serve.server import ServerThread, check_address, is_loopback, serve
 
-__all__ = ["ServerConfig", "create_app", "EngineLoop", "ServerThread", "serve"]
+__all__ = ["ServerConfig", "create_app", "EngineLoop", "ServerThread", "check_address", "is_loopback",
+           "serve"]

@@ -4,11 +4,47 @@ a race."""
 
 from __future__ import annotations
 
+import errno
+import ipaddress
 import socket
 import threading
 import time
 
 import uvicorn
+
+from nanoseek.errors import UserError
+
+
+def is_loopback(host: str) -> bool:
+    """Whether only this machine can reach host (serving elsewhere without an API key deserves a warning)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_address(host: str, port: int) -> None:
+    """Bind host:port once and let it go, before the model loads (which can take minutes): a port in use or an
+    address that is not this machine's is said at once, not after the load."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except (socket.gaierror, UnicodeError) as e:
+        raise UserError(f"{host} is not an address of this machine ({e}); use 127.0.0.1 or 0.0.0.0",
+                        param="host") from None
+    with socket.socket(family, kind, proto) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds it
+        try:
+            s.bind(address)
+        except OSError as e:
+            if e.errno == errno.EADDRNOTAVAIL:
+                raise UserError(f"{host} is not an address of this machine ({e.strerror}); use 127.0.0.1, "
+                                "0.0.0.0 or one of its own addresses", param="host") from None
+            fix = ("choose another port, or stop what is using it" if e.errno == errno.EADDRINUSE else
+                   "ports below 1024 need privileges: choose a higher port" if e.errno == errno.EACCES else
+                   "check the host and port")
+            raise UserError(f"cannot listen on {host}:{port} ({e.strerror}): {fix}", param="port") from None
 
 
 def _config(app, log_level: str) -> uvicorn.Config:

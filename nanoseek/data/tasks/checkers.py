@@ -14,6 +14,7 @@ Specs are JSON values: a name ("numeric") or an object with options ({"name": "n
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from fractions import Fraction
@@ -131,11 +132,12 @@ _OPTIONS: dict[str, dict[str, Callable[[Any], bool]]] = {
 
 
 def make_checker(spec: Any) -> Checker:
-    """A `Checker` from a spec (a name or {"name": ..., options}); ValueError says what is wrong with it."""
+    """A `Checker` from a spec (a name, {"name": ..., options}, or that object as JSON text); ValueError says
+    what is wrong with it."""
     if isinstance(spec, Checker):
         return spec
     if isinstance(spec, str):
-        spec = {"name": spec}
+        spec = json.loads(spec) if spec.lstrip().startswith("{") else {"name": spec}
     if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
         raise ValueError(f"a checker is a name ({', '.join(NAMES)}) or an object with \"name\", got {spec!r:.80}")
     name = spec["name"]
