@@ -16,7 +16,11 @@ os.environ.setdefault("TRITON_CACHE_DIR", os.path.join(os.environ["TORCHINDUCTOR
 from nanoseek.config import preset
 
 
+@pytest.hookimpl(tryfirst=True)  # before `-m "not slow"` deselects
 def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if "smoke_run" in item.fixturenames:  # a whole speedrun, ~10 s at the first such test
+            item.add_marker(pytest.mark.slow)
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU and this machine has none; run the suite on a GPU machine")

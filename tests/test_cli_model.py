@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 import nanoseek
@@ -125,6 +126,7 @@ def test_info_says_whether_vllm_mla_kernels_serve_the_shape(tmp_path, capsys):
     assert rc == 0 and "no: latent 256 + 8 = 264" in out
 
 
+@pytest.mark.slow  # a process of its own: ~4 s, most of it importing torch
 def test_output_into_a_closed_pipe_ends_quietly(tmp_path):
     """`nanoseek ... | head`: when the reader goes away the command stops without a traceback."""
     p = subprocess.Popen([sys.executable, "-m", "nanoseek.cli", "tasks", "show", "--task", "all", "--n", "200"],
