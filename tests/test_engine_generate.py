@@ -8,7 +8,8 @@ import nanoseek
 from nanoseek.config import preset
 from nanoseek.engine import ContextLengthError, Engine, EngineError, SamplingError, SamplingParams
 from nanoseek.engine.sampling import Sampler, truncate
-from nanoseek.engine.speculative import verify
+from nanoseek.engine import speculative
+from nanoseek.engine.speculative import SpeculationPolicy, verify
 
 from conftest import randomize_
 
@@ -79,11 +80,10 @@ def test_speculative_with_a_restricted_draft_vocabulary_keeps_the_output(model):
     assert [o.token_ids for o in a] == [o.token_ids for o in b]
 
 
-def test_speculative_with_a_perfect_draft_accepts_every_draft():
-    """Build an MTP module that predicts exactly what the main model will: a one-layer model whose MTP layer
-    is a copy of layer 0 fed only the next token's embedding (unit-RMS embeddings make enorm an identity).
-    MTP position i then computes what the main model computes at position i + 1 (rope is relative), so
-    every draft must be accepted: this drives multi-token acceptance and the MTP catch-up bookkeeping."""
+def perfect_draft_model():
+    """A one-layer model whose MTP module predicts exactly what the main model will: its MTP layer is a copy
+    of layer 0 fed only the next token's embedding (unit-RMS embeddings make enorm an identity). MTP position i
+    then computes what the main model computes at position i + 1 (rope is relative), so every draft stands."""
     m = nanoseek.DeepSeekV3(preset("tiny", max_position_embeddings=64, num_hidden_layers=1,
                                    first_k_dense_replace=0)).eval()
     randomize_(m)
@@ -97,12 +97,72 @@ def test_speculative_with_a_perfect_draft_accepts_every_draft():
         mtp.eh_proj.weight.zero_()
         mtp.eh_proj.weight[:, :d] = torch.eye(d)
         mtp.shared_head.norm.weight.copy_(m.model.norm.weight)
+    return m
+
+
+def test_speculative_with_a_perfect_draft_accepts_every_draft():
+    """Every draft must be accepted: this drives multi-token acceptance and the MTP catch-up bookkeeping."""
+    m = perfect_draft_model()
     plain = Engine(m).generate(PROMPTS, SamplingParams(max_new_tokens=16, temperature=0))
     eng = Engine(m, speculative=3)
     spec = eng.generate(PROMPTS, SamplingParams(max_new_tokens=16, temperature=0))
     assert [o.token_ids for o in spec] == [o.token_ids for o in plain]
     assert eng.stats.acceptance_rate > 0.95
     assert eng.stats.steps < 0.5 * sum(len(o.token_ids) for o in plain)  # several tokens per forward
+
+
+def test_auto_speculation_switching_modes_keeps_the_output_and_the_draft_cache(monkeypatch):
+    """Plain steps and speculative rounds in any order: the greedy output is plain decoding's, and the drafts
+    after a run of plain steps still all stand (the draft cache caught up on the positions it owed)."""
+    m = perfect_draft_model()
+    greedy = SamplingParams(max_new_tokens=36, temperature=0)
+    plain = Engine(m).generate(PROMPTS, greedy)
+    eng = Engine(m, speculative="auto")
+    assert eng.speculative == 1
+    modes = iter([False] * 5 + [True, False, False, True, True, False] * 20)
+    monkeypatch.setattr(eng.scheduler.spec.policy, "choose", lambda n: next(modes))
+    out = eng.generate(PROMPTS, greedy)
+    assert [o.token_ids for o in out] == [o.token_ids for o in plain]
+    assert eng.stats.drafted > 10 and eng.stats.acceptance_rate > 0.95
+    # a request that owes the draft cache too many positions gives up speculating, and its output stays
+    monkeypatch.setattr(speculative, "MAX_PENDING", 3)
+    modes = iter([False] * 6 + [True] * 100)
+    out = eng.generate(PROMPTS, greedy)
+    assert [o.token_ids for o in out] == [o.token_ids for o in plain] and eng.stats.drafted == 0
+
+
+def test_auto_speculation_leaves_sampled_requests_to_plain_decoding(model):
+    """A seeded sampled answer never depends on timing: in auto mode it decodes as plain decoding does, and
+    the greedy requests beside it speculate once it is done."""
+    sampled = SamplingParams(max_new_tokens=4, temperature=0.9, seed=7)
+    greedy = SamplingParams(max_new_tokens=12, temperature=0)
+    plain = Engine(model).generate(PROMPTS, [sampled, greedy, greedy])
+    eng = Engine(model, speculative="auto")
+    eng.scheduler.spec.policy.choose = lambda n: True
+    out = eng.generate(PROMPTS, [sampled, greedy, greedy])
+    assert [o.token_ids for o in out] == [o.token_ids for o in plain]
+    assert out[0].drafted == 0 and out[1].drafted > 0
+    no_mtp = nanoseek.DeepSeekV3(preset("tiny", num_nextn_predict_layers=0))
+    assert Engine(no_mtp, speculative="auto").speculative == 0  # nothing to draft with: plain decoding
+
+
+def test_the_speculation_policy_runs_the_faster_mode_and_keeps_looking():
+    policy = SpeculationPolicy(explore=8, warm=2)
+
+    def run(steps, spec_tokens):  # a round costs 1.5 plain steps and yields spec_tokens tokens
+        chosen = []
+        for _ in range(steps):
+            spec = policy.choose(1)
+            policy.record(1, spec, 1.5 if spec else 1.0, spec_tokens if spec else 1)
+            chosen.append(spec)
+        return chosen
+
+    first = run(40, spec_tokens=2)  # 1.33x: speculate
+    assert first[:4] == [True, True, False, False] and 30 <= sum(first) <= 36
+    assert policy.speedup()[1] == pytest.approx(4 / 3)
+    later = run(40, spec_tokens=1)  # acceptance gone: 0.67x, plain from the first round that shows it
+    assert sum(later[8:]) <= 5
+    assert policy.choose(16) is True  # another batch size class decides on its own measurements
 
 
 def test_seeded_sampling_is_reproducible(model):

@@ -119,9 +119,12 @@ def test_chunked_prefill_of_a_long_prompt_does_not_stall_running_decodes(model):
     assert toks[0] == _alone(model, short, 40).token_ids and toks[1] == _alone(model, long_, 5).token_ids
 
 
-@pytest.mark.parametrize("speculative", [0, 2])
+@pytest.mark.parametrize("speculative", [0, 2, "auto"])
 def test_turn_n_of_a_conversation_prefills_only_its_new_tokens(model, speculative):
     warm = Engine(model, speculative=speculative)
+    if speculative == "auto":  # the policy finds plain steps faster: the draft cache falls behind, and the
+        warm.scheduler.spec.policy.choose = lambda n: False  # next turn still reuses the whole conversation
+        speculative = 0
     g = torch.Generator().manual_seed(3)
     convo = torch.randint(0, 256, (37,), generator=g).tolist()
     p = SamplingParams(max_new_tokens=10, **GREEDY)

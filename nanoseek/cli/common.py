@@ -65,6 +65,16 @@ def k_values(text: str) -> list[int]:
     return ks
 
 
+def speculative_arg(s: str) -> int | str:
+    """argparse type of --speculative: "auto" or a number of draft tokens >= 0."""
+    return "auto" if s == "auto" else nonneg_int(s)
+
+
+SPECULATIVE_HELP = ("draft tokens per step from the model's MTP module, verified in one forward: auto (default) "
+                    "drafts one where the model has an MTP module, in the steps where that measures faster, for "
+                    "greedy requests; K always drafts K; 0 never")
+
+
 def nonneg_int(s: str) -> int:
     """argparse type: an integer >= 0."""
     try:

@@ -9,8 +9,8 @@ import os
 import sys
 from pathlib import Path
 
-from nanoseek.cli.common import (UserError, add_device_args, for_flag, nonneg_int, output_file, positive_int, resolve_device,
-                                 resolve_dtype)
+from nanoseek.cli.common import (SPECULATIVE_HELP, UserError, add_device_args, for_flag, nonneg_int, output_file,
+                                 positive_int, resolve_device, resolve_dtype, speculative_arg)
 from nanoseek.config import ModelConfig
 from nanoseek.engine import Engine, RunStats, SamplingParams, resolve_checkpoint
 from nanoseek.engine.prompts import decode_utf8, generate_batches, parse_prompts
@@ -28,8 +28,7 @@ def add_sampling_args(p: argparse.ArgumentParser, temperature: float, max_tokens
     g.add_argument("--frequency-penalty", type=float, default=0.0)
     g.add_argument("--repetition-penalty", type=float, default=1.0)
     g.add_argument("--seed", type=seed_int, default=None, help="makes sampled output reproducible (0 to 2^64-1)")
-    g.add_argument("--speculative", type=nonneg_int, default=0, metavar="K",
-                   help="draft K tokens per step with the model's MTP module and verify them in one forward")
+    g.add_argument("--speculative", type=speculative_arg, default="auto", metavar="K", help=SPECULATIVE_HELP)
     g.add_argument("--compile", action="store_true",
                    help="torch.compile the decode step: ~1.5x faster decoding after a one-time compile "
                         "(tens of seconds per new batch shape)")
@@ -57,7 +56,7 @@ def load_engine(args):
     device, dtype = resolve_device(args.device), resolve_dtype(args.dtype)
     with for_flag("--checkpoint"):  # no model there
         ckpt = resolve_checkpoint(args.checkpoint)
-    if args.speculative and ModelConfig.load(ckpt).num_nextn_predict_layers == 0:
+    if args.speculative not in (0, "auto") and ModelConfig.load(ckpt).num_nextn_predict_layers == 0:
         raise UserError(f"--speculative needs an MTP module and {ckpt} has none (num_nextn_predict_layers = 0)")
     with for_flag("--checkpoint"):  # e.g. a malformed generation_config.json
         return Engine.load(ckpt, dtype=dtype, device=device, compile=args.compile, speculative=args.speculative,

@@ -8,8 +8,8 @@ import sys
 
 import torch
 
-from nanoseek.cli.common import (add_device_args, for_flag, nonneg_int, positive_int, resolve_device,
-                                 resolve_dtype)
+from nanoseek.cli.common import (SPECULATIVE_HELP, add_device_args, for_flag, positive_int, resolve_device, resolve_dtype,
+                                 speculative_arg)
 from nanoseek.engine import Engine, resolve_checkpoint
 
 
@@ -89,7 +89,7 @@ def register(sub) -> None:
                      help="tokens one step may spend while others decode; longer prompts are prefilled in "
                           "chunks (default 512)")
     eng.add_argument("--no-prefix-caching", action="store_true", help="do not reuse cached prompt prefixes")
-    eng.add_argument("--speculative", type=nonneg_int, default=0, metavar="K", help="MTP draft tokens per step")
+    eng.add_argument("--speculative", type=speculative_arg, default="auto", metavar="K", help=SPECULATIVE_HELP)
     eng.add_argument("--compile", action="store_true", help="compile the decode step with torch.compile")
     eng.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's)")
     add_device_args(p)

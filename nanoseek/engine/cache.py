@@ -161,14 +161,20 @@ class SlotPool:
         return sum(s.state in ("free", "cached") for s in self.slots)
 
     # ---- acquiring a row for a new request ---------------------------------------------------------------
-    def acquire(self, prompt: list[int], reuse: bool = True, need_mtp: bool = False) -> Slot | None:
+    def acquire(self, prompt: list[int], reuse: bool = True, need_mtp: bool = False,
+                mtp_optional: bool = False) -> Slot | None:
         """A row for a request with this prompt, holding as long a prefix of it as the cache has (at most
         len(prompt) - 1 tokens: the last prompt token is always computed, its logits start the answer).
-        With need_mtp the reused prefix is also in the draft cache. None when every row is in use."""
+        With need_mtp the reused prefix is also in the draft cache; with mtp_optional as well the longest prefix
+        is reused whatever the draft cache holds of it (slot.mtp_len says how much: when that is short of the
+        prompt the request cannot speculate). None when every row is in use."""
         holder, n = self._match(prompt) if reuse and self.prefix_caching else (None, 0)
+        m = 0  # of the reused prefix, positions in the draft cache too
         if need_mtp and holder is not None:
             # draft position t pairs the hidden of token t with token t + 1, which must match as well
-            n = max(min(n - 1, holder.mtp_len), 0)
+            m = max(min(n - 1, holder.mtp_len), 0)
+            if not mtp_optional or m == n - 1:  # (the prefix's last token is computed again, for its hidden)
+                n = m
         if holder is not None and n > 0 and holder.state == "cached":
             slot = holder  # take the cached row over
         else:
@@ -176,13 +182,14 @@ class SlotPool:
             if slot is None:
                 return None
             if holder is not None and n > 0:  # the prefix is in a busy row: copy it
-                for pool in self.pools[: 2 if need_mtp else 1]:
-                    pool.copy(holder.row, slot.row, n)
+                self.pools[0].copy(holder.row, slot.row, n)
+                if need_mtp and m > 0:
+                    self.pools[1].copy(holder.row, slot.row, m)
             else:
-                n = 0
+                n = m = 0
         self._unindex(slot)
         slot.state, slot.tokens, slot.length = "prefill", list(prompt[:n]), n
-        slot.mtp_len = n if need_mtp else 0
+        slot.mtp_len = m if need_mtp else 0
         slot.last_used = next(_clock)
         self.reused_tokens += n
         return slot

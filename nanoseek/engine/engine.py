@@ -12,7 +12,8 @@
 there is one generation path (nanoseek.engine.scheduler). Requests of different lengths run together,
 join between steps and leave as soon as they finish; conversations reuse their cached prefix. With
 `speculative=k` each decode step drafts k tokens with the model's MTP module and verifies them in one
-forward (nanoseek.engine.speculative); with `compile=True` decode steps run compiled, for a fixed set of
+forward (nanoseek.engine.speculative); `speculative="auto"` drafts one where the model has an MTP module
+and only while that measures faster than plain decoding; with `compile=True` decode steps run compiled, for a fixed set of
 batch sizes compiled at start-up (nanoseek.engine.runner).
 """
 
@@ -81,7 +82,7 @@ class GenerationFailed(RuntimeError):
 
 
 class Engine:
-    def __init__(self, model, tokenizer=None, *, compile: bool = False, speculative: int = 0,
+    def __init__(self, model, tokenizer=None, *, compile: bool = False, speculative: int | str = 0,
                  draft_vocab: int | None = None, eos_token_ids: Sequence[int] | None = None, max_batch: int = 32,
                  max_len: int | None = None, cache_memory: int | None = None, max_waiting: int = 1024,
                  step_tokens: int = 512, prefill_tokens: int = 8192, prefix_caching: bool = True,
@@ -89,7 +90,9 @@ class Engine:
         """model: a DeepSeekV3 (any device and dtype; its live weights are used, no copy).
         compile: decode steps through torch.compile, for the batch sizes in `buckets` (up to max_batch),
         all compiled here, at start (`startup_seconds` says how long that took).
-        speculative: k > 0 drafts k tokens per step with the model's MTP module.
+        speculative: k > 0 drafts k tokens per step with the model's MTP module; "auto": one, where the model
+        has an MTP module, in the decode steps where speculating measures faster than not (greedy requests only;
+        `speculation_speedup` says what it measured).
         draft_vocab: drafts choose among token ids below this (default max(1024, vocab / 8)): the draft's
         output head is a large share of its cost, and the low BPE ids carry most of what drafts get right;
         the output stays exact whatever the draft.
@@ -103,8 +106,12 @@ class Engine:
         prefix_caching: reuse cached prompt prefixes across requests and conversation turns."""
         cfg = model.config
         self.model, self.config, self.tokenizer = model, cfg, tokenizer
-        if speculative < 0:
-            raise EngineError(f"speculative must be >= 0 draft tokens, got {speculative}", param="speculative")
+        auto = speculative == "auto"
+        if auto:
+            speculative = 1 if len(model.mtp) else 0
+        elif isinstance(speculative, bool) or not isinstance(speculative, int) or speculative < 0:
+            raise EngineError(f"speculative must be a number of draft tokens >= 0, or 'auto'; got {speculative!r}",
+                              param="speculative")
         if speculative and not len(model.mtp):
             raise EngineError("speculative decoding needs an MTP module, and this model has none "
                               "(num_nextn_predict_layers = 0); run without --speculative", param="speculative")
@@ -130,7 +137,7 @@ class Engine:
                                   draft_layers=1 if speculative else 0, buckets=tuple(buckets))
         self.slots = SlotPool([self.runner.pool] + ([self.runner.draft_pool] if speculative else []),
                               prefix_caching=prefix_caching)
-        spec = MTPSpeculator(self.runner, speculative, self.draft_vocab) if speculative else None
+        spec = MTPSpeculator(self.runner, speculative, self.draft_vocab, auto=auto) if speculative else None
         self.scheduler = Scheduler(self.runner, self.slots, max_batch=min(max_batch, rows), max_waiting=max_waiting,
                                    step_tokens=step_tokens, idle_prefill_tokens=prefill_tokens, speculator=spec)
         self.compiled = compile
@@ -165,6 +172,13 @@ class Engine:
                 f"the prompt has {chars:,} characters: at least {-(-chars // per):,} tokens (no token of this "
                 f"tokenizer covers more than {per} characters), more than the context of {self.max_len:,} tokens; "
                 "shorten the prompt", param=param)
+
+    @property
+    def speculation_speedup(self) -> dict[int, float]:
+        """With speculative="auto": speculative over plain decode speed as measured so far, per batch-size class
+        (keyed by its smallest batch size: 1, 2, 4, 8, ...); empty before both modes ran."""
+        spec = self.scheduler.spec
+        return spec.policy.speedup() if spec is not None and spec.policy is not None else {}
 
     @property
     def fast(self):

@@ -21,9 +21,11 @@ from nanoseek.model.inference import InferenceModel
 BUCKETS = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64)
 
 
-def decode_logits(fast: InferenceModel, ids, kv, pos, span: int, rope) -> torch.Tensor:
-    """One decode step for batch rows 0..n-1 of the cache: logits [n, V] of the token after ids [n, 1]."""
-    return fast.logits(fast.forward_cached(ids, kv, pos, span=span, rope=rope)[:, 0])
+def decode_step(fast: InferenceModel, ids, kv, pos, span: int, rope) -> tuple[torch.Tensor, torch.Tensor]:
+    """One decode step for batch rows 0..n-1 of the cache: the final hidden [n, d] at ids [n, 1] (what an MTP
+    draft module reads) and the logits [n, V] of the token after them."""
+    h = fast.forward_cached(ids, kv, pos, span=span, rope=rope)[:, 0]
+    return h, fast.logits(h)
 
 
 class ModelRunner:
@@ -42,7 +44,7 @@ class ModelRunner:
         self.rope = model.rotary(torch.arange(max_len + 1, device=self.device), self.dtype)
         self.compiled = compile
         self.buckets = tuple(b for b in buckets if b <= rows) if compile else ()
-        self._decode = torch.compile(decode_logits, dynamic=True) if compile else decode_logits
+        self._decode = torch.compile(decode_step, dynamic=True) if compile else decode_step
         self.startup_seconds = 0.0
         # what the steps did, since start (the engine's statistics are differences of these)
         self.prefill_tokens = self.decode_tokens = 0
@@ -113,16 +115,17 @@ class ModelRunner:
             # draft position t sees (h_t, token t + 1): every chunk position except a prompt's last
             n_prompt = torch.tensor([len(r.prompt) for r, _, _ in chunks], device=dev)
             draft.prefill(h, ids[:, 1:], pos, valid & (pos < (n_prompt - 1)[:, None]), span, rows)
-            for r, _, end in chunks:
-                r.slot.mtp_len = min(end, len(r.prompt) - 1)
+            for r, start, end in chunks:
+                if r.slot.mtp_len >= start:  # else the draft cache lacks part of a reused prefix: it stays short
+                    r.slot.mtp_len = min(end, len(r.prompt) - 1)
         self.prefill_tokens += int(sum(end - start for _, start, end in chunks))
         self.prefill_seconds += time.perf_counter() - t0
         return last
 
     @torch.inference_mode()
-    def decode(self, reqs: list) -> torch.Tensor:
-        """One token for each decoding request (rows 0..n-1 of the cache): their pending tokens go in, the
-        logits of what follows come out ([n, V], fp32)."""
+    def decode(self, reqs: list) -> tuple[torch.Tensor, torch.Tensor]:
+        """One token for each decoding request (rows 0..n-1 of the cache): their pending tokens go in, their
+        final hiddens ([n, d]) and the logits of what follows ([n, V], fp32) come out."""
         t0 = time.perf_counter()
         n, dev = len(reqs), self.device
         b = self.bucket(n)
@@ -131,13 +134,14 @@ class ModelRunner:
         ids[:n, 0] = torch.tensor([r.pending for r in reqs], device=dev)
         pos[:n, 0] = torch.tensor([r.slot.length for r in reqs], device=dev)
         span = max(r.slot.length for r in reqs) + 1
-        logits = self._decode(self.fast, ids, self.pool.layers, pos, span, self.rope)[:n].float()
+        h, logits = self._decode(self.fast, ids, self.pool.layers, pos, span, self.rope)
+        h, logits = h[:n], logits[:n].float()
         for r in reqs:
             r.slot.tokens.append(r.pending)
             r.slot.length += 1
         self.decode_tokens += n
         self.decode_seconds += time.perf_counter() - t0
-        return logits
+        return h, logits
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:
         return self.fast.logits(h).float()

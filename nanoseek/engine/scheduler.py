@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -30,7 +31,7 @@ import torch
 from nanoseek.engine.cache import SlotPool
 from nanoseek.engine.request import Delta, Request
 from nanoseek.engine.runner import ModelRunner
-from nanoseek.engine.speculative import MTPSpeculator, draft_budget
+from nanoseek.engine.speculative import MTPSpeculator
 from nanoseek.errors import EngineError, QueueFullError
 
 log = logging.getLogger("nanoseek.engine")
@@ -132,15 +133,23 @@ class Scheduler:
         running = [s.owner for s in self.slots.decoding()]
         if not running:
             return []
+        spec = self.spec
+        t0 = time.perf_counter()
         try:
-            if self.spec is not None and max(draft_budget(r, self.spec.k) for r in running) > 0:
-                new, logits = self.spec.round(running)  # a row whose sampling raised holds the exception
+            speculated = spec is not None and spec.wants_round(running)
+            if speculated:
+                new, logits = spec.round(running)  # a row whose sampling raised holds the exception
             else:
-                lg = self.runner.decode(running)
+                h, lg = self.runner.decode(running)
                 new = [t if isinstance(t, Exception) else [t] for t in _choose(running, lg)]
                 logits = [lg[i:i + 1] for i in range(len(running))]
+                if spec is not None:
+                    spec.after_plain(running, h, new)
         except Exception as e:  # the batch's forward: it fails the requests in it, not the others
             return self._fail_all(running, e, rec)
+        if spec is not None and spec.policy is not None:
+            spec.policy.record(len(running), speculated, time.perf_counter() - t0,
+                               sum(len(t) for t in new if not isinstance(t, Exception)))
         out, failed = [], []
         for r, toks, lg in zip(running, new, logits):
             try:
@@ -164,7 +173,8 @@ class Scheduler:
         while self.waiting and self.num_running < self.max_batch:
             r = self.waiting[0]
             # prompt logprobs need every prompt position's logits: no reuse for those requests
-            slot = self.slots.acquire(r.prompt, reuse=r.params.prompt_logprobs is None, need_mtp=self.spec is not None)
+            slot = self.slots.acquire(r.prompt, reuse=r.params.prompt_logprobs is None, need_mtp=self.spec is not None,
+                                      mtp_optional=self.spec is not None and self.spec.policy is not None)
             if slot is None:
                 break
             self.waiting.popleft()

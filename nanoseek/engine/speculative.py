@@ -7,6 +7,12 @@ rejected one is replaced by a draw from norm(max(p_j - q_j, 0)); if all stand, o
 p_k. The output then has exactly the target distribution p; for greedy requests p and q are one-hot and the
 rule keeps a draft iff it is the target's argmax, so the output is the plain greedy output token for token.
 
+With `auto=True` the speculator speculates only where it pays (`SpeculationPolicy`): each decode step it
+measures the seconds per generated token of the mode it ran, per batch size, and runs the faster mode, trying
+the other one now and then. A plain step keeps the draft cache's inputs (the main model's hiddens and the
+tokens after them) so that a later round catches up in one MTP forward. Auto mode speculates for greedy
+requests only (sampled ones decode plainly), so a seeded sampled answer never depends on the timing.
+
 Drafts beyond the first reuse MTP module 1 on its own normed output (what serving engines do, docs/architecture.md §5.4):
 an approximation that only affects how many drafts are accepted, never what is output.
 """
@@ -71,6 +77,50 @@ def mtp_step(fast, h_prev, ids, kv, pos, span: int, rope) -> torch.Tensor:
     return fast.forward_mtp_cached(1, h_prev, ids, kv, pos, span=span, rope=rope)
 
 
+class SpeculationPolicy:
+    """Speculative round or plain step, by measurement. Per batch-size class (1, 2-3, 4-7, ...): an average
+    over recent steps of the seconds per generated token of each mode; the faster one runs, and every
+    `explore`-th step the other one, so that a change (acceptance falling, a longer context) is seen.
+
+    The speculative mode runs first, until it has `warm` measurements, then the plain one: a request of a
+    few dozen tokens has the decision made after a handful of steps."""
+
+    def __init__(self, explore: int = 32, warm: int = 3, smoothing: float = 0.25):
+        self.explore, self.warm, self.smoothing = explore, warm, smoothing
+        self.classes: dict[int, dict] = {}
+
+    def _class(self, n: int) -> dict:
+        return self.classes.setdefault(n.bit_length(), {"spec": None, "plain": None, "n_spec": 0, "n_plain": 0,
+                                                       "steps": 0})
+
+    def choose(self, n: int) -> bool:
+        """Whether the next step of a batch of n rows speculates."""
+        c = self._class(n)
+        c["steps"] += 1
+        if c["n_spec"] < self.warm:
+            return True
+        if c["n_plain"] < self.warm:
+            return False
+        best = c["spec"] <= c["plain"]
+        return (not best) if c["steps"] % self.explore == 0 else best
+
+    def record(self, n: int, speculated: bool, seconds: float, tokens: int) -> None:
+        if tokens <= 0:
+            return
+        c, mode = self._class(n), "spec" if speculated else "plain"
+        per_token = seconds / tokens
+        c[mode] = per_token if c[mode] is None else c[mode] + self.smoothing * (per_token - c[mode])
+        c["n_" + mode] += 1
+
+    def speedup(self) -> dict[int, float]:
+        """Measured speculative speed over plain, per batch-size class (its smallest batch size)."""
+        return {1 << (k - 1): c["plain"] / c["spec"] for k, c in sorted(self.classes.items())
+                if c["spec"] and c["plain"]}
+
+
+MAX_PENDING = 64  # draft-cache positions a request may owe before it gives up speculating (its hiddens' memory)
+
+
 class MTPSpeculator:
     """Speculative decoding as the runner's decode strategy: k drafts per round from MTP module 1 over its
     own latent cache (the runner's draft pool, same rows as the main cache), verified in one forward.
@@ -79,10 +129,29 @@ class MTPSpeculator:
     request's prompt is in (its first draft position pairs the last prompt hidden with the first token),
     and `round` instead of a plain decode step."""
 
-    def __init__(self, runner, k: int, draft_vocab: int):
+    def __init__(self, runner, k: int, draft_vocab: int, auto: bool = False):
         self.runner, self.k, self.draft_vocab = runner, k, draft_vocab
+        self.policy = SpeculationPolicy() if auto else None
         wrap = (lambda f: torch.compile(f, dynamic=True)) if runner.compiled else (lambda f: f)
         self._verify, self._mtp = wrap(verify_step), wrap(mtp_step)
+
+    def wants_round(self, rows: list) -> bool:
+        """Whether this decode step is a speculative round (else a plain step, then `after_plain`)."""
+        if max(draft_budget(s, self.k) for s in rows) == 0 or any(s.h_pend is None for s in rows):
+            return False
+        return self.policy is None or self.policy.choose(len(rows))
+
+    def after_plain(self, rows: list, h: torch.Tensor, new: list) -> None:
+        """A plain step fed each row's pending token (hiddens h [n, d]) and chose the next: the draft cache owes
+        that position, paired with the new token, until a round catches up."""
+        for i, (s, toks) in enumerate(zip(rows, new)):
+            if s.h_pend is None or isinstance(toks, Exception):
+                continue
+            if s.h_pend.shape[0] >= MAX_PENDING:
+                s.h_pend, s.next_pend = None, []  # this request decodes plainly from now on
+                continue
+            s.h_pend = torch.cat((s.h_pend, h[i:i + 1]))
+            s.next_pend.append(toks[0])
 
     @torch.inference_mode()
     def warmup(self) -> None:
@@ -109,6 +178,10 @@ class MTPSpeculator:
                                   rope=r.rope, rows=rows)
 
     def start(self, req, h_last: torch.Tensor, first_token: int) -> None:
+        if self.policy is not None and not (req.params.greedy and not req.params.penalized):
+            return  # auto mode: sampled requests decode plainly (their seeded output never depends on timing)
+        if req.slot.mtp_len != len(req.prompt) - 1:
+            return  # the draft cache lacks part of a reused prefix (auto mode): this request decodes plainly
         req.h_pend, req.next_pend = h_last.unsqueeze(0), [first_token]
 
     @torch.inference_mode()

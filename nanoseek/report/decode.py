@@ -4,9 +4,10 @@
         -> {"speculative": {"tokens_per_s", "acceptance_rate", ...}, "plain": {...}, "same": 1, ...}
 
 Greedy, one request at a time (what a chat user sees), through the one generation path (nanoseek.engine).
-With an MTP module it runs twice on the same weights: with one draft token per step (the DeepSeek-V3 report
-gives 85-90% acceptance of the second token; docs/architecture.md, MTP) and without, and counts the prompts
-whose greedy tokens agree (speculation must not change greedy output).
+With an MTP module it runs twice on the same weights: as `nanoseek serve` decodes by default (speculative
+"auto": one draft token per step where that measures faster; the DeepSeek-V3 report gives 85-90% acceptance
+of the second token, docs/architecture.md, MTP) and without speculation, and counts the prompts whose greedy
+tokens agree (speculation must not change greedy output).
 """
 
 from __future__ import annotations
@@ -29,9 +30,10 @@ DECODE_BUDGET_S = 16.0  # wall-clock budget of both runs together (prompts stop 
 def measure_decode(checkpoint: str | Path, prompts: list[str], *, chat: bool = True, max_new_tokens: int | None = None,
                    budget_s: float | None = None) -> dict[str, Any]:
     """Greedy decode speed of a checkpoint on these prompts, one request at a time (what a chat user sees):
-    with MTP speculation (1 draft token) when the model has an MTP module, and without. Returns {"device",
-    "dtype", "speculative": {...} (with an MTP module), "plain": {...}, "same": prompts whose tokens agree}; each
-    run {"prompts", "tokens", "tokens_per_s", "acceptance_rate"}. The first run stops adding prompts past half
+    with MTP speculation "auto" when the model has an MTP module, and without. Returns {"device", "dtype",
+    "speculative": {...} (with an MTP module), "plain": {...}, "same": prompts whose tokens agree}; each run
+    {"prompts", "tokens", "tokens_per_s", "acceptance_rate"}, the speculative one also "speedup_measured" (what
+    the engine measured of always speculating against never, at batch 1; None if it did not try both). The first run stops adding prompts past half
     of `budget_s`; the second decodes the same prompts.
     max_new_tokens and budget_s default to DECODE_TOKENS and DECODE_BUDGET_S."""
     max_new_tokens = DECODE_TOKENS if max_new_tokens is None else max_new_tokens
@@ -43,7 +45,7 @@ def measure_decode(checkpoint: str | Path, prompts: list[str], *, chat: bool = T
     if tok is None:
         raise DataError(f"{checkpoint} has no tokenizer.json; decoding text prompts needs it")
     eos = generation_eos_ids(checkpoint)
-    spec = 1 if len(model.mtp) else 0
+    spec = "auto" if len(model.mtp) else 0
     out: dict[str, Any] = {"device": device.type, "dtype": str(dtype).removeprefix("torch."), "max_new_tokens":
                            max_new_tokens}
     tokens: dict[int, list[list[int]]] = {}
@@ -70,7 +72,9 @@ def measure_decode(checkpoint: str | Path, prompts: list[str], *, chat: bool = T
                 break
         out["speculative" if k else "plain"] = {
             "prompts": len(tokens[k]), "tokens": gen, "tokens_per_s": gen / dec if dec else 0.0,
-            "acceptance_rate": accepted / drafted if drafted else None, "draft_tokens": k}
+            "acceptance_rate": accepted / drafted if drafted else None, "draft_tokens": eng.speculative}
+        if k:
+            out["speculative"]["speedup_measured"] = eng.speculation_speedup.get(1)
     if spec:
         out["same"] = sum(a == b for a, b in zip(tokens[spec], tokens[0]))
         out["compared"] = min(len(tokens[spec]), len(tokens[0]))
