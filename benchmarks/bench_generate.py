@@ -261,17 +261,23 @@ def bench_speculative(args) -> None:
     for k in args.spec_k:
         times = {0: [], k: []}
         acc = []
+        same = True
         for rnd in range(args.rounds):
             for kk in ((0, k) if rnd % 2 == 0 else (k, 0)):
                 for prompt in prompts:
-                    engines[kk].generate(prompt, p)
+                    out = engines[kk].generate(prompt, p)
                     st = engines[kk].stats
                     times[kk].append(st.generated_tokens / st.decode_seconds)
                     if kk:
                         acc.append(st.acceptance_rate)
+                        same &= out.token_ids == engines[0].generate(prompt, p).token_ids
         plain, spec = statistics.median(times[0]), statistics.median(times[k])
+        drafted = [a for a in acc if a is not None]
+        extra = (f", the engine measured always-speculating at {engines[k].speculation_speedup.get(1, 0):.2f}x"
+                 if k == "auto" else "")
         print(f"speculative k={k} ({mode}): plain {plain:.0f} tok/s, speculative {spec:.0f} tok/s "
-              f"({spec / plain:.2f}x), acceptance {statistics.mean(acc):.1%}", flush=True)
+              f"({spec / plain:.2f}x), acceptance {statistics.mean(drafted) if drafted else 0:.1%}{extra}; greedy "
+              f"output {'identical' if same else 'DIFFERENT'}", flush=True)
 
 
 def main() -> None:
@@ -286,7 +292,8 @@ def main() -> None:
     ap.add_argument("--only-memory", action="store_true", help="cache bytes and peak memory only")
     ap.add_argument("--mtp-checkpoint", help="trained model with an MTP module and tokenizer (speculative run)")
     ap.add_argument("--only-speculative", action="store_true")
-    ap.add_argument("--spec-k", type=int, nargs="+", default=[1, 2, 3])
+    ap.add_argument("--spec-k", type=lambda v: v if v == "auto" else int(v), nargs="+", default=["auto", 1, 2],
+                    help="draft tokens per step, or auto (what generate, chat and serve do by default)")
     ap.add_argument("--spec-new-tokens", type=int, default=128)
     ap.add_argument("--spec-dtype", default="fp32", choices=["fp32", "bf16"])
     ap.add_argument("--spec-prompts", help="text file, one prompt per line")

@@ -1,6 +1,7 @@
-"""The torch.compile'd decode path: every batch-size bucket gives the tokens and logprobs of eager decoding,
+"""The torch.compile'd decode path: every batch size gives the tokens and logprobs of eager decoding,
 everything compiles at start-up and nothing after (dynamo's counters), weights changed in place between
-calls (an RL trainer's update) are used, and speculative decoding's compiled steps agree as well."""
+calls (an RL trainer's update) are used, speculative decoding's compiled steps agree as well, and what was
+compiled is found again in the on-disk cache."""
 
 import pytest
 import torch
@@ -31,14 +32,14 @@ def model():
 
 
 @pytest.mark.slow
-def test_compiled_buckets_equal_eager_and_nothing_compiles_after_startup(model):
+def test_compiled_steps_equal_eager_and_nothing_compiles_after_startup(model):
     eager = Engine(model)
-    compiled = Engine(model, compile=True, buckets=(1, 2, 4))
-    assert compiled.startup_seconds > 0 and compiled.runner.buckets == (1, 2, 4)
+    compiled = Engine(model, compile=True)
+    assert compiled.startup_seconds > 0 and compiled.runner.warm_sizes == (1, 2)
     after_startup = _compiles()
     p = SamplingParams(max_new_tokens=10, temperature=0, logprobs=0)
     prompts = [[1, 2, 3, 4, 5], [9, 8, 7], [5] * 11, [3, 1]]
-    for n in (1, 2, 3, 4):  # every bucket; 3 rows run padded to 4
+    for n in (1, 2, 3, 4):  # 1 has a graph of its own; 2, 3 and 4 rows share one
         want, got = eager.generate(prompts[:n], p), compiled.generate(prompts[:n], p)
         assert [o.token_ids for o in got] == [o.token_ids for o in want]
         torch.testing.assert_close(_logprobs(got), _logprobs(want), atol=1e-4, rtol=0)
@@ -57,9 +58,42 @@ def test_compiled_speculative_steps_equal_eager(model):
     p = SamplingParams(max_new_tokens=10, temperature=0, logprobs=0)
     prompts = [[1, 2, 3, 4, 5]]
     want = Engine(model).generate(prompts, p)
-    spec = Engine(model, compile=True, speculative=2, buckets=(1,))
+    spec = Engine(model, compile=True, speculative=2, max_batch=1)
     after_startup = _compiles()
     got = spec.generate(prompts, p)
     assert [o.token_ids for o in got] == [o.token_ids for o in want] and got[0].drafted > 0
     torch.testing.assert_close(_logprobs(got), _logprobs(want), atol=1e-4, rtol=0)
     assert _compiles() == after_startup
+
+
+def test_the_compile_cache_marker_says_what_a_warm_up_compiled(model, tmp_path, monkeypatch):
+    """Engine.compile_is_warm answers from a marker the warm-up writes into the compile folder; a missing,
+    corrupt or narrower marker reads as cold (merely a slow start, never a wrong one)."""
+    from nanoseek.engine import compile_cache
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    assert compile_cache.compile_dir() == tmp_path / "inductor"  # the user's choice wins
+    cfg = model.config
+    key = compile_cache.warm_key(cfg, torch.float32, "cpu", 1)
+    assert not Engine.compile_is_warm(cfg, torch.float32, "cpu", speculative="auto")
+    compile_cache.mark_warm(key, (1,), 3.0)
+    assert Engine.compile_is_warm(cfg, torch.float32, "cpu", speculative="auto", max_batch=1)
+    assert not Engine.compile_is_warm(cfg, torch.float32, "cpu", speculative="auto")  # batch 2+ not compiled
+    assert not Engine.compile_is_warm(cfg, torch.bfloat16, "cpu", speculative="auto", max_batch=1)
+    assert not Engine.compile_is_warm(cfg, torch.float32, "cpu", speculative=0, max_batch=1)
+    compile_cache.mark_warm(key, (1, 2), 3.0)
+    assert Engine.compile_is_warm(cfg, torch.float32, "cpu", speculative="auto")
+    (tmp_path / "inductor" / "nanoseek-warm" / f"{key}.json").write_text("{not json")
+    assert not Engine.compile_is_warm(cfg, torch.float32, "cpu", speculative="auto", max_batch=1)
+
+
+def test_the_compile_folder_follows_the_usual_conventions(monkeypatch, tmp_path):
+    from nanoseek.engine import compile_cache
+
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    monkeypatch.delenv("NANOSEEK_CACHE_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert compile_cache.compile_dir() == tmp_path / "xdg" / "nanoseek" / "compile"
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR")  # compile_dir points torch at it
+    monkeypatch.setenv("NANOSEEK_CACHE_DIR", str(tmp_path / "mine"))
+    assert compile_cache.compile_dir() == tmp_path / "mine" / "compile"

@@ -9,8 +9,8 @@ import os
 import sys
 from pathlib import Path
 
-from nanoseek.cli.common import (SPECULATIVE_HELP, UserError, add_device_args, for_flag, nonneg_int, output_file,
-                                 positive_int, resolve_device, resolve_dtype, speculative_arg)
+from nanoseek.cli.common import (SPECULATIVE_HELP, UserError, add_compile_args, add_device_args, for_flag, nonneg_int,
+                                 output_file, positive_int, resolve_device, resolve_dtype, speculative_arg)
 from nanoseek.config import ModelConfig
 from nanoseek.engine import Engine, RunStats, SamplingParams, resolve_checkpoint
 from nanoseek.engine.prompts import decode_utf8, generate_batches, parse_prompts
@@ -29,9 +29,7 @@ def add_sampling_args(p: argparse.ArgumentParser, temperature: float, max_tokens
     g.add_argument("--repetition-penalty", type=float, default=1.0)
     g.add_argument("--seed", type=seed_int, default=None, help="makes sampled output reproducible (0 to 2^64-1)")
     g.add_argument("--speculative", type=speculative_arg, default="auto", metavar="K", help=SPECULATIVE_HELP)
-    g.add_argument("--compile", action="store_true",
-                   help="torch.compile the decode step: ~1.5x faster decoding after a one-time compile "
-                        "(tens of seconds per new batch shape)")
+    add_compile_args(g, default=None)
 
 
 def seed_int(s: str) -> int:
@@ -56,11 +54,21 @@ def load_engine(args):
     device, dtype = resolve_device(args.device), resolve_dtype(args.dtype)
     with for_flag("--checkpoint"):  # no model there
         ckpt = resolve_checkpoint(args.checkpoint)
-    if args.speculative not in (0, "auto") and ModelConfig.load(ckpt).num_nextn_predict_layers == 0:
+    with for_flag("--checkpoint"):
+        config = ModelConfig.load(ckpt)
+    if args.speculative not in (0, "auto") and config.num_nextn_predict_layers == 0:
         raise UserError(f"--speculative needs an MTP module and {ckpt} has none (num_nextn_predict_layers = 0)")
+    max_batch = getattr(args, "batch_size", 32)
+    compile = args.compile
+    if compile is None:
+        compile = Engine.compile_is_warm(config, dtype, device, speculative=args.speculative, max_batch=max_batch)
+        if not compile:
+            print("note: decoding eagerly; compiled decoding is ~1.5x faster. Pass --compile once (or start "
+                  "`nanoseek serve`, which compiles by default) to build it: about a minute, kept on disk, after "
+                  "which this command compiles from the cache by itself", file=sys.stderr)
     with for_flag("--checkpoint"):  # e.g. a malformed generation_config.json
-        return Engine.load(ckpt, dtype=dtype, device=device, compile=args.compile, speculative=args.speculative,
-                           max_batch=getattr(args, "batch_size", 32))
+        return Engine.load(ckpt, dtype=dtype, device=device, compile=compile, speculative=args.speculative,
+                           max_batch=max_batch)
 
 
 # ---- generate --------------------------------------------------------------------------------------------

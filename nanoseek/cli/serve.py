@@ -8,8 +8,9 @@ import sys
 
 import torch
 
-from nanoseek.cli.common import (SPECULATIVE_HELP, add_device_args, for_flag, positive_int, resolve_device, resolve_dtype,
-                                 speculative_arg)
+from nanoseek.cli.common import (SPECULATIVE_HELP, add_compile_args, add_device_args, for_flag, positive_int,
+                                 resolve_device, resolve_dtype, speculative_arg)
+from nanoseek.config import ModelConfig
 from nanoseek.engine import Engine, resolve_checkpoint
 
 
@@ -38,9 +39,16 @@ def cmd_serve(args) -> None:
     if not is_loopback(args.host) and not api_key:
         print(f"nanoseek serve: warning: listening on {args.host} without an API key: anyone who can reach this "
               "port can use the model (set --api-key or NANOSEEK_API_KEY)", file=sys.stderr)
+    dtype, device = resolve_dtype(args.dtype), resolve_device(args.device)
     with for_flag("--checkpoint"):
         ckpt = resolve_checkpoint(args.checkpoint)
-        engine = Engine.load(ckpt, dtype=resolve_dtype(args.dtype), device=resolve_device(args.device),
+        if args.compile:
+            warm = Engine.compile_is_warm(ModelConfig.load(ckpt), dtype, device, speculative=args.speculative,
+                                          max_batch=args.max_batch)
+            print("nanoseek serve: compiling the decode steps " + (
+                "from the compile cache" if warm else "(the first start of this model: a minute or two, kept on disk "
+                "for the next start; --eager skips it)"), file=sys.stderr, flush=True)
+        engine = Engine.load(ckpt, dtype=dtype, device=device,
                              compile=args.compile, speculative=args.speculative, max_batch=args.max_batch,
                              max_len=args.max_len, cache_memory=args.cache_memory * 2**20 if args.cache_memory else None,
                              max_waiting=args.max_waiting, step_tokens=args.step_tokens,
@@ -51,7 +59,8 @@ def cmd_serve(args) -> None:
     app = create_app(engine, config)
     host = f"[{args.host}]" if ":" in args.host else args.host
     print(f"nanoseek serve: model {name!r} from {ckpt} ({engine.device}, {str(engine.dtype).removeprefix('torch.')}, "
-          f"context {engine.max_len}); chat page and API at http://{host}:{args.port}/ (API under /v1)",
+          f"context {engine.max_len}" + (f", compiled in {engine.startup_seconds:.0f} s" if engine.compiled else ", eager")
+          + f"); chat page and API at http://{host}:{args.port}/ (API under /v1)",
           file=sys.stderr)
     serve(app, host=args.host, port=args.port, log_level=args.log_level)
 
@@ -90,7 +99,7 @@ def register(sub) -> None:
                           "chunks (default 512)")
     eng.add_argument("--no-prefix-caching", action="store_true", help="do not reuse cached prompt prefixes")
     eng.add_argument("--speculative", type=speculative_arg, default="auto", metavar="K", help=SPECULATIVE_HELP)
-    eng.add_argument("--compile", action="store_true", help="compile the decode step with torch.compile")
+    add_compile_args(eng, default=True)
     eng.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's)")
     add_device_args(p)
     p.set_defaults(func=cmd_serve)

@@ -28,11 +28,12 @@ from typing import Iterator, Sequence
 
 import torch
 
+from nanoseek.engine import compile_cache
 from nanoseek.engine.cache import LatentPool, SlotPool
 from nanoseek.engine.detokenize import TextStream
 from nanoseek.engine.loading import generation_eos_ids, load_tokenizer, resolve_checkpoint
 from nanoseek.engine.request import Completion, Delta, Request
-from nanoseek.engine.runner import BUCKETS, ModelRunner
+from nanoseek.engine.runner import ModelRunner
 from nanoseek.engine.sampling import Sampler, SamplingParams
 from nanoseek.engine.scheduler import Scheduler
 from nanoseek.engine.speculative import MTPSpeculator
@@ -85,11 +86,11 @@ class Engine:
     def __init__(self, model, tokenizer=None, *, compile: bool = False, speculative: int | str = 0,
                  draft_vocab: int | None = None, eos_token_ids: Sequence[int] | None = None, max_batch: int = 32,
                  max_len: int | None = None, cache_memory: int | None = None, max_waiting: int = 1024,
-                 step_tokens: int = 512, prefill_tokens: int = 8192, prefix_caching: bool = True,
-                 buckets: Sequence[int] = BUCKETS):
+                 step_tokens: int = 512, prefill_tokens: int = 8192, prefix_caching: bool = True):
         """model: a DeepSeekV3 (any device and dtype; its live weights are used, no copy).
-        compile: decode steps through torch.compile, for the batch sizes in `buckets` (up to max_batch),
-        all compiled here, at start (`startup_seconds` says how long that took).
+        compile: decode steps through torch.compile, compiled here, at start (`startup_seconds` says how long
+        that took), into torch's on-disk cache (nanoseek.engine.compile_cache): the next start of the same
+        model is quick (`Engine.compile_is_warm` says so beforehand).
         speculative: k > 0 drafts k tokens per step with the model's MTP module; "auto": one, where the model
         has an MTP module, in the decode steps where speculating measures faster than not (greedy requests only;
         `speculation_speedup` says what it measured).
@@ -134,7 +135,7 @@ class Engine:
         self.draft_vocab = min(V, draft_vocab if draft_vocab else max(1024, V // 8))
         self.speculative = speculative
         self.runner = ModelRunner(model, rows=rows, max_len=self.max_len, compile=compile,
-                                  draft_layers=1 if speculative else 0, buckets=tuple(buckets))
+                                  draft_layers=1 if speculative else 0, max_batch=max_batch)
         self.slots = SlotPool([self.runner.pool] + ([self.runner.draft_pool] if speculative else []),
                               prefix_caching=prefix_caching)
         spec = MTPSpeculator(self.runner, speculative, self.draft_vocab, auto=auto) if speculative else None
@@ -143,11 +144,14 @@ class Engine:
         self.compiled = compile
         self.startup_seconds = 0.0
         if compile:
+            compile_cache.compile_dir()  # before the first compile reads it
             t0 = time.perf_counter()
             self.runner.warmup()
             if spec is not None:
                 spec.warmup()
             self.startup_seconds = time.perf_counter() - t0
+            compile_cache.mark_warm(compile_cache.warm_key(cfg, self.dtype, self.device, speculative),
+                                    self.runner.warm_sizes, self.startup_seconds)
         self.stats = RunStats()
         self._ids = itertools.count()
 
@@ -184,6 +188,14 @@ class Engine:
     def fast(self):
         """The model's generation fast path (nanoseek.model.inference.InferenceModel)."""
         return self.runner.fast
+
+    @staticmethod
+    def compile_is_warm(config, dtype: torch.dtype, device: torch.device | str, *, speculative: int | str = 0,
+                        max_batch: int = 32) -> bool:
+        """Whether Engine(compile=True) of this model would find its compiled steps in the on-disk cache (a
+        start of seconds rather than a minute or more)."""
+        k = (1 if config.num_nextn_predict_layers else 0) if speculative == "auto" else speculative
+        return compile_cache.is_warm(compile_cache.warm_key(config, dtype, device, k), (1, 2)[:min(max_batch, 2)])
 
     @classmethod
     def load(cls, path: str | Path, dtype: torch.dtype | str | None = None,

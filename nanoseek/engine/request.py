@@ -67,8 +67,9 @@ class Request:
         self.first_token_time: float | None = None
         self.finish_time: float | None = None
         # speculative decoding: draft-cache positions [slot.mtp_len, length) still to be written, from these
-        # main-model hiddens and the tokens that follow them
-        self.h_pend: torch.Tensor | None = None
+        # main-model hiddens (pieces, concatenated when read) and the tokens that follow them; None: this
+        # request does not speculate
+        self.h_pend: list[torch.Tensor] | None = None
         self.next_pend: list[int] = []
 
     @property

@@ -1,11 +1,12 @@
 """The model runner: the model's steps over the persistent latent cache (prefill chunks, decode), compiled or
 eager. It knows rows, positions and tokens; which requests run when is the scheduler's business.
 
-Compiled decode without stalls: with compile=True the decode step goes through torch.compile and every
-batch is padded up to one of a few sizes (BUCKETS), each compiled once at start-up (`warmup`), as vLLM
-captures CUDA graphs for fixed batch sizes. A padding row feeds token 0 at the scratch position of a row
-(position max_len, never attended to), so it changes nothing. The context length of a step stays a
-dynamic dimension of the compiled graphs.
+Compiled decode without stalls: with compile=True the decode step goes through torch.compile with dynamic
+shapes, and `warmup` runs it at start-up for a batch of 1 and one of 2: torch.compile specializes a size of 1
+and shares one graph among all the others, so those two graphs serve every batch size and context length
+and nothing compiles while requests are served. A warm-up row feeds token 0 at the scratch position of a
+row (position max_len, never attended to), so it changes nothing. The compiled kernels stay in torch's
+on-disk cache (nanoseek.engine.compile_cache): a second start compiles from it in seconds.
 """
 
 from __future__ import annotations
@@ -18,8 +19,6 @@ from nanoseek.engine.cache import LatentPool
 from nanoseek.engine.sampling import token_logprobs
 from nanoseek.model.inference import InferenceModel
 
-BUCKETS = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64)
-
 
 def decode_step(fast: InferenceModel, ids, kv, pos, span: int, rope) -> tuple[torch.Tensor, torch.Tensor]:
     """One decode step for batch rows 0..n-1 of the cache: the final hidden [n, d] at ids [n, 1] (what an MTP
@@ -30,7 +29,7 @@ def decode_step(fast: InferenceModel, ids, kv, pos, span: int, rope) -> tuple[to
 
 class ModelRunner:
     def __init__(self, model, *, rows: int, max_len: int, compile: bool = False, draft_layers: int = 0,
-                 buckets: tuple[int, ...] = BUCKETS):
+                 max_batch: int | None = None):
         self.model = model
         self.config = model.config
         self.fast = InferenceModel(model)
@@ -43,7 +42,8 @@ class ModelRunner:
         # rope tables over every position, the scratch position included
         self.rope = model.rotary(torch.arange(max_len + 1, device=self.device), self.dtype)
         self.compiled = compile
-        self.buckets = tuple(b for b in buckets if b <= rows) if compile else ()
+        # the batch sizes start-up compiles: 1, and 2 for every larger one (none without compile)
+        self.warm_sizes = tuple(b for b in (1, 2) if b <= min(rows, max_batch or rows)) if compile else ()
         self._decode = torch.compile(decode_step, dynamic=True) if compile else decode_step
         self.startup_seconds = 0.0
         # what the steps did, since start (the engine's statistics are differences of these)
@@ -55,19 +55,12 @@ class ModelRunner:
         the weights changed (then every cached latent was computed by other weights)."""
         return self.fast.refresh(force)
 
-    def bucket(self, n: int) -> int:
-        """The batch size a decode step of n rows runs at."""
-        for b in self.buckets:
-            if b >= n:
-                return b
-        return n
-
     @torch.inference_mode()
     def warmup(self) -> float:
-        """Compile the decode step for every bucket now, so that serving never waits for a compile."""
+        """Compile the decode step now (a batch of 1 and one of 2), so that serving never waits for a compile."""
         t0 = time.perf_counter()
         self.refresh()
-        for b in self.buckets:
+        for b in self.warm_sizes:
             ids = torch.zeros(b, 1, dtype=torch.long, device=self.device)
             pos = torch.full((b, 1), self.max_len, dtype=torch.long, device=self.device)  # scratch: stores nothing
             self._decode(self.fast, ids, self.pool.layers, pos, 2, self.rope)  # span 2: the smallest real one
@@ -128,14 +121,11 @@ class ModelRunner:
         final hiddens ([n, d]) and the logits of what follows ([n, V], fp32) come out."""
         t0 = time.perf_counter()
         n, dev = len(reqs), self.device
-        b = self.bucket(n)
-        ids = torch.zeros(b, 1, dtype=torch.long, device=dev)
-        pos = torch.full((b, 1), self.max_len, dtype=torch.long, device=dev)
-        ids[:n, 0] = torch.tensor([r.pending for r in reqs], device=dev)
-        pos[:n, 0] = torch.tensor([r.slot.length for r in reqs], device=dev)
+        ids = torch.tensor([[r.pending] for r in reqs], device=dev)
+        pos = torch.tensor([[r.slot.length] for r in reqs], device=dev)
         span = max(r.slot.length for r in reqs) + 1
         h, logits = self._decode(self.fast, ids, self.pool.layers, pos, span, self.rope)
-        h, logits = h[:n], logits[:n].float()
+        logits = logits.float()
         for r in reqs:
             r.slot.tokens.append(r.pending)
             r.slot.length += 1

@@ -79,30 +79,37 @@ def mtp_step(fast, h_prev, ids, kv, pos, span: int, rope) -> torch.Tensor:
 
 class SpeculationPolicy:
     """Speculative round or plain step, by measurement. Per batch-size class (1, 2-3, 4-7, ...): an average
-    over recent steps of the seconds per generated token of each mode; the faster one runs, and every
-    `explore`-th step the other one, so that a change (acceptance falling, a longer context) is seen.
+    over recent steps of the seconds per generated token of each mode; the faster one runs, and now and then
+    the other one, so that a change (acceptance falling, a longer context) is seen. The other mode is tried
+    after `explore` steps, then after twice as many each time it loses again (up to `explore_max`), and after
+    `explore` steps again once the choice flips: a mode that keeps losing costs less and less.
 
     The speculative mode runs first, until it has `warm` measurements, then the plain one: a request of a
     few dozen tokens has the decision made after a handful of steps."""
 
-    def __init__(self, explore: int = 32, warm: int = 3, smoothing: float = 0.25):
-        self.explore, self.warm, self.smoothing = explore, warm, smoothing
+    def __init__(self, explore: int = 16, explore_max: int = 512, warm: int = 3, smoothing: float = 0.25):
+        self.explore, self.explore_max, self.warm, self.smoothing = explore, explore_max, warm, smoothing
         self.classes: dict[int, dict] = {}
 
     def _class(self, n: int) -> dict:
         return self.classes.setdefault(n.bit_length(), {"spec": None, "plain": None, "n_spec": 0, "n_plain": 0,
-                                                       "steps": 0})
+                                                       "best": None, "interval": self.explore, "since": 0})
 
     def choose(self, n: int) -> bool:
         """Whether the next step of a batch of n rows speculates."""
         c = self._class(n)
-        c["steps"] += 1
         if c["n_spec"] < self.warm:
             return True
         if c["n_plain"] < self.warm:
             return False
         best = c["spec"] <= c["plain"]
-        return (not best) if c["steps"] % self.explore == 0 else best
+        if best != c["best"]:  # a new choice: look at the other mode again soon
+            c["best"], c["interval"], c["since"] = best, self.explore, 0
+        c["since"] += 1
+        if c["since"] < c["interval"]:
+            return best
+        c["since"], c["interval"] = 0, min(2 * c["interval"], self.explore_max)
+        return not best
 
     def record(self, n: int, speculated: bool, seconds: float, tokens: int) -> None:
         if tokens <= 0:
@@ -147,22 +154,22 @@ class MTPSpeculator:
         for i, (s, toks) in enumerate(zip(rows, new)):
             if s.h_pend is None or isinstance(toks, Exception):
                 continue
-            if s.h_pend.shape[0] >= MAX_PENDING:
+            if len(s.next_pend) >= MAX_PENDING:
                 s.h_pend, s.next_pend = None, []  # this request decodes plainly from now on
                 continue
-            s.h_pend = torch.cat((s.h_pend, h[i:i + 1]))
+            s.h_pend.append(h[i:i + 1])
             s.next_pend.append(toks[0])
 
     @torch.inference_mode()
     def warmup(self) -> None:
-        """Compile the verifying forward and the draft step for the runner's batch sizes."""
+        """Compile the verifying forward and the draft step for the runner's warm-up batch sizes."""
         r = self.runner
 
         def zeros(b, S):  # token 0 at the scratch position: stores nothing
             return (torch.zeros(b, S, dtype=torch.long, device=r.device),
                     torch.full((b, S), r.max_len, dtype=torch.long, device=r.device))
 
-        for b in r.buckets:
+        for b in r.warm_sizes:
             # verification feeds the pending token and up to k drafts; the draft step 1 token, or up to k + 1
             # when it catches up on accepted ones (torch.compile specializes sizes of 1, shares the others)
             ids, pos = zeros(b, self.k + 1)
@@ -182,7 +189,7 @@ class MTPSpeculator:
             return  # auto mode: sampled requests decode plainly (their seeded output never depends on timing)
         if req.slot.mtp_len != len(req.prompt) - 1:
             return  # the draft cache lacks part of a reused prefix (auto mode): this request decodes plainly
-        req.h_pend, req.next_pend = h_last.unsqueeze(0), [first_token]
+        req.h_pend, req.next_pend = [h_last.unsqueeze(0)], [first_token]
 
     @torch.inference_mode()
     def round(self, rows: list) -> tuple[list[list[int]], list[torch.Tensor]]:
@@ -192,8 +199,8 @@ class MTPSpeculator:
 
         Request state (nanoseek.engine.request.Request): `slot.length` tokens are in the main cache, `pending`
         is the last token, not yet fed. Draft position i pairs the main hidden h_i with token i + 1; positions
-        below `slot.mtp_len` are in the draft cache, and `h_pend` / `next_pend` hold the inputs of positions
-        slot.mtp_len .. slot.length - 1.
+        below `slot.mtp_len` are in the draft cache, and `h_pend` (pieces of [c, d]) / `next_pend` hold the
+        inputs of positions slot.mtp_len .. slot.length - 1.
         """
         runner, k = self.runner, self.k
         t0 = time.perf_counter()
@@ -201,12 +208,15 @@ class MTPSpeculator:
         budgets = [draft_budget(s, k) for s in rows]
         kr = max(budgets)
         # 1) MTP: write the positions whose inputs are now known, and draft d_1 from the last of them
-        c = [s.h_pend.shape[0] for s in rows]
+        for s in rows:
+            if len(s.h_pend) > 1:
+                s.h_pend = [torch.cat(s.h_pend)]
+        c = [len(s.next_pend) for s in rows]
         Sm = max(c)
         dview = runner.draft_pool.layers[0]
         span = max(s.slot.mtp_len + ci for s, ci in zip(rows, c))
         if min(c) == Sm:  # every row has all its positions: no padding, the compiled path applies
-            h_in = torch.stack([s.h_pend for s in rows])
+            h_in = torch.stack([s.h_pend[0] for s in rows])
             nxt = torch.tensor([s.next_pend for s in rows], device=dev)
             pos = torch.tensor([[s.slot.mtp_len + j for j in range(Sm)] for s in rows], device=dev)
             g = self._mtp(fast, h_in, nxt, dview, pos, span, rope)[:, -1]
@@ -214,7 +224,7 @@ class MTPSpeculator:
             h_in = torch.zeros(n, Sm, runner.config.hidden_size, dtype=runner.dtype, device=dev)
             nxt = torch.zeros(n, Sm, dtype=torch.long, device=dev)
             for i, s in enumerate(rows):
-                h_in[i, :c[i]] = s.h_pend
+                h_in[i, :c[i]] = s.h_pend[0]
                 nxt[i, :c[i]] = torch.tensor(s.next_pend, device=dev)
             start = torch.tensor([s.slot.mtp_len for s in rows], device=dev)
             valid = torch.arange(Sm, device=dev) < torch.tensor(c, device=dev)[:, None]
@@ -295,7 +305,7 @@ class MTPSpeculator:
             a = len(toks) - 1
             s.out.drafted += b
             s.out.accepted += a
-            s.h_pend, s.next_pend = h[i, :a + 1], toks
+            s.h_pend, s.next_pend = [h[i, :a + 1]], toks
             s.slot.tokens.extend([s.pending] + drafts[i][:a])
             s.slot.length += a + 1
             new.append(toks)
