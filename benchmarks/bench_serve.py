@@ -12,8 +12,14 @@ p99. A multi-turn workload (conversations whose every turn resends the whole his
 prefix-cache hit rate (cached / prompt tokens, from the server's /metrics). Every level stops at
 `--requests-per-client` requests per client or `--level-seconds`, whichever comes first.
 
+The server runs with its default settings (compiled decode steps, speculation auto); `--eager` serves
+without compiling. `--only-startup` instead times two starts of the server on one checkpoint with an empty
+compile cache of their own (seconds from launching the process to /health answering 200): the first compiles,
+the second compiles from the cache.
+
     python benchmarks/bench_serve.py --threads 1                       # ~3 minutes on 2 cores
     python benchmarks/bench_serve.py --threads 1 --clients 1 16 --requests-per-client 2
+    python benchmarks/bench_serve.py --threads 2 --only-startup
 """
 
 from __future__ import annotations
@@ -63,13 +69,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(ckpt: Path, port: int, threads: int, max_batch: int) -> subprocess.Popen:
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+def start_server(ckpt: Path, port: int, threads: int, max_batch: int, eager: bool = False,
+                 env: dict | None = None) -> subprocess.Popen:
+    env = {**(env or os.environ), "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     cmd = [sys.executable, "-m", "nanoseek.cli", "serve", "--checkpoint", str(ckpt), "--port", str(port),
            "--threads", str(threads), "--max-batch", str(max_batch), "--log-level", "warning", "--model-name", "bench"]
-    proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd + (["--eager"] if eager else []), env=env, stderr=subprocess.PIPE, text=True)
     t0 = time.monotonic()
-    while time.monotonic() - t0 < 120:
+    while time.monotonic() - t0 < 600:
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
                 if r.status == 200:
@@ -79,7 +86,28 @@ def start_server(ckpt: Path, port: int, threads: int, max_batch: int) -> subproc
         if proc.poll() is not None:
             raise SystemExit(f"the server exited: {proc.stderr.read()}")
     proc.kill()
-    raise SystemExit("the server did not come up within 120 s")
+    raise SystemExit("the server did not come up within 600 s")
+
+
+def time_startups(ckpt: Path, threads: int, max_batch: int, cache: Path) -> list[float]:
+    """Seconds from launching `nanoseek serve` to /health 200, twice, with this (empty) compile cache."""
+    env = {k: v for k, v in os.environ.items() if k not in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR")}
+    env["NANOSEEK_CACHE_DIR"] = str(cache)
+    out = []
+    for _ in range(2):
+        t0 = time.monotonic()
+        proc = start_server(ckpt, free_port(), threads, max_batch, env=env)
+        out.append(time.monotonic() - t0)
+        proc.terminate()
+        try:
+            err = proc.communicate(timeout=30)[1]
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            err = ""
+        said = re.search(r"compiled in (\d+) s", err)
+        print(f"start {len(out)}: ready in {out[-1]:.1f} s"
+              + (f" (the engine's compile warm-up: {said.group(1)} s)" if said else ""), flush=True)
+    return out
 
 
 def scrape(port: int) -> dict[str, float]:
@@ -227,6 +255,8 @@ def main() -> None:
     ap.add_argument("--conversations", type=int, default=8)
     ap.add_argument("--turns", type=int, default=4)
     ap.add_argument("--checkpoint", help="serve this checkpoint instead of a fresh random cpu-small")
+    ap.add_argument("--eager", action="store_true", help="serve without compiling the decode steps")
+    ap.add_argument("--only-startup", action="store_true", help="time a first and a second start, nothing else")
     ap.add_argument("--json", help="also write the figures here")
     args = ap.parse_args()
 
@@ -236,8 +266,13 @@ def main() -> None:
             ckpt, words = Path(args.checkpoint), re.findall(r"[A-Za-z]{3,12}", (REPO / "README.md").read_text())
         else:
             ckpt, words = build_checkpoint(Path(tmp))
+        if args.only_startup:
+            time_startups(ckpt, args.threads, args.max_batch, Path(tmp) / "cache")
+            print(f"CPU: {facts['cpu']} ({facts['cores']} cores), amx_bf16 "
+                  f"{'listed' if facts['amx_bf16'] else 'not listed'}; server --threads {args.threads}")
+            return
         port = free_port()
-        proc = start_server(ckpt, port, args.threads, args.max_batch)
+        proc = start_server(ckpt, port, args.threads, args.max_batch, eager=args.eager)
         try:
             asyncio.run(run_level(port, 2, words, 1, 30, seed=99))  # warm-up: allocator, first-call paths
             levels = []
