@@ -189,6 +189,23 @@ class Hardware:
     def peak(self, precision: str) -> float | None:
         return {"bf16": self.bf16, "fp8": self.fp8, "fp32": self.fp32}[precision]
 
+    def dense_peak(self, precision: str) -> float:
+        """The peak, or a ConfigError (param "precision") when the table has none for this precision."""
+        peak = self.peak(precision)
+        if not peak:
+            raise ConfigError(f"{self.name} has no {precision} peak in the table; use bf16, or give it in a hardware "
+                              "file", param="precision")
+        return peak
+
+
+def lookup_hardware(table: dict[str, "Hardware"], name: str) -> tuple[str, "Hardware"]:
+    """(key, entry) of a hardware name, any case; a ConfigError (param "gpu") naming the choices otherwise."""
+    key = name.lower()
+    if key not in table:
+        raise ConfigError(f"unknown hardware {name!r}; choose one of {', '.join(table)}, or add it with a hardware "
+                          "file", param="gpu")
+    return key, table[key]
+
 
 PRECISIONS = ("bf16", "fp8")
 # The MFU a well-tuned large run reaches on the BF16 peak: the Llama 3 paper (table 4) reports 38-43% on

@@ -62,6 +62,10 @@ class Preset:
     gpus: int = 0  # > 1: training stages under torchrun
     minutes: dict[str, float] = field(default_factory=dict)
 
+    def pretraining_tokens(self) -> int:
+        p = self.pretrain
+        return p.get("steps", 1000) * p.get("batch_size", 8) * p.get("seq_len", 256) * max(self.gpus, 1)
+
 
 PRESETS: dict[str, Preset] = {
     "cpu": Preset(

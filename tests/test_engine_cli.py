@@ -137,12 +137,14 @@ def test_chat_scripted_session(ckpt):
                      "conversation cleared"):
         assert expected in out
     # three answers, each reporting its context: it grows with the conversation, and each turn reuses the
-    # cached conversation (at least the previous turn's prompt) instead of computing it again
+    # cached conversation (at least the previous turn's prompt) instead of computing it again. The tiny model
+    # has an MTP module and speculation is auto: a greedy turn whose draft cache holds all but the last
+    # reused position computes that one again (its hidden state pairs with the next token in the draft cache)
     stats = [line for line in out.splitlines() if line.startswith("[") and "prompt tokens" in line]
     sizes = [int(s[1:].split()[0]) for s in stats]
     reused = [int(s.split("(")[1].split()[0]) for s in stats]
     assert len(sizes) == 3 and sizes[0] < sizes[1] < sizes[2]
-    assert reused[0] == 0 and reused[1] >= sizes[0] and reused[2] >= sizes[1]
+    assert reused[0] == 0 and reused[1] >= sizes[0] - 1 and reused[2] >= sizes[1] - 1
 
 
 class _Scripted:

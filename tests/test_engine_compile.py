@@ -97,3 +97,41 @@ def test_the_compile_folder_follows_the_usual_conventions(monkeypatch, tmp_path)
     monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR")  # compile_dir points torch at it
     monkeypatch.setenv("NANOSEEK_CACHE_DIR", str(tmp_path / "mine"))
     assert compile_cache.compile_dir() == tmp_path / "mine" / "compile"
+
+
+DECODE_ONCE = """
+import sys, torch
+import nanoseek
+from nanoseek.config import preset
+from nanoseek.engine import Engine, SamplingParams
+torch.manual_seed(0)
+model = nanoseek.DeepSeekV3(preset("tiny", num_hidden_layers=1, first_k_dense_replace=0, num_nextn_predict_layers=0))
+engine = Engine(model.eval(), compile=True, max_batch=1)
+print(engine.generate([[1, 2, 3]], SamplingParams(max_new_tokens=6, temperature=0))[0].token_ids)
+"""
+
+
+@pytest.mark.slow  # three processes that compile a one-layer model: ~1 minute
+def test_a_damaged_compile_cache_is_rebuilt_not_trusted(tmp_path):
+    """Kernels written by one process are found by the next; kernel files damaged on disk make torch's compile
+    fail, and the engine clears its compile folder and compiles afresh instead of failing or using them."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR")}
+    env.update(NANOSEEK_CACHE_DIR=str(tmp_path), OMP_NUM_THREADS="1")
+
+    def run():
+        p = subprocess.run([sys.executable, "-c", DECODE_ONCE], env=env, capture_output=True, text=True, timeout=600)
+        assert p.returncode == 0, p.stderr[-3000:]
+        return p.stdout.strip(), p.stderr
+
+    first, _ = run()
+    kernels = list((tmp_path / "compile").rglob("*.so"))
+    assert kernels and list((tmp_path / "compile").glob("fxgraph/*"))
+    for k in kernels:
+        k.write_bytes(b"not a shared object")
+    again, err = run()
+    assert again == first and "cleared the compile cache" in err, err[-3000:]
+    assert run()[0] == first  # and the rebuilt cache serves the next start

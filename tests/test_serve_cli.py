@@ -13,7 +13,10 @@ import urllib.request
 
 import pytest
 
+import nanoseek
 from nanoseek.cli import main
+from nanoseek.config import preset
+from nanoseek.tokenizer import Tokenizer
 from serve_helpers import random_checkpoint
 
 
@@ -61,12 +64,12 @@ def test_serve_says_a_busy_port_or_a_foreign_host_before_loading_the_model(capsy
     assert "--host: 192.0.2.1 is not an address of this machine" in err and "serve: model" not in err, err
 
 
-def _serve_once(env: dict) -> str:
+def _serve_once(ckpt, env: dict) -> str:
     """Start `nanoseek serve` as a user does (default flags: compiled decoding), answer one chat request with
     the API key, stop it with Ctrl-C; returns its stderr."""
     port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "nanoseek.cli", "serve", "--checkpoint", str(random_checkpoint()),
-                             "--port", str(port), "--threads", "1", "--log-level", "warning"],
+    proc = subprocess.Popen([sys.executable, "-m", "nanoseek.cli", "serve", "--checkpoint", str(ckpt), "--port",
+                             str(port), "--threads", "1", "--log-level", "warning", "--max-batch", "1"],
                             env=env, stderr=subprocess.PIPE, text=True)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -100,14 +103,19 @@ def _serve_once(env: dict) -> str:
     return err
 
 
-@pytest.mark.slow  # two starts that compile: ~1-2 minutes
+@pytest.mark.slow  # two starts that compile (one layer, batch 1 only): ~1 minute
 def test_serve_runs_as_a_process_compiles_once_and_stops_on_ctrl_c(tmp_path):
     """The first start compiles the decode steps into nanoseek's compile folder; the second compiles from it."""
+    tok = Tokenizer.load(random_checkpoint())
+    ckpt = tmp_path / "tiny"
+    nanoseek.save_model(nanoseek.DeepSeekV3(preset("tiny", vocab_size=tok.vocab_size, num_hidden_layers=1,
+                                                   first_k_dense_replace=0, num_nextn_predict_layers=0)), ckpt)
+    tok.save(ckpt)
     env = {k: v for k, v in os.environ.items() if k not in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR")}
     env.update(OMP_NUM_THREADS="1", NANOSEEK_API_KEY="sk-local", NANOSEEK_CACHE_DIR=str(tmp_path / "cache"))
-    first = _serve_once(env)
+    first = _serve_once(ckpt, env)
     assert "compiling the decode steps (the first start of this model" in first and ", compiled in" in first
     assert list((tmp_path / "cache" / "compile" / "nanoseek-warm").glob("*.json"))
     assert any((tmp_path / "cache" / "compile").glob("fxgraph/**/*"))  # inductor's graphs, on disk
-    second = _serve_once(env)
+    second = _serve_once(ckpt, env)
     assert "compiling the decode steps from the compile cache" in second, second

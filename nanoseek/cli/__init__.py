@@ -27,10 +27,8 @@ RUN_FOLDERS = {"pretrain": ("out", "--out"), "sft": ("out", "--out"), "rl": ("ou
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="nanoseek",
-        description="Train, RL-tune and serve DeepSeek-V3-architecture models on a budget.",
-    )
+    parser = argparse.ArgumentParser(prog="nanoseek", description="Train, RL-tune and serve DeepSeek-V3-architecture "
+                                     "models on a budget.")
     parser.add_argument("--version", action="version", version=f"nanoseek {nanoseek.__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for stage in (speedrun, model, data, tasks, train, sft, rl, evaluate, generate, chat, serve, cost, report):

@@ -70,21 +70,16 @@ def speculative_arg(s: str) -> int | str:
     return "auto" if s == "auto" else nonneg_int(s)
 
 
-SPECULATIVE_HELP = ("draft tokens per step from the model's MTP module, verified in one forward: auto (default) "
-                    "drafts one where the model has an MTP module, in the steps where that measures faster, for "
-                    "greedy requests; K always drafts K; 0 never")
+SPECULATIVE_HELP = ("MTP draft tokens per step: auto (default) drafts one in the steps where that measures faster "
+                    "(greedy requests), K always drafts K, 0 never")
 
 
 def add_compile_args(group, default: bool | None) -> None:
-    """--compile / --eager. default None: compiled when the on-disk compile cache already holds this model's
-    steps (a quick start), else eager with a note saying how to warm it."""
+    """--compile / --eager; default None: compiled when the on-disk compile cache holds this model already."""
     x = group.add_mutually_exclusive_group()
-    when = ("(the default)" if default else "" if default is False else
-            "(default: when the compile cache holds this model already)")
     x.add_argument("--compile", dest="compile", action="store_true", default=default,
-                   help=f"torch.compile the decode steps at start {when}: ~1.5x faster decoding; the first start of "
-                        "a model takes a minute or two, later ones seconds (kept in ~/.cache/nanoseek/compile, or "
-                        "$NANOSEEK_CACHE_DIR)")
+                   help="torch.compile the decode steps at start" + (" (the default)" if default else "") + ": ~1.5x "
+                   "faster; a model's first start takes a minute or two, later ones seconds (~/.cache/nanoseek)")
     x.add_argument("--eager", dest="compile", action="store_false", help="decode without compiling")
 
 

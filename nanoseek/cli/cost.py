@@ -10,9 +10,9 @@ import torch
 
 from nanoseek.cli.common import for_flag
 from nanoseek.config import PRESETS, ModelConfig, preset
-from nanoseek.cost import (HARDWARE, TYPICAL_MFU, cpu_hardware, flops_per_token, forward_flops, gpu_hours,
-                           hours_unit, implied_mfu, on_other_hardware, part_label, peak_flops, pretraining_context,
-                           read_hardware_file, summarize_run)
+from nanoseek.cost import (HARDWARE, TYPICAL_MFU, cpu_hardware, flops_per_token, forward_flops, gpu_hours, hours_unit,
+                           implied_mfu, lookup_hardware, on_other_hardware, part_label, peak_flops,
+                           pretraining_context, read_hardware_file, summarize_run)
 from nanoseek.errors import UserError
 from nanoseek.model import count_params
 from nanoseek.train.checkpoint import latest_checkpoint
@@ -20,6 +20,7 @@ from nanoseek.train.log import LOG_NAME, read_log
 from nanoseek.units import dollars, duration, flop, parse_count, parse_fraction, pct, plural, sci, si
 
 MAX_SEQ_LEN = 1 << 30
+HW_FLAGS = {"gpu": "--gpu", "precision": "--precision"}  # the library's names of the hardware inputs
 DEFAULT_CLUSTERS = (8, 256, 2048)
 # Published figures to print beside ours: DeepSeek-V3 technical report, table 1 (pre-training only).
 REPORTED = {("deepseek-v3", "h800"): (14.8e12, 2.664e6, "DeepSeek-V3 report, table 1: pre-training")}
@@ -55,28 +56,6 @@ def _hardware(args, need_cpu: bool, cpu_peak: tuple[float, str] | None = None) -
         with for_flag("--hardware-file"):
             table = read_hardware_file(table, args.hardware_file, keep_cpu=need_cpu)
     return table
-
-
-def _gpu(table: dict, name: str):
-    key = name.lower()
-    if key not in table:
-        raise UserError(f"--gpu: unknown hardware {name!r}; choose one of {', '.join(table)}, or add it with "
-                        "--hardware-file", param="--gpu")
-    return key, table[key]
-
-
-def _peak(hw, precision: str) -> float:
-    peak = hw.peak(precision)
-    if not peak:
-        raise UserError(f"--precision {precision}: {hw.name} has no {precision} peak in the table; use --precision "
-                        "bf16 or give it in --hardware-file", param="--precision")
-    return peak
-
-
-def _model(args):
-    if args.checkpoint:
-        return ModelConfig.load(args.checkpoint), f"checkpoint {args.checkpoint}"
-    return preset(args.preset), f"preset {args.preset}"
 
 
 def _print_model(cfg, source: str, seq_len: int, seq_note: str, mtp: bool, breakdown: bool):
@@ -120,7 +99,8 @@ def _report_estimate(args, cfg, source: str) -> None:
         raise UserError("--gpu-hours needs --gpu (the hardware the claimed hours were spent on)", param="--gpu")
     table = _hardware(args, need_cpu=not args.gpu or args.gpu.lower() == "cpu")
     if args.gpu and mfu is not None:
-        _peak(_gpu(table, args.gpu)[1], args.precision)  # fails before printing anything
+        with for_flag(HW_FLAGS):  # fails before printing anything
+            lookup_hardware(table, args.gpu)[1].dense_peak(args.precision)
     f = _print_model(cfg, source, seq_len, seq_note, not args.no_mtp, args.breakdown)
     flops = f.total * tokens
     print(f"tokens: {si(tokens)} -> {sci(flops)} training FLOPs")
@@ -140,7 +120,8 @@ def _report_estimate(args, cfg, source: str) -> None:
         print("choose one with --gpu NAME for days on your cluster (--gpus N) and your price (--price)")
         return
 
-    key, hw = _gpu(table, args.gpu)
+    with for_flag(HW_FLAGS):
+        key, hw = lookup_hardware(table, args.gpu)
     price = hw.price if args.price is None else args.price
     print(f"hardware: {hw.name}: dense peak {flop(hw.bf16)}/s bf16"
           + (f", {flop(hw.fp8)}/s fp8" if hw.fp8 else ", no fp8") + f"; ${price:g} per GPU-hour"
@@ -156,7 +137,8 @@ def _report_estimate(args, cfg, source: str) -> None:
                 print(f"  implied MFU: {pct(m)} of the {prec} dense peak"
                       + (" (over 100%: impossible for this many FLOPs)" if m > 1 else ""))
     else:
-        peak = _peak(hw, args.precision)
+        with for_flag(HW_FLAGS):
+            peak = hw.dense_peak(args.precision)
         hours = gpu_hours(flops, mfu, peak)
         other = [f"= {pct(mfu * peak / hw.peak(p))} of the {p} peak" for p in ("bf16", "fp8")
                  if p != args.precision and hw.peak(p)]
@@ -212,7 +194,8 @@ def _report_run(args) -> None:
     on_cpu = "measured" in s.peak_source and s.peak > 0
     table = _hardware(args, need_cpu=True, cpu_peak=(s.peak / s.world_size, f"this run's {s.peak_source}")
                       if on_cpu else None)
-    table = dict([_gpu(table, args.gpu)]) if args.gpu else table
+    with for_flag(HW_FLAGS):
+        table = dict([lookup_hardware(table, args.gpu)]) if args.gpu else table
     rows = on_other_hardware(s.flops, (s.step_mfu or None, typical), table, precision=args.precision,
                              price=args.price)
     unit, per_hour = hours_unit(rows)
@@ -250,7 +233,8 @@ def cmd_cost(args) -> None:
               '(JSON: {"h800": {"price": 1.8}, "my-gpu": {"bf16": 5e14, "fp8": 1e15, "price": 3}})')
         return
     if args.gpu and args.gpu.lower() != "cpu":
-        _gpu(_hardware(args, need_cpu=False), args.gpu)  # an unknown name fails before any work
+        with for_flag(HW_FLAGS):  # an unknown name fails before any work
+            lookup_hardware(_hardware(args, need_cpu=False), args.gpu)
     if args.run:
         if args.preset or args.checkpoint or args.tokens or args.gpu_hours:
             raise UserError("RUN_DIR reports what a run did: leave out --preset, --checkpoint, --tokens and "
@@ -262,7 +246,8 @@ def cmd_cost(args) -> None:
     if not (args.preset or args.checkpoint):
         raise UserError("say which model: --preset NAME, --checkpoint DIR, or a training run's RUN_DIR",
                         param="--preset")
-    cfg, source = _model(args)
+    cfg, source = ((ModelConfig.load(args.checkpoint), f"checkpoint {args.checkpoint}") if args.checkpoint
+                   else (preset(args.preset), f"preset {args.preset}"))
     _report_estimate(args, cfg, source)
 
 

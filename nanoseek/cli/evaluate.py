@@ -24,18 +24,13 @@ def load_problems(args) -> list:
         problems = read_problems_arg(args.problems, args.checker)
         return problems[:args.n] if args.n else problems
     names = task_names(args.task, ", or --problems FILE for your own")
-    n = args.n or 200
-    out = []
-    for name in names:
-        with for_flag({"difficulty": "--difficulty"}):
-            tasks.parse_difficulty(args.difficulty, name)
-        found = tasks.generate_up_to(name, args.split, n, args.difficulty, seed=args.seed)
-        if len(found) < n:
-            print(f"note: the {args.split} split holds only {len(found)} distinct {name} problems at difficulty "
-                  f"{args.difficulty} (low levels are small); evaluating all {len(found)}. Add harder levels "
-                  f"(--difficulty 1-3) for more", file=sys.stderr)
-        out += found
-    return out
+    with for_flag({"difficulty": "--difficulty"}):
+        problems, short = tasks.problem_set(names, args.split, args.n or 200, args.difficulty, seed=args.seed)
+    for name, found in short.items():
+        print(f"note: the {args.split} split holds only {found} distinct {name} problems at difficulty "
+              f"{args.difficulty} (low levels are small); evaluating all {found}. Add harder levels "
+              f"(--difficulty 1-3) for more", file=sys.stderr)
+    return problems
 
 
 def cmd_eval(args) -> None:

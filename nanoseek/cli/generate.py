@@ -54,21 +54,16 @@ def load_engine(args):
     device, dtype = resolve_device(args.device), resolve_dtype(args.dtype)
     with for_flag("--checkpoint"):  # no model there
         ckpt = resolve_checkpoint(args.checkpoint)
-    with for_flag("--checkpoint"):
-        config = ModelConfig.load(ckpt)
-    if args.speculative not in (0, "auto") and config.num_nextn_predict_layers == 0:
+    if args.speculative not in (0, "auto") and ModelConfig.load(ckpt).num_nextn_predict_layers == 0:
         raise UserError(f"--speculative needs an MTP module and {ckpt} has none (num_nextn_predict_layers = 0)")
-    max_batch = getattr(args, "batch_size", 32)
-    compile = args.compile
-    if compile is None:
-        compile = Engine.compile_is_warm(config, dtype, device, speculative=args.speculative, max_batch=max_batch)
-        if not compile:
-            print("note: decoding eagerly; compiled decoding is ~1.5x faster. Pass --compile once (or start "
-                  "`nanoseek serve`, which compiles by default) to build it: about a minute, kept on disk, after "
-                  "which this command compiles from the cache by itself", file=sys.stderr)
     with for_flag("--checkpoint"):  # e.g. a malformed generation_config.json
-        return Engine.load(ckpt, dtype=dtype, device=device, compile=compile, speculative=args.speculative,
-                           max_batch=max_batch)
+        engine = Engine.load(ckpt, dtype=dtype, device=device, compile="auto" if args.compile is None else args.compile,
+                             speculative=args.speculative, max_batch=getattr(args, "batch_size", 32))
+    if args.compile is None and not engine.compiled:
+        print("note: decoding eagerly; compiled decoding is ~1.5x faster. --compile once (or `nanoseek serve`) builds "
+              "it in a minute or two and keeps it on disk; from then on this command compiles from there",
+              file=sys.stderr)
+    return engine
 
 
 # ---- generate --------------------------------------------------------------------------------------------

@@ -109,13 +109,12 @@ def _announce_cost(preset: Preset, name: str) -> None:
     """Print the preset's expected time and what its training would cost on GPUs (nanoseek cost)."""
     cfg = model_preset(preset.model, **preset.model_overrides)
     pc = count_params(cfg)
-    p = preset.pretrain
-    tokens = p.get("steps", 1000) * p.get("batch_size", 8) * p.get("seq_len", 256) * max(preset.gpus, 1)
+    tokens = preset.pretraining_tokens()
     print(f"speedrun preset {name}: {preset.description}")
     print(f"model {preset.model}: {pc.total / 1e6:,.1f}M parameters ({pc.active / 1e6:,.1f}M active per token); "
           f"pretraining on {tokens / 1e6:,.1f}M tokens; expected about {sum(preset.minutes.values()):.0f} minutes "
           f"on {'%d GPUs' % preset.gpus if preset.gpus > 1 else ('one GPU' if name.startswith('gpu') else '2 CPU cores')}")
-    flops = flops_per_token(cfg, p.get("seq_len", 256)).total * tokens
+    flops = flops_per_token(cfg, preset.pretrain.get("seq_len", 256)).total * tokens
     for row in on_other_hardware(flops, (TYPICAL_MFU,), {k: HARDWARE[k] for k in ("h100", "a100")}):
         (hours,) = row.hours
         print(f"  its pretraining ({sci(flops)} FLOPs) on {row.hardware.name} at {pct(TYPICAL_MFU)} MFU: "

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -42,6 +43,21 @@ def compile_dir() -> Path:
         return Path(own)
     path = cache_root() / "compile"
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(path)
+    return path
+
+
+def clear() -> Path | None:
+    """Delete nanoseek's compile folder and torch's in-memory view of it, so that the next compile starts from
+    nothing; returns the folder, or None (nothing deleted) when the folder is one the user chose."""
+    own = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    path = cache_root() / "compile"
+    if own and os.path.abspath(own) != os.path.abspath(path):
+        return None
+    shutil.rmtree(path, ignore_errors=True)
+    from torch._inductor.utils import clear_caches  # inductor's in-memory caches of what it loaded
+
+    clear_caches()
+    torch._dynamo.reset()
     return path
 
 

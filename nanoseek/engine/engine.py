@@ -20,6 +20,7 @@ batch sizes compiled at start-up (nanoseek.engine.runner).
 from __future__ import annotations
 
 import functools
+import logging
 import itertools
 import time
 from dataclasses import dataclass
@@ -39,6 +40,8 @@ from nanoseek.engine.scheduler import Scheduler
 from nanoseek.engine.speculative import MTPSpeculator
 from nanoseek.errors import ContextLengthError, EngineError
 from nanoseek.hf import load_model
+
+log = logging.getLogger("nanoseek.engine")
 
 DEFAULT_CACHE_MEMORY = 256 * 2**20  # bytes of latent cache allocated at start, unless told otherwise
 
@@ -92,8 +95,8 @@ class Engine:
         that took), into torch's on-disk cache (nanoseek.engine.compile_cache): the next start of the same
         model is quick (`Engine.compile_is_warm` says so beforehand).
         speculative: k > 0 drafts k tokens per step with the model's MTP module; "auto": one, where the model
-        has an MTP module, in the decode steps where speculating measures faster than not (greedy requests only;
-        `speculation_speedup` says what it measured).
+        has an MTP module and runs in fp32, in the decode steps where speculating measures faster than not
+        (greedy requests only; `speculation_speedup` says what it measured).
         draft_vocab: drafts choose among token ids below this (default max(1024, vocab / 8)): the draft's
         output head is a large share of its cost, and the low BPE ids carry most of what drafts get right;
         the output stays exact whatever the draft.
@@ -108,8 +111,8 @@ class Engine:
         cfg = model.config
         self.model, self.config, self.tokenizer = model, cfg, tokenizer
         auto = speculative == "auto"
-        if auto:
-            speculative = 1 if len(model.mtp) else 0
+        if auto:  # fp32 only: in bf16 a verifying forward's argmax can differ from plain decoding's
+            speculative = 1 if len(model.mtp) and model.model.embed_tokens.weight.dtype == torch.float32 else 0
         elif isinstance(speculative, bool) or not isinstance(speculative, int) or speculative < 0:
             raise EngineError(f"speculative must be a number of draft tokens >= 0, or 'auto'; got {speculative!r}",
                               param="speculative")
@@ -144,16 +147,28 @@ class Engine:
         self.compiled = compile
         self.startup_seconds = 0.0
         if compile:
-            compile_cache.compile_dir()  # before the first compile reads it
+            folder = compile_cache.compile_dir()  # before the first compile reads it
             t0 = time.perf_counter()
-            self.runner.warmup()
-            if spec is not None:
-                spec.warmup()
+            try:
+                self._warmup(spec)
+            except Exception as e:  # e.g. a damaged kernel file in the on-disk cache: compile afresh, once
+                if compile_cache.clear() is None:
+                    raise EngineError(f"compiling the decode steps failed ({type(e).__name__}: {str(e)[:300]}); "
+                                      f"if the compile cache {folder} is damaged, delete it, or run eager "
+                                      "(compile=False, --eager)") from e
+                log.warning("compiling the decode steps failed (%s: %.300s); cleared the compile cache %s and "
+                            "compiling again", type(e).__name__, e, folder)
+                self._warmup(spec)
             self.startup_seconds = time.perf_counter() - t0
             compile_cache.mark_warm(compile_cache.warm_key(cfg, self.dtype, self.device, speculative),
                                     self.runner.warm_sizes, self.startup_seconds)
         self.stats = RunStats()
         self._ids = itertools.count()
+
+    def _warmup(self, spec: MTPSpeculator | None) -> None:
+        self.runner.warmup()
+        if spec is not None:
+            spec.warmup()
 
     @functools.cached_property
     def max_prompt_chars(self) -> int | None:
@@ -194,17 +209,23 @@ class Engine:
                         max_batch: int = 32) -> bool:
         """Whether Engine(compile=True) of this model would find its compiled steps in the on-disk cache (a
         start of seconds rather than a minute or more)."""
-        k = (1 if config.num_nextn_predict_layers else 0) if speculative == "auto" else speculative
+        auto = 1 if config.num_nextn_predict_layers and dtype == torch.float32 else 0
+        k = auto if speculative == "auto" else speculative
         return compile_cache.is_warm(compile_cache.warm_key(config, dtype, device, k), (1, 2)[:min(max_batch, 2)])
 
     @classmethod
     def load(cls, path: str | Path, dtype: torch.dtype | str | None = None,
              device: torch.device | str | None = None, **kwargs) -> "Engine":
         """A checkpoint directory (or a training run's, for its latest checkpoint): the model (nanoseek or
-        Hugging Face layout) and its tokenizer.json, if any."""
+        Hugging Face layout) and its tokenizer.json, if any. compile="auto" compiles when the on-disk compile
+        cache already holds this model's steps (a start of seconds), else runs eager."""
         path = resolve_checkpoint(path)
         model = load_model(path, dtype=dtype, device=device)
         kwargs.setdefault("eos_token_ids", generation_eos_ids(path))
+        if kwargs.get("compile") == "auto":  # compiled when that is quick: the compile cache holds this model
+            p = model.model.embed_tokens.weight
+            kwargs["compile"] = cls.compile_is_warm(model.config, p.dtype, p.device, speculative=kwargs.get(
+                "speculative", 0), max_batch=kwargs.get("max_batch", 32))
         return cls(model, load_tokenizer(path), **kwargs)
 
     # ---- requests from any thread -------------------------------------------------------------------------

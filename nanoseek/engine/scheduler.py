@@ -138,6 +138,8 @@ class Scheduler:
         try:
             speculated = spec is not None and spec.wants_round(running)
             if speculated:
+                spec.catch_up(running)
+                t0 = time.perf_counter()  # the policy compares rounds and steps, not what a switch costs
                 new, logits = spec.round(running)  # a row whose sampling raised holds the exception
             else:
                 h, lg = self.runner.decode(running)

@@ -19,7 +19,9 @@ an approximation that only affects how many drafts are accepted, never what is o
 
 from __future__ import annotations
 
+import statistics
 import time
+from collections import deque
 
 import torch
 
@@ -78,51 +80,66 @@ def mtp_step(fast, h_prev, ids, kv, pos, span: int, rope) -> torch.Tensor:
 
 
 class SpeculationPolicy:
-    """Speculative round or plain step, by measurement. Per batch-size class (1, 2-3, 4-7, ...): an average
-    over recent steps of the seconds per generated token of each mode; the faster one runs, and now and then
-    the other one, so that a change (acceptance falling, a longer context) is seen. The other mode is tried
-    after `explore` steps, then after twice as many each time it loses again (up to `explore_max`), and after
-    `explore` steps again once the choice flips: a mode that keeps losing costs less and less.
+    """Speculative round or plain step, by measurement. Per batch-size class (1, 2-3, 4-7, ...): the median
+    seconds per generated token of each mode over its last `window` measured steps; the faster one runs, and
+    now and then the other one, so that a change (acceptance falling, a longer context) is seen.
 
-    The speculative mode runs first, until it has `warm` measurements, then the plain one: a request of a
-    few dozen tokens has the decision made after a handful of steps."""
+    Modes are measured in runs of `block` steps, and the first `settle` steps after a switch are not counted:
+    steps that alternate modes, or follow a switch, run with caches the other mode left cold and measured
+    speculation up to 1.2x faster than it was. Start: speculative, plain, plain, speculative blocks (so that
+    both are measured at the same average position in the requests: a step's cost grows with the context).
+    Later the losing mode runs one block after `explore` steps, then after twice as many each time it loses
+    again (up to `explore_max`), and after `explore` again once the choice flips.
 
-    def __init__(self, explore: int = 16, explore_max: int = 512, warm: int = 3, smoothing: float = 0.25):
-        self.explore, self.explore_max, self.warm, self.smoothing = explore, explore_max, warm, smoothing
+    Speculation must measure `margin` times faster to be chosen: timed inside the engine's step, rounds came
+    out 5-10% better against plain steps than the same modes measured end to end (benchmarks/
+    bench_generate.py --only-speculative: a 2-layer model measured 1.00x here and decoded 0.90x, a 4-layer one
+    1.07x and 0.95x, a 12-layer one 1.24-1.51x and 1.12-1.26x); the margin keeps the wrong side of that gap plain."""
+
+    def __init__(self, explore: int = 32, explore_max: int = 512, block: int = 8, settle: int = 2,
+                 window: int = 24, margin: float = 1.1):
+        self.explore, self.explore_max, self.block, self.settle = explore, explore_max, block, settle
+        self.window, self.margin = window, margin
         self.classes: dict[int, dict] = {}
 
     def _class(self, n: int) -> dict:
-        return self.classes.setdefault(n.bit_length(), {"spec": None, "plain": None, "n_spec": 0, "n_plain": 0,
-                                                       "best": None, "interval": self.explore, "since": 0})
+        c = self.classes.get(n.bit_length())
+        if c is None:
+            c = self.classes[n.bit_length()] = {"spec": deque(maxlen=self.window), "plain": deque(maxlen=self.window),
+                                               "best": None, "interval": self.explore, "since": 0, "queue": deque(),
+                                               "last": None, "run": 0}
+            b = self.block
+            c["queue"].extend([True] * b + [False] * 2 * b + [True] * b)
+        return c
 
     def choose(self, n: int) -> bool:
         """Whether the next step of a batch of n rows speculates."""
         c = self._class(n)
-        if c["n_spec"] < self.warm:
-            return True
-        if c["n_plain"] < self.warm:
-            return False
-        best = c["spec"] <= c["plain"]
-        if best != c["best"]:  # a new choice: look at the other mode again soon
-            c["best"], c["interval"], c["since"] = best, self.explore, 0
+        if c["queue"]:
+            return c["queue"].popleft()
+        if c["best"] is None or c["since"] % 8 == 0:  # the medians move slowly: every 8th step is enough
+            best = statistics.median(c["spec"]) * self.margin <= statistics.median(c["plain"])
+            if best != c["best"]:  # a new choice: look at the other mode again soon
+                c["best"], c["interval"], c["since"] = best, self.explore, 0
+        best = c["best"]
         c["since"] += 1
         if c["since"] < c["interval"]:
             return best
         c["since"], c["interval"] = 0, min(2 * c["interval"], self.explore_max)
-        return not best
+        c["queue"].extend([not best] * self.block)
+        return c["queue"].popleft()
 
     def record(self, n: int, speculated: bool, seconds: float, tokens: int) -> None:
-        if tokens <= 0:
-            return
-        c, mode = self._class(n), "spec" if speculated else "plain"
-        per_token = seconds / tokens
-        c[mode] = per_token if c[mode] is None else c[mode] + self.smoothing * (per_token - c[mode])
-        c["n_" + mode] += 1
+        c = self._class(n)
+        c["run"] = c["run"] + 1 if c["last"] == speculated else 1
+        c["last"] = speculated
+        if tokens > 0 and c["run"] > self.settle:
+            c["spec" if speculated else "plain"].append(seconds / tokens)
 
     def speedup(self) -> dict[int, float]:
         """Measured speculative speed over plain, per batch-size class (its smallest batch size)."""
-        return {1 << (k - 1): c["plain"] / c["spec"] for k, c in sorted(self.classes.items())
-                if c["spec"] and c["plain"]}
+        return {1 << (k - 1): statistics.median(c["plain"]) / statistics.median(c["spec"])
+                for k, c in sorted(self.classes.items()) if c["spec"] and c["plain"]}
 
 
 MAX_PENDING = 64  # draft-cache positions a request may owe before it gives up speculating (its hiddens' memory)
@@ -139,14 +156,21 @@ class MTPSpeculator:
     def __init__(self, runner, k: int, draft_vocab: int, auto: bool = False):
         self.runner, self.k, self.draft_vocab = runner, k, draft_vocab
         self.policy = SpeculationPolicy() if auto else None
+        # compiled rounds for a batch of 1 only (where speculation pays most on a CPU): the other sizes would
+        # triple the graphs a start compiles, so their rounds run eager
         wrap = (lambda f: torch.compile(f, dynamic=True)) if runner.compiled else (lambda f: f)
-        self._verify, self._mtp = wrap(verify_step), wrap(mtp_step)
+        self._compiled = (wrap(verify_step), wrap(mtp_step))
 
     def wants_round(self, rows: list) -> bool:
         """Whether this decode step is a speculative round (else a plain step, then `after_plain`)."""
         if max(draft_budget(s, self.k) for s in rows) == 0 or any(s.h_pend is None for s in rows):
             return False
-        return self.policy is None or self.policy.choose(len(rows))
+        if self.policy is None:
+            return True
+        # auto: a batch of one only. Verifying k + 1 tokens of every row multiplies the experts each step reads
+        # (and rounds of larger batches run eager), so on a CPU speculation pays, where it does, at batch 1;
+        # exploring it at every batch size would cost each size's warm-up steps for nothing
+        return len(rows) == 1 and self.policy.choose(1)
 
     def after_plain(self, rows: list, h: torch.Tensor, new: list) -> None:
         """A plain step fed each row's pending token (hiddens h [n, d]) and chose the next: the draft cache owes
@@ -162,27 +186,59 @@ class MTPSpeculator:
 
     @torch.inference_mode()
     def warmup(self) -> None:
-        """Compile the verifying forward and the draft step for the runner's warm-up batch sizes."""
+        """Compile the verifying forward and the draft step (for a batch of 1)."""
         r = self.runner
 
         def zeros(b, S):  # token 0 at the scratch position: stores nothing
             return (torch.zeros(b, S, dtype=torch.long, device=r.device),
                     torch.full((b, S), r.max_len, dtype=torch.long, device=r.device))
 
-        for b in r.warm_sizes:
-            # verification feeds the pending token and up to k drafts; the draft step 1 token, or up to k + 1
-            # when it catches up on accepted ones (torch.compile specializes sizes of 1, shares the others)
-            ids, pos = zeros(b, self.k + 1)
-            self._verify(r.fast, ids, r.pool.layers, pos, 2, r.rope)
-            for S in (1, 2):
-                ids, pos = zeros(b, S)
-                h = torch.zeros(b, S, r.config.hidden_size, dtype=r.dtype, device=r.device)
-                self._mtp(r.fast, h, ids, r.draft_pool.layers[0], pos, 2, r.rope)
+        verify_fn, mtp_fn = self._steps(1)
+        # verification feeds the pending token and up to k drafts; the draft step 1 token, or up to k + 1
+        # when it catches up on accepted ones (torch.compile specializes sizes of 1, shares the others)
+        ids, pos = zeros(1, self.k + 1)
+        verify_fn(r.fast, ids, r.pool.layers, pos, 2, r.rope)
+        for S in (1, 2):
+            ids, pos = zeros(1, S)
+            h = torch.zeros(1, S, r.config.hidden_size, dtype=r.dtype, device=r.device)
+            mtp_fn(r.fast, h, ids, r.draft_pool.layers[0], pos, 2, r.rope)
+
+    def _steps(self, n: int):
+        """The verify and draft steps for a round of n rows: compiled for one row, else eager."""
+        return self._compiled if n == 1 else (verify_step, mtp_step)
 
     def prefill(self, h, next_ids, pos, valid, span, rows) -> None:
         r = self.runner
         r.fast.forward_mtp_cached(1, h, next_ids, r.draft_pool.layers[0], pos, valid=valid, span=span,
                                   rope=r.rope, rows=rows)
+
+    @torch.inference_mode()
+    def catch_up(self, rows: list) -> None:
+        """Write the draft-cache positions that plain steps left owed, all but each row's last (the round's own
+        MTP step writes that one as it drafts), in one MTP forward. Done before a round rather than inside it,
+        so that the policy times rounds without the catch-up, which a row owes only after plain steps."""
+        behind = [s for s in rows if len(s.next_pend) > self.k + 1]
+        if not behind:
+            return
+        r = self.runner
+        dev, n = r.device, len(behind)
+        c = [len(s.next_pend) - 1 for s in behind]
+        S = max(c)
+        h_in = torch.zeros(n, S, r.config.hidden_size, dtype=r.dtype, device=dev)
+        nxt = torch.zeros(n, S, dtype=torch.long, device=dev)
+        for i, s in enumerate(behind):
+            s.h_pend = [torch.cat(s.h_pend)]
+            h_in[i, :c[i]] = s.h_pend[0][:c[i]]
+            nxt[i, :c[i]] = torch.tensor(s.next_pend[:c[i]], device=dev)
+        start = torch.tensor([s.slot.mtp_len for s in behind], device=dev)
+        valid = torch.arange(S, device=dev) < torch.tensor(c, device=dev)[:, None]
+        pos = torch.where(valid, start[:, None] + torch.arange(S, device=dev), 0)  # padding: stored nowhere
+        span = max(s.slot.mtp_len + ci for s, ci in zip(behind, c))
+        r.fast.forward_mtp_cached(1, h_in, nxt, r.draft_pool.layers[0], pos, valid=valid, span=span, rope=r.rope,
+                                  rows=torch.tensor([s.slot.row for s in behind], device=dev))
+        for s, ci in zip(behind, c):
+            s.slot.mtp_len += ci
+            s.h_pend, s.next_pend = [s.h_pend[0][ci:]], s.next_pend[ci:]
 
     def start(self, req, h_last: torch.Tensor, first_token: int) -> None:
         if self.policy is not None and not (req.params.greedy and not req.params.penalized):
@@ -205,6 +261,7 @@ class MTPSpeculator:
         runner, k = self.runner, self.k
         t0 = time.perf_counter()
         fast, dev, n, rope = runner.fast, runner.device, len(rows), runner.rope
+        verify_fn, mtp_fn = self._steps(n)
         budgets = [draft_budget(s, k) for s in rows]
         kr = max(budgets)
         # 1) MTP: write the positions whose inputs are now known, and draft d_1 from the last of them
@@ -219,7 +276,7 @@ class MTPSpeculator:
             h_in = torch.stack([s.h_pend[0] for s in rows])
             nxt = torch.tensor([s.next_pend for s in rows], device=dev)
             pos = torch.tensor([[s.slot.mtp_len + j for j in range(Sm)] for s in rows], device=dev)
-            g = self._mtp(fast, h_in, nxt, dview, pos, span, rope)[:, -1]
+            g = mtp_fn(fast, h_in, nxt, dview, pos, span, rope)[:, -1]
         else:
             h_in = torch.zeros(n, Sm, runner.config.hidden_size, dtype=runner.dtype, device=dev)
             nxt = torch.zeros(n, Sm, dtype=torch.long, device=dev)
@@ -261,7 +318,7 @@ class MTPSpeculator:
                 ids = torch.tensor([[d[-1]] for d in drafts], device=dev)
                 span = max(s.slot.length for s in rows) + j + 1
                 if min(budgets) > j + 1:
-                    g = self._mtp(fast, g[:, None], ids, dview, p, span, rope)[:, 0]
+                    g = mtp_fn(fast, g[:, None], ids, dview, p, span, rope)[:, 0]
                 else:  # rows out of budget compute but do not store
                     ok = torch.tensor([[j + 1 < b] for b in budgets], device=dev)
                     g = fast.forward_mtp_cached(1, g[:, None], ids, dview, torch.where(ok, p, 0), valid=ok,
@@ -278,7 +335,7 @@ class MTPSpeculator:
         pos = torch.where(valid, base[:, None] + torch.arange(kr + 1, device=dev), 0)
         span = max(s.slot.length + b for s, b in zip(rows, budgets)) + 1
         if min(budgets) == kr:
-            h, logits = self._verify(fast, ids, runner.pool.layers, pos, span, rope)
+            h, logits = verify_fn(fast, ids, runner.pool.layers, pos, span, rope)
         else:
             h = fast.forward_cached(ids, runner.pool.layers, pos, valid=valid, span=span, rope=rope)
             logits = fast.logits(h)

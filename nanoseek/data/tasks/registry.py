@@ -126,6 +126,19 @@ def generate_up_to(task: str | Task, split: str, n: int, difficulty: int | str |
     return generate(task, split, lo, difficulty, seed=seed, wording=wording) if lo else []
 
 
+def problem_set(names: Sequence[str], split: str, n: int, difficulty: int | str | Sequence[int] = 1, *,
+                seed: int = 0) -> tuple[list[Problem], dict[str, int]]:
+    """n distinct problems of each task, or all its split holds where that is fewer; returns them and the
+    tasks that had fewer, with how many they had."""
+    problems, short = [], {}
+    for name in names:
+        found = generate_up_to(name, split, n, difficulty, seed=seed)
+        if len(found) < n:
+            short[name] = len(found)
+        problems += found
+    return problems, short
+
+
 def check_answer(problem: Problem, answer: str | None) -> bool:
     """Whether an extracted final answer solves `problem` (None, no answer, is wrong)."""
     return answer is not None and get_task(problem.task).check(problem, answer)
