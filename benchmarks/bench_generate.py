@@ -276,7 +276,7 @@ def bench_speculative(args) -> None:
                         same &= out.token_ids == engines[0].generate(prompt, p).token_ids
         plain, spec = statistics.median(times[0]), statistics.median(times[k])
         drafted = [a for a in acc if a is not None]
-        extra = (f", the engine measured always-speculating at {engines[k].speculation_speedup.get(1, 0):.2f}x"
+        extra = (f", the engine measured always-speculating at {engines[k].speculation_speedup or 0:.2f}x"
                  if k == "auto" else "")
         print(f"speculative k={k} ({mode}): plain {plain:.0f} tok/s, speculative {spec:.0f} tok/s "
               f"({spec / plain:.2f}x), acceptance {statistics.mean(drafted) if drafted else 0:.1%}{extra}; greedy "

@@ -104,7 +104,7 @@ def time_startups(ckpt: Path, threads: int, max_batch: int, cache: Path) -> list
         except subprocess.TimeoutExpired:
             proc.kill()
             err = ""
-        said = re.search(r"compiled in (\d+) s", err)
+        said = re.search(r"compiled in (\d+) ?s", err)
         print(f"start {len(out)}: ready in {out[-1]:.1f} s"
               + (f" (the engine's compile warm-up: {said.group(1)} s)" if said else ""), flush=True)
     return out

@@ -111,6 +111,9 @@ def test_generate_rejects_bad_requests(ckpt, tmp_path, capsys):
             main(["generate", "--checkpoint", str(ckpt), "--prompt", "x", "--max-tokens", bad])
         assert e.value.code == 2
         assert "--max-tokens" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(["generate", "--checkpoint", str(ckpt), "--prompt", "x", "--speculative", "fast"])
+    assert e.value.code == 2 and "--speculative: must be auto or a number of draft tokens >= 0" in capsys.readouterr().err
     rc, _, err = run(["generate", "--checkpoint", str(ckpt), "--prompt", "x", "--max-tokens", "100000"], capsys)
     assert rc == 2 and "exceeds the model's context length of 512 tokens" in err
     rc, _, err = run(["generate", "--checkpoint", str(tmp_path / "nope"), "--prompt", "x"], capsys)

@@ -85,6 +85,9 @@ def test_the_compile_cache_marker_says_what_a_warm_up_compiled(model, tmp_path, 
     assert Engine.compile_is_warm(cfg, torch.float32, "cpu", speculative="auto")
     (tmp_path / "inductor" / "nanoseek-warm" / f"{key}.json").write_text("{not json")
     assert not Engine.compile_is_warm(cfg, torch.float32, "cpu", speculative="auto", max_batch=1)
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "file" / "inductor"))  # cannot be written
+    assert compile_cache.mark_warm(key, (1,), 3.0) is False  # a start that compiled is not failed for its marker
 
 
 def test_the_compile_folder_follows_the_usual_conventions(monkeypatch, tmp_path):

@@ -123,7 +123,7 @@ def test_chunked_prefill_of_a_long_prompt_does_not_stall_running_decodes(model):
 def test_turn_n_of_a_conversation_prefills_only_its_new_tokens(model, speculative):
     warm = Engine(model, speculative=speculative)
     if speculative == "auto":  # the policy finds plain steps faster: the draft cache falls behind, and the
-        warm.scheduler.spec.policy.choose = lambda n: False  # next turn still reuses the whole conversation
+        warm.scheduler.spec.policy.choose = lambda: False  # next turn still reuses the whole conversation
         speculative = 0
     g = torch.Generator().manual_seed(3)
     convo = torch.randint(0, 256, (37,), generator=g).tolist()

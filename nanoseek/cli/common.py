@@ -67,7 +67,9 @@ def k_values(text: str) -> list[int]:
 
 def speculative_arg(s: str) -> int | str:
     """argparse type of --speculative: "auto" or a number of draft tokens >= 0."""
-    return "auto" if s == "auto" else nonneg_int(s)
+    if s != "auto" and not s.isdigit():
+        raise argparse.ArgumentTypeError(f"must be auto or a number of draft tokens >= 0, got {s!r}")
+    return s if s == "auto" else int(s)
 
 
 SPECULATIVE_HELP = ("MTP draft tokens per step: auto (default) drafts one in the steps where that measures faster "

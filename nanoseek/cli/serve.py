@@ -45,11 +45,10 @@ def cmd_serve(args) -> None:
         if args.compile:
             warm = Engine.compile_is_warm(ModelConfig.load(ckpt), dtype, device, speculative=args.speculative,
                                           max_batch=args.max_batch)
-            print("nanoseek serve: compiling the decode steps " + (
-                "from the compile cache" if warm else "(the first start of this model: a minute or two, kept on disk "
-                "for the next start; --eager skips it)"), file=sys.stderr, flush=True)
-        engine = Engine.load(ckpt, dtype=dtype, device=device,
-                             compile=args.compile, speculative=args.speculative, max_batch=args.max_batch,
+            note = "from the compile cache" if warm else "(a first start: a minute or two, kept on disk)"
+            print(f"nanoseek serve: compiling the decode steps {note}; --eager skips it", file=sys.stderr)
+        engine = Engine.load(ckpt, dtype=dtype, device=device, compile=args.compile, speculative=args.speculative,
+                             max_batch=args.max_batch,
                              max_len=args.max_len, cache_memory=args.cache_memory * 2**20 if args.cache_memory else None,
                              max_waiting=args.max_waiting, step_tokens=args.step_tokens,
                              prefix_caching=not args.no_prefix_caching)
@@ -59,7 +58,7 @@ def cmd_serve(args) -> None:
     app = create_app(engine, config)
     host = f"[{args.host}]" if ":" in args.host else args.host
     print(f"nanoseek serve: model {name!r} from {ckpt} ({engine.device}, {str(engine.dtype).removeprefix('torch.')}, "
-          f"context {engine.max_len}" + (f", compiled in {engine.startup_seconds:.0f} s" if engine.compiled else ", eager")
+          f"context {engine.max_len}, " + (f"compiled in {engine.startup_seconds:.0f}s" if engine.compiled else "eager")
           + f"); chat page and API at http://{host}:{args.port}/ (API under /v1)",
           file=sys.stderr)
     serve(app, host=args.host, port=args.port, log_level=args.log_level)

@@ -9,9 +9,9 @@ at one folder of its own, `compile_dir()`:
 
 unless TORCHINDUCTOR_CACHE_DIR is set, which wins (as for any torch program). Beside them it writes one marker
 per warmed-up engine shape (`warm_key`: the model config, dtype, device, torch version, draft tokens; the
-batch sizes it compiled inside) once a warm-up has finished, so that a command can tell before it starts whether compiling will be
-quick (`is_warm`). A marker is a hint, never trusted for correctness: with the kernels gone, compiling is
-merely slow again.
+batch sizes it compiled inside) once a warm-up has finished, so that a command can tell before it starts
+whether compiling will be quick (`is_warm`). A marker is a hint, never trusted for correctness: with the
+kernels gone, compiling is merely slow again.
 """
 
 from __future__ import annotations
@@ -35,12 +35,24 @@ def cache_root() -> Path:
     return Path(base) / "nanoseek"
 
 
+def _users_folder() -> Path | None:
+    """TORCHINDUCTOR_CACHE_DIR when the user set it (not torch's default, which torch writes back into the
+    variable once it has compiled, and not nanoseek's own)."""
+    own = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    if not own:
+        return None
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    ours = {os.path.abspath(default_cache_dir()), os.path.abspath(cache_root() / "compile")}
+    return None if os.path.abspath(own) in ours else Path(own)
+
+
 def compile_dir() -> Path:
     """Where torch.compile's caches live for this process: TORCHINDUCTOR_CACHE_DIR if the user set it, else
     nanoseek's own (set here, before the first compile reads it)."""
-    own = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
-    if own and own != _torch_default():
-        return Path(own)
+    users = _users_folder()
+    if users is not None:
+        return users
     path = cache_root() / "compile"
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(path)
     return path
@@ -49,22 +61,15 @@ def compile_dir() -> Path:
 def clear() -> Path | None:
     """Delete nanoseek's compile folder and torch's in-memory view of it, so that the next compile starts from
     nothing; returns the folder, or None (nothing deleted) when the folder is one the user chose."""
-    own = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
-    path = cache_root() / "compile"
-    if own and os.path.abspath(own) != os.path.abspath(path):
+    if _users_folder() is not None:
         return None
+    path = compile_dir()
     shutil.rmtree(path, ignore_errors=True)
     from torch._inductor.utils import clear_caches  # inductor's in-memory caches of what it loaded
 
     clear_caches()
     torch._dynamo.reset()
     return path
-
-
-def _torch_default() -> str:
-    from torch._inductor.runtime.cache_dir_utils import default_cache_dir  # torch sets the variable to it
-
-    return os.path.abspath(default_cache_dir())
 
 
 def warm_key(config, dtype: torch.dtype, device: torch.device | str, speculative: int) -> str:
@@ -87,5 +92,12 @@ def is_warm(key: str, sizes: tuple[int, ...]) -> bool:
     return isinstance(done, list) and set(sizes) <= set(done)
 
 
-def mark_warm(key: str, sizes: tuple[int, ...], seconds: float) -> None:
-    atomic_write_text(_marker(key), json.dumps({"sizes": sorted(sizes), "warmup_seconds": round(seconds, 1)}) + "\n")
+def mark_warm(key: str, sizes: tuple[int, ...], seconds: float) -> bool:
+    """Write the marker; False (and nothing else happens) when the folder cannot be written: the marker only
+    saves the next start a guess, it is no reason to fail this one."""
+    try:
+        atomic_write_text(_marker(key), json.dumps({"sizes": sorted(sizes), "warmup_seconds": round(seconds, 1)})
+                          + "\n")
+    except OSError:
+        return False
+    return True

@@ -13,15 +13,15 @@ there is one generation path (nanoseek.engine.scheduler). Requests of different 
 join between steps and leave as soon as they finish; conversations reuse their cached prefix. With
 `speculative=k` each decode step drafts k tokens with the model's MTP module and verifies them in one
 forward (nanoseek.engine.speculative); `speculative="auto"` drafts one where the model has an MTP module
-and only while that measures faster than plain decoding; with `compile=True` decode steps run compiled, for a fixed set of
-batch sizes compiled at start-up (nanoseek.engine.runner).
+and only while that measures faster than plain decoding; with `compile=True` decode steps run compiled,
+compiled at start-up and kept in an on-disk cache (nanoseek.engine.runner, nanoseek.engine.compile_cache).
 """
 
 from __future__ import annotations
 
 import functools
-import logging
 import itertools
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +34,7 @@ from nanoseek.engine.cache import LatentPool, SlotPool
 from nanoseek.engine.detokenize import TextStream
 from nanoseek.engine.loading import generation_eos_ids, load_tokenizer, resolve_checkpoint
 from nanoseek.engine.request import Completion, Delta, Request
-from nanoseek.engine.runner import ModelRunner
+from nanoseek.engine.runner import ModelRunner, warm_sizes
 from nanoseek.engine.sampling import Sampler, SamplingParams
 from nanoseek.engine.scheduler import Scheduler
 from nanoseek.engine.speculative import MTPSpeculator
@@ -81,6 +81,12 @@ class RunStats:
         return RunStats(**summed, cache_bytes=other.cache_bytes, cache_bytes_per_token=other.cache_bytes_per_token)
 
 
+def auto_draft_tokens(config, dtype: torch.dtype) -> int:
+    """Draft tokens of speculative="auto": one where the model has an MTP module and runs in fp32 (in bf16 a
+    verifying forward's argmax can differ from plain decoding's, so the output would depend on the timing)."""
+    return 1 if config.num_nextn_predict_layers and dtype == torch.float32 else 0
+
+
 class GenerationFailed(RuntimeError):
     """A request of a generate/stream call failed inside the engine (not an input error: the log has why)."""
 
@@ -111,8 +117,8 @@ class Engine:
         cfg = model.config
         self.model, self.config, self.tokenizer = model, cfg, tokenizer
         auto = speculative == "auto"
-        if auto:  # fp32 only: in bf16 a verifying forward's argmax can differ from plain decoding's
-            speculative = 1 if len(model.mtp) and model.model.embed_tokens.weight.dtype == torch.float32 else 0
+        if auto:
+            speculative = auto_draft_tokens(cfg, model.model.embed_tokens.weight.dtype)
         elif isinstance(speculative, bool) or not isinstance(speculative, int) or speculative < 0:
             raise EngineError(f"speculative must be a number of draft tokens >= 0, or 'auto'; got {speculative!r}",
                               param="speculative")
@@ -193,11 +199,11 @@ class Engine:
                 "shorten the prompt", param=param)
 
     @property
-    def speculation_speedup(self) -> dict[int, float]:
-        """With speculative="auto": speculative over plain decode speed as measured so far, per batch-size class
-        (keyed by its smallest batch size: 1, 2, 4, 8, ...); empty before both modes ran."""
+    def speculation_speedup(self) -> float | None:
+        """With speculative="auto": speculative over plain decode speed at batch 1 as measured so far (None
+        before both modes were measured, or without auto speculation)."""
         spec = self.scheduler.spec
-        return spec.policy.speedup() if spec is not None and spec.policy is not None else {}
+        return spec.policy.speedup() if spec is not None and spec.policy is not None else None
 
     @property
     def fast(self):
@@ -209,9 +215,8 @@ class Engine:
                         max_batch: int = 32) -> bool:
         """Whether Engine(compile=True) of this model would find its compiled steps in the on-disk cache (a
         start of seconds rather than a minute or more)."""
-        auto = 1 if config.num_nextn_predict_layers and dtype == torch.float32 else 0
-        k = auto if speculative == "auto" else speculative
-        return compile_cache.is_warm(compile_cache.warm_key(config, dtype, device, k), (1, 2)[:min(max_batch, 2)])
+        k = auto_draft_tokens(config, dtype) if speculative == "auto" else speculative
+        return compile_cache.is_warm(compile_cache.warm_key(config, dtype, device, k), warm_sizes(max_batch))
 
     @classmethod
     def load(cls, path: str | Path, dtype: torch.dtype | str | None = None,

@@ -27,6 +27,11 @@ def decode_step(fast: InferenceModel, ids, kv, pos, span: int, rope) -> tuple[to
     return h, fast.logits(h)
 
 
+def warm_sizes(max_batch: int) -> tuple[int, ...]:
+    """The batch sizes a compiled start runs: 1, and 2 for every larger one (the graph all sizes >= 2 share)."""
+    return tuple(b for b in (1, 2) if b <= max_batch)
+
+
 class ModelRunner:
     def __init__(self, model, *, rows: int, max_len: int, compile: bool = False, draft_layers: int = 0,
                  max_batch: int | None = None):
@@ -42,8 +47,7 @@ class ModelRunner:
         # rope tables over every position, the scratch position included
         self.rope = model.rotary(torch.arange(max_len + 1, device=self.device), self.dtype)
         self.compiled = compile
-        # the batch sizes start-up compiles: 1, and 2 for every larger one (none without compile)
-        self.warm_sizes = tuple(b for b in (1, 2) if b <= min(rows, max_batch or rows)) if compile else ()
+        self.warm_sizes = warm_sizes(min(rows, max_batch or rows)) if compile else ()
         self._decode = torch.compile(decode_step, dynamic=True) if compile else decode_step
         self.startup_seconds = 0.0
         # what the steps did, since start (the engine's statistics are differences of these)

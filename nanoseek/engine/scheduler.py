@@ -149,9 +149,9 @@ class Scheduler:
                     spec.after_plain(running, h, new)
         except Exception as e:  # the batch's forward: it fails the requests in it, not the others
             return self._fail_all(running, e, rec)
-        if spec is not None and spec.policy is not None:
-            spec.policy.record(len(running), speculated, time.perf_counter() - t0,
-                               sum(len(t) for t in new if not isinstance(t, Exception)))
+        if spec is not None:
+            spec.observe(running, speculated, time.perf_counter() - t0,
+                         sum(len(t) for t in new if not isinstance(t, Exception)))
         out, failed = [], []
         for r, toks, lg in zip(running, new, logits):
             try:

@@ -7,11 +7,11 @@ rejected one is replaced by a draw from norm(max(p_j - q_j, 0)); if all stand, o
 p_k. The output then has exactly the target distribution p; for greedy requests p and q are one-hot and the
 rule keeps a draft iff it is the target's argmax, so the output is the plain greedy output token for token.
 
-With `auto=True` the speculator speculates only where it pays (`SpeculationPolicy`): each decode step it
-measures the seconds per generated token of the mode it ran, per batch size, and runs the faster mode, trying
-the other one now and then. A plain step keeps the draft cache's inputs (the main model's hiddens and the
-tokens after them) so that a later round catches up in one MTP forward. Auto mode speculates for greedy
-requests only (sampled ones decode plainly), so a seeded sampled answer never depends on the timing.
+With `auto=True` the speculator speculates only where it pays (`SpeculationPolicy`): at batch 1 it measures
+the seconds per generated token of each mode and runs the faster, trying the other one now and then. A plain
+step keeps the draft cache's inputs (the main model's hiddens and the tokens after them) so that a later round
+catches up in one MTP forward. Auto mode speculates for greedy requests only (sampled ones decode plainly), so
+a seeded sampled answer never depends on the timing.
 
 Drafts beyond the first reuse MTP module 1 on its own normed output (what serving engines do, docs/architecture.md §5.4):
 an approximation that only affects how many drafts are accepted, never what is output.
@@ -68,6 +68,13 @@ def draft_budget(s, k: int) -> int:
     return max(min(k, s.params.max_new_tokens - len(s.tokens) - 1), 0)
 
 
+def _owed_hidden(s) -> torch.Tensor:
+    """The main-model hiddens request s owes the draft cache, [c, d] (plain steps leave them as pieces)."""
+    if len(s.h_pend) > 1:
+        s.h_pend = [torch.cat(s.h_pend)]
+    return s.h_pend[0]
+
+
 def verify_step(fast, ids, kv, pos, span: int, rope) -> tuple[torch.Tensor, torch.Tensor]:
     """The verifying forward: hidden states and logits at every position of ids [n, k + 1] (compilable)."""
     h = fast.forward_cached(ids, kv, pos, span=span, rope=rope)
@@ -80,9 +87,9 @@ def mtp_step(fast, h_prev, ids, kv, pos, span: int, rope) -> torch.Tensor:
 
 
 class SpeculationPolicy:
-    """Speculative round or plain step, by measurement. Per batch-size class (1, 2-3, 4-7, ...): the median
-    seconds per generated token of each mode over its last `window` measured steps; the faster one runs, and
-    now and then the other one, so that a change (acceptance falling, a longer context) is seen.
+    """Speculative round or plain step at batch 1, by measurement: the median seconds per generated token of
+    each mode over its last `window` measured steps; the faster one runs, and now and then the other one, so
+    that a change (acceptance falling, a longer context) is seen.
 
     Modes are measured in runs of `block` steps, and the first `settle` steps after a switch are not counted:
     steps that alternate modes, or follow a switch, run with caches the other mode left cold and measured
@@ -99,47 +106,40 @@ class SpeculationPolicy:
     def __init__(self, explore: int = 32, explore_max: int = 512, block: int = 8, settle: int = 2,
                  window: int = 24, margin: float = 1.1):
         self.explore, self.explore_max, self.block, self.settle = explore, explore_max, block, settle
-        self.window, self.margin = window, margin
-        self.classes: dict[int, dict] = {}
+        self.margin = margin
+        self.times = {True: deque(maxlen=window), False: deque(maxlen=window)}  # speculated -> s / token
+        self.queue = deque([True] * block + [False] * 2 * block + [True] * block)  # modes decided already
+        self.best: bool | None = None
+        self.interval, self.since = explore, 0
+        self.last: bool | None = None
+        self.run = 0  # steps of the last mode in a row
 
-    def _class(self, n: int) -> dict:
-        c = self.classes.get(n.bit_length())
-        if c is None:
-            c = self.classes[n.bit_length()] = {"spec": deque(maxlen=self.window), "plain": deque(maxlen=self.window),
-                                               "best": None, "interval": self.explore, "since": 0, "queue": deque(),
-                                               "last": None, "run": 0}
-            b = self.block
-            c["queue"].extend([True] * b + [False] * 2 * b + [True] * b)
-        return c
+    def choose(self) -> bool:
+        """Whether the next step speculates."""
+        if self.queue:
+            return self.queue.popleft()
+        if self.best is None or self.since % 8 == 0:  # the medians move slowly: every 8th step is enough
+            best = statistics.median(self.times[True]) * self.margin <= statistics.median(self.times[False])
+            if best != self.best:  # a new choice: look at the other mode again soon
+                self.best, self.interval, self.since = best, self.explore, 0
+        self.since += 1
+        if self.since < self.interval:
+            return self.best
+        self.since, self.interval = 0, min(2 * self.interval, self.explore_max)
+        self.queue.extend([not self.best] * self.block)
+        return self.queue.popleft()
 
-    def choose(self, n: int) -> bool:
-        """Whether the next step of a batch of n rows speculates."""
-        c = self._class(n)
-        if c["queue"]:
-            return c["queue"].popleft()
-        if c["best"] is None or c["since"] % 8 == 0:  # the medians move slowly: every 8th step is enough
-            best = statistics.median(c["spec"]) * self.margin <= statistics.median(c["plain"])
-            if best != c["best"]:  # a new choice: look at the other mode again soon
-                c["best"], c["interval"], c["since"] = best, self.explore, 0
-        best = c["best"]
-        c["since"] += 1
-        if c["since"] < c["interval"]:
-            return best
-        c["since"], c["interval"] = 0, min(2 * c["interval"], self.explore_max)
-        c["queue"].extend([not best] * self.block)
-        return c["queue"].popleft()
+    def record(self, speculated: bool, seconds: float, tokens: int) -> None:
+        self.run = self.run + 1 if self.last == speculated else 1
+        self.last = speculated
+        if tokens > 0 and self.run > self.settle:
+            self.times[speculated].append(seconds / tokens)
 
-    def record(self, n: int, speculated: bool, seconds: float, tokens: int) -> None:
-        c = self._class(n)
-        c["run"] = c["run"] + 1 if c["last"] == speculated else 1
-        c["last"] = speculated
-        if tokens > 0 and c["run"] > self.settle:
-            c["spec" if speculated else "plain"].append(seconds / tokens)
-
-    def speedup(self) -> dict[int, float]:
-        """Measured speculative speed over plain, per batch-size class (its smallest batch size)."""
-        return {1 << (k - 1): statistics.median(c["plain"]) / statistics.median(c["spec"])
-                for k, c in sorted(self.classes.items()) if c["spec"] and c["plain"]}
+    def speedup(self) -> float | None:
+        """Measured speculative speed over plain (None before both modes were measured)."""
+        if not (self.times[True] and self.times[False]):
+            return None
+        return statistics.median(self.times[False]) / statistics.median(self.times[True])
 
 
 MAX_PENDING = 64  # draft-cache positions a request may owe before it gives up speculating (its hiddens' memory)
@@ -170,7 +170,12 @@ class MTPSpeculator:
         # auto: a batch of one only. Verifying k + 1 tokens of every row multiplies the experts each step reads
         # (and rounds of larger batches run eager), so on a CPU speculation pays, where it does, at batch 1;
         # exploring it at every batch size would cost each size's warm-up steps for nothing
-        return len(rows) == 1 and self.policy.choose(1)
+        return len(rows) == 1 and self.policy.choose()
+
+    def observe(self, rows: list, speculated: bool, seconds: float, tokens: int) -> None:
+        """What a decode step of these rows took: the auto policy's measurements (batch 1 only)."""
+        if self.policy is not None and len(rows) == 1:
+            self.policy.record(speculated, seconds, tokens)
 
     def after_plain(self, rows: list, h: torch.Tensor, new: list) -> None:
         """A plain step fed each row's pending token (hiddens h [n, d]) and chose the next: the draft cache owes
@@ -220,25 +225,28 @@ class MTPSpeculator:
         behind = [s for s in rows if len(s.next_pend) > self.k + 1]
         if not behind:
             return
-        r = self.runner
-        dev, n = r.device, len(behind)
         c = [len(s.next_pend) - 1 for s in behind]
-        S = max(c)
-        h_in = torch.zeros(n, S, r.config.hidden_size, dtype=r.dtype, device=dev)
-        nxt = torch.zeros(n, S, dtype=torch.long, device=dev)
-        for i, s in enumerate(behind):
-            s.h_pend = [torch.cat(s.h_pend)]
-            h_in[i, :c[i]] = s.h_pend[0][:c[i]]
-            nxt[i, :c[i]] = torch.tensor(s.next_pend[:c[i]], device=dev)
-        start = torch.tensor([s.slot.mtp_len for s in behind], device=dev)
-        valid = torch.arange(S, device=dev) < torch.tensor(c, device=dev)[:, None]
-        pos = torch.where(valid, start[:, None] + torch.arange(S, device=dev), 0)  # padding: stored nowhere
-        span = max(s.slot.mtp_len + ci for s, ci in zip(behind, c))
-        r.fast.forward_mtp_cached(1, h_in, nxt, r.draft_pool.layers[0], pos, valid=valid, span=span, rope=r.rope,
-                                  rows=torch.tensor([s.slot.row for s in behind], device=dev))
+        self._mtp_owed(behind, c, row_index=torch.tensor([s.slot.row for s in behind], device=self.runner.device))
         for s, ci in zip(behind, c):
             s.slot.mtp_len += ci
             s.h_pend, s.next_pend = [s.h_pend[0][ci:]], s.next_pend[ci:]
+
+    def _mtp_owed(self, rows: list, counts: list[int], row_index: torch.Tensor | None = None) -> torch.Tensor:
+        """MTP module 1 over the first counts[i] owed positions of each row, right-padded (padding is stored
+        nowhere), writing them into the draft cache; returns its outputs [n, max(counts), d]."""
+        r = self.runner
+        dev, n, S = r.device, len(rows), max(counts)
+        h_in = torch.zeros(n, S, r.config.hidden_size, dtype=r.dtype, device=dev)
+        nxt = torch.zeros(n, S, dtype=torch.long, device=dev)
+        for i, s in enumerate(rows):
+            h_in[i, :counts[i]] = _owed_hidden(s)[:counts[i]]
+            nxt[i, :counts[i]] = torch.tensor(s.next_pend[:counts[i]], device=dev)
+        start = torch.tensor([s.slot.mtp_len for s in rows], device=dev)
+        valid = torch.arange(S, device=dev) < torch.tensor(counts, device=dev)[:, None]
+        pos = torch.where(valid, start[:, None] + torch.arange(S, device=dev), 0)
+        span = max(s.slot.mtp_len + ci for s, ci in zip(rows, counts))
+        return r.fast.forward_mtp_cached(1, h_in, nxt, r.draft_pool.layers[0], pos, valid=valid, span=span,
+                                         rope=r.rope, rows=row_index)
 
     def start(self, req, h_last: torch.Tensor, first_token: int) -> None:
         if self.policy is not None and not (req.params.greedy and not req.params.penalized):
@@ -265,29 +273,17 @@ class MTPSpeculator:
         budgets = [draft_budget(s, k) for s in rows]
         kr = max(budgets)
         # 1) MTP: write the positions whose inputs are now known, and draft d_1 from the last of them
-        for s in rows:
-            if len(s.h_pend) > 1:
-                s.h_pend = [torch.cat(s.h_pend)]
         c = [len(s.next_pend) for s in rows]
         Sm = max(c)
         dview = runner.draft_pool.layers[0]
-        span = max(s.slot.mtp_len + ci for s, ci in zip(rows, c))
         if min(c) == Sm:  # every row has all its positions: no padding, the compiled path applies
-            h_in = torch.stack([s.h_pend[0] for s in rows])
+            h_in = torch.stack([_owed_hidden(s) for s in rows])
             nxt = torch.tensor([s.next_pend for s in rows], device=dev)
             pos = torch.tensor([[s.slot.mtp_len + j for j in range(Sm)] for s in rows], device=dev)
+            span = max(s.slot.mtp_len for s in rows) + Sm
             g = mtp_fn(fast, h_in, nxt, dview, pos, span, rope)[:, -1]
         else:
-            h_in = torch.zeros(n, Sm, runner.config.hidden_size, dtype=runner.dtype, device=dev)
-            nxt = torch.zeros(n, Sm, dtype=torch.long, device=dev)
-            for i, s in enumerate(rows):
-                h_in[i, :c[i]] = s.h_pend[0]
-                nxt[i, :c[i]] = torch.tensor(s.next_pend, device=dev)
-            start = torch.tensor([s.slot.mtp_len for s in rows], device=dev)
-            valid = torch.arange(Sm, device=dev) < torch.tensor(c, device=dev)[:, None]
-            pos = torch.where(valid, start[:, None] + torch.arange(Sm, device=dev), 0)  # padding: a harmless position
-            g = fast.forward_mtp_cached(1, h_in, nxt, dview, pos, valid=valid, span=span, rope=rope)
-            g = g[torch.arange(n, device=dev), torch.tensor(c, device=dev) - 1]  # [n, d]
+            g = self._mtp_owed(rows, c)[torch.arange(n, device=dev), torch.tensor(c, device=dev) - 1]  # [n, d]
         # greedy requests without penalties need only argmaxes: no distributions, no per-row sampler calls
         argmax_only = all(s.params.greedy and not s.params.penalized for s in rows)
         drafts: list[list[int]] = [[] for _ in rows]

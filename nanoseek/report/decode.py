@@ -74,7 +74,7 @@ def measure_decode(checkpoint: str | Path, prompts: list[str], *, chat: bool = T
             "prompts": len(tokens[k]), "tokens": gen, "tokens_per_s": gen / dec if dec else 0.0,
             "acceptance_rate": accepted / drafted if drafted else None, "draft_tokens": eng.speculative}
         if k:
-            out["speculative"]["speedup_measured"] = eng.speculation_speedup.get(1)
+            out["speculative"]["speedup_measured"] = eng.speculation_speedup
     if spec:
         out["same"] = sum(a == b for a, b in zip(tokens[spec], tokens[0]))
         out["compared"] = min(len(tokens[spec]), len(tokens[0]))
