@@ -25,6 +25,7 @@ from collections import defaultdict
 from typing import Any, Callable, Iterable, Sequence
 
 from nanoseek.data.tasks import PROMPT_STYLES, Problem, chat_messages, earlier_problems, earlier_turns, prompt_ids
+from nanoseek.data.tasks.strategies import STRATEGIES
 from nanoseek.engine import SamplingParams
 from nanoseek.eval.metrics import Sample, markdown_table, summarize
 from nanoseek.train.rewards import score
@@ -39,6 +40,7 @@ def sample_seed(seed: int, problem: int, sample: int) -> int:
 
 
 STYLES = PROMPT_STYLES
+_STRATEGY_ORDER = (*STRATEGIES, "none")
 
 
 def evaluate_tasks(engine, problems: Sequence[Problem], *, samples: int = 1, k: Iterable[int] = (1,),
@@ -128,11 +130,21 @@ def evaluate_tasks(engine, problems: Sequence[Problem], *, samples: int = 1, k: 
     summary = row({"task": "all"}, list(range(len(problems)))) if len(rows) > 1 else rows[0]
     if len(rows) > 1:
         rows.append(summary)
+    # which strategy the answers followed (chat), and how often each was right: what RL can select from
+    by_strategy: dict[str, list[bool]] = defaultdict(list)
+    for rows_ in scored:
+        for s in rows_:
+            by_strategy[s["strategy"] or "none"].append(s["correct"])
+    n_samples = sum(map(len, by_strategy.values()))
+    strategy_rows = [{"strategy": k, "samples": len(v), "share": len(v) / n_samples, "accuracy": sum(v) / len(v)}
+                     for k, v in sorted(by_strategy.items(), key=lambda kv: _STRATEGY_ORDER.index(kv[0]))
+                     ] if style == "chat" else []
     several = {t for t in by_task if len({d for (tt, d) in by_level if tt == t}) > 1}
     by_difficulty = [row({"task": t, "difficulty": d}, which) for (t, d), which in
                      sorted(by_level.items(), key=lambda kv: (kv[0][0], kv[0][1] or 0)) if t in several]
     out: dict[str, Any] = {
         "format_version": FORMAT_VERSION, "summary": summary, "rows": rows, "by_difficulty": by_difficulty,
+        "by_strategy": strategy_rows,
         "settings": {"samples": samples, "k": ks, "temperature": temperature, "top_p": top_p,
                      "max_new_tokens": max_new_tokens, "seed": seed, "style": style, "after_turns": after_turns},
         "tokens": {"prompt": n_prompt, "generated": n_gen}, "seconds": seconds}
@@ -168,4 +180,6 @@ def results_markdown(results: dict[str, Any], bpb: dict[str, Any] | None = None)
         parts.append(markdown_table(results["rows"]))
         if results.get("by_difficulty"):
             parts.append(markdown_table(results["by_difficulty"]))
+        if results.get("by_strategy"):
+            parts.append(markdown_table(results["by_strategy"]))
     return "\n".join(parts)

@@ -102,7 +102,7 @@ def summarize(samples_per_problem: Sequence[Sequence[Sample]], ks: Iterable[int]
 
 # ---- tables ----------------------------------------------------------------------------------------------
 def _is_rate(column: str) -> bool:
-    return column.startswith(("accuracy", "pass@", "maj@")) or column.endswith(("_rate", "accuracy"))
+    return column.startswith(("accuracy", "pass@", "maj@")) or column.endswith(("_rate", "accuracy", "share"))
 
 
 def format_value(column: str, value: Any) -> str:

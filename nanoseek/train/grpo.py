@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from nanoseek.data.tasks import chat_messages
+from nanoseek.data.tasks.strategies import shares, strategy_of
 from nanoseek.engine import Engine, SamplingParams
 from nanoseek.engine.cache import LatentPool
 from nanoseek.engine.sampling import GREEDY_BELOW
@@ -44,7 +45,7 @@ from nanoseek.model.loss import linear_logprobs
 from nanoseek.train import distributed as D
 from nanoseek.train.config import TrainConfig, _f
 from nanoseek.train.loop import Task
-from nanoseek.train.rewards import Rewards, accuracy_reward
+from nanoseek.train.rewards import Rewards, accuracy_reward, split_completion
 from nanoseek.train.schedule import SCHEDULES
 
 LOSS_TYPES = ("grpo", "dr_grpo", "dapo")
@@ -83,6 +84,8 @@ class GRPOConfig(TrainConfig):
     clip_eps_high: float | None = _f(None, "upper clip (default: clip_eps; dapo: 0.28)")
     beta: float = _f(0.0, "KL penalty to the frozen starting model (k3); 0 keeps no reference model")
     eval_problems: int = _f(64, "validation problems scored (greedy) at each evaluation")
+    dynamic_sampling: int = _f(0, "DAPO's dynamic sampling: up to N more rounds of prompts per generation replace "
+                                  "groups whose rewards all agree (they carry no signal); 0: off")
 
     # --problems may name another path (a copied run folder): the task state compares the problems themselves
     FIXED_ON_RESUME = ("optimizer", "seed", "task", "difficulty", "prompts_per_step", "group_size",
@@ -97,6 +100,7 @@ class GRPOConfig(TrainConfig):
 
         for name in ("prompts_per_step", "group_size", "updates_per_generation", "max_new_tokens", "eval_problems"):
             need(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
+        need(self.dynamic_sampling >= 0, "dynamic_sampling", f"must be >= 0, got {self.dynamic_sampling}")
         need(self.group_size >= 2, "group_size", f"must be >= 2 (advantages compare a group), got {self.group_size}")
         need(self.temperature >= GREEDY_BELOW, "temperature",
              f"must be at least {GREEDY_BELOW:g}: rollouts are sampled, and below that sampling is greedy (a group of "
@@ -195,6 +199,22 @@ def policy_logprobs(model: DeepSeekV3, x: torch.Tensor, y: torch.Tensor, tempera
 
 # ---- rollouts -------------------------------------------------------------------------------------------------
 @dataclass
+class Group:
+    """One prompt's G sampled completions with their rewards (total) and whether each answer was right."""
+    prompt: list[int]
+    problem: Any
+    outs: list
+    scores: list[dict[str, float]]
+    rewards: list[float]
+    right: list[float]
+
+
+def _mixed(group: Group) -> bool:
+    """Whether a group's rewards differ (only then do its advantages carry a signal)."""
+    return len(set(group.rewards)) > 1
+
+
+@dataclass
 class Rollout:
     ids: list[int]  # prompt + completion
     prompt_len: int
@@ -271,20 +291,16 @@ class GRPOTask(Task):
     @torch.no_grad()
     def _generate(self, model: nn.Module, generation: int) -> dict[str, float]:
         cfg = self.cfg
-        problems = self._problems_for(generation)
-        prompts = [self._prompt_ids(p) for p in problems]
         G = cfg.group_size
-        first = self.rank * len(prompts)  # this rank's first prompt in the generation batch
-        # seeded by the prompt's place in the whole batch: any number of processes samples the same completions
-        params = [SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
-                                 seed=hash((cfg.seed, generation, first + i // G, i % G)) & (2**63 - 1),
-                                 skip_special_tokens=False, logprobs=0)
-                  for i in range(len(prompts) * G)]
-        with D.full_weights(model):  # FSDP: the engine needs whole weights; DDP/one process: a no-op
-            outs = self._engine(model).generate([p for p in prompts for _ in range(cfg.group_size)], params)
-        scores = [self.rewards.scores(self.tok.decode(prompts[i // G]), o.text, problems[i // G])
-                  for i, o in enumerate(outs)]
-        total = torch.tensor([s["reward"] for s in scores], dtype=torch.float32).view(-1, G)
+        groups = self._sample_groups(model, self._problems_for(generation), generation, 0)
+        # what the policy does, measured on the first round (refills are chosen for their mixed rewards)
+        m = self._rollout_metrics(groups)
+        if cfg.dynamic_sampling:
+            groups, m["sampling_rounds"] = self._refill(model, groups, generation)
+            m["informative_groups"] = sum(_mixed(g) for g in groups) / len(groups)
+        prompts = [g.prompt for g in groups]
+        outs = [o for g in groups for o in g.outs]
+        total = torch.tensor([r for g in groups for r in g.rewards], dtype=torch.float32).view(-1, G)
         adv = group_advantages(total, scale=cfg.loss_type != "dr_grpo").view(-1)
         self.rollouts = [Rollout(prompts[i // G] + o.token_ids, len(prompts[i // G]), float(adv[i]),
                                  engine_logp=[t.logprob for t in o.logprobs]) for i, o in enumerate(outs)]
@@ -296,15 +312,69 @@ class GRPOTask(Task):
         n_tokens = sum(len(r.ids) - r.prompt_len for r in self.rollouts)
         n = D.all_reduce_sum(torch.tensor([len(self.rollouts), n_tokens], dtype=torch.float64, device=self.device))
         self.norm = {"grpo": n[0].item(), "dr_grpo": n[0].item() * cfg.max_new_tokens, "dapo": n[1].item()}[cfg.loss_type]
+        m["trained_fraction"] = len(self.trained) / len(self.rollouts)
+        return m
+
+    def _sample_groups(self, model: nn.Module, problems: list, generation: int, round_: int) -> list["Group"]:
+        """A group of G scored completions for each problem. Seeded by the prompt's place in the whole batch, so
+        any number of processes samples the same completions (round 0 keeps the seeds it always had)."""
+        cfg, G = self.cfg, self.cfg.group_size
+        prompts = [self._prompt_ids(p) for p in problems]
+        first = self.rank * len(prompts)  # this rank's first prompt in the generation batch
+        where = (generation,) if round_ == 0 else (generation, -round_)  # ints: hash() is the same in every process
+        params = [SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
+                                 seed=hash((cfg.seed, *where, first + i // G, i % G)) & (2**63 - 1),
+                                 skip_special_tokens=False, logprobs=0)
+                  for i in range(len(prompts) * G)]
+        with D.full_weights(model):  # FSDP: the engine needs whole weights; DDP/one process: a no-op
+            outs = self._engine(model).generate([p for p in prompts for _ in range(G)], params)
+        groups = []
+        for j, (prompt, problem) in enumerate(zip(prompts, problems)):
+            mine = outs[j * G:(j + 1) * G]
+            text = self.tok.decode(prompt)
+            scores = [self.rewards.scores(text, o.text, problem) for o in mine]
+            right = [s["accuracy"] if "accuracy" in s else accuracy_reward("", o.text, problem)
+                     for s, o in zip(scores, mine)]
+            groups.append(Group(prompt, problem, mine, scores, [s["reward"] for s in scores], right))
+        return groups
+
+    def _refill(self, model: nn.Module, groups: list["Group"], generation: int) -> tuple[list["Group"], int]:
+        """DAPO's dynamic sampling: groups whose rewards all agree carry no signal, so up to `dynamic_sampling`
+        more rounds of other training prompts are sampled and their mixed groups take those places. Every rank
+        runs the same rounds (the engine may gather FSDP weights). Returns the groups and the rounds run."""
+        cfg, need = self.cfg, len(groups)
+        mixed = [g for g in groups if _mixed(g)]
+        rounds = 0
+        while rounds < cfg.dynamic_sampling:
+            short = D.all_reduce_sum(torch.tensor([float(len(mixed) < need)], device=self.device)).item()
+            if not short:
+                break
+            rounds += 1
+            rng = random.Random(f"{cfg.seed}|refill|{generation}|{rounds}|{self.rank}")
+            extra = [self.train_problems[rng.randrange(len(self.train_problems))] for _ in range(need)]
+            mixed += [g for g in self._sample_groups(model, extra, generation, rounds) if _mixed(g)]
+        # the places no mixed group filled keep first-round groups (advantage 0: they train nothing)
+        return (mixed + [g for g in groups if not _mixed(g)])[:need], rounds
+
+    def _rollout_metrics(self, groups: list["Group"]) -> dict[str, float]:
+        """Rewards, lengths (of right and of wrong answers), truncation and the strategies the completions used."""
+        outs = [o for g in groups for o in g.outs]
+        scores = [s for g in groups for s in g.scores]
+        right = [r for g in groups for r in g.right]
+        total = torch.tensor([r for g in groups for r in g.rewards], dtype=torch.float32).view(len(groups), -1)
         lengths = [len(o.token_ids) for o in outs]
         m = {f"reward_{k}": sum(s[k] for s in scores) / len(scores) for k in scores[0] if k != "reward"}
         m.update(reward=float(total.mean()), reward_std=float(total.std(dim=1).mean()),
                  zero_variance_groups=float((total.std(dim=1) == 0).float().mean()),
                  completion_len=sum(lengths) / len(lengths), completion_len_max=float(max(lengths)),
                  truncated=sum(o.finish_reason == "length" for o in outs) / len(outs))
-        if "accuracy" not in self.rewards.weights:  # the control run still reports what it does to accuracy
-            m["reward_accuracy"] = sum(accuracy_reward("", o.text, problems[i // G]) for i, o in enumerate(outs)) / len(outs)
-        m["trained_fraction"] = len(self.trained) / len(self.rollouts)
+        m["reward_accuracy"] = sum(right) / len(right)  # also in the control run, whose reward ignores it
+        for name, which in (("right", 1.0), ("wrong", 0.0)):
+            picked = [n for n, r in zip(lengths, right) if r == which]
+            if picked:
+                m[f"completion_len_{name}"] = sum(picked) / len(picked)
+        used = shares(strategy_of(split_completion(o.text)[0]) for o in outs)
+        m.update({f"strategy_{k}": v for k, v in used.items()})
         return m
 
     def _to_train(self) -> list[Rollout]:

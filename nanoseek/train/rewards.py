@@ -23,6 +23,7 @@ import re
 from typing import Any, Callable, Mapping
 
 from nanoseek.data.tasks import Problem, answer_key, check_answer, problem_from_record
+from nanoseek.data.tasks.strategies import strategy_of
 from nanoseek.errors import DataError
 
 THINK, THINK_END = "<think>", "</think>"
@@ -87,12 +88,14 @@ def extract_plain_answer(text: str) -> str | None:
 
 def score(problem: Problem, completion: str, style: str = "chat") -> dict[str, Any]:
     """One completion (special tokens kept) checked against its problem: the extracted answer, whether it is
-    right, its vote key and whether it is well formed (chat: <think>reasoning</think>answer; plain: an
-    "Answer:" line)."""
+    right, its vote key, whether it is well formed (chat: <think>reasoning</think>answer; plain: an "Answer:"
+    line) and the strategy its reasoning followed (chat: direct, worked, checked, or None without reasoning;
+    nanoseek.data.tasks.strategies)."""
     answer = extract_answer(completion) if style == "chat" else extract_plain_answer(completion)
     well_formed = is_well_formed(completion) if style == "chat" else answer is not None
     return {"answer": answer, "correct": check_answer(problem, answer), "key": answer_key(problem, answer),
-            "format": well_formed}
+            "format": well_formed,
+            "strategy": strategy_of(split_completion(completion)[0]) if style == "chat" else None}
 
 
 def as_problem(reference: Any) -> Problem:

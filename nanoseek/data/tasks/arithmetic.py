@@ -305,6 +305,9 @@ class DigitSum(IntegerTask):
         n = rng.randint(10 ** difficulty, 10 ** (difficulty + 1) - 1)
         return self.make(f"What is the sum of the digits of {n}?", sum(_digits(n)), str(n), difficulty, number=n)
 
+    def direct_reasoning(self, problem: Problem) -> str:
+        return "+".join(str(problem.meta["number"])) + f"={problem.answer}"
+
     def solve(self, problem: Problem) -> Solution:
         digits = [int(c) for c in str(problem.meta["number"])]
         lines, total = [], digits[0]

@@ -254,6 +254,9 @@ class Countdown(Task):
             text = " ".join(answer.split())
             return f"invalid: {text}" if text else None
 
+    def direct_reasoning(self, problem: Problem) -> str:
+        return f"{self.solve(problem).answer}={problem.meta['target']}"
+
     def solve(self, problem: Problem) -> Solution:
         target = problem.meta["target"]
         failed, hit = search(problem.meta["numbers"], target)

@@ -25,12 +25,13 @@ import json
 import os
 import random
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 from nanoseek.data.tasks.arithmetic import evaluation_steps
 from nanoseek.data.tasks.custom import custom_problem
 from nanoseek.data.tasks.problem import Problem
 from nanoseek.data.tasks.registry import TASKS, worked_solution
+from nanoseek.data.tasks.strategies import DEFAULT_MIX, assign, solution_in
 from nanoseek.errors import DataError
 from nanoseek.io import atomic_write_text
 
@@ -168,12 +169,13 @@ def write_problems(problems: Iterable[Problem], path: str | os.PathLike) -> int:
 
 
 # ---- SFT and chat --------------------------------------------------------------------------------------
-def chat_messages(problem: Problem, with_solution: bool = True) -> list[dict[str, str]]:
-    """The conversation for a problem: the user's prompt, then (with_solution) the assistant's worked
-    reasoning and answer. Without the solution it is the prompt an RL rollout or evaluation starts from."""
+def chat_messages(problem: Problem, with_solution: bool = True, strategy: str = "worked") -> list[dict[str, str]]:
+    """The conversation for a problem: the user's prompt, then (with_solution) the assistant's reasoning, written
+    in `strategy` (direct, worked, checked: nanoseek.data.tasks.strategies), and answer. Without the solution it
+    is the prompt an RL rollout or evaluation starts from."""
     messages = [{"role": "user", "content": problem.prompt}]
     if with_solution:
-        sol = worked_solution(problem)
+        sol = solution_in(problem, strategy)
         if sol is None:
             raise DataError(f"problem {problem.id} ({problem.prompt[:60]!r}) has no worked solution; give "
                             'bring-your-own problems a "reasoning" field to write SFT data from them')
@@ -201,32 +203,36 @@ def earlier_problems(problems: Sequence[Problem], i: int, n: int) -> list[Proble
     return [problems[(i + rng.randrange(1, len(problems))) % len(problems)] for _ in range(n)]
 
 
-def sft_record(problem: Problem, earlier: Sequence[Problem] = ()) -> dict[str, Any]:
-    return {"messages": earlier_turns(earlier) + chat_messages(problem)}
+def sft_record(problem: Problem, earlier: Sequence[Problem] = (), strategy: str = "worked") -> dict[str, Any]:
+    return {"messages": earlier_turns(earlier) + chat_messages(problem, strategy=strategy)}
 
 
-def write_sft(problems: Iterable[Problem], path: str | os.PathLike, follow_ups: float = 0.0, seed: int = 0) -> int:
+def write_sft(problems: Iterable[Problem], path: str | os.PathLike, follow_ups: float = 0.0, seed: int = 0,
+              strategies: str | Mapping[str, float] = DEFAULT_MIX) -> int:
     """SFT conversations, one per problem. follow_ups: the share of them asked after one or two earlier
     questions of the set (answered), as a user goes on in one conversation: a model trained on single-turn
-    chats alone answers a second question worse than a first."""
+    chats alone answers a second question worse than a first. strategies: the mix of solution strategies
+    ("direct=0.8,worked=0.2"; `strategies.assign(problems, mix, seed)` gives each problem's)."""
     problems = list(problems)
     if not 0.0 <= follow_ups <= 1.0:
         raise DataError(f"follow_ups must be a share between 0 and 1, got {follow_ups}", param="follow_ups")
     rng = random.Random(seed)
+    written = assign(problems, strategies, seed)
 
     def record(i: int, p: Problem) -> dict[str, Any]:
         n = rng.choice((1, 2)) if len(problems) > 1 and rng.random() < follow_ups else 0
-        return sft_record(p, earlier_problems(problems, i, n))
+        return sft_record(p, earlier_problems(problems, i, n), written[i])
 
     return _write_lines(path, (json.dumps(record(i, p), ensure_ascii=False) for i, p in enumerate(problems)))
 
 
 # ---- pretraining text ----------------------------------------------------------------------------------
-def render_text(problem: Problem, style: str = "plain") -> str:
-    """One problem with its worked solution as a text document (see the module docstring for the styles)."""
+def render_text(problem: Problem, style: str = "plain", strategy: str = "worked") -> str:
+    """One problem with its solution (written in `strategy`) as a text document (see the module docstring for
+    the styles)."""
     if style not in TEXT_STYLES:
         raise DataError(f"unknown text style {style!r}; use one of {', '.join(TEXT_STYLES)}", param="style")
-    (user, assistant) = chat_messages(problem)
+    (user, assistant) = chat_messages(problem, strategy=strategy)
     if style == "chat":
         return (f"<|user|>{user['content']}<|end|><|assistant|><think>{assistant['reasoning']}</think>"
                 f"{assistant['content']}<|end|>")
@@ -253,11 +259,14 @@ def prompt_ids(problem: Problem, tokenizer: Any, style: str = "chat") -> list[in
     raise DataError(f"prompt style must be one of {', '.join(PROMPT_STYLES)}, got {style!r}", param="style")
 
 
-def write_text(problems: Iterable[Problem], path: str | os.PathLike, style: str = "plain", group: int = 1) -> int:
-    """Pretraining documents, `group` problems each; returns the number of documents."""
+def write_text(problems: Iterable[Problem], path: str | os.PathLike, style: str = "plain", group: int = 1,
+               strategies: str | Mapping[str, float] = DEFAULT_MIX, seed: int = 0) -> int:
+    """Pretraining documents, `group` problems each, their solutions in the strategy mix; returns the number of
+    documents."""
     if group < 1:
         raise DataError(f"group must be at least 1, got {group}", param="group")
-    texts = [render_text(p, style) for p in problems]
+    problems = list(problems)
+    texts = [render_text(p, style, s) for p, s in zip(problems, assign(problems, strategies, seed))]
     return write_documents(["\n".join(texts[i:i + group]) for i in range(0, len(texts), group)], path)
 
 

@@ -104,6 +104,18 @@ class Task:
         """A worked solution, or None when the task has none (a bring-your-own problem without reasoning)."""
         raise NotImplementedError
 
+    def direct_reasoning(self, problem: Problem) -> str | None:
+        """The one line a direct answer writes as its reasoning (nanoseek.data.tasks.strategies): the worked
+        solution's first line, the problem restated in symbols ("47+385"), with the answer ("47+385=432").
+        None when the task has no worked solution."""
+        sol = self.solve(problem)
+        if sol is None:
+            return None
+        first = sol.reasoning.splitlines()[0] if sol.reasoning.strip() else ""
+        if not first:
+            return sol.answer
+        return f"{first} = {sol.answer}" if " " in first else f"{first}={sol.answer}"
+
     def answer_key(self, problem: Problem, answer: str) -> str | None:
         """What majority voting compares: answers that mean the same thing get the same key (for numbers,
         their value). None when the answer is unreadable."""
