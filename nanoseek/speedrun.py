@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from nanoseek.data import tasks
+from nanoseek.data.tasks import strategies
 from nanoseek.engine import Engine, resolve_checkpoint
 from nanoseek.errors import UserError
 from nanoseek.eval import evaluate_tasks, results_markdown
@@ -53,6 +54,10 @@ class Preset:
     # the model answers a chat's second question far worse than its first
     sft_follow_ups: float = 0.3
     sft: dict[str, Any] = field(default_factory=dict)  # `nanoseek sft` flags
+    # how solutions are written (nanoseek.data.tasks.strategies): "direct=0.8,worked=0.2" mixes answers that
+    # show no work with worked ones, a mix RL can select from
+    corpus_strategies: str = "worked"
+    sft_strategies: str = "worked"
     rl_problems: int = 200  # per task: GRPO's training prompts (the same tasks and levels, train split)
     rl: dict[str, Any] = field(default_factory=dict)  # `nanoseek rl` flags
     eval_problems: int = 200  # per task, test split, asked in the training wordings
@@ -264,16 +269,22 @@ def write_tasks(preset: Preset, paths: dict[str, Path]) -> None:
         heldout += tasks.generate_up_to(name, "test", preset.heldout_problems, levels, seed=1, wording="heldout")
     # one problem per document, with the drills, shuffled: the tasks interleave through the text (the loader
     # shuffles windows, not documents)
-    docs = [tasks.render_text(p, "plain") for p in corpus] + tasks.drill_documents(preset.drills, seed=0)
+    corpus_ways = strategies.assign(corpus, preset.corpus_strategies)
+    docs = [tasks.render_text(p, "plain", how) for p, how in zip(corpus, corpus_ways)]
+    docs += tasks.drill_documents(preset.drills, seed=0)
     random.Random(0).shuffle(docs)
     tasks.write_documents(docs, paths["corpus"])
-    tasks.write_sft(sft, paths["sft"], follow_ups=preset.sft_follow_ups)
+    tasks.write_sft(sft, paths["sft"], follow_ups=preset.sft_follow_ups, strategies=preset.sft_strategies)
+    # what the report quotes, and the held-out problems checked against everything trained on, in code
+    tasks.check_disjoint({"pretraining": corpus, "SFT": sft, "RL": rl}, {"test": test, "held-out wordings": heldout})
     for key, problems in (("rl", rl), ("val", val), ("test", test), ("heldout", heldout), ("probe", probe)):
         tasks.write_problems(problems, paths[key])
     print(f"wrote {len(corpus):,} pretraining problems and {preset.drills:,} fact drills, {len(sft):,} SFT "
           f"conversations, {len(rl):,} RL prompts, "
           f"{len(val):,} validation, {len(test):,} test problems and {len(heldout):,} asked in wordings kept out of "
-          f"training ({', '.join(names)}, difficulty {preset.difficulty}; the splits never share a problem)")
+          f"training ({', '.join(names)}, difficulty {preset.difficulty}; the splits never share a problem); "
+          f"solutions: pretraining {strategies.describe(strategies.shares(corpus_ways))}, SFT "
+          f"{strategies.describe(strategies.shares(strategies.assign(sft, preset.sft_strategies)))}")
 
 
 def _levels(task: str, difficulty: str) -> str:

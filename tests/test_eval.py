@@ -52,7 +52,7 @@ def _problems():
     a = arith.answer
     wrong = str(int(a) + 1)
     answers = {
-        custom.prompt: [("<think>a</think>2", "stop"), ("<think>b</think>3", "stop"), ("<think>c</think>2", "stop"),
+        custom.prompt: [("<think>1+1\n1+1=2</think>2", "stop"), ("<think>b</think>3", "stop"), ("<think>c</think>2", "stop"),
                         ("5", "stop")],
         arith.prompt: [(f"<think>x</think>{wrong}", "stop"), (f"<think>x</think>{wrong}", "stop"), ("<think>y", "length"),
                        (a, "stop")],
@@ -76,6 +76,10 @@ def test_evaluate_tasks_hand_computed():
     assert both["accuracy"] == 0.375 and both["pass@2"] == pytest.approx((5 / 6 + 0.5) / 2) and both["maj@4"] == 0.5
     assert both["format_rate"] == 5 / 8 and both["truncated_rate"] == 1 / 8
     assert res["by_difficulty"] == []  # one level per task
+    # which strategy each answer followed and how often each was right: one worked (right), five direct (one
+    # right; the unfinished <think>y counts), two without reasoning (one right)
+    assert [(r["strategy"], r["samples"], r["accuracy"]) for r in res["by_strategy"]] == [
+        ("direct", 5, 0.2), ("worked", 1, 1.0), ("none", 2, 0.5)]
     recs = completion_records(res)
     assert len(recs) == 8 and [r["correct"] for r in recs] == [True, False, True, False, False, False, False, True]
     assert recs[6]["answer"] is None and recs[6]["finish_reason"] == "length"
@@ -86,6 +90,7 @@ def test_evaluate_tasks_hand_computed():
     md = results_markdown(res)
     assert "| task | problems | samples | accuracy | accuracy_se | pass@1 | maj@1 | pass@2 |" in md
     assert "| all | 2 | 4 | 37.5% | 12.5% |" in md
+    assert "| strategy | samples | share | accuracy |" in md and "| direct | 5 | 62.5% | 20.0% |" in md
 
 
 def test_evaluate_tasks_checks_its_arguments():

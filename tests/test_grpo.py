@@ -151,6 +151,24 @@ def test_completions_with_zero_advantage_are_not_trained_and_change_nothing(setu
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-5, abs=1e-9)
 
 
+def test_dynamic_sampling_replaces_groups_whose_rewards_agree(setup, tmp_path):
+    """With --dynamic-sampling the places of groups whose rewards all agree go to mixed groups of further prompts;
+    the logged policy metrics stay those of the first round, which is the plain run's."""
+    kw = dict(lr=1e-2, prompts_per_step=4, group_size=4, max_new_tokens=6, batch_size=16)
+    plain = _run_api(setup, tmp_path / "plain", 2, **kw)
+    dyn = _run_api(setup, tmp_path / "dyn", 2, dynamic_sampling=3, **kw)
+    assert dyn[0]["reward"] == plain[0]["reward"]  # the first round samples what the plain run does
+    assert dyn[0]["zero_variance_groups"] > 0  # there was something to replace
+    for r in dyn:
+        assert 1 <= r["sampling_rounds"] <= 3 and r["informative_groups"] >= 1 - r["zero_variance_groups"]
+    assert dyn[0]["informative_groups"] > 1 - dyn[0]["zero_variance_groups"]
+    assert dyn[0]["trained_fraction"] > plain[0]["trained_fraction"]
+    # what RL changes, per step: lengths of right and wrong answers, the strategies the completions followed
+    assert {"completion_len_wrong", "strategy_direct", "strategy_worked", "strategy_checked", "strategy_none"
+            } <= dyn[0].keys()
+    assert sum(dyn[0][f"strategy_{k}"] for k in ("direct", "worked", "checked", "none")) == pytest.approx(1)
+
+
 def test_a_short_seeded_run_raises_the_reward(setup, tmp_path):
     recs = _run_api(setup, tmp_path, 24, lr=3e-3, prompts_per_step=4, group_size=8, max_new_tokens=4)
     rewards = [r["reward"] for r in recs]

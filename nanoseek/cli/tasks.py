@@ -8,6 +8,7 @@ import sys
 from nanoseek.cli.common import (UserError, for_flag, k_values, nonneg_int, output_file, positive_int,
                                  read_problems_arg, task_names)
 from nanoseek.data import tasks
+from nanoseek.data.tasks import strategies
 from nanoseek.eval import metrics
 from nanoseek.eval.completions import score_completions
 from nanoseek.io import atomic_write_text
@@ -32,20 +33,22 @@ def cmd_list(args) -> None:
 
 def cmd_show(args) -> None:
     """Print a few problems with their worked solutions, as pretraining text shows them."""
-    flags = {"difficulty": "--difficulty", "n": "--n", "split": "--split"}
+    flags = {"difficulty": "--difficulty", "n": "--n", "split": "--split", "strategies": "--strategies"}
     for name in task_names(args.task):
         with for_flag(flags):
             problems = tasks.generate(name, args.split, args.n, args.difficulty, seed=args.seed, unique=False,
                                       wording=args.wording)
-        for p in problems:
-            print(f"# {name}, difficulty {p.difficulty}, {args.split}, id {p.id}")
-            print(tasks.render_text(p, args.style), end="\n\n")
+            written = strategies.assign(problems, args.strategies, args.seed)
+        for p, how in zip(problems, written):
+            print(f"# {name}, difficulty {p.difficulty}, {args.split}, id {p.id}, {how}")
+            print(tasks.render_text(p, args.style, how), end="\n\n")
 
 
 def cmd_generate(args) -> None:
     """Generate problems of the built-in tasks and write them as problems JSONL (RL, evaluation), SFT chat
     JSONL with worked reasoning, or pretraining text."""
-    flags = {"difficulty": "--difficulty", "n": "--n", "split": "--split", "group": "--group", "style": "--style"}
+    flags = {"difficulty": "--difficulty", "n": "--n", "split": "--split", "group": "--group", "style": "--style",
+             "strategies": "--strategies"}
     out = output_file(args.out, "--out")
     problems = []
     for name in task_names(args.task):
@@ -56,10 +59,12 @@ def cmd_generate(args) -> None:
         if args.format == "problems":
             count, what = tasks.write_problems(problems, out), "problems"
         elif args.format == "sft":
-            count, what = tasks.write_sft(problems, out), "SFT conversations"
+            count, what = tasks.write_sft(problems, out, strategies=args.strategies), "SFT conversations"
         else:
-            count = tasks.write_text(problems, out, style=args.style, group=args.group)
+            count = tasks.write_text(problems, out, style=args.style, group=args.group, strategies=args.strategies)
             what = f"{args.style} text documents ({len(problems)} problems)"
+        if args.format != "problems":  # the strategies the solutions were written in, as counted
+            what += f"; solutions {strategies.describe(strategies.shares(strategies.assign(problems, args.strategies)))}"
     print(f"wrote {count:,} {what} ({args.task}, {args.split} split, difficulty {args.difficulty}, seed "
           f"{args.seed}) to {out}")
 
@@ -104,6 +109,8 @@ def register(sub) -> None:
         t.add_argument("--wording", default="canonical", choices=["canonical", "train", "heldout"],
                        help="how problems are asked: canonical (each task's one original template), train (dozens "
                             "of wordings) or heldout (wordings kept out of train, to test on); default canonical")
+        t.add_argument("--strategies", default="worked", help="how solutions are written: a mix of direct, worked, "
+                       "checked (check and redo), e.g. direct=0.8,worked=0.2 (default worked)")
         t.add_argument("--style", default="plain", choices=["plain", "chat"],
                        help="text style: plain (prompt, steps, 'Answer: X') or chat (the chat rendering as text)")
 

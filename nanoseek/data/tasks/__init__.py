@@ -20,7 +20,7 @@ from nanoseek.data.tasks.files import (PROMPT_STYLES, chat_messages, earlier_pro
                                        problem_record, prompt_ids, read_jsonl, read_problems, render_text, sft_record,
                                        write_documents, write_problems, write_sft, write_text)
 from nanoseek.data.tasks.problem import SPLITS, Problem, Solution, Task, split_of
-from nanoseek.data.tasks.registry import (TASKS, answer_key, check_answer, generate, generate_up_to, generated_tasks,
+from nanoseek.data.tasks.registry import (TASKS, answer_key, check_answer, check_disjoint, generate, generate_up_to, generated_tasks,
                                           get_task, parse_difficulty, problem_set, worked_solution)
 from nanoseek.data.tasks.wordings import WORDING_SETS
 
@@ -28,5 +28,5 @@ __all__ = ["Checker", "find_number", "make_checker", "parse_number", "Expression
            "drill_documents", "PROMPT_STYLES", "chat_messages", "earlier_problems", "earlier_turns", "plain_prompt", "prompt_ids", "problem_from_record",
            "problem_record", "read_jsonl", "read_problems", "render_text", "sft_record", "write_documents",
            "write_problems", "write_sft", "write_text", "SPLITS", "Problem", "Solution", "Task", "split_of", "TASKS",
-           "answer_key", "check_answer", "generate", "generate_up_to", "generated_tasks", "get_task", "parse_difficulty",
+           "answer_key", "check_answer", "check_disjoint", "generate", "generate_up_to", "generated_tasks", "get_task", "parse_difficulty",
            "problem_set", "worked_solution", "WORDING_SETS"]

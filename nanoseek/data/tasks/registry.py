@@ -139,6 +139,17 @@ def problem_set(names: Sequence[str], split: str, n: int, difficulty: int | str 
     return problems, short
 
 
+def check_disjoint(trained: Mapping[str, Sequence[Problem]], held_out: Mapping[str, Sequence[Problem]]) -> None:
+    """Raise DataError when a held-out problem's canonical key is also in a set trained on (by name, e.g.
+    {"SFT": sft}): the splits make that impossible, and this checks it rather than trusting it."""
+    seen = {(p.task, p.key): name for name, problems in trained.items() for p in problems}
+    for name, problems in held_out.items():
+        for p in problems:
+            if (p.task, p.key) in seen:
+                raise DataError(f"held-out {name} problem {p.id} ({p.prompt[:60]!r}) is also in the "
+                                f"{seen[(p.task, p.key)]} data: an evaluation on it would not be held out")
+
+
 def check_answer(problem: Problem, answer: str | None) -> bool:
     """Whether an extracted final answer solves `problem` (None, no answer, is wrong)."""
     return answer is not None and get_task(problem.task).check(problem, answer)

@@ -121,13 +121,13 @@ def _slip(problem: Problem, a: int, op: str, b: int, r: int) -> int | None:
 
 def assign(problems: Iterable[Problem], mix: str | Mapping[str, float] = DEFAULT_MIX, seed: int = 0) -> list[str]:
     """The strategy each problem is written in under `mix`, the same for the same arguments: drawn per
-    problem, and "worked" where "checked" was drawn but the task has no check for the problem."""
+    problem, then named by what the text shows (`strategy_of`): "worked" where "checked" was drawn but the task
+    has no check for the problem, "direct" for a worked solution of one line (a two-digit digit sum)."""
     shares, rng, out = parse_mix(mix), random.Random(f"strategies|{seed}"), []
     for p in problems:
         s = pick(shares, rng)
-        if s == "checked" and strategy_of(solution_in(p, s).reasoning) != "checked":
-            s = "worked"
-        out.append(s)
+        sol = solution_in(p, s)
+        out.append((strategy_of(sol.reasoning) if sol is not None else None) or s)
     return out
 
 
