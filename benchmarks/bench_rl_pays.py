@@ -78,14 +78,14 @@ def evaluate(out: Path, name: str, run: Path, pass_at: int) -> dict:
         if not path.exists():
             nanoseek("eval", "--checkpoint", str(out / name), "--problems", str(problems), "--n", "1000",
                      "--max-tokens", "256", "--out", str(path))
-        res[label] = json.loads(path.read_text())
+        res[label] = json.loads(path.read_text())["tasks"]
     if pass_at:
         path = out / f"{name}.pass8.json"
         if not path.exists():
             nanoseek("eval", "--checkpoint", str(out / name), "--problems", str(run / "data" / "test.jsonl"), "--n",
                      str(pass_at), "--samples", "8", "--k", "1,8", "--temperature", "1", "--max-tokens", "256",
                      "--out", str(path))
-        res["pass8"] = json.loads(path.read_text())
+        res["pass8"] = json.loads(path.read_text())["tasks"]
     return res
 
 
@@ -130,7 +130,7 @@ def main() -> None:
     ap.add_argument("--out", required=True, type=Path, help="where the runs and results go")
     ap.add_argument("--mix", default="direct=0.8,worked=0.2", help="the SFT data's strategy mix")
     ap.add_argument("--seeds", default="0,1,2", help="GRPO seeds (the headline is their mean)")
-    ap.add_argument("--pass-at-problems", type=int, default=500,
+    ap.add_argument("--pass-at-problems", type=int, default=1000,
                     help="test problems for pass@8 / maj@8 (SFT and the first seed; 0: skip)")
     ap.add_argument("--no-controls", action="store_true", help="skip the random-reward and equal-compute SFT runs")
     a = ap.parse_args()

@@ -23,7 +23,7 @@ from nanoseek.train.log import read_log
 
 from cli_helpers import cli_error
 
-PLOTS = ("loss.png", "task_accuracy.png", "grpo_reward.png", "grpo_length.png", "expert_load_pretrain.png",
+PLOTS = ("loss.png", "task_accuracy.png", "grpo_reward.png", "grpo_length.png", "grpo_strategies.png", "expert_load_pretrain.png",
          "expert_load_sft.png", "expert_load_rl.png", "expert_maxvio_pretrain.png", "expert_maxvio_sft.png")
 SECTIONS = ("# Report card", "## Model", "## Machine", "## Time and cost", "## Final metrics",
             "### Task accuracy after each stage", "### Decoding the final model", "## Plots",
@@ -305,10 +305,13 @@ def test_plots_of_long_runs_and_sparse_expert_loads():
 
     recs = _long_log(2000, every=100)
     grpo = [{"event": "train", "step": s, "reward": s / 300, "reward_std": 0.2, "reward_accuracy": s / 330,
-             "reward_format": 0.9, "completion_len": 40 + s, "completion_len_max": 128, "truncated": 0.1}
+             "reward_format": 0.9, "completion_len": 40 + s, "completion_len_max": 128, "truncated": 0.1,
+             "completion_len_right": 45 + s, "completion_len_wrong": 30 + s, "strategy_direct": 1 - s / 300,
+             "strategy_worked": s / 300}
             for s in range(1, 301)] + [{"event": "eval", "step": 100, "val_accuracy": 0.4}]
     pngs = {"loss": plots.loss_curves({"pretrain": recs, "sft": recs[:300]}),
             "reward": plots.grpo_rewards(grpo), "length": plots.grpo_lengths(grpo, 128),
+            "strategies": plots.grpo_strategies(grpo),
             "load": plots.expert_load(recs, ["layer 1 (MoE)", "layer 2 (MoE)", "layer 3 (MoE)", "MTP module 1"], "t")}
     for name, png in pngs.items():
         assert png is not None, name
@@ -318,7 +321,7 @@ def test_plots_of_long_runs_and_sparse_expert_loads():
     assert plots.expert_load(recs, None, "t") is not None
     # nothing to draw: None, never an exception
     assert plots.loss_curves({"pretrain": [{"event": "start", "step": 0}]}) is None
-    assert plots.grpo_rewards([]) is None and plots.grpo_lengths([], None) is None
+    assert plots.grpo_rewards([]) is None and plots.grpo_lengths([], None) is None and plots.grpo_strategies([]) is None
     assert plots.expert_load([{"event": "train", "step": 1, "expert_load": [[0.0, 0.0]]}], None, "t") is None
     ragged = [{"event": "train", "step": 1, "expert_load": [[0.5, 0.5], None]}]
     assert plots.expert_load(ragged, None, "t") is not None

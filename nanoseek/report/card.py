@@ -448,8 +448,11 @@ def make_plots(run: Run) -> tuple[dict[str, str], list[str]]:
     start = next((r for r in rl or [] if r.get("event") == "start"), {})
     limit = start.get("config", {}).get("max_new_tokens")
     put("grpo_length.png", plots.grpo_lengths(rl, limit if isinstance(limit, int) else None) if rl else None,
-        "GRPO: completion length per step (mean and longest) and the share cut off by the limit.",
-        f"GRPO completion length: no RL steps logged ({rl_hint})", ("rl",))
+        "GRPO: completion length per step (mean, longest, of right and of wrong answers) and the share cut off by "
+        "the limit.", f"GRPO completion length: no RL steps logged ({rl_hint})", ("rl",))
+    put("grpo_strategies.png", plots.grpo_strategies(rl) if rl else None,
+        "GRPO: the share of completions that answered directly, worked the problem, or worked and checked it, "
+        "per step.", f"GRPO strategies: no RL steps logged with strategy shares ({rl_hint})", ("rl",))
     curves = {s: run.logs[s] for s in ("pretrain", "sft") if s in run.logs}
     put("task_accuracy.png", plots.task_accuracy(curves, STAGE_NAMES),
         "Held-out task accuracy against the tokens trained on, measured at each evaluation (pretraining: plain "

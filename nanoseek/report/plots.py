@@ -2,7 +2,8 @@
 
     loss_curves({"pretrain": records, "sft": records}) -> PNG bytes | None   train and validation loss
     grpo_rewards(records) -> PNG bytes | None        reward, its parts, validation accuracy over GRPO steps
-    grpo_lengths(records) -> PNG bytes | None        mean and longest completion, truncated share
+    grpo_lengths(records) -> PNG bytes | None        mean and longest completion, right and wrong ones, truncated share
+    grpo_strategies(records) -> PNG bytes | None     the share of each solution strategy over GRPO steps
     expert_load(records, layer_names, title) -> PNG bytes | None   experts x steps heat map per MoE layer
 
 Each function returns the PNG's bytes (None when the records hold nothing to draw), so the caller decides
@@ -159,8 +160,8 @@ def grpo_rewards(records: Sequence[dict]) -> bytes | None:
 
 
 def grpo_lengths(records: Sequence[dict], max_new_tokens: int | None = None) -> bytes | None:
-    """Mean and longest completion per GRPO step in tokens, the length limit, and the share of completions
-    the limit cut off (right axis)."""
+    """Mean and longest completion per GRPO step in tokens, the means of right and of wrong answers (what R1's
+    growing answers look like), the length limit, and the share of completions the limit cut off (right axis)."""
     xs, ys = _series(records, "completion_len")
     if not xs:
         return None
@@ -170,6 +171,11 @@ def grpo_lengths(records: Sequence[dict], max_new_tokens: int | None = None) -> 
     mx, my = _series(records, "completion_len_max")
     if mx:
         _line(ax, mx, my, "longest completion", _ORANGE)
+    for key, label, color in (("completion_len_right", "mean of right answers", _GREEN),
+                              ("completion_len_wrong", "mean of wrong answers", _PURPLE)):
+        kx, ky = _series(records, key)
+        if kx:
+            _line(ax, kx, ky, label, color, linestyle="--")
     if max_new_tokens:
         ax.axhline(max_new_tokens, color=_GREY, linestyle="--", linewidth=1,
                    label=f"limit (max_new_tokens = {max_new_tokens})")
@@ -189,6 +195,28 @@ def grpo_lengths(records: Sequence[dict], max_new_tokens: int | None = None) -> 
     ax.grid(alpha=0.3)
     # outside the axes, right of the second axis's label
     fig.legend(handles, labels, fontsize=8, loc="outside right upper")
+    return _png(fig)
+
+
+def grpo_strategies(records: Sequence[dict]) -> bytes | None:
+    """The share of each solution strategy among a GRPO step's completions (direct, worked, checked, no
+    reasoning), smoothed: what RL selected."""
+    names = [k for k in ("direct", "worked", "checked", "none")
+             if any(num(r.get(f"strategy_{k}", 0)) > 0 for r in records if r.get("event") == "train")]
+    if not names:
+        return None
+    fig = _figure(11, 4.6)
+    ax = fig.subplots()
+    colors = {"direct": _ORANGE, "worked": _BLUE, "checked": _GREEN, "none": _GREY}
+    for k in names:
+        sx, sy = _series(records, f"strategy_{k}")
+        _line(ax, sx, sy, "no reasoning" if k == "none" else k, colors[k])
+    ax.set_ylim(-0.03, 1.03)
+    _step_axis(ax, "GRPO step")
+    ax.set_ylabel("share of the step's completions")
+    ax.set_title("GRPO: the strategies the completions followed")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return _png(fig)
 
 
