@@ -192,6 +192,29 @@ def test_the_rollout_engine_fits_every_prompt_of_a_long_problems_file(setup):
 
 
 # ---- the command ------------------------------------------------------------------------------------------------
+def test_r1_zero_from_a_base_model_asks_and_scores_in_the_pretraining_text_format(setup, tmp_path, capsys):
+    """--prompt-style plain: the bare prompt line after <|bos|>, answers read from the "Answer:" line, the strategy
+    from the lines before it; the completion stops where a pretraining document would."""
+    tok, problems, ckpt = setup
+    out = tmp_path / "zero"
+    assert cli(_rl_args(ckpt, out, "--steps", "2", "--eval-every", "2", "--prompt-style", "plain",
+                        "--max-new-tokens", "12")) == 0
+    train_recs = [r for r in read_log(out) if r["event"] == "train"]
+    assert all({"reward_accuracy", "reward_format", "strategy_none"} <= r.keys() for r in train_recs)
+    cfg = GRPOConfig(prompt_style="plain", prompts_per_step=2, group_size=2, batch_size=4)
+    cfg.grad_accum = cfg.micro_batches(1)
+    task = GRPOTask(cfg, tok, problems, problems[:2], device=torch.device("cpu"))
+    ids = task._prompt_ids(problems[0])
+    assert ids[0] == tok.bos_id and tok.decode(ids[1:]) == problems[0].prompt + "\n"
+    p = problems[0]
+    right = f"{p.meta['terms'][0]}{p.meta['ops'][0]}{p.meta['terms'][1]}={p.answer}\nAnswer: {p.answer}"
+    assert task.rewards.scores("", right, p) == {"accuracy": 1.0, "format": 1.0, "reward": 1.1}
+    assert task.rewards.scores("", f"Answer: {p.answer}", p)["format"] == 0.0  # no reasoning before it
+    assert task.rewards.scores("", f"<think>x</think>{p.answer}", p)["accuracy"] == 0.0  # not this format
+    with pytest.raises(SystemExit):
+        cli(_rl_args(ckpt, tmp_path / "bad", "--prompt-style", "json"))
+
+
 def _rl_args(ckpt, out, *extra):
     return ["rl", "--checkpoint", str(ckpt), "--out", str(out), "--task", "arithmetic", "--difficulty", "1",
             "--prompts-per-step", "2", "--group-size", "4", "--max-new-tokens", "6", "--batch-size", "4",

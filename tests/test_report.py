@@ -27,7 +27,7 @@ PLOTS = ("loss.png", "task_accuracy.png", "grpo_reward.png", "grpo_length.png", 
          "expert_load_sft.png", "expert_load_rl.png", "expert_maxvio_pretrain.png", "expert_maxvio_sft.png")
 SECTIONS = ("# Report card", "## Model", "## Machine", "## Time and cost", "## Final metrics",
             "### Task accuracy after each stage", "### Decoding the final model", "## Plots",
-            "## The final model's answers")
+            "## The final model's answers", "## What RL changed")
 
 
 @pytest.fixture

@@ -513,32 +513,54 @@ def _section_answers(run: Run) -> list[str]:
     out += [f"After {STAGE_NAMES.get(stage, stage)}, on held-out problems ({_code(run.rel(source))}: {right} of "
             f"{len(samples)} right; {len(picked)} shown).", ""]
     for i, s in enumerate(picked, 1):
-        text = s["completion"]
-        if style == "plain":
-            reasoning, answer = text.strip(), s.get("answer")
-        else:
-            reasoning, answer_part = split_completion(text)
-            answer = s.get("answer") if s.get("answer") is not None else (answer_part or "").strip() or None
-        mark = "✅ right" if s.get("correct") else "❌ wrong"
-        level = f", level {s['difficulty']}" if s.get("difficulty") is not None else ""
-        out += [f"### {i}. {_esc(s.get('task', 'problem'))}{level}: {mark}", "",
-                f"**Problem:** {_esc(s['prompt'])}", ""]
-        if reasoning and reasoning.strip():
-            full = reasoning.strip()
-            n = len(full.splitlines())
-            body = "\n".join(full.splitlines()[:40])[:3000]
-            if len(body) < len(full):  # a runaway completion: its start is enough
-                body += f"\n… ({len(full) - len(body):,} more characters)"
-            label = "the continuation" if style == "plain" else "reasoning (&lt;think&gt;)"
-            out += [f"<details><summary>{label}: {n} line{'s' * (n != 1)}</summary>", "", _fence(body), body,
-                    _fence(body), "", "</details>", ""]
-        elif style != "plain":
-            out += ["*(no reasoning: the answer came without a `<think>` block)*", ""]
-        if s.get("finish_reason") == "length":
-            out += ["*(cut off at the token limit)*", ""]
-        shown = _code(answer) if answer is not None else "*(none: thinking never finished, or no answer line)*"
-        out += [f"**Answer:** {shown}, {mark}; reference {_code(s.get('reference', '?'))}", ""]
-    return out
+        out += _answer_lines(s, style, f"### {i}. {_esc(s.get('task', 'problem'))}")
+    return out + _section_rl_changed(run)
+
+
+def _answer_lines(s: dict[str, Any], style: str, heading: str) -> list[str]:
+    """One sampled answer: the problem, the reasoning folded, the answer against the reference."""
+    text = s["completion"]
+    if style == "plain":
+        reasoning, answer = text.strip(), s.get("answer")
+    else:
+        reasoning, answer_part = split_completion(text)
+        answer = s.get("answer") if s.get("answer") is not None else (answer_part or "").strip() or None
+    mark = "✅ right" if s.get("correct") else "❌ wrong"
+    level = f", level {s['difficulty']}" if s.get("difficulty") is not None else ""
+    out = [f"{heading}{level}: {mark}", "", f"**Problem:** {_esc(s['prompt'])}", ""]
+    if reasoning and reasoning.strip():
+        full = reasoning.strip()
+        n = len(full.splitlines())
+        body = "\n".join(full.splitlines()[:40])[:3000]
+        if len(body) < len(full):  # a runaway completion: its start is enough
+            body += f"\n… ({len(full) - len(body):,} more characters)"
+        label = "the continuation" if style == "plain" else "reasoning (&lt;think&gt;)"
+        out += [f"<details><summary>{label}: {n} line{'s' * (n != 1)}</summary>", "", _fence(body), body,
+                _fence(body), "", "</details>", ""]
+    elif style != "plain":
+        out += ["*(no reasoning: the answer came without a `<think>` block)*", ""]
+    if s.get("finish_reason") == "length":
+        out += ["*(cut off at the token limit)*", ""]
+    shown = _code(answer) if answer is not None else "*(none: thinking never finished, or no answer line)*"
+    return out + [f"**Answer:** {shown}, {mark}; reference {_code(s.get('reference', '?'))}", ""]
+
+
+def _section_rl_changed(run: Run) -> list[str]:
+    """What RL changed on the same held-out problems: how many answers went from wrong to right and back, and
+    one that went from wrong to right, before and after."""
+    if "sft" not in run.answers or "rl" not in run.answers:
+        return []
+    before = {(a["prompt"], a.get("sample", 0)): a for a in run.answers["sft"][0]}
+    pairs = [(before[k], a) for a in run.answers["rl"][0] if (k := (a["prompt"], a.get("sample", 0))) in before]
+    fixed = [(b, a) for b, a in pairs if a.get("correct") and not b.get("correct")]
+    broken = sum(1 for b, a in pairs if b.get("correct") and not a.get("correct"))
+    out = ["## What RL changed", "", f"Of {len(pairs):,} held-out answers given both after SFT and after RL, "
+           f"{len(fixed):,} went from wrong to right and {broken:,} from right to wrong."]
+    if fixed:
+        b, a = max(fixed, key=lambda pair: pair[1].get("tokens", 0) - pair[0].get("tokens", 0))
+        out[-1] += " The one whose answer grew the most, before and after:"
+        out += [""] + _answer_lines(b, "chat", "### After SFT") + _answer_lines(a, "chat", "### After RL")
+    return out + [""]
 
 
 # ---- the report ----------------------------------------------------------------------------------------

@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from nanoseek.data.tasks import chat_messages
+from nanoseek.data.tasks import prompt_ids
 from nanoseek.data.tasks.strategies import shares, strategy_of
 from nanoseek.engine import Engine, SamplingParams
 from nanoseek.engine.cache import LatentPool
@@ -45,7 +45,7 @@ from nanoseek.model.loss import linear_logprobs
 from nanoseek.train import distributed as D
 from nanoseek.train.config import TrainConfig, _f
 from nanoseek.train.loop import Task
-from nanoseek.train.rewards import Rewards, accuracy_reward, split_completion
+from nanoseek.train.rewards import Rewards, accuracy_reward, plain_accuracy_reward, reasoning_of
 from nanoseek.train.schedule import SCHEDULES
 
 LOSS_TYPES = ("grpo", "dr_grpo", "dapo")
@@ -84,11 +84,14 @@ class GRPOConfig(TrainConfig):
     clip_eps_high: float | None = _f(None, "upper clip (default: clip_eps; dapo: 0.28)")
     beta: float = _f(0.0, "KL penalty to the frozen starting model (k3); 0 keeps no reference model")
     eval_problems: int = _f(64, "validation problems scored (greedy) at each evaluation")
+    prompt_style: str = _f("chat", "chat: ask in the chat template, answers as <think>...</think>answer (after SFT); "
+                                   "plain: the bare prompt line, answers as steps then 'Answer: X' (the pretraining "
+                                   "text's format: RL straight from a base model, R1-Zero)", ("chat", "plain"))
     dynamic_sampling: int = _f(0, "DAPO's dynamic sampling: up to N more rounds of prompts per generation replace "
                                   "groups whose rewards all agree (they carry no signal); 0: off")
 
     # --problems may name another path (a copied run folder): the task state compares the problems themselves
-    FIXED_ON_RESUME = ("optimizer", "seed", "task", "difficulty", "prompts_per_step", "group_size",
+    FIXED_ON_RESUME = ("optimizer", "seed", "task", "difficulty", "prompts_per_step", "group_size", "prompt_style",
                        "updates_per_generation")
 
     def validate(self) -> "GRPOConfig":
@@ -239,7 +242,8 @@ class GRPOTask(Task):
             raise ValueError(f"--grad-accum is {cfg.grad_accum}, but GRPO trains every completion of a step in "
                              f"{cfg.micro_batches(world_size)} micro-batch(es) of --batch-size: set "
                              "cfg.grad_accum = cfg.micro_batches(world_size) when building the config")
-        self.rewards = rewards or Rewards(cfg.reward, seed=cfg.seed)
+        self.rewards = rewards or Rewards(cfg.reward, seed=cfg.seed, style=cfg.prompt_style)
+        self.accuracy = accuracy_reward if cfg.prompt_style == "chat" else plain_accuracy_reward
         self.n_seq = cfg.completions_per_rank(world_size)
         self.tokens_per_batch = None  # completions vary in length: each micro-batch counts its own
         self.reference = reference
@@ -273,7 +277,15 @@ class GRPOTask(Task):
         return self.engine
 
     def _prompt_ids(self, problem) -> list[int]:
-        return self.tok.render_chat(chat_messages(problem, with_solution=False), add_generation_prompt=True)[0]
+        return prompt_ids(problem, self.tok, self.cfg.prompt_style)
+
+    def _params(self, **kw) -> SamplingParams:
+        """Sampling settings; a plain-style answer ends where the pretraining text's document would (a blank
+        line or the next <|bos|>), as evaluation's does."""
+        if self.cfg.prompt_style == "plain":
+            bos = getattr(self.tok, "bos_id", None)
+            kw.update(stop=["\n\n"], stop_token_ids=[bos] if bos is not None else [])
+        return SamplingParams(skip_special_tokens=False, **kw)
 
     def _problems_for(self, generation: int) -> list:
         """This rank's prompts of generation batch `generation`: a fixed shuffle of the training problems per
@@ -322,9 +334,8 @@ class GRPOTask(Task):
         prompts = [self._prompt_ids(p) for p in problems]
         first = self.rank * len(prompts)  # this rank's first prompt in the generation batch
         where = (generation,) if round_ == 0 else (generation, -round_)  # ints: hash() is the same in every process
-        params = [SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
-                                 seed=hash((cfg.seed, *where, first + i // G, i % G)) & (2**63 - 1),
-                                 skip_special_tokens=False, logprobs=0)
+        params = [self._params(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
+                               seed=hash((cfg.seed, *where, first + i // G, i % G)) & (2**63 - 1), logprobs=0)
                   for i in range(len(prompts) * G)]
         with D.full_weights(model):  # FSDP: the engine needs whole weights; DDP/one process: a no-op
             outs = self._engine(model).generate([p for p in prompts for _ in range(G)], params)
@@ -333,7 +344,7 @@ class GRPOTask(Task):
             mine = outs[j * G:(j + 1) * G]
             text = self.tok.decode(prompt)
             scores = [self.rewards.scores(text, o.text, problem) for o in mine]
-            right = [s["accuracy"] if "accuracy" in s else accuracy_reward("", o.text, problem)
+            right = [s["accuracy"] if "accuracy" in s else self.accuracy("", o.text, problem)
                      for s, o in zip(scores, mine)]
             groups.append(Group(prompt, problem, mine, scores, [s["reward"] for s in scores], right))
         return groups
@@ -373,7 +384,7 @@ class GRPOTask(Task):
             picked = [n for n, r in zip(lengths, right) if r == which]
             if picked:
                 m[f"completion_len_{name}"] = sum(picked) / len(picked)
-        used = shares(strategy_of(split_completion(o.text)[0]) for o in outs)
+        used = shares(strategy_of(reasoning_of(o.text, self.cfg.prompt_style)) for o in outs)
         m.update({f"strategy_{k}": v for k, v in used.items()})
         return m
 
@@ -464,10 +475,10 @@ class GRPOTask(Task):
         mine = self.eval_problems[self.rank::self.world]
         right = 0.0
         if mine:
-            p = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=0, skip_special_tokens=False)
+            p = self._params(max_new_tokens=cfg.max_new_tokens, temperature=0)
             with D.full_weights(model), torch.autocast(self.device.type, enabled=False):
                 outs = self._engine(model).generate([self._prompt_ids(q) for q in mine], p)
-            right = sum(accuracy_reward("", o.text, q) for o, q in zip(outs, mine))
+            right = sum(self.accuracy("", o.text, q) for o, q in zip(outs, mine))
         n = D.all_reduce_sum(torch.tensor([right, float(len(mine))], dtype=torch.float64, device=self.device))
         return {"val_accuracy": n[0].item() / max(n[1].item(), 1.0)}
 

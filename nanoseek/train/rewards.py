@@ -80,22 +80,34 @@ def extract_answer(completion: str, prompt: str = "") -> str | None:
 def extract_plain_answer(text: str) -> str | None:
     """The answer of a plain-style text completion (pretraining text: steps, then "Answer: X"): the rest of
     the first line that starts with "Answer:"."""
-    for line in text.splitlines():
+    return split_plain(text)[1]
+
+
+def split_plain(text: str) -> tuple[str | None, str | None]:
+    """(reasoning, answer) of a plain-style completion: the lines before the first "Answer:" line and the rest
+    of that line (None, None without one)."""
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
         if line.startswith("Answer:"):
-            return line[len("Answer:"):].strip() or None
-    return None
+            return "\n".join(lines[:i]), line[len("Answer:"):].strip() or None
+    return None, None
 
 
 def score(problem: Problem, completion: str, style: str = "chat") -> dict[str, Any]:
     """One completion (special tokens kept) checked against its problem: the extracted answer, whether it is
     right, its vote key, whether it is well formed (chat: <think>reasoning</think>answer; plain: an "Answer:"
-    line) and the strategy its reasoning followed (chat: direct, worked, checked, or None without reasoning;
+    line) and the strategy its reasoning followed (direct, worked, checked, or None without reasoning;
     nanoseek.data.tasks.strategies)."""
     answer = extract_answer(completion) if style == "chat" else extract_plain_answer(completion)
     well_formed = is_well_formed(completion) if style == "chat" else answer is not None
     return {"answer": answer, "correct": check_answer(problem, answer), "key": answer_key(problem, answer),
-            "format": well_formed,
-            "strategy": strategy_of(split_completion(completion)[0]) if style == "chat" else None}
+            "format": well_formed, "strategy": strategy_of(reasoning_of(completion, style))}
+
+
+def reasoning_of(completion: str, style: str = "chat") -> str | None:
+    """The reasoning of a completion: between <think> and </think> (chat), or the lines before "Answer:"
+    (plain); None where there is none."""
+    return split_completion(completion)[0] if style == "chat" else split_plain(completion)[0]
 
 
 def as_problem(reference: Any) -> Problem:
@@ -143,7 +155,21 @@ def random_reward(prompt: str, completion: str, reference: Any = None, *, seed: 
     return 1.0 if int.from_bytes(h, "little") / 2 ** 64 < p else 0.0
 
 
+def plain_accuracy_reward(prompt: str, completion: str, reference: Any) -> float:
+    """accuracy_reward for a plain-style completion (steps, then "Answer: X", as the pretraining text writes)."""
+    return 1.0 if check_answer(as_problem(reference), extract_plain_answer(completion)) else 0.0
+
+
+def plain_format_reward(prompt: str, completion: str, reference: Any = None) -> float:
+    """1.0 for a plain-style completion with reasoning lines, then an "Answer:" line with an answer."""
+    reasoning, answer = split_plain(completion)
+    return 1.0 if reasoning and reasoning.strip() and answer else 0.0
+
+
 REWARDS: Mapping[str, RewardFn] = {"accuracy": accuracy_reward, "format": format_reward, "random": random_reward}
+# what a completion in the pretraining text's plain style is scored by (RL straight from a base model: R1-Zero)
+PLAIN_REWARDS: Mapping[str, RewardFn] = {"accuracy": plain_accuracy_reward, "format": plain_format_reward,
+                                         "random": random_reward}
 DEFAULT_WEIGHTS = "accuracy=1,format=0.1"  # a small format weight: format alone must never pay like a right answer
 
 
@@ -174,16 +200,19 @@ def parse_weights(spec: str | Mapping[str, float]) -> dict[str, float]:
 
 
 class Rewards:
-    """Weighted sum of named rewards. scores() gives each reward (unweighted) and "reward", the total."""
+    """Weighted sum of named rewards. scores() gives each reward (unweighted) and "reward", the total. style:
+    "chat" (<think>reasoning</think>answer) or "plain" (steps, then "Answer: X")."""
 
-    def __init__(self, weights: str | Mapping[str, float] = DEFAULT_WEIGHTS, *, seed: int = 0):
+    def __init__(self, weights: str | Mapping[str, float] = DEFAULT_WEIGHTS, *, seed: int = 0, style: str = "chat"):
+        if style not in ("chat", "plain"):
+            raise DataError(f"reward style must be chat or plain, got {style!r}", param="style")
         self.weights = parse_weights(weights)
-        self.seed = seed
+        self.seed, self.style = seed, style
 
     def scores(self, prompt: str, completion: str, reference: Any) -> dict[str, float]:
         out = {}
         for name in self.weights:
-            fn = REWARDS[name]
+            fn = (REWARDS if self.style == "chat" else PLAIN_REWARDS)[name]
             out[name] = fn(prompt, completion, reference, seed=self.seed) if name == "random" else \
                 fn(prompt, completion, reference)
         out["reward"] = sum(self.weights[n] * out[n] for n in self.weights)
