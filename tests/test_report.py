@@ -27,7 +27,7 @@ PLOTS = ("loss.png", "task_accuracy.png", "grpo_reward.png", "grpo_length.png", 
          "expert_load_sft.png", "expert_load_rl.png", "expert_maxvio_pretrain.png", "expert_maxvio_sft.png")
 SECTIONS = ("# Report card", "## Model", "## Machine", "## Time and cost", "## Final metrics",
             "### Task accuracy after each stage", "### Decoding the final model", "## Plots",
-            "## The final model's answers", "## What RL changed")
+            "## The final model's answers")
 
 
 @pytest.fixture
@@ -127,6 +127,25 @@ def test_report_of_a_whole_run(run, tmp_path, capsys, monkeypatch):
     for s in samples:
         assert f"**Problem:** {s['prompt']}" in answers
         assert f"reference `{s['reference']}`" in answers
+
+
+def test_what_rl_changed_on_the_same_problems(run, tmp_path, capsys):
+    """The SFT and RL evaluations of one run answer the same held-out problems: the report counts the answers RL
+    fixed and broke, and shows one it fixed before and after (or says none was)."""
+    run = _copy(run, tmp_path / "run")
+    rc, _, err = _report(capsys, str(run))
+    assert rc == 0, err
+    md = (run / "report.md").read_text()
+    by_stage = {s: {p["prompt"]: p["samples"][0]["correct"] for p in json.loads((run / "eval" / f"{s}.json")
+                                                                               .read_text())["problems"]}
+                for s in ("sft", "rl")}
+    fixed = sum(not by_stage["sft"][p] and ok for p, ok in by_stage["rl"].items())
+    broken = sum(by_stage["sft"][p] and not ok for p, ok in by_stage["rl"].items())
+    section = md[md.index("## What RL changed"):]
+    assert (f"Of {len(by_stage['rl'])} held-out answers given both after SFT and after RL, {fixed} went from wrong to "
+            f"right and {broken} from right to wrong.") in section
+    assert ("### After SFT" in section and "### After RL" in section) == (fixed > 0)
+    assert "| strategies |" in md  # the accuracy table names how each stage's answers were reached
 
 
 def test_speedrun_json_gives_times_machine_and_preset(run, tmp_path, capsys):

@@ -60,8 +60,10 @@ def evaluate_tasks(engine, problems: Sequence[Problem], *, samples: int = 1, k: 
     Returns {"summary": the row of all problems, "rows": one row per task (+ "all" when several), "by_difficulty":
     rows per task and level (where a task has several levels), "settings", "tokens": {"prompt", "generated"},
     "seconds", and with keep_completions "problems": per problem its samples (completion, answer, correct,
-    format, finish_reason, tokens)}. A row holds problems, samples, accuracy, pass@k and maj@k, format_rate (well
-    formed samples), truncated_rate (samples cut by max_new_tokens) and mean_tokens.
+    format, finish_reason, tokens, strategy)}. A row holds problems, samples, accuracy, pass@k and maj@k, format_rate
+    (well formed samples), truncated_rate (samples cut by max_new_tokens) and mean_tokens. "by_strategy" has a row
+    per solution strategy the samples followed (direct, worked, checked, none: nanoseek.data.tasks.strategies)
+    with its share of the samples and its accuracy.
     """
     problems = list(problems)
     if not problems:
@@ -130,15 +132,14 @@ def evaluate_tasks(engine, problems: Sequence[Problem], *, samples: int = 1, k: 
     summary = row({"task": "all"}, list(range(len(problems)))) if len(rows) > 1 else rows[0]
     if len(rows) > 1:
         rows.append(summary)
-    # which strategy the answers followed (chat), and how often each was right: what RL can select from
+    # which strategy the answers followed, and how often each was right: what RL can select from
     by_strategy: dict[str, list[bool]] = defaultdict(list)
     for rows_ in scored:
         for s in rows_:
             by_strategy[s["strategy"] or "none"].append(s["correct"])
     n_samples = sum(map(len, by_strategy.values()))
     strategy_rows = [{"strategy": k, "samples": len(v), "share": len(v) / n_samples, "accuracy": sum(v) / len(v)}
-                     for k, v in sorted(by_strategy.items(), key=lambda kv: _STRATEGY_ORDER.index(kv[0]))
-                     ] if style == "chat" else []
+                     for k, v in sorted(by_strategy.items(), key=lambda kv: _STRATEGY_ORDER.index(kv[0]))]
     several = {t for t in by_task if len({d for (tt, d) in by_level if tt == t}) > 1}
     by_difficulty = [row({"task": t, "difficulty": d}, which) for (t, d), which in
                      sorted(by_level.items(), key=lambda kv: (kv[0][0], kv[0][1] or 0)) if t in several]

@@ -331,7 +331,7 @@ def _accuracy_table(run: Run) -> list[str]:
     for s in names:
         tasks += [r["task"] for r in run.evals[s]["rows"] if r["task"] != "all" and r["task"] not in tasks]
     header = ["after", "prompt style"] + [_esc(t) for t in tasks] + (["all"] if len(tasks) > 1 else []) + \
-        ["well formed", "problems x samples"]
+        ["well formed", "strategies", "problems x samples"]
     rows, overall = [], []
     for s in names:
         res = run.evals[s]
@@ -346,7 +346,7 @@ def _accuracy_table(run: Run) -> list[str]:
         fmt = summary.get("format_rate")
         rows.append([_stage_label(s), _esc(style) + (" (prompt line, `Answer:` line)" if style == "plain"
                                            else " (template, `<think>`)"), *cells,
-                     _rate(fmt),
+                     _rate(fmt), _strategies_cell(res.get("by_strategy")),
                      f"{summary.get('problems', '?')} x {settings.get('samples', summary.get('samples', '?'))}"])
         if s in TRAINING:
             overall.append(f"{STAGE_NAMES.get(s, s)} {_rate(summary.get('accuracy'))}")
@@ -357,7 +357,9 @@ def _accuracy_table(run: Run) -> list[str]:
             + (f"; temperature {_num(s0.get('temperature'), 'g')}, at most {_num(s0.get('max_new_tokens'), ',')} "
                "new tokens"
                if s0 else "") + ". A model after pretraining alone is asked in the plain style of its pretraining "
-            "text; after SFT and RL in the chat template, answering after `</think>`. Files: "
+            "text; after SFT and RL in the chat template, answering after `</think>`. Strategies: how the answers "
+            "were reached (direct: one line; worked: step by step; checked: worked, then checked), and how often each "
+            "was right. Files: "
             + ", ".join(_code(run.rel(run.eval_files[s])) for s in names) + ".", ""]
     if len(overall) > 1:
         out += ["All tasks: " + " → ".join(overall) + ".", ""]
@@ -365,6 +367,15 @@ def _accuracy_table(run: Run) -> list[str]:
     for s in missing:
         out += [_missing(f"eval/{s}.json (accuracy after {STAGE_NAMES[s]})", _command(run, f"eval {s}")), ""]
     return out
+
+
+def _strategies_cell(rows: list[dict[str, Any]] | None) -> str:
+    """ "99% worked (89% right), 1% direct (100% right)": the strategies the answers followed, most used first."""
+    if not rows:
+        return "—"
+    rows = sorted(rows, key=lambda r: -r.get("share", 0))
+    return ", ".join(f"{_rate(r.get('share'))} {_esc(r.get('strategy'))} ({_rate(r.get('accuracy'))} right)"
+                     for r in rows if r.get("share"))
 
 
 # ---- decoding the final model ----------------------------------------------------------------------------
@@ -552,6 +563,8 @@ def _section_rl_changed(run: Run) -> list[str]:
         return []
     before = {(a["prompt"], a.get("sample", 0)): a for a in run.answers["sft"][0]}
     pairs = [(before[k], a) for a in run.answers["rl"][0] if (k := (a["prompt"], a.get("sample", 0))) in before]
+    if not pairs:  # evaluated on different problems: nothing to compare
+        return []
     fixed = [(b, a) for b, a in pairs if a.get("correct") and not b.get("correct")]
     broken = sum(1 for b, a in pairs if b.get("correct") and not a.get("correct"))
     out = ["## What RL changed", "", f"Of {len(pairs):,} held-out answers given both after SFT and after RL, "

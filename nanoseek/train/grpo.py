@@ -16,6 +16,10 @@ sum over completions x max_new_tokens: no length bias) or `dapo` (one mean over 
 with the asymmetric clip eps_high = 0.28). With updates_per_generation > 1 the same rollouts serve several
 steps; pi_old stays the policy that generated them, so the ratio and the clip do their work.
 
+With `dynamic_sampling` N, groups whose rewards all agree (no signal) give their places to mixed groups of
+further prompts, sampled in up to N more rounds (DAPO). `prompt_style` "plain" asks in the pretraining text's
+format and reads its "Answer:" line, for RL straight from a base model (R1-Zero).
+
 Rollouts are seeded by (seed, step, rank, request), so a run resumed from a checkpoint (always written at a
 generation boundary) regenerates exactly what the uninterrupted run did.
 """
