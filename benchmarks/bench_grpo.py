@@ -43,12 +43,13 @@ from pathlib import Path
 
 
 def run_nanoseek(args, out: Path) -> list[dict]:
+    steps = args.nanoseek_steps or args.steps
     cmd = [sys.executable, "-m", "nanoseek.cli", "rl", "--checkpoint", args.checkpoint, "--problems", args.problems,
-           "--out", str(out), "--steps", str(args.steps), "--prompts-per-step", str(args.prompts_per_step),
+           "--out", str(out), "--steps", str(steps), "--prompts-per-step", str(args.prompts_per_step),
            "--group-size", str(args.group_size), "--max-new-tokens", str(args.max_new_tokens), "--temperature",
            "0.7", "--loss-type", "dr_grpo", "--lr", "5e-5", "--warmup-steps", "1", "--schedule", "constant",
            "--batch-size", str(args.prompts_per_step * args.group_size), "--eval-every", "0", "--eval-problems",
-           "1", "--checkpoint-every", str(args.steps), "--dtype", args.dtype]
+           "1", "--checkpoint-every", str(steps), "--dtype", args.dtype]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     t0 = time.time()
     subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
@@ -116,7 +117,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoint", required=True)
     ap.add_argument("--problems", required=True)
-    ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--steps", type=int, default=6, help="TRL's steps (and nanoseek's, unless --nanoseek-steps)")
+    ap.add_argument("--nanoseek-steps", type=int, help="nanoseek's steps: more, to fill TRL's wall clock and compare the "
+                                                       "reward reached in the same time")
     ap.add_argument("--prompts-per-step", type=int, default=8)
     ap.add_argument("--group-size", type=int, default=8)
     ap.add_argument("--max-new-tokens", type=int, default=96)
@@ -128,7 +131,8 @@ def main() -> None:
         res = {"nanoseek": run_nanoseek(args, Path(tmp) / "nanoseek"), "trl": run_trl(args, Path(tmp) / "trl")}
     cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
     print(f"{cpu} (amx_bf16: {'yes' if 'amx_bf16' in open('/proc/cpuinfo').read() else 'no'}), "
-          f"{args.threads} threads, {args.dtype}, {args.steps} steps of {args.prompts_per_step} prompts x "
+          f"{args.threads} threads, {args.dtype}, {args.steps} TRL steps, {args.nanoseek_steps or args.steps} nanoseek "
+          f"steps, of {args.prompts_per_step} prompts x "
           f"{args.group_size}")
     for name, rows in res.items():
         secs = [r["seconds"] for r in rows[1:]] or [r["seconds"] for r in rows]  # the first step warms up
@@ -138,6 +142,18 @@ def main() -> None:
               f"reward per step: {all_rewards}")
     a, b = (statistics.median([r["seconds"] for r in res[k][1:]] or [1]) for k in ("nanoseek", "trl"))
     print(f"TRL / nanoseek seconds per step: {b / a:.1f}x")
+    # the same wall clock: the steps each finished within TRL's whole run, and the reward of their last quarter
+    budget = sum(r["seconds"] for r in res["trl"])
+    for name, rows in res.items():
+        done, clock = [], 0.0
+        for r in rows:
+            clock += r["seconds"]
+            if clock > budget + 1e-9:
+                break
+            done.append(r)
+        tail = done[-max(1, len(done) // 4):]
+        print(f"within {budget:.0f} s, {name:9s} took {len(done):3d} steps; mean reward of the last quarter of them "
+              f"({len(tail)} steps): {statistics.mean(r['reward'] for r in tail):.3f}")
 
 
 if __name__ == "__main__":
