@@ -26,6 +26,10 @@ about 4x the steps. Earlier figures on this machine: 2.30 / 1.82 s against TRL's
 before nanoseek stopped training completions with advantage 0 (exactly zero gradient: about half of them
 here), and 2.38-2.83 s per fp32 step before it stopped scoring pi_old in a second forward when each
 generation gets one update.
+
+The same wall clock (2026-12-06, Intel Xeon with AMX, 2 threads, fp32, an SFT model on mixed strategies where
+GRPO raises the reward; `--steps 15 --nanoseek-steps 60`): 1.02 s against 3.82 s per step (3.7x); within TRL's 57 s
+nanoseek took 55 steps, mean reward of each run's last quarter of steps 0.872 against TRL's 0.840.
 """
 
 from __future__ import annotations
