@@ -62,8 +62,7 @@ def write_data(run: Path, out: Path, mix: str) -> None:
            for p in tasks.generate(n, "train", 1000, _levels(n, "1-3"), seed=1, unique=False, wording="train")]
     if not (data / "sft_mix.jsonl").exists():
         tasks.write_sft(sft, data / "sft_mix.jsonl", follow_ups=0.3, strategies=mix)
-        print(f"SFT data: {len(sft):,} conversations, solutions "
-              f"{strategies.describe(strategies.shares(strategies.assign(sft, mix)))}")
+        print(f"SFT data: {len(sft):,} conversations, solutions {strategies.summary(sft, mix)}")
     if not (data / "test_d4.jsonl").exists():
         d4 = [p for n in TASK_NAMES for p in tasks.generate_up_to(n, "test", 200, 4, wording="train")]
         tasks.check_disjoint({"SFT": sft, "RL": tasks.read_problems(run / "data" / "rl.jsonl")}, {"difficulty 4": d4})

@@ -284,7 +284,7 @@ def write_tasks(preset: Preset, paths: dict[str, Path]) -> None:
           f"{len(val):,} validation, {len(test):,} test problems and {len(heldout):,} asked in wordings kept out of "
           f"training ({', '.join(names)}, difficulty {preset.difficulty}; the splits never share a problem); "
           f"solutions: pretraining {strategies.describe(strategies.shares(corpus_ways))}, SFT "
-          f"{strategies.describe(strategies.shares(strategies.assign(sft, preset.sft_strategies)))}")
+          f"{strategies.summary(sft, preset.sft_strategies)}")
 
 
 def _levels(task: str, difficulty: str) -> str:

@@ -82,8 +82,7 @@ def _read_prompts(args) -> list[dict]:
             raise UserError(f"--prompts-file {path}: no such file")
         items += parse_prompts(decode_utf8(path.read_bytes(), f"--prompts-file {path}"), str(path))
     if not items:
-        raise UserError("no prompts: pass --prompt TEXT, --prompts-file FILE (one per line, or JSONL), or pipe "
-                        "prompts into stdin")
+        raise UserError("no prompts: pass --prompt TEXT, --prompts-file FILE (one per line, or JSONL), or pipe them in")
     return items
 
 

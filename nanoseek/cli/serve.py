@@ -77,13 +77,11 @@ def register(sub) -> None:
     net.add_argument("--api-key", default=None,
                      help="require 'Authorization: Bearer KEY' on /v1 and /metrics (or set NANOSEEK_API_KEY)")
     net.add_argument("--cors-origin", action="append", metavar="ORIGIN",
-                     help="let pages from ORIGIN (e.g. http://localhost:3000) call the API; repeatable; '*' for any. "
-                          "Default: none")
+                     help="let pages from ORIGIN (e.g. http://localhost:3000) call the API; repeatable; '*' for any")
     net.add_argument("--model-name", help="the model id clients name (default: the checkpoint directory's name)")
     net.add_argument("--max-body-bytes", type=positive_int, default=2 * 2**20, help="larger request bodies get 413 (default 2 MiB)")
     net.add_argument("--max-tokens-limit", type=positive_int, default=4096,
-                     help="new tokens one request may ask for per choice, and the default when it asks for none "
-                          "(default 4096)")
+                     help="new tokens a request may ask for per choice, the default when it asks none (default 4096)")
     net.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
                      help="uvicorn's log level (default info)")
     eng = p.add_argument_group("engine")
@@ -94,8 +92,7 @@ def register(sub) -> None:
                      help="latent cache allocated at start, in MiB (default 256)")
     eng.add_argument("--max-waiting", type=positive_int, default=1024, help="waiting queue bound; past it requests get 503 (default 1024)")
     eng.add_argument("--step-tokens", type=positive_int, default=512,
-                     help="tokens one step may spend while others decode; longer prompts are prefilled in "
-                          "chunks (default 512)")
+                     help="tokens a step may spend while others decode; longer prompts prefill in chunks (default 512)")
     eng.add_argument("--no-prefix-caching", action="store_true", help="do not reuse cached prompt prefixes")
     eng.add_argument("--speculative", type=speculative_arg, default="auto", metavar="K", help=SPECULATIVE_HELP)
     add_compile_args(eng, default=True)

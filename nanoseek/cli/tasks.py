@@ -16,6 +16,7 @@ from nanoseek.train import rewards
 from nanoseek.train.rewards import DEFAULT_WEIGHTS
 
 FORMATS = ("problems", "sft", "text")
+FLAGS = {k: f"--{k}" for k in ("difficulty", "n", "split", "group", "style", "strategies")}  # a DataError's param
 
 
 def cmd_list(args) -> None:
@@ -33,13 +34,12 @@ def cmd_list(args) -> None:
 
 def cmd_show(args) -> None:
     """Print a few problems with their worked solutions, as pretraining text shows them."""
-    flags = {"difficulty": "--difficulty", "n": "--n", "split": "--split", "strategies": "--strategies"}
     for name in task_names(args.task):
-        with for_flag(flags):
+        with for_flag(FLAGS):
             problems = tasks.generate(name, args.split, args.n, args.difficulty, seed=args.seed, unique=False,
                                       wording=args.wording)
-            written = strategies.assign(problems, args.strategies, args.seed)
-        for p, how in zip(problems, written):
+            ways = strategies.assign(problems, args.strategies, args.seed)
+        for p, how in zip(problems, ways):
             print(f"# {name}, difficulty {p.difficulty}, {args.split}, id {p.id}, {how}")
             print(tasks.render_text(p, args.style, how), end="\n\n")
 
@@ -47,24 +47,21 @@ def cmd_show(args) -> None:
 def cmd_generate(args) -> None:
     """Generate problems of the built-in tasks and write them as problems JSONL (RL, evaluation), SFT chat
     JSONL with worked reasoning, or pretraining text."""
-    flags = {"difficulty": "--difficulty", "n": "--n", "split": "--split", "group": "--group", "style": "--style",
-             "strategies": "--strategies"}
     out = output_file(args.out, "--out")
     problems = []
     for name in task_names(args.task):
-        with for_flag(flags):
+        with for_flag(FLAGS):
             problems += tasks.generate(name, args.split, args.n, args.difficulty, seed=args.seed,
                                        unique=not args.allow_repeats, wording=args.wording)
-    with for_flag(flags):
+    with for_flag(FLAGS):
+        written = f"; solutions {strategies.summary(problems, args.strategies)}"  # as counted in what is written
         if args.format == "problems":
             count, what = tasks.write_problems(problems, out), "problems"
         elif args.format == "sft":
-            count, what = tasks.write_sft(problems, out, strategies=args.strategies), "SFT conversations"
+            count, what = tasks.write_sft(problems, out, strategies=args.strategies), "SFT conversations" + written
         else:
             count = tasks.write_text(problems, out, style=args.style, group=args.group, strategies=args.strategies)
-            what = f"{args.style} text documents ({len(problems)} problems)"
-        if args.format != "problems":  # the strategies the solutions were written in, as counted
-            what += f"; solutions {strategies.describe(strategies.shares(strategies.assign(problems, args.strategies)))}"
+            what = f"{args.style} text documents ({len(problems)} problems){written}"
     print(f"wrote {count:,} {what} ({args.task}, {args.split} split, difficulty {args.difficulty}, seed "
           f"{args.seed}) to {out}")
 
@@ -109,8 +106,8 @@ def register(sub) -> None:
         t.add_argument("--wording", default="canonical", choices=["canonical", "train", "heldout"],
                        help="how problems are asked: canonical (each task's one original template), train (dozens "
                             "of wordings) or heldout (wordings kept out of train, to test on); default canonical")
-        t.add_argument("--strategies", default="worked", help="how solutions are written: a mix of direct, worked, "
-                       "checked (check and redo), e.g. direct=0.8,worked=0.2 (default worked)")
+        t.add_argument("--strategies", default="worked", help="how solutions are written: direct, worked, checked "
+                       "(check and redo), or a mix: direct=0.8,worked=0.2 (default worked)")
         t.add_argument("--style", default="plain", choices=["plain", "chat"],
                        help="text style: plain (prompt, steps, 'Answer: X') or chat (the chat rendering as text)")
 

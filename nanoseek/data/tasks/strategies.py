@@ -154,6 +154,11 @@ def shares(strategies: Iterable[str | None]) -> dict[str, float]:
     return {k: v / n if n else 0.0 for k, v in counts.items()}
 
 
+def summary(problems: Iterable[Problem], mix: str | Mapping[str, float] = DEFAULT_MIX, seed: int = 0) -> str:
+    """ "79% direct, 21% worked": the strategies `assign` writes the problems in."""
+    return describe(shares(assign(problems, mix, seed)))
+
+
 def describe(strategy_shares: Mapping[str, float]) -> str:
     """ "80% direct, 20% worked": the shares above zero, in STRATEGIES order."""
     return ", ".join(f"{v:.0%} {k}" for k, v in strategy_shares.items() if v > 0)
