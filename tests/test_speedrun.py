@@ -154,3 +154,25 @@ def test_a_damaged_state_file_gets_the_start_over_advice(tmp_path, capsys, conte
     err = capsys.readouterr().err.strip()
     assert err.startswith("nanoseek speedrun: error: ") and len(err.splitlines()) == 1, err
     assert err.endswith("delete it to start the run over"), err
+
+
+def test_a_preset_writes_its_corpus_and_sft_solutions_in_its_strategy_mix(tmp_path, capsys):
+    """corpus_strategies / sft_strategies decide how the run's solutions are written, the run says the shares it
+    wrote, and the held-out files are checked against the training files."""
+    import dataclasses
+
+    from nanoseek.data.tasks import strategies
+    from nanoseek.speedrun import PRESETS, run_paths, write_tasks
+
+    preset = dataclasses.replace(PRESETS["smoke"], drills=0, corpus_strategies="direct",
+                                 sft_strategies="direct=0.5,worked=0.5")
+    paths = run_paths(tmp_path)
+    paths["corpus"].parent.mkdir(parents=True)
+    write_tasks(preset, paths)
+    said = capsys.readouterr().out
+    docs = paths["corpus"].read_text().strip().split("\n\n")
+    assert docs and all(len(d.splitlines()) == 3 and d.splitlines()[2].startswith("Answer: ") for d in docs)
+    ways = [strategies.strategy_of(json.loads(line)["messages"][-1]["reasoning"])
+            for line in paths["sft"].read_text().splitlines()]
+    assert 0.3 < ways.count("direct") / len(ways) < 0.8 and "worked" in ways
+    assert "solutions: pretraining 100% direct, SFT " in said
