@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import math
 import re
+from typing import Iterable, Mapping
 
-from nanoseek.errors import UserError
+from nanoseek.errors import DataError, UserError
 
 SUFFIXES = {"": 1, "K": 1e3, "M": 1e6, "B": 1e9, "G": 1e9, "T": 1e12}
 MAX_COUNT = 1e30  # tokens or GPU-hours: a million times any run's, and far from float overflow in the products
@@ -90,6 +91,33 @@ def parse_count(text: str, param: str, integer: bool = True) -> float:
     if value < (1 if integer else 0) or value == 0:
         raise UserError(f"{param} must be {'at least 1' if integer else 'positive'}, got {text}", param=param)
     return round(value) if integer else value
+
+
+def parse_named_numbers(spec: str | Mapping[str, float], names: Iterable[str], kind: str, example: str,
+                        param: str) -> dict[str, float]:
+    """{"accuracy": 1.0, "format": 0.1} from "accuracy=1,format=0.1" or a mapping: every name one of `names` (a
+    bare name counts 1), every number finite; a DataError naming `param` otherwise. kind: what a name is
+    ("reward", "strategy"), for the messages."""
+    names = tuple(names)
+    if isinstance(spec, Mapping):
+        items = [(str(k), v) for k, v in spec.items()]
+    else:
+        items = []
+        for part in filter(None, (s.strip() for s in str(spec).split(","))):
+            name, eq, w = part.partition("=")
+            try:
+                items.append((name.strip(), float(w) if eq else 1.0))
+            except ValueError:
+                raise DataError(f"{kind} weight {part!r}: the weight must be a number ({example})",
+                                param=param) from None
+    out: dict[str, float] = {}
+    for name, w in items:
+        if name not in names:
+            raise DataError(f"unknown {kind} {name!r}; use {', '.join(names)}, e.g. {example}", param=param)
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w):
+            raise DataError(f"{kind} {name}: {w!r} is not a finite number", param=param)
+        out[name] = float(w)
+    return out
 
 
 def parse_fraction(text: str, param: str) -> float:

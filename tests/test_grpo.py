@@ -233,7 +233,8 @@ def test_rl_command_logs_rewards_and_refuses_bad_input(setup, tmp_path, capsys):
     capsys.readouterr()
     for bad, msg in ((["--group-size", "1"], "--group-size"), (["--task", "nope"], "unknown task"),
                      (["--steps", "3", "--updates-per-generation", "2"], "multiple of --updates-per-generation"),
-                     (["--reward", "accuracy=x"], "weight must be a number"), (["--temperature", "0"], "--temperature"),
+                     (["--reward", "accuracy=x"], "weight must be a number"),
+                     (["--dynamic-sampling", "-1"], "--dynamic-sampling must be >= 0"), (["--temperature", "0"], "--temperature"),
                      # values that overflow float32 or divide 0 by 0 (issue 22.2, 22.4)
                      (["--temperature", "1e-300"], "--temperature must be at least 1e-05"),
                      (["--temperature", "inf"], "--temperature must be a finite number"),

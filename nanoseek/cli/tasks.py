@@ -54,7 +54,7 @@ def cmd_generate(args) -> None:
             problems += tasks.generate(name, args.split, args.n, args.difficulty, seed=args.seed,
                                        unique=not args.allow_repeats, wording=args.wording)
     with for_flag(FLAGS):
-        written = f"; solutions {strategies.summary(problems, args.strategies)}"  # as counted in what is written
+        written = "" if args.format == "problems" else f"; solutions {strategies.summary(problems, args.strategies)}"
         if args.format == "problems":
             count, what = tasks.write_problems(problems, out), "problems"
         elif args.format == "sft":

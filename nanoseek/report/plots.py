@@ -124,6 +124,16 @@ def loss_curves(stages: dict[str, Sequence[dict]]) -> bytes | None:
     return _png(fig)
 
 
+def _grpo_png(fig, ax, ylabel: str, title: str) -> bytes:
+    """A GRPO plot's axes labelled (steps along x), gridded, its legend right of the axes; the PNG."""
+    _step_axis(ax, "GRPO step")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    return _png(fig)
+
+
 def grpo_rewards(records: Sequence[dict]) -> bytes | None:
     """Mean reward per GRPO step (± its spread over the step's completions), each reward function's mean
     (reward_<name>), and the greedy validation accuracy at the evaluation steps."""
@@ -151,12 +161,7 @@ def grpo_rewards(records: Sequence[dict]) -> bytes | None:
                 label=f"validation accuracy, greedy (last {100 * vy[-1]:.1f}%)")
     top = max([1.0] + ys + [y for k in parts for y in _series(records, k)[1]])
     ax.set_ylim(-0.03, top * 1.05 + 0.02)
-    _step_axis(ax, "GRPO step")
-    ax.set_ylabel("mean per completion (accuracy: fraction right)")
-    ax.set_title("GRPO: reward and accuracy")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    return _png(fig)
+    return _grpo_png(fig, ax, "mean per completion (accuracy: fraction right)", "GRPO: reward and accuracy")
 
 
 def grpo_lengths(records: Sequence[dict], max_new_tokens: int | None = None) -> bytes | None:
@@ -212,12 +217,7 @@ def grpo_strategies(records: Sequence[dict]) -> bytes | None:
         sx, sy = _series(records, f"strategy_{k}")
         _line(ax, sx, sy, "no reasoning" if k == "none" else k, colors[k])
     ax.set_ylim(-0.03, 1.03)
-    _step_axis(ax, "GRPO step")
-    ax.set_ylabel("share of the step's completions")
-    ax.set_title("GRPO: the strategies the completions followed")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    return _png(fig)
+    return _grpo_png(fig, ax, "share of the step's completions", "GRPO: the strategies the completions followed")
 
 
 def expert_load(records: Sequence[dict], layer_names: Sequence[str] | None, title: str) -> bytes | None:

@@ -49,7 +49,7 @@ from nanoseek.model.loss import linear_logprobs
 from nanoseek.train import distributed as D
 from nanoseek.train.config import TrainConfig, _f
 from nanoseek.train.loop import Task
-from nanoseek.train.rewards import Rewards, accuracy_reward, plain_accuracy_reward, reasoning_of
+from nanoseek.train.rewards import REWARDS_BY_STYLE, Rewards, reasoning_of
 from nanoseek.train.schedule import SCHEDULES
 
 LOSS_TYPES = ("grpo", "dr_grpo", "dapo")
@@ -247,7 +247,7 @@ class GRPOTask(Task):
                              f"{cfg.micro_batches(world_size)} micro-batch(es) of --batch-size: set "
                              "cfg.grad_accum = cfg.micro_batches(world_size) when building the config")
         self.rewards = rewards or Rewards(cfg.reward, seed=cfg.seed, style=cfg.prompt_style)
-        self.accuracy = accuracy_reward if cfg.prompt_style == "chat" else plain_accuracy_reward
+        self.accuracy = REWARDS_BY_STYLE[cfg.prompt_style]["accuracy"]  # logged also when the reward ignores it
         self.n_seq = cfg.completions_per_rank(world_size)
         self.tokens_per_batch = None  # completions vary in length: each micro-batch counts its own
         self.reference = reference
@@ -337,7 +337,8 @@ class GRPOTask(Task):
         cfg, G = self.cfg, self.cfg.group_size
         prompts = [self._prompt_ids(p) for p in problems]
         first = self.rank * len(prompts)  # this rank's first prompt in the generation batch
-        where = (generation,) if round_ == 0 else (generation, -round_)  # ints: hash() is the same in every process
+        # ints only: hash() of a str differs between processes, and a resumed run must draw the same seeds
+        where = (generation,) if round_ == 0 else (generation, -round_)
         params = [self._params(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
                                seed=hash((cfg.seed, *where, first + i // G, i % G)) & (2**63 - 1), logprobs=0)
                   for i in range(len(prompts) * G)]

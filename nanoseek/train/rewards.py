@@ -25,6 +25,7 @@ from typing import Any, Callable, Mapping
 from nanoseek.data.tasks import Problem, answer_key, check_answer, problem_from_record
 from nanoseek.data.tasks.strategies import strategy_of
 from nanoseek.errors import DataError
+from nanoseek.units import parse_named_numbers
 
 THINK, THINK_END = "<think>", "</think>"
 ANSWER, ANSWER_END = "<answer>", "</answer>"
@@ -167,33 +168,16 @@ def plain_format_reward(prompt: str, completion: str, reference: Any = None) -> 
 
 
 REWARDS: Mapping[str, RewardFn] = {"accuracy": accuracy_reward, "format": format_reward, "random": random_reward}
-# what a completion in the pretraining text's plain style is scored by (RL straight from a base model: R1-Zero)
+# a completion in the pretraining text's plain style is scored by these (RL straight from a base model: R1-Zero)
 PLAIN_REWARDS: Mapping[str, RewardFn] = {"accuracy": plain_accuracy_reward, "format": plain_format_reward,
                                          "random": random_reward}
+REWARDS_BY_STYLE: Mapping[str, Mapping[str, RewardFn]] = {"chat": REWARDS, "plain": PLAIN_REWARDS}
 DEFAULT_WEIGHTS = "accuracy=1,format=0.1"  # a small format weight: format alone must never pay like a right answer
 
 
 def parse_weights(spec: str | Mapping[str, float]) -> dict[str, float]:
     """{"accuracy": 1.0, "format": 0.1} from "accuracy=1,format=0.1" (a bare name weighs 1)."""
-    if isinstance(spec, Mapping):
-        items = [(str(k), v) for k, v in spec.items()]
-    else:
-        items = []
-        for part in filter(None, (s.strip() for s in spec.split(","))):
-            name, eq, w = part.partition("=")
-            try:
-                items.append((name.strip(), float(w) if eq else 1.0))
-            except ValueError:
-                raise DataError(f"reward weight {part!r}: the weight must be a number (accuracy=1,format=0.1)",
-                                param="reward") from None
-    weights: dict[str, float] = {}
-    for name, w in items:
-        if name not in REWARDS:
-            raise DataError(f"unknown reward {name!r}; use {', '.join(REWARDS)}, e.g. {DEFAULT_WEIGHTS}",
-                            param="reward")
-        if not isinstance(w, (int, float)) or w != w or abs(w) == float("inf"):
-            raise DataError(f"reward {name}: weight {w!r} is not a finite number", param="reward")
-        weights[name] = float(w)
+    weights = parse_named_numbers(spec, REWARDS, "reward", DEFAULT_WEIGHTS, "reward")
     if not weights:
         raise DataError(f"no reward named in {spec!r}; e.g. {DEFAULT_WEIGHTS}", param="reward")
     return weights
@@ -204,15 +188,15 @@ class Rewards:
     "chat" (<think>reasoning</think>answer) or "plain" (steps, then "Answer: X")."""
 
     def __init__(self, weights: str | Mapping[str, float] = DEFAULT_WEIGHTS, *, seed: int = 0, style: str = "chat"):
-        if style not in ("chat", "plain"):
-            raise DataError(f"reward style must be chat or plain, got {style!r}", param="style")
+        if style not in REWARDS_BY_STYLE:
+            raise DataError(f"reward style must be one of {', '.join(REWARDS_BY_STYLE)}, got {style!r}", param="style")
         self.weights = parse_weights(weights)
         self.seed, self.style = seed, style
 
     def scores(self, prompt: str, completion: str, reference: Any) -> dict[str, float]:
         out = {}
         for name in self.weights:
-            fn = (REWARDS if self.style == "chat" else PLAIN_REWARDS)[name]
+            fn = REWARDS_BY_STYLE[self.style][name]
             out[name] = fn(prompt, completion, reference, seed=self.seed) if name == "random" else \
                 fn(prompt, completion, reference)
         out["reward"] = sum(self.weights[n] * out[n] for n in self.weights)

@@ -31,6 +31,7 @@ from nanoseek.data.tasks.arithmetic import work, work_div
 from nanoseek.data.tasks.problem import Problem, Solution
 from nanoseek.data.tasks.registry import get_task, worked_solution
 from nanoseek.errors import DataError
+from nanoseek.units import parse_named_numbers
 
 STRATEGIES = ("direct", "worked", "checked")
 DEFAULT_MIX = "worked"
@@ -41,25 +42,10 @@ _STEP = re.compile(r"^(\d+)([-+*])(\d+)=(\d+)$")
 def parse_mix(spec: str | Mapping[str, float]) -> dict[str, float]:
     """{"direct": 0.8, "worked": 0.2} from "direct=0.8,worked=0.2" (a bare name weighs 1; shares are
     normalized to sum to 1)."""
-    if isinstance(spec, Mapping):
-        items = [(str(k), v) for k, v in spec.items()]
-    else:
-        items = []
-        for part in filter(None, (s.strip() for s in str(spec).split(","))):
-            name, eq, w = part.partition("=")
-            try:
-                items.append((name.strip(), float(w) if eq else 1.0))
-            except ValueError:
-                raise DataError(f"strategy share {part!r}: the share must be a number (direct=0.8,worked=0.2)",
-                                param="strategies") from None
-    mix: dict[str, float] = {}
-    for name, w in items:
-        if name not in STRATEGIES:
-            raise DataError(f"unknown strategy {name!r}; use {', '.join(STRATEGIES)}, e.g. direct=0.8,worked=0.2",
-                            param="strategies")
-        if not isinstance(w, (int, float)) or not 0 <= w < float("inf"):
-            raise DataError(f"strategy {name}: share {w!r} must be a number >= 0", param="strategies")
-        mix[name] = mix.get(name, 0.0) + float(w)
+    mix = parse_named_numbers(spec, STRATEGIES, "strategy", "direct=0.8,worked=0.2", "strategies")
+    for name, w in mix.items():
+        if w < 0:
+            raise DataError(f"strategy {name}: share {w:g} must be >= 0", param="strategies")
     total = sum(mix.values())
     if total <= 0:
         raise DataError(f"strategy mix {spec!r} gives no strategy a share; e.g. direct=0.8,worked=0.2",
@@ -84,14 +70,17 @@ def solution_in(problem: Problem, strategy: str = "worked") -> Solution | None:
         return Solution(get_task(problem.task).direct_reasoning(problem), sol.answer)
     lines = sol.reasoning.splitlines()
     step = _STEP.match(lines[-1]) if lines else None
-    if step is None or _check(*map(int, step.group(1, 3, 4)), step.group(2)) is None:
-        return sol  # no check for this last step: written worked
-    a, op, b, r = int(step.group(1)), step.group(2), int(step.group(3)), int(step.group(4))
+    if step is None:
+        return sol  # the last step is no single operation: written worked
+    a, op, b, r = int(step[1]), step[2], int(step[3]), int(step[4])
+    check = _check(a, b, r, op)
+    if check is None:
+        return sol  # no inverse to check this step by: written worked
     slipped = _slip(problem, a, op, b, r)
     if slipped is None:
-        lines += _check(a, b, r, op)
+        lines += check
     else:  # the first attempt miscopies the result; the check catches it, the step is redone and checked
-        lines[-1:] = [f"{a}{op}{b}={slipped}", *_check(a, b, slipped, op), lines[-1], *_check(a, b, r, op)]
+        lines[-1:] = [f"{a}{op}{b}={slipped}", *_check(a, b, slipped, op), lines[-1], *check]
     return Solution("\n".join(lines), sol.answer)
 
 
