@@ -17,7 +17,7 @@ import random
 import subprocess
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
@@ -31,6 +31,18 @@ from nanoseek.io import atomic_write_text
 
 FORMAT_VERSION = 1
 STAGES = ("tasks", "tokenizer", "tokens", "pretrain", "eval_pretrain", "sft", "eval_sft", "rl", "eval_rl", "report")
+# What `nanoseek speedrun --also NAME` adds before the report: the R1 paper's other path, the control that would
+# expose a false gain, and sampled accuracy before and after RL. Each is a stage and its evaluation (or two
+# evaluations), resumable like the rest; asking for one on a finished run runs just it and rewrites the report.
+ALSO = {
+    "r1-zero": ("rl_zero", "eval_rl_zero"),  # GRPO straight from the pretrained model, asked in its plain format
+    "random-reward": ("rl_random", "eval_rl_random"),  # GRPO from the SFT model, rewarded by a coin flip
+    "pass-at-8": ("eval_sft_pass8", "eval_rl_pass8"),  # 8 answers per test problem at T=1: pass@8 and maj@8
+}
+# the GRPO runs beside the speedrun's own: where each starts and what it changes of the preset's `rl` flags
+RL_RUNS = {"rl": ("sft", {}), "rl_zero": ("pretrain", {"prompt_style": "plain"}),
+           "rl_random": ("sft", {"reward": "random"})}
+PASS_AT = 8  # samples per problem of the pass-at-8 evaluations
 
 
 @dataclass(frozen=True)
@@ -66,6 +78,14 @@ class Preset:
     eval_max_tokens: int = 256
     gpus: int = 0  # > 1: training stages under torchrun
     minutes: dict[str, float] = field(default_factory=dict)
+
+    def stage_minutes(self, stage: str) -> float:
+        """The expected minutes of a stage: `minutes`, else those of the stage it repeats (an --also run)."""
+        if stage in self.minutes:
+            return self.minutes[stage]
+        if stage.endswith("_pass8"):  # PASS_AT samples of 1,000 problems, no held-out wordings
+            return 0.8 * PASS_AT * self.minutes.get(f"eval_{evaluated_model(stage[5:])}", 0)
+        return self.minutes.get("eval_rl" if stage.startswith("eval_") else "rl", 0)
 
     def pretraining_tokens(self) -> int:
         p = self.pretrain
@@ -128,7 +148,7 @@ class State:
     """RUN/speedrun.json: the preset, and per stage whether it is done and how long it took."""
 
     def __init__(self, run: Path, preset_name: str, preset: Preset, data: list[str] | None):
-        self.path = run / "speedrun.json"
+        self.path, self.preset = run / "speedrun.json", preset
         settings = {"name": preset_name, **asdict(preset), "data": data}
         if self.path.is_file():
             try:
@@ -160,6 +180,16 @@ class State:
         entry = self.doc["stages"].setdefault(stage, {"seconds": 0.0, "done": False})
         entry["seconds"] = entry.get("seconds", 0.0) + seconds
         self.save()
+
+    def progress_line(self, stage: str, order: Sequence[str], session_s: float) -> str:
+        """The line that opens a stage: its place, and the minutes left at this machine's pace so far."""
+        i, minutes = order.index(stage), [self.preset.stage_minutes(s) for s in order]
+        left = sum(m for s, m in zip(order[i:], minutes[i:]) if not self.done(s))
+        spent = sum(self.doc["stages"].get(s, {}).get("seconds", 0.0) for s in order[:i]) / 60
+        planned = sum(minutes[:i])
+        pace = spent / planned if planned > 0.5 else 1.0  # this machine's speed against the preset's estimate
+        return (f"\n=== speedrun {self.doc['preset']['name']}: stage {i + 1}/{len(order)} {stage} — about "
+                f"{left * pace:.0f} min left of ~{sum(minutes) * pace:.0f} ({session_s:.0f}s in this session) ===")
 
     def save(self) -> None:
         atomic_write_text(self.path, json.dumps(self.doc, indent=2) + "\n")
@@ -208,6 +238,20 @@ def machine() -> dict[str, Any]:
             "gpu": gpu, "torch": torch.__version__}
 
 
+def stages(also: Sequence[str] = ()) -> tuple[str, ...]:
+    """The speedrun's stages in order with those `--also` adds (names of ALSO) before the report."""
+    unknown = [a for a in also if a not in ALSO]
+    if unknown:
+        raise UserError(f"--also {unknown[0]}: not a run the speedrun adds; choose from {', '.join(ALSO)}",
+                        param="--also")
+    return STAGES[:-1] + tuple(s for name, extra in ALSO.items() if name in also for s in extra) + STAGES[-1:]
+
+
+def evaluated_model(stage: str) -> str:
+    """The training stage whose model an evaluation stage's name ("sft", "rl_pass8") evaluates."""
+    return stage.removesuffix("_pass8")
+
+
 def run_paths(run: Path) -> dict[str, Path]:
     """Where a run folder keeps each of its inputs."""
     data = run / "data"
@@ -238,13 +282,16 @@ def stage_command(stage: str, preset: Preset, run: Path, *, data: list[str] | No
     elif stage == "sft":
         argv += ["--checkpoint", str(run / "pretrain"), "--data", str(paths["sft"]), "--eval-problems-file",
                  str(paths["probe"])]
-    elif stage == "rl":
-        argv += ["--checkpoint", str(run / "sft"), "--problems", str(paths["rl"]), "--eval-problems-file",
+    elif stage in RL_RUNS:
+        start, _ = RL_RUNS[stage]
+        argv[0] = "rl"
+        argv += ["--checkpoint", str(run / start), "--problems", str(paths["rl"]), "--eval-problems-file",
                  str(paths["val"])]
     else:
         raise ValueError(f"no command runs stage {stage!r}")
     argv += ["--resume"] if resume else []
-    flags = {**{"pretrain": preset.pretrain, "sft": preset.sft, "rl": preset.rl}[stage], **changes}
+    own = {"pretrain": preset.pretrain, "sft": preset.sft}.get(stage) or {**preset.rl, **RL_RUNS[stage][1]}
+    flags = {**own, **changes}
     for k, v in flags.items():
         argv += [f"--{k.replace('_', '-')}", str(v)]
     return argv
@@ -295,24 +342,30 @@ def _levels(task: str, difficulty: str) -> str:
 
 
 def evaluate_stage(stage: str, preset: Preset, run: Path, paths: dict[str, Path]) -> None:
-    """Held-out test accuracy of a stage's model: the pretrained model in its own plain format, the others in
-    the chat template, also on questions worded as training never worded them; results (with every completion)
-    in RUN/eval/STAGE.json (and STAGE_heldout_wordings.json) and a table in STAGE.md."""
+    """Held-out test accuracy of a stage's model: the pretrained model and R1-Zero in their plain format, the
+    others in the chat template; SFT and RL also on questions worded as training never worded them. Results
+    (with every completion) in RUN/eval/STAGE.json (and STAGE_heldout_wordings.json) and a table in STAGE.md.
+    STAGE_pass8 (sft_pass8, rl_pass8): PASS_AT answers per test problem at temperature 1, no completions kept."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    style = "plain" if stage == "pretrain" else "chat"
+    model = evaluated_model(stage)
+    style = "plain" if model in ("pretrain", "rl_zero") else "chat"
     sets = [(stage, paths["test"], "")] + \
-        ([(f"{stage}_heldout_wordings", paths["heldout"], ", in wordings kept out of training")] if style == "chat" else [])
+        ([(f"{stage}_heldout_wordings", paths["heldout"], ", in wordings kept out of training")]
+         if stage in ("sft", "rl") else [])
+    sampled = stage != model
+    how = dict(samples=PASS_AT, k=(1, PASS_AT), temperature=1.0) if sampled else {}
     out = run / "eval"
-    engine = Engine.load(run / stage, dtype=dtype, device=device, max_batch=64)  # one load for both sets
+    engine = Engine.load(run / model, dtype=dtype, device=device, max_batch=64)  # one load for both sets
     for name, path, what in sets:
         results = evaluate_tasks(engine, tasks.read_problems(path), max_new_tokens=preset.eval_max_tokens,
-                                 style=style, keep_completions=True)
-        results["checkpoint"] = str(resolve_checkpoint(run / stage))
+                                 style=style, keep_completions=not sampled, **how)
+        results["checkpoint"] = str(resolve_checkpoint(run / model))
         atomic_write_text(out / f"{name}.json", to_json(results))
         text = results_markdown(results)
         atomic_write_text(out / f"{name}.md", text)
         s = results["summary"]
         print(f"{stage}: held-out accuracy {s['accuracy']:.1%} ± {s['accuracy_se']:.1%} on {s['problems']:,} problems "
-              f"({style} prompts{what})")
+              f"({style} prompts{what}" + (f"; pass@{PASS_AT} {s[f'pass@{PASS_AT}']:.1%}, maj@{PASS_AT} "
+                                           f"{s[f'maj@{PASS_AT}']:.1%})" if sampled else ")"))
         print(text, end="")

@@ -11,8 +11,9 @@ import shutil
 import pytest
 
 from nanoseek.cli import main as cli
-from nanoseek.speedrun import STAGES
+from nanoseek.speedrun import STAGES, stages
 from nanoseek.data import tasks
+from nanoseek.errors import UserError
 from nanoseek.train.log import read_log
 
 from train_helpers import dying_after_log, killed, nanoseek_cmd, run
@@ -120,6 +121,48 @@ def test_a_run_copied_elsewhere_and_killed_in_rl_continues_its_rl(smoke_run, tmp
     assert "stage 8/10 rl" in r.stdout and f"resumed from {ckpts[0].name}" in r.stdout
     assert "stage 7/10" not in r.stdout  # SFT's evaluation stays done
     assert all(json.loads((copy / "speedrun.json").read_text())["stages"][s]["done"] for s in STAGES)
+
+
+@pytest.mark.slow
+def test_also_runs_r1_zero_the_random_control_and_pass_at_8_beside_a_finished_run(smoke_run, tmp_path):
+    """--also on a finished run: only the added runs are done (R1-Zero from the pretrained model in its plain
+    format, GRPO from SFT with a random reward, SFT and RL sampled 8 times a problem), and the report sets them
+    side by side with a plot of the GRPO runs."""
+    out, _ = smoke_run
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    r = run(nanoseek_cmd("speedrun", str(copy), "--preset", "smoke", "--also", "pass-at-8", "r1-zero",
+                         "random-reward"), timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    order = stages(("r1-zero", "random-reward", "pass-at-8"))
+    assert len(order) == 16 and order[-1] == "report"
+    assert "stage 4/16" not in r.stdout and "stage 8/16" not in r.stdout  # pretraining and RL stay done
+    assert "stage 10/16 rl_zero" in r.stdout and "stage 12/16 rl_random" in r.stdout
+    state = json.loads((copy / "speedrun.json").read_text())["stages"]
+    assert all(state[s]["done"] for s in order)
+    zero = next(x for x in read_log(copy / "rl_zero") if x["event"] == "start")["config"]
+    control = next(x for x in read_log(copy / "rl_random") if x["event"] == "start")["config"]
+    assert zero["prompt_style"] == "plain" and control["reward"] == "random"
+    assert f"model: {copy / 'pretrain'}" in r.stdout and f"model: {copy / 'sft'}" in r.stdout  # where each starts
+    assert json.loads((copy / "eval" / "rl_zero.json").read_text())["settings"]["style"] == "plain"
+    sampled = json.loads((copy / "eval" / "rl_pass8.json").read_text())
+    assert sampled["settings"]["samples"] == 8 and 0 <= sampled["summary"]["pass@8"] <= 1
+    assert sampled["checkpoint"].startswith(str(copy / "rl"))
+    report = (copy / "report.md").read_text()
+    paths = report[report.index("### RL paths side by side"):]
+    assert all(run_name in paths for run_name in ("R1: SFT, then GRPO", "R1-Zero:", "control:"))
+    assert "### Sampled: pass@1, pass@8 and maj@8" in report
+    assert (copy / "plots" / "grpo_paths.png").is_file() and "plots/grpo_paths.png" in report
+    costs = report[report.index("## Time and cost"):report.index("## Final metrics")]
+    assert "| R1-Zero (GRPO from the base model) |" in costs and "| eval rl pass8 |" in costs
+
+
+def test_also_names_what_it_can_add(tmp_path, capsys):
+    with pytest.raises(UserError, match="r1-zero, random-reward, pass-at-8"):
+        stages(("r2",))
+    with pytest.raises(SystemExit):
+        cli(["speedrun", str(tmp_path / "a"), "--preset", "smoke", "--also", "r2"])
+    assert "--also" in capsys.readouterr().err
 
 
 def test_bad_input_exits_2(tmp_path, capsys):

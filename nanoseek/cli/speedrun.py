@@ -25,8 +25,8 @@ from nanoseek.cli.common import UserError
 from nanoseek.config import preset as model_preset
 from nanoseek.cost import HARDWARE, TYPICAL_MFU, flops_per_token, on_other_hardware
 from nanoseek.model import count_params
-from nanoseek.speedrun import (PRESETS, STAGES, Preset, State, evaluate_stage, run_paths, stage_command,
-                               write_tasks)
+from nanoseek.speedrun import (ALSO, PRESETS, RL_RUNS, Preset, State, evaluate_stage, run_paths, stage_command,
+                               stages, write_tasks)
 from nanoseek.train.checkpoint import latest_checkpoint
 from nanoseek.units import dollars, pct, sci, si
 
@@ -35,7 +35,8 @@ from nanoseek.units import dollars, pct, sci, si
 def cmd_speedrun(args: argparse.Namespace) -> None:
     """Run the whole pipeline on the built-in tasks (or pretrain on your --data): train a tokenizer, pretrain,
     SFT, GRPO, evaluate each stage on held-out problems, and write the report. Run it again after an
-    interruption to continue where it stopped."""
+    interruption to continue where it stopped. --also adds runs to compare beside it (R1-Zero, a random-reward
+    control, pass@8), on a new run or a finished one."""
     from nanoseek.cli import main
 
     preset = PRESETS[args.preset]
@@ -52,16 +53,6 @@ def cmd_speedrun(args: argparse.Namespace) -> None:
     state.save()
     _announce_cost(preset, args.preset)
     t_start = time.perf_counter()
-    budget = sum(preset.minutes.values())
-
-    def progress(stage: str) -> None:
-        i = STAGES.index(stage)
-        left = sum(preset.minutes.get(s, 0) for s in STAGES[i:] if not state.done(s))
-        spent = sum(state.doc["stages"].get(s, {}).get("seconds", 0.0) for s in STAGES[:i]) / 60
-        planned = sum(preset.minutes.get(s, 0) for s in STAGES[:i])
-        pace = spent / planned if planned > 0.5 else 1.0  # this machine's speed against the preset's estimate
-        print(f"\n=== speedrun {args.preset}: stage {i + 1}/{len(STAGES)} {stage} — about {left * pace:.0f} min "
-              f"left of ~{budget * pace:.0f} ({time.perf_counter() - t_start:.0f}s in this session) ===", flush=True)
 
     def run_command(stage: str, argv: list[str], distributed: bool = False) -> None:
         if distributed and preset.gpus > 1:
@@ -74,18 +65,18 @@ def cmd_speedrun(args: argparse.Namespace) -> None:
             raise UserError(f"stage {stage} failed (exit {rc}; its message is above): fix that, then run the "
                             f"same speedrun command again to continue from this stage")
 
-    paths = run_paths(run)
-    for stage in STAGES:
+    paths, order = run_paths(run), stages(args.also or ())
+    for stage in order:
         if state.done(stage) and stage != "report":
             continue
-        progress(stage)
+        print(state.progress_line(stage, order, time.perf_counter() - t_start), flush=True)
         t0 = time.perf_counter()
         try:
             if stage == "tasks":
                 write_tasks(preset, paths)
             elif stage in ("tokenizer", "tokens"):
                 run_command(stage, stage_command(stage, preset, run, data=data))
-            elif stage in ("pretrain", "sft", "rl"):
+            elif stage in ("pretrain", "sft", *RL_RUNS):
                 resume = latest_checkpoint(run / stage) is not None
                 run_command(stage, stage_command(stage, preset, run, resume=resume), distributed=True)
             elif stage.startswith("eval_"):
@@ -133,4 +124,8 @@ def register(sub) -> None:
     p.add_argument("--preset", default="cpu", choices=sorted(PRESETS), help="sizes and budgets (default cpu)")
     p.add_argument("--data", nargs="+", metavar="PATH",
                    help="pretrain on your own corpus (text files, folders, JSONL, Parquet) instead of the tasks' text")
+    p.add_argument("--also", nargs="+", choices=list(ALSO), metavar="RUN",
+                   help="runs beside the pipeline, shown side by side in the report: r1-zero (GRPO from the "
+                        "pretrained model, no SFT), random-reward (the control), pass-at-8 (SFT and RL sampled 8 "
+                        "times per problem). On a finished run it runs just these")
     p.set_defaults(func=cmd_speedrun)

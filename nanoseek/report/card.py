@@ -30,11 +30,13 @@ from nanoseek.report import plots
 from nanoseek.report.balance import SETTLE, TARGET, WINDOW
 from nanoseek.report.decode import measure_decode
 from nanoseek.report.facts import fact_accuracy
-from nanoseek.report.runfolder import STAGE_NAMES, TRAINING, Run, StageCost, load_run, machine_price, stage_costs
+from nanoseek.report.runfolder import (COMPARED, STAGE_NAMES, TRAINING, Run, StageCost, load_run, machine_price,
+                                       stage_costs)
 from nanoseek.train.rewards import split_completion
 from nanoseek.units import dollars, duration, flop, pct, si
 
-PLOT_NAMES = ("loss.png", "task_accuracy.png", "grpo_reward.png", "grpo_length.png", "expert_load_pretrain.png",
+PLOT_NAMES = ("loss.png", "task_accuracy.png", "grpo_reward.png", "grpo_length.png", "grpo_strategies.png",
+              "grpo_paths.png", "expert_load_pretrain.png",
               "expert_maxvio_pretrain.png", "expert_load_sft.png", "expert_maxvio_sft.png", "expert_load_rl.png",
               "expert_maxvio_rl.png")
 HELDOUT = "_heldout_wordings"  # eval/STAGE_heldout_wordings.json: questions in wordings kept out of training
@@ -304,13 +306,16 @@ def _section_metrics(run: Run, decode: dict[str, Any] | None) -> list[str]:
                      f"{TARGET:g}); starved expert-steps {pct(b['starved_share'])}"])
     out += _table(["metric", "value"], rows, "ll") + [""]
     out += _accuracy_table(run)
+    out += _section_rl_paths(run)
     out += _decode_lines(run, decode)
     return out
 
 
 def _eval_order(run: Run) -> list[str]:
-    """The evaluations in pipeline order, each stage's held-out-wordings run right after it, others last."""
-    names = [n for s in TRAINING for n in (s, s + HELDOUT) if n in run.evals]
+    """The evaluations in pipeline order, each stage's held-out-wordings run right after it, then the runs
+    beside the pipeline and the sampled evaluations, others last."""
+    names = [n for s in TRAINING for n in (s, s + HELDOUT)] + list(COMPARED) + ["sft_pass8", "rl_pass8"]
+    names = [n for n in names if n in run.evals]
     return names + [n for n in run.evals if n not in names]
 
 
@@ -366,6 +371,57 @@ def _accuracy_table(run: Run) -> list[str]:
     missing = [s for s in TRAINING if s in run.dirs and s not in run.evals]
     for s in missing:
         out += [_missing(f"eval/{s}.json (accuracy after {STAGE_NAMES[s]})", _command(run, f"eval {s}")), ""]
+    return out
+
+
+# (run, starts from, its evaluation before, after, what it is): R1 and what `nanoseek speedrun --also` runs beside
+PATHS = (("rl", "sft", "R1: SFT, then GRPO"), ("rl_zero", "pretrain", "R1-Zero: GRPO from the base model, no SFT"),
+         ("rl_random", "sft", "control: GRPO from SFT, reward a coin flip"))
+
+
+def _worked_share(res: dict[str, Any]) -> float | None:
+    """The share of a evaluation's answers that worked the problem (worked or checked)."""
+    rows = res.get("by_strategy")
+    return sum(r.get("share", 0) for r in rows if r.get("strategy") in ("worked", "checked")) if rows else None
+
+
+def _section_rl_paths(run: Run) -> list[str]:
+    """R1 beside R1-Zero and the random-reward control, each from its own starting model on the same held-out
+    problems; and pass@1 / pass@8 / maj@8 before and after RL when they were sampled."""
+    out: list[str] = []
+    if any(s in run.evals or s in run.dirs for s in COMPARED):
+        out += ["### RL paths side by side", "", "Each GRPO run with the same settings and problems, scored greedily "
+                "on the same held-out problems before and after it (R1-Zero in the base model's plain format, the "
+                "others in the chat template). The random reward is the control: what RL gains without a signal.", ""]
+        rows = []
+        for stage, start, what in PATHS:
+            if stage not in run.evals or start not in run.evals:
+                if stage in run.dirs or stage in run.evals:
+                    rows.append([what, f"missing eval/{start}.json or eval/{stage}.json: `nanoseek speedrun "
+                                 f"{run.root} --also {'r1-zero' if stage == 'rl_zero' else 'random-reward'}`"] + [""] * 5)
+                continue
+            b, a = run.evals[start]["summary"], run.evals[stage]["summary"]
+            se = (b["accuracy_se"] ** 2 + a["accuracy_se"] ** 2) ** 0.5
+            worked = [_worked_share(run.evals[x]) for x in (start, stage)]
+            secs = run.stage_seconds(stage)
+            rows.append([what, f"{_rate(b['accuracy'])} ± {_rate(b['accuracy_se'])}",
+                         f"**{_rate(a['accuracy'])}** ± {_rate(a['accuracy_se'])}",
+                         f"{100 * (a['accuracy'] - b['accuracy']):+.1f} ± {100 * se:.1f} points",
+                         f"{_num(b.get('mean_tokens'), '.1f')} → {_num(a.get('mean_tokens'), '.1f')}",
+                         " → ".join(_rate(w) for w in worked) if None not in worked else "—",
+                         duration(secs) if secs is not None else "—"])
+        out += _table(["run", "accuracy before", "after", "change", "mean answer tokens", "worked answers",
+                       "GRPO time"], rows) + [""]
+    if "sft_pass8" in run.evals and "rl_pass8" in run.evals:
+        rows = []
+        for name in ("sft_pass8", "rl_pass8"):
+            s = run.evals[name]["summary"]
+            rows.append([STAGE_NAMES[name.removesuffix("_pass8")], f"{_rate(s.get('pass@1'))} ± {_rate(s['accuracy_se'])}",
+                         f"**{_rate(s.get('pass@8'))}**", _rate(s.get("maj@8")), f"{s['problems']:,}"])
+        out += ["### Sampled: pass@1, pass@8 and maj@8", "", "8 answers per held-out problem at temperature 1: pass@8 "
+                "counts a problem solved when any answer is right, maj@8 when the most common answer is. RL that "
+                "only sharpens what sampling already finds raises pass@1 and maj@8 more than pass@8.", ""]
+        out += _table(["model", "pass@1", "pass@8", "maj@8", "problems"], rows) + [""]
     return out
 
 
@@ -464,6 +520,11 @@ def make_plots(run: Run) -> tuple[dict[str, str], list[str]]:
     put("grpo_strategies.png", plots.grpo_strategies(rl) if rl else None,
         "GRPO: the share of completions that answered directly, worked the problem, or worked and checked it, "
         "per step.", f"GRPO strategies: no RL steps logged with strategy shares ({rl_hint})", ("rl",))
+    runs = {STAGE_NAMES[s]: run.logs[s] for s, _, _ in PATHS if s in run.logs}
+    if len(runs) > 1:  # only beside another run: grpo_reward.png has the one
+        put("grpo_paths.png", plots.grpo_paths(runs), "GRPO runs side by side: the share of sampled answers that "
+            "are right per step (smoothed) and the greedy validation accuracy (markers).",
+            "GRPO runs side by side: no step logged accuracy", ("rl",))
     curves = {s: run.logs[s] for s in ("pretrain", "sft") if s in run.logs}
     put("task_accuracy.png", plots.task_accuracy(curves, STAGE_NAMES),
         "Held-out task accuracy against the tokens trained on, measured at each evaluation (pretraining: plain "

@@ -203,6 +203,29 @@ def grpo_lengths(records: Sequence[dict], max_new_tokens: int | None = None) -> 
     return _png(fig)
 
 
+def grpo_paths(runs: dict[str, Sequence[dict]]) -> bytes | None:
+    """GRPO runs side by side (R1, R1-Zero, the random-reward control): per run, the share of the step's
+    sampled answers that are right (reward_accuracy, smoothed) and the greedy validation accuracy."""
+    colors = [_BLUE, _GREEN, _GREY, _PURPLE, _ORANGE]
+    fig = _figure(11, 4.6)
+    ax = fig.subplots()
+    drawn = False
+    for (label, records), color in zip(runs.items(), colors):
+        xs, ys = _series(records, "reward_accuracy")
+        if xs:
+            _line(ax, xs, ys, f"{label}: train accuracy", color)
+            drawn = True
+        vx, vy = _series(records, "val_accuracy", "eval")
+        if vx:
+            ax.plot(vx, vy, color=color, marker="s", markersize=5, linewidth=1.2, linestyle="--",
+                    label=f"{label}: validation, greedy (last {100 * vy[-1]:.1f}%)")
+            drawn = True
+    if not drawn:
+        return None
+    ax.set_ylim(-0.03, 1.03)
+    return _grpo_png(fig, ax, "fraction right", "GRPO runs side by side: accuracy")
+
+
 def grpo_strategies(records: Sequence[dict]) -> bytes | None:
     """The share of each solution strategy among a GRPO step's completions (direct, worked, checked, no
     reasoning), smoothed: what RL selected."""

@@ -22,12 +22,15 @@ from nanoseek.cost import CPU_PRICE, HARDWARE, summarize_run
 from nanoseek.data.tasks import read_jsonl
 from nanoseek.errors import DataError, UserError
 from nanoseek.report.balance import expert_balance
-from nanoseek.speedrun import STAGES, state_problem
+from nanoseek.speedrun import ALSO, state_problem, stages
 from nanoseek.train.checkpoint import latest_checkpoint
 from nanoseek.train.log import read_log
 
 TRAINING = ("pretrain", "sft", "rl")
-STAGE_NAMES = {"pretrain": "pretraining", "sft": "SFT", "rl": "RL (GRPO)"}
+COMPARED = ("rl_zero", "rl_random")  # GRPO runs beside the pipeline's (`nanoseek speedrun --also`)
+STAGE_NAMES = {"pretrain": "pretraining", "sft": "SFT", "rl": "RL (GRPO)", "rl_zero": "R1-Zero (GRPO from the base model)",
+               "rl_random": "GRPO, random reward (control)", "sft_pass8": "SFT, 8 samples at T=1",
+               "rl_pass8": "RL (GRPO), 8 samples at T=1"}
 
 
 def read_json(path: Path) -> Any:
@@ -172,7 +175,7 @@ def load_run(run_dir: str | Path) -> Run:
         run.lone = _stage_of_log(records)
         run.dirs[run.lone], run.logs[run.lone] = root, records
     else:
-        for stage in TRAINING:
+        for stage in TRAINING + COMPARED:
             d = root / stage
             if (d / "log.jsonl").is_file():
                 run.dirs[stage], run.logs[stage] = d, read_run_log(d / "log.jsonl")
@@ -184,7 +187,7 @@ def load_run(run_dir: str | Path) -> Run:
             run.checkpoints[stage] = ckpt
             run.configs[stage] = ModelConfig.load(ckpt)
     ev = root / "eval"
-    names = list(TRAINING) + sorted(p.stem for p in ev.glob("*.json") if p.stem not in TRAINING) if ev.is_dir() else []
+    names = sorted(p.stem for p in ev.glob("*.json")) if ev.is_dir() else []
     for name in names:
         path = ev / f"{name}.json"
         if path.is_file():
@@ -268,7 +271,8 @@ def stage_costs(run: Run) -> list[StageCost]:
     """A row per stage that ran (or whose outputs are here), in pipeline order."""
     present = set(((run.speedrun or {}).get("stages") or {})) | set(run.logs) | {f"eval_{s}" for s in run.evals}
     present.discard("report")  # the report being written: its time is not known yet
-    order = [s for s in STAGES if s in present] + sorted(present - set(STAGES))
+    pipeline = stages(tuple(ALSO))
+    order = [s for s in pipeline if s in present] + sorted(present - set(pipeline))
     rows = []
     for stage in order:
         st = ((run.speedrun or {}).get("stages") or {}).get(stage)
