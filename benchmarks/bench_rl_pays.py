@@ -13,6 +13,10 @@ From a pretrained checkpoint (a speedrun's `RUN/pretrain`, with its `RUN/data`):
    test split), greedy. Reported: accuracy with its standard error, the share of answers that were worked or
    direct and the accuracy of each, mean answer tokens; for the SFT model and the first GRPO seed also pass@8
    and maj@8 (8 samples at temperature 1) on the first --pass-at-problems test problems.
+5. A bring-your-own task the speedrun never saw, as a user brings one: a problems JSONL (`{"prompt",
+   "answer", "checker": "numeric"}` per line, 1,000 lines) asking for the range of three numbers ("What is the
+   largest of 41, 17 and 85 minus the smallest?"), which no nanoseek generator writes; every model answers it
+   greedily, so the table shows what RL did to a task it never trained on.
 
 Every stage is a `nanoseek` command; a stage whose results exist in --out is not run again (delete them to
 rerun). Prints a markdown table and writes OUT/results.json and OUT/results.md.
@@ -67,12 +71,28 @@ def write_data(run: Path, out: Path, mix: str) -> None:
         d4 = [p for n in TASK_NAMES for p in tasks.generate_up_to(n, "test", 200, 4, wording="train")]
         tasks.check_disjoint({"SFT": sft, "RL": tasks.read_problems(run / "data" / "rl.jsonl")}, {"difficulty 4": d4})
         tasks.write_problems(d4, data / "test_d4.jsonl")
+    if not (data / "byo.jsonl").exists():
+        write_byo(data / "byo.jsonl")
+
+
+def write_byo(path: Path, n: int = 1000) -> None:
+    """The bring-your-own problems: the range of three two-digit numbers, checked as a number."""
+    import random
+
+    rng, lines = random.Random(7), []
+    for _ in range(n):
+        a, b, c = rng.sample(range(10, 100), 3)
+        lines.append(json.dumps({"prompt": f"What is the largest of {a}, {b} and {c} minus the smallest?",
+                                 "answer": str(max(a, b, c) - min(a, b, c)), "checker": "numeric"}))
+    path.write_text("\n".join(lines) + "\n")
 
 
 def evaluate(out: Path, name: str, run: Path, pass_at: int) -> dict:
-    """Greedy on the 1,000 test problems and the difficulty-4 set; pass@8/maj@8 when pass_at > 0."""
+    """Greedy on the 1,000 test problems, the difficulty-4 set and the bring-your-own problems; pass@8/maj@8
+    when pass_at > 0."""
     res = {}
-    for label, problems in (("test", run / "data" / "test.jsonl"), ("d4", out / "data" / "test_d4.jsonl")):
+    for label, problems in (("test", run / "data" / "test.jsonl"), ("d4", out / "data" / "test_d4.jsonl"),
+                            ("byo", out / "data" / "byo.jsonl")):
         path = out / f"{name}.{label}.json"
         if not path.exists():
             nanoseek("eval", "--checkpoint", str(out / name), "--problems", str(problems), "--n", "1000",
@@ -103,7 +123,8 @@ def row(name: str, res: dict, seconds: float | None) -> dict:
     out = {"model": name, "accuracy": acc, "se": math.sqrt(acc * (1 - acc) / t["summary"]["problems"]),
            "worked_share": by.get("worked", {}).get("share", 0.0),
            "worked_accuracy": by.get("worked", {}).get("accuracy"), "direct_accuracy": by.get("direct", {}).get("accuracy"),
-           "mean_tokens": t["summary"]["mean_tokens"], "d4_accuracy": d4["summary"]["accuracy"], "seconds": seconds}
+           "mean_tokens": t["summary"]["mean_tokens"], "d4_accuracy": d4["summary"]["accuracy"],
+           "byo_accuracy": res["byo"]["summary"]["accuracy"], "seconds": seconds}
     if "pass8" in res:
         s = res["pass8"]["summary"]
         out.update({"pass@1 (T=1)": s["pass@1"], "pass@8": s["pass@8"], "maj@8": s["maj@8"]})
@@ -113,13 +134,14 @@ def row(name: str, res: dict, seconds: float | None) -> dict:
 def table(rows: list[dict]) -> str:
     pct = lambda v: "-" if v is None else f"{100 * v:.1f}%"  # noqa: E731
     lines = ["| model | held-out accuracy (± se) | worked share | worked / direct accuracy | mean tokens | "
-             "difficulty 4 | pass@1 T=1 / pass@8 / maj@8 | wall s |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "difficulty 4 | your own task | pass@1 T=1 / pass@8 / maj@8 | wall s |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         wall = "-" if r["seconds"] is None else f"{r['seconds']:.0f}"
         p8 = " / ".join(pct(r.get(k)) for k in ("pass@1 (T=1)", "pass@8", "maj@8")) if "pass@8" in r else "-"
         lines.append(f"| {r['model']} | {pct(r['accuracy'])} ± {100 * r['se']:.1f} | {pct(r['worked_share'])} | "
                      f"{pct(r['worked_accuracy'])} / {pct(r['direct_accuracy'])} | {r['mean_tokens']:.1f} | "
-                     f"{pct(r['d4_accuracy'])} | {p8} | {wall} |")
+                     f"{pct(r['d4_accuracy'])} | {pct(r['byo_accuracy'])} | {p8} | {wall} |")
     return "\n".join(lines) + "\n"
 
 
