@@ -119,6 +119,21 @@ def test_chunked_prefill_of_a_long_prompt_does_not_stall_running_decodes(model):
     assert toks[0] == _alone(model, short, 40).token_ids and toks[1] == _alone(model, long_, 5).token_ids
 
 
+def test_a_longer_prompt_does_not_widen_a_prefill_batch_with_padding(model):
+    """Prompts prefilled together are right-padded to the widest chunk: a later, longer prompt takes the first
+    chunk's width (at least MIN_CHUNK) now and the rest in the next steps; outputs stay exact."""
+    from nanoseek.engine.scheduler import MIN_CHUNK
+
+    prompts = _prompts([10, 150, 20])
+    params = {i: (p, SamplingParams(max_new_tokens=4, **GREEDY)) for i, p in enumerate(prompts)}
+    engine = Engine(model, prefix_caching=False)
+    toks, _, records, ids = _drive(engine, {0: [0, 1, 2]}, params)
+    rid = {i: r for r, i in ids.items()}
+    assert [records[0].prefilled[rid[i]] for i in range(3)] == [10, MIN_CHUNK, 20]  # not 150 wide
+    assert records[1].prefilled == {rid[1]: 150 - MIN_CHUNK}  # the rest, in one chunk of its own
+    assert all(toks[i] == _alone(model, p, 4).token_ids for i, p in enumerate(prompts))
+
+
 @pytest.mark.parametrize("speculative", [0, 2, "auto"])
 def test_turn_n_of_a_conversation_prefills_only_its_new_tokens(model, speculative):
     warm = Engine(model, speculative=speculative)

@@ -35,6 +35,7 @@ from nanoseek.engine.speculative import MTPSpeculator
 from nanoseek.errors import EngineError, QueueFullError
 
 log = logging.getLogger("nanoseek.engine")
+MIN_CHUNK = 32  # prompt tokens a chunk may widen a prefill batch to, whatever its first chunk's width
 
 
 @dataclass
@@ -185,12 +186,17 @@ class Scheduler:
             self.counters.prompt_tokens += len(r.prompt)
             self.counters.prompt_tokens_cached += slot.length
             self.prefilling.append(r)
-        # prompt chunks in arrival order, run as one right-padded batch whose padded size fits the budget
+        # prompt chunks in arrival order, run as one right-padded batch whose padded size fits the budget. A
+        # later prompt does not widen the batch past the first chunk's width (or MIN_CHUNK): it takes that much
+        # now and the rest in later steps, instead of every shorter row computing padding up to its length
+        # (at 16 clients, padding was a fifth to a third of the prefill work)
         chunks, width = [], 0
         for r in self.prefilling:
             n = min(len(r.prompt) - r.computed, max(budget, 1))
-            if chunks and (len(chunks) + 1) * max(width, n) > budget:
-                break
+            if chunks:
+                n = min(n, max(width, MIN_CHUNK))
+                if (len(chunks) + 1) * max(width, n) > budget:
+                    break
             chunks.append((r, r.computed, r.computed + n))
             width = max(width, n)
         if not chunks:
