@@ -27,6 +27,19 @@ def decode_step(fast: InferenceModel, ids, kv, pos, span: int, rope) -> tuple[to
     return h, fast.logits(h)
 
 
+def compiled(fn):
+    """fn through torch.compile with dynamic shapes, the way the engine's steps need it: every size may vary
+    except the weights' (marked static by InferenceModel), and Python floats (norm epsilons, attention scales)
+    are constants. Left symbolic, those floats made torch.compile trace the first graph twice, and sizes of
+    every weight made the guards checked at each call several times longer."""
+    inner = torch.compile(fn, dynamic=True)
+
+    def run(*args, **kwargs):
+        with torch._dynamo.config.patch(specialize_float=True):
+            return inner(*args, **kwargs)
+    return run
+
+
 def warm_sizes(max_batch: int) -> tuple[int, ...]:
     """The batch sizes a compiled start runs: 1, and 2 for every larger one (the graph all sizes >= 2 share)."""
     return tuple(b for b in (1, 2) if b <= max_batch)
@@ -48,7 +61,7 @@ class ModelRunner:
         self.rope = model.rotary(torch.arange(max_len + 1, device=self.device), self.dtype)
         self.compiled = compile
         self.warm_sizes = warm_sizes(min(rows, max_batch or rows)) if compile else ()
-        self._decode = torch.compile(decode_step, dynamic=True) if compile else decode_step
+        self._decode = compiled(decode_step) if compile else decode_step
         self.startup_seconds = 0.0
         # what the steps did, since start (the engine's statistics are differences of these)
         self.prefill_tokens = self.decode_tokens = 0

@@ -25,6 +25,7 @@ from collections import deque
 
 import torch
 
+from nanoseek.engine.runner import compiled
 from nanoseek.engine.sampling import Sampler
 
 
@@ -158,7 +159,7 @@ class MTPSpeculator:
         self.policy = SpeculationPolicy() if auto else None
         # compiled rounds for a batch of 1 only (where speculation pays most on a CPU): the other sizes would
         # triple the graphs a start compiles, so their rounds run eager
-        wrap = (lambda f: torch.compile(f, dynamic=True)) if runner.compiled else (lambda f: f)
+        wrap = compiled if runner.compiled else (lambda f: f)
         self._compiled = (wrap(verify_step), wrap(mtp_step))
 
     def wants_round(self, rows: list) -> bool:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from nanoseek.model.layers import compute_dtype
+from nanoseek.model.layers import autocast_off, compute_dtype
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None, is_causal: bool,
@@ -56,7 +56,7 @@ def matmul_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mas
     keys 0..i; attn_mask bool, True = may attend). Scores and probabilities are in the matmul dtype (bf16 under
     autocast, as transformers' eager attention has them); the softmax does its arithmetic in fp32."""
     dtype = compute_dtype(q)
-    with torch.autocast(q.device.type, enabled=False):
+    with autocast_off(q):
         q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
         # the mask as an additive bias ([.., S, T], H times smaller than the scores), added in place: no pass
         # over the scores in the backward

@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from nanoseek.model.layers import compute_dtype
+from nanoseek.model.layers import autocast_off, compute_dtype
 from nanoseek.model.packed import PackedExperts
 
 # oneDNN (CPU bf16) builds a kernel per matmul shape, and expert token counts change every step: padding each
@@ -84,7 +84,7 @@ def grouped(x, weights, indices, gate_up, down, *, counts, **_) -> torch.Tensor:
     row_token, row_weight, padded = _padded_rows(order, expert_of[order], weights.view(-1)[order], counts, K)
     dtype = compute_dtype(x)
     groups = _Groups(padded, x.device)
-    with torch.autocast(x.device.type, enabled=False):
+    with autocast_off(x):
         return _RoutedSwiGLU.apply(x, row_token, row_weight, gate_up, down, groups, dtype)
 
 

@@ -216,6 +216,9 @@ class InferenceModel:
             head=PackedLinear(self.model.lm_head.weight),
             draft_heads={n: self._draft_head(n) for n in (self.weights.draft_heads if self.weights else ())})
         if self.weights is None or not _copy_into(self.weights, new):
+            for t in _leaves(new):  # their sizes never change: compiled steps need no guard on them
+                if t is not None:
+                    torch._dynamo.mark_static(t)
             self.weights = new
         self._key = key
         return True
@@ -240,7 +243,7 @@ class InferenceModel:
         rows the caller needs.
         """
         step = plan_step(positions, self.config.num_attention_heads, valid, span, absorbed, rows)
-        h = self.model.model.embed_tokens(input_ids)
+        h = self._embed(input_ids)
         cos, sin = self._rope(positions, compute_dtype(h), rope, step)
         for i, cache in enumerate(kv):
             h = self._block(i, h, cos, sin, cache, step)
@@ -257,10 +260,15 @@ class InferenceModel:
         draft logits for the token after next_ids, and it stands in for h_prev when drafting further."""
         module = self.model.mtp[depth - 1]
         step = plan_step(positions, self.config.num_attention_heads, valid, span, row_index=rows)
-        emb = self.model.model.embed_tokens(next_ids)
+        emb = self._embed(next_ids)
         cos, sin = self._rope(positions, compute_dtype(emb), rope, step)
         x = module.combine(h_prev, emb)
         return module.shared_head.norm(self._block(self.config.num_hidden_layers + depth - 1, x, cos, sin, kv, step))
+
+    def _embed(self, ids: torch.Tensor) -> torch.Tensor:
+        # the lookup itself, not nn.Embedding's forward: compiled with dynamic shapes, the module's float
+        # attributes (norm_type) became symbolic and made torch.compile trace the first graph twice
+        return F.embedding(ids, self.model.model.embed_tokens.weight)
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:
         return self.weights.head(h)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -66,6 +68,14 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+def autocast_off(x: torch.Tensor):
+    """A context that turns autocast off on x's device for code that must run in its own dtypes; no context at
+    all when autocast is off already, so a compiled inference graph holds no autocast region (AOTAutograd's
+    on-disk cache refuses graphs that do, and a warm start would trace them again)."""
+    dev = x.device.type
+    return torch.autocast(dev, enabled=False) if torch.is_autocast_enabled(dev) else contextlib.nullcontext()
 
 
 def compute_dtype(x: torch.Tensor) -> torch.dtype:

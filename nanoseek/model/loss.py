@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import torch
 
+from nanoseek.model.layers import autocast_off
+
 IGNORE_INDEX = -100
 
 
@@ -107,7 +109,7 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: to
     chunk_rows = max(1, chunk_elems // weight.shape[0])
     # gradients are computed in the forward pass, so only when a backward can follow
     want_grad = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
-    with torch.autocast(hidden.device.type, enabled=False):
+    with autocast_off(hidden):
         return _LinearCrossEntropy.apply(hidden, weight, targets, compute_dtype, chunk_rows, want_grad)
 
 
@@ -172,6 +174,6 @@ def linear_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.T
     hidden = hidden.reshape(-1, hidden.shape[-1])
     compute_dtype = compute_dtype or hidden.dtype
     chunk_rows = max(1, chunk_elems // weight.shape[0])
-    with torch.autocast(hidden.device.type, enabled=False):
+    with autocast_off(hidden):
         logp, entropy = _LinearLogprobs.apply(hidden, weight, targets.reshape(-1), compute_dtype, chunk_rows)
     return logp.view(shape), entropy.view(shape)

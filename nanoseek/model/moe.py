@@ -15,7 +15,7 @@ from torch import nn
 
 from nanoseek.config import ModelConfig
 from nanoseek.model.experts import experts
-from nanoseek.model.layers import MLP
+from nanoseek.model.layers import MLP, autocast_off
 
 
 def route(scores: torch.Tensor, bias: torch.Tensor, top_k: int, n_group: int, topk_group: int,
@@ -111,7 +111,7 @@ class Router(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x [N, d] -> (weights [N, K] fp32, indices [N, K], scores [N, E] fp32). Logits in fp32."""
-        with torch.autocast(x.device.type, enabled=False):
+        with autocast_off(x):
             scores = F.linear(x.float(), self.weight.float()).sigmoid()
         weights, indices = route(scores, self.e_score_correction_bias, self.top_k, self.n_group, self.topk_group,
                                  self.norm_topk_prob, self.scaling)
