@@ -33,9 +33,16 @@ def model():
 
 @pytest.mark.slow
 def test_compiled_steps_equal_eager_and_nothing_compiles_after_startup(model):
+    from torch._dynamo.utils import counters
+
     eager = Engine(model)
+    aot = dict(counters["aot_autograd"])
     compiled = Engine(model, compile=True)
     assert compiled.startup_seconds > 0 and compiled.runner.warm_sizes == (1, 2)
+    # two graphs traced once each (no restarted analysis), both fit for AOTAutograd's on-disk cache: what makes
+    # a second start quick
+    assert counters["aot_autograd"]["total"] - aot.get("total", 0) == 2
+    assert counters["aot_autograd"].get("autograd_cache_bypass", 0) == aot.get("autograd_cache_bypass", 0)
     after_startup = _compiles()
     p = SamplingParams(max_new_tokens=10, temperature=0, logprobs=0)
     prompts = [[1, 2, 3, 4, 5], [9, 8, 7], [5] * 11, [3, 1]]
