@@ -34,7 +34,7 @@ from nanoseek.engine.cache import LatentPool, SlotPool
 from nanoseek.engine.detokenize import TextStream
 from nanoseek.engine.loading import generation_eos_ids, load_tokenizer, resolve_checkpoint
 from nanoseek.engine.request import Completion, Delta, Request
-from nanoseek.engine.runner import ModelRunner, warm_sizes
+from nanoseek.engine.runner import ModelRunner, tracing, warm_sizes
 from nanoseek.engine.sampling import Sampler, SamplingParams
 from nanoseek.engine.scheduler import Scheduler
 from nanoseek.engine.speculative import MTPSpeculator
@@ -172,9 +172,10 @@ class Engine:
         self._ids = itertools.count()
 
     def _warmup(self, spec: MTPSpeculator | None) -> None:
-        self.runner.warmup()
-        if spec is not None:
-            spec.warmup()
+        with tracing():
+            self.runner.warmup()
+            if spec is not None:
+                spec.warmup()
 
     @functools.cached_property
     def max_prompt_chars(self) -> int | None:

@@ -28,16 +28,16 @@ def decode_step(fast: InferenceModel, ids, kv, pos, span: int, rope) -> tuple[to
 
 
 def compiled(fn):
-    """fn through torch.compile with dynamic shapes, the way the engine's steps need it: every size may vary
-    except the weights' (marked static by InferenceModel), and Python floats (norm epsilons, attention scales)
-    are constants. Left symbolic, those floats made torch.compile trace the first graph twice, and sizes of
-    every weight made the guards checked at each call several times longer."""
-    inner = torch.compile(fn, dynamic=True)
+    """fn through torch.compile with dynamic shapes, as the engine's steps need it: every size may vary but the
+    weights' (InferenceModel marks them static). Trace it under `tracing()`."""
+    return torch.compile(fn, dynamic=True)
 
-    def run(*args, **kwargs):
-        with torch._dynamo.config.patch(specialize_float=True):
-            return inner(*args, **kwargs)
-    return run
+
+def tracing():
+    """The setting the engine's compiled steps are traced under (at start-up): Python floats (norm epsilons,
+    attention scales) stay constants. Left symbolic, they made dynamo trace the first graph twice on every
+    start. Only tracing reads it (the steps run without it: entering it costs ~30 us)."""
+    return torch._dynamo.config.patch(specialize_float=True)
 
 
 def warm_sizes(max_batch: int) -> tuple[int, ...]:
