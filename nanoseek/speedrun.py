@@ -43,6 +43,7 @@ ALSO = {
 RL_RUNS = {"rl": ("sft", {}), "rl_zero": ("pretrain", {"prompt_style": "plain"}),
            "rl_random": ("sft", {"reward": "random"})}
 PASS_AT = 8  # samples per problem of the pass-at-8 evaluations
+PLAIN_STAGES = ("pretrain", "rl_zero")  # models evaluated in the pretraining text's plain format, not in chat
 
 
 @dataclass(frozen=True)
@@ -349,7 +350,7 @@ def evaluate_stage(stage: str, preset: Preset, run: Path, paths: dict[str, Path]
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     model = evaluated_model(stage)
-    style = "plain" if model in ("pretrain", "rl_zero") else "chat"
+    style = "plain" if model in PLAIN_STAGES else "chat"
     sets = [(stage, paths["test"], "")] + \
         ([(f"{stage}_heldout_wordings", paths["heldout"], ", in wordings kept out of training")]
          if stage in ("sft", "rl") else [])

@@ -116,6 +116,8 @@ def parse_named_numbers(spec: str | Mapping[str, float], names: Iterable[str], k
             raise DataError(f"unknown {kind} {name!r}; use {', '.join(names)}, e.g. {example}", param=param)
         if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w):
             raise DataError(f"{kind} {name}: {w!r} is not a finite number", param=param)
+        if name in out:
+            raise DataError(f"{kind} {name} is named twice in {spec!r}; name each once, e.g. {example}", param=param)
         out[name] = float(w)
     return out
 

@@ -127,6 +127,7 @@ def test_weighted_rewards():
 @pytest.mark.parametrize("spec, match", [
     ("accuracy=2,format", None), ("style=1", "unknown reward 'style'"), ("accuracy=lots", "must be a number"),
     ("", "no reward named"), ("accuracy=nan", "not a finite number"), ({"accuracy": float("inf")}, "finite"),
+    ("accuracy=1,format=0.1,accuracy=2", "named twice"),
 ])
 def test_parse_weights(spec, match):
     if match is None:

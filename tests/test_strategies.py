@@ -79,7 +79,8 @@ def test_a_mix_is_drawn_per_problem_and_counted_as_written():
 
 @pytest.mark.parametrize("spec, msg", [("fast=1", "unknown strategy 'fast'"), ("direct=x", "must be a number"),
                                        ("direct=0", "gives no strategy a share"), ("direct=-1", "must be >= 0"),
-                                       ("direct=inf", "not a finite number")])
+                                       ("direct=inf", "not a finite number"),
+                                       ("direct=0.5,worked,direct=0.5", "named twice")])
 def test_bad_mixes_name_the_problem(spec, msg):
     with pytest.raises(DataError, match=msg):
         strategies.parse_mix(spec)

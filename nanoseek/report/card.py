@@ -30,8 +30,9 @@ from nanoseek.report import plots
 from nanoseek.report.balance import SETTLE, TARGET, WINDOW
 from nanoseek.report.decode import measure_decode
 from nanoseek.report.facts import fact_accuracy
-from nanoseek.report.runfolder import (COMPARED, STAGE_NAMES, TRAINING, Run, StageCost, load_run, machine_price,
-                                       stage_costs)
+from nanoseek.report.runfolder import (COMPARED, SAMPLED, STAGE_NAMES, TRAINING, Run, StageCost, load_run,
+                                       machine_price, stage_costs)
+from nanoseek.speedrun import PLAIN_STAGES, RL_RUNS
 from nanoseek.train.rewards import split_completion
 from nanoseek.units import dollars, duration, flop, pct, si
 
@@ -107,7 +108,7 @@ def _command(run: Run, piece: str) -> str:
     stage = piece.removeprefix("eval ")
     problems = (f"--problems {R}/data/test.jsonl" if (R / "data" / "test.jsonl").is_file() else "--task all")
     return (f"nanoseek eval --checkpoint {_stage_dir(run, stage)} {problems} --style "
-            f"{'plain' if stage == 'pretrain' else 'chat'} --out {R}/eval/{stage}.json --completions "
+            f"{'plain' if stage in PLAIN_STAGES else 'chat'} --out {R}/eval/{stage}.json --completions "
             f"{R}/eval/{stage}.completions.jsonl")
 
 
@@ -314,7 +315,7 @@ def _section_metrics(run: Run, decode: dict[str, Any] | None) -> list[str]:
 def _eval_order(run: Run) -> list[str]:
     """The evaluations in pipeline order, each stage's held-out-wordings run right after it, then the runs
     beside the pipeline and the sampled evaluations, others last."""
-    names = [n for s in TRAINING for n in (s, s + HELDOUT)] + list(COMPARED) + ["sft_pass8", "rl_pass8"]
+    names = [n for s in TRAINING for n in (s, s + HELDOUT)] + list(COMPARED) + list(SAMPLED)
     names = [n for n in names if n in run.evals]
     return names + [n for n in run.evals if n not in names]
 
@@ -374,13 +375,13 @@ def _accuracy_table(run: Run) -> list[str]:
     return out
 
 
-# (run, starts from, its evaluation before, after, what it is): R1 and what `nanoseek speedrun --also` runs beside
-PATHS = (("rl", "sft", "R1: SFT, then GRPO"), ("rl_zero", "pretrain", "R1-Zero: GRPO from the base model, no SFT"),
-         ("rl_random", "sft", "control: GRPO from SFT, reward a coin flip"))
+# each GRPO run of a speedrun (where it starts: speedrun.RL_RUNS), as the report's side-by-side table names it
+PATH_LABELS = {"rl": "R1: SFT, then GRPO", "rl_zero": "R1-Zero: GRPO from the base model, no SFT",
+               "rl_random": "control: GRPO from SFT, reward a coin flip"}
 
 
 def _worked_share(res: dict[str, Any]) -> float | None:
-    """The share of a evaluation's answers that worked the problem (worked or checked)."""
+    """The share of an evaluation's answers that worked the problem (worked or checked)."""
     rows = res.get("by_strategy")
     return sum(r.get("share", 0) for r in rows if r.get("strategy") in ("worked", "checked")) if rows else None
 
@@ -394,11 +395,13 @@ def _section_rl_paths(run: Run) -> list[str]:
                 "on the same held-out problems before and after it (R1-Zero in the base model's plain format, the "
                 "others in the chat template). The random reward is the control: what RL gains without a signal.", ""]
         rows = []
-        for stage, start, what in PATHS:
+        for stage, (start, _) in RL_RUNS.items():
+            what = PATH_LABELS[stage]
             if stage not in run.evals or start not in run.evals:
                 if stage in run.dirs or stage in run.evals:
-                    rows.append([what, f"missing eval/{start}.json or eval/{stage}.json: `nanoseek speedrun "
-                                 f"{run.root} --also {'r1-zero' if stage == 'rl_zero' else 'random-reward'}`"] + [""] * 5)
+                    missing = next(x for x in (start, stage) if x not in run.evals)
+                    rows.append([what, f"missing eval/{missing}.json: `{_command(run, f'eval {missing}')}`"]
+                                + [""] * 5)
                 continue
             b, a = run.evals[start]["summary"], run.evals[stage]["summary"]
             se = (b["accuracy_se"] ** 2 + a["accuracy_se"] ** 2) ** 0.5
@@ -412,9 +415,9 @@ def _section_rl_paths(run: Run) -> list[str]:
                          duration(secs) if secs is not None else "—"])
         out += _table(["run", "accuracy before", "after", "change", "mean answer tokens", "worked answers",
                        "GRPO time"], rows) + [""]
-    if "sft_pass8" in run.evals and "rl_pass8" in run.evals:
+    if all(name in run.evals for name in SAMPLED):
         rows = []
-        for name in ("sft_pass8", "rl_pass8"):
+        for name in SAMPLED:
             s = run.evals[name]["summary"]
             rows.append([STAGE_NAMES[name.removesuffix("_pass8")], f"{_rate(s.get('pass@1'))} ± {_rate(s['accuracy_se'])}",
                          f"**{_rate(s.get('pass@8'))}**", _rate(s.get("maj@8")), f"{s['problems']:,}"])
@@ -520,7 +523,7 @@ def make_plots(run: Run) -> tuple[dict[str, str], list[str]]:
     put("grpo_strategies.png", plots.grpo_strategies(rl) if rl else None,
         "GRPO: the share of completions that answered directly, worked the problem, or worked and checked it, "
         "per step.", f"GRPO strategies: no RL steps logged with strategy shares ({rl_hint})", ("rl",))
-    runs = {STAGE_NAMES[s]: run.logs[s] for s, _, _ in PATHS if s in run.logs}
+    runs = {STAGE_NAMES[s]: run.logs[s] for s in RL_RUNS if s in run.logs}
     if len(runs) > 1:  # only beside another run: grpo_reward.png has the one
         put("grpo_paths.png", plots.grpo_paths(runs), "GRPO runs side by side: the share of sampled answers that "
             "are right per step (smoothed) and the greedy validation accuracy (markers).",

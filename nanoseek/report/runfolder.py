@@ -22,12 +22,13 @@ from nanoseek.cost import CPU_PRICE, HARDWARE, summarize_run
 from nanoseek.data.tasks import read_jsonl
 from nanoseek.errors import DataError, UserError
 from nanoseek.report.balance import expert_balance
-from nanoseek.speedrun import ALSO, state_problem, stages
+from nanoseek.speedrun import ALSO, RL_RUNS, state_problem, stages
 from nanoseek.train.checkpoint import latest_checkpoint
 from nanoseek.train.log import read_log
 
 TRAINING = ("pretrain", "sft", "rl")
-COMPARED = ("rl_zero", "rl_random")  # GRPO runs beside the pipeline's (`nanoseek speedrun --also`)
+COMPARED = tuple(s for s in RL_RUNS if s not in TRAINING)  # GRPO runs beside the pipeline's (speedrun --also)
+SAMPLED = tuple(s.removeprefix("eval_") for s in ALSO["pass-at-8"])  # evaluations sampled 8 times a problem
 STAGE_NAMES = {"pretrain": "pretraining", "sft": "SFT", "rl": "RL (GRPO)", "rl_zero": "R1-Zero (GRPO from the base model)",
                "rl_random": "GRPO, random reward (control)", "sft_pass8": "SFT, 8 samples at T=1",
                "rl_pass8": "RL (GRPO), 8 samples at T=1"}
