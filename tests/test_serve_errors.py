@@ -56,6 +56,8 @@ def _error(exc_info):
     (dict(messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]),
      "messages[0].content[0].type"),
     (dict(messages=[{"role": "user"}, {"content": "no role"}]), "messages[1].role"),
+    (dict(messages=[{"role": "user"}]), "messages[0].content"),
+    (dict(messages=[{"role": "system", "content": None}, {"role": "user", "content": "hi"}]), "messages[0].content"),
     (dict(extra_body={"top_k": -5}), "top_k"),
     (dict(extra_body={"min_p": 2}), "min_p"),
 ])

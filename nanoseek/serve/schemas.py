@@ -117,6 +117,8 @@ class ChatCompletionRequest(_Sampling):
         if self.top_logprobs and not self.logprobs:
             raise _refuse("top_logprobs", "top_logprobs needs logprobs set to true")
         for i, m in enumerate(self.messages):
+            if m.content is None and m.role != "assistant":  # OpenAI requires it; only an assistant turn may omit it
+                raise _refuse(f"messages[{i}].content", f"messages[{i}] ({m.role}) has no content: give its text")
             _check_unicode(m.text(), f"messages[{i}].content")
 
     @property
