@@ -179,6 +179,20 @@ def test_the_chat_page_in_a_browser(browser, site):
     page.wait_for_selector(".empty")
     assert page.locator(".msg").count() == 0
 
+    # 7. an answer cut off inside its reasoning says so, instead of an empty box
+    page.click("#settings-toggle")
+    page.fill("#max-tokens", "6")
+    page.dispatch_event("#max-tokens", "change")
+    page.click("#settings-toggle")
+    page.fill("#input", "hi")
+    page.press("#input", "Enter")
+    page.wait_for_selector(".msg.assistant >> .stats:has-text('max tokens reached')", timeout=30_000)
+    cut = page.locator(".msg.assistant").last
+    thoughts = cut.locator(".thoughts").text_content()
+    assert thoughts and REASONING.startswith(thoughts), (thoughts, cut.locator(".content").inner_text())
+    assert cut.locator(".content").inner_text() == (
+        "(no answer: max tokens reached while reasoning; raise Max tokens in Settings)")
+
     assert not problems, problems
     assert not elsewhere, f"the page asked other hosts for {elsewhere}"
     assert wait_idle(engine)

@@ -109,7 +109,11 @@ function fill(div, m) {
     details.open = false;
     div._folded = true;
   }
-  div.querySelector(".content").innerHTML = window.renderMarkdown(m.content || "");
+  const content = div.querySelector(".content");
+  if (m.content || m.streaming || m.stopped || m.error) content.innerHTML = window.renderMarkdown(m.content || "");
+  else content.replaceChildren(el("p", "note", m.finish === "length" && m.reasoning
+    ? "(no answer: max tokens reached while reasoning; raise Max tokens in Settings)"
+    : "(the model ended without an answer)"));
   div.querySelector(".stats").textContent = m.stats || (m.streaming ? "…" : "");
   div.querySelector(".error").textContent = m.error || "";
 }
@@ -236,6 +240,7 @@ async function answer() {
     const parts = [`${approx}${tokens} tokens`];
     if (gen > 0 && tokens > 1) parts.push(`${approx}${((tokens - 1) / gen).toFixed(1)} tok/s`);
     if (tFirst !== null) parts.push(`first token ${((tFirst - t0) / 1000).toFixed(2)} s`);
+    m.finish = finish;
     if (m.stopped) parts.push("stopped");
     else if (finish === "length") parts.push("max tokens reached");
     m.stats = parts.join(" · ");
