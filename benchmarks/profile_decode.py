@@ -23,6 +23,8 @@ import time
 
 import torch
 
+from nanoseek.errors import UserError
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -34,6 +36,9 @@ def main() -> None:
     ap.add_argument("--eager", action="store_true", help="the eager engine instead of compiled steps")
     ap.add_argument("--rows", type=int, default=40, help="rows of the table")
     args = ap.parse_args()
+    for flag in ("batch", "context", "steps"):
+        if getattr(args, flag) < 1:
+            ap.error(f"--{flag} must be >= 1, got {getattr(args, flag)}")
     if args.threads:
         torch.set_num_threads(args.threads)
     import torch._inductor.config as inductor_config
@@ -47,7 +52,10 @@ def main() -> None:
 
             ckpt = os.path.join(tmp, "cpu-small")
             make_checkpoint(ckpt)
-        profile(args, ckpt)
+        try:
+            profile(args, ckpt)
+        except UserError as e:  # a wrong checkpoint, a context longer than the model's: the message, not a traceback
+            sys.exit(f"profile_decode.py: error: {e}")
 
 
 def profile(args, ckpt: str) -> None:

@@ -111,8 +111,8 @@ function fill(div, m) {
   }
   const content = div.querySelector(".content");
   if (m.content || m.streaming || m.stopped || m.error) content.innerHTML = window.renderMarkdown(m.content || "");
-  else content.replaceChildren(el("p", "note", m.finish === "length" && m.reasoning
-    ? "(no answer: max tokens reached while reasoning; raise Max tokens in Settings)"
+  else content.replaceChildren(el("p", "note", m.finish === "length"
+    ? `(no answer: max tokens reached${m.reasoning ? " while reasoning" : ""}; raise Max tokens in Settings)`
     : "(the model ended without an answer)"));
   div.querySelector(".stats").textContent = m.stats || (m.streaming ? "…" : "");
   div.querySelector(".error").textContent = m.error || "";
